@@ -1,0 +1,730 @@
+//! Static analysis of one pickle stream by symbolic execution of the pickle
+//! machine: nothing is imported or called; every global the stream resolves,
+//! every call it makes and every structural oddity becomes a record.
+
+use crate::opcodes::Opcode;
+use crate::parser::{Arg, ParseErrorKind, Parser};
+use crate::policy::{py2_mapping, Policy, Verdict};
+use crate::report::{Finding, GlobalRef, StreamReport};
+use crate::text;
+use crate::Limits;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+
+/// Strings longer than this are never module or attribute names, so the
+/// machine does not keep their text.
+const MAX_NAME_LEN: usize = 1024;
+
+#[derive(Clone, Debug)]
+enum Sym {
+    Str(Option<String>),
+    Other,
+    List,
+    Dict,
+    Set,
+    Tuple(Vec<u32>),
+    Global(usize),
+    /// The result of calling a callable; `callee` is the global it came from.
+    Call(Option<usize>),
+    PersId,
+}
+
+/// The outcome of analysing one stream.
+pub struct StreamAnalysis {
+    pub report: StreamReport,
+    /// Offset just past `STOP`, when the stream parsed to its end.
+    pub end: Option<usize>,
+}
+
+/// The sha256 blob id of a pickle stream's exact bytes: `sha256:<hex>`.
+pub fn blob_id(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+struct Machine<'p> {
+    policy: &'p Policy,
+    base: u64,
+    values: Vec<Sym>,
+    stack: Vec<u32>,
+    metastack: Vec<Vec<u32>>,
+    memo: HashMap<u64, u32>,
+    globals: Vec<GlobalRef>,
+    findings: Vec<Finding>,
+    proto: u8,
+    persistent_ids: u64,
+}
+
+struct Stop {
+    code: &'static str,
+    reason: String,
+}
+
+fn stop(code: &'static str, reason: impl Into<String>) -> Stop {
+    Stop {
+        code,
+        reason: reason.into(),
+    }
+}
+
+impl<'p> Machine<'p> {
+    fn push(&mut self, v: Sym) {
+        self.values.push(v);
+        self.stack.push((self.values.len() - 1) as u32);
+    }
+
+    fn pop(&mut self, op: Opcode) -> Result<u32, Stop> {
+        self.stack.pop().ok_or_else(|| {
+            stop(
+                "malformed_stream",
+                format!("{} pops from an empty stack (unpickling stack underflow)", op.name()),
+            )
+        })
+    }
+
+    fn top(&self, op: Opcode) -> Result<u32, Stop> {
+        self.stack.last().copied().ok_or_else(|| {
+            stop(
+                "malformed_stream",
+                format!("{} needs a value on the stack", op.name()),
+            )
+        })
+    }
+
+    fn pop_mark(&mut self, op: Opcode) -> Result<Vec<u32>, Stop> {
+        let outer = self.metastack.pop().ok_or_else(|| {
+            stop(
+                "malformed_stream",
+                format!("{} needs a MARK, but none is on the stack", op.name()),
+            )
+        })?;
+        Ok(std::mem::replace(&mut self.stack, outer))
+    }
+
+    fn finding(&mut self, severity: Verdict, code: &'static str, offset: usize, reason: String) {
+        self.findings.push(Finding {
+            code: code.into(),
+            severity,
+            module: String::new(),
+            name: String::new(),
+            offset: self.base + offset as u64,
+            called: false,
+            reason,
+        });
+    }
+
+    fn add_global(&mut self, module: String, name: String, offset: usize, op: Opcode) -> usize {
+        let (module, name) = if self.proto < 3 {
+            py2_mapping(&module, &name).unwrap_or((module, name))
+        } else {
+            (module, name)
+        };
+        self.globals.push(GlobalRef {
+            module,
+            name,
+            offset: self.base + offset as u64,
+            opcode: op.name().into(),
+            called: false,
+        });
+        self.globals.len() - 1
+    }
+
+    fn mark_called(&mut self, callable: u32, op: Opcode, offset: usize) -> Result<Option<usize>, Stop> {
+        match &self.values[callable as usize] {
+            Sym::Global(g) => {
+                let g = *g;
+                self.globals[g].called = true;
+                Ok(Some(g))
+            }
+            other => {
+                let what = describe(other);
+                self.finding(
+                    Verdict::Dangerous,
+                    "indirect_call",
+                    offset,
+                    format!("{} calls {what}, not a named global: the callable is computed at load time", op.name()),
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    /// Calls through helpers that call their first argument (`copyreg.__newobj__`,
+    /// `copyreg._reconstructor`, `torch._tensor._rebuild_from_type_v2`) also
+    /// call that argument.
+    fn mark_forwarded_call(&mut self, callee: usize, args: u32) {
+        let g = &self.globals[callee];
+        let forwards = matches!(
+            (g.module.as_str(), g.name.as_str()),
+            ("copyreg", "__newobj__" | "__newobj_ex__" | "_reconstructor")
+                | ("torch._tensor", "_rebuild_from_type_v2")
+        );
+        if !forwards {
+            return;
+        }
+        if let Sym::Tuple(items) = &self.values[args as usize] {
+            let targets: Vec<usize> = items
+                .iter()
+                .take(2)
+                .filter_map(|i| match &self.values[*i as usize] {
+                    Sym::Global(g) => Some(*g),
+                    _ => None,
+                })
+                .collect();
+            for t in targets {
+                self.globals[t].called = true;
+            }
+        }
+    }
+
+    fn container_target(&mut self, target: u32, op: Opcode, offset: usize, expected: fn(&Sym) -> bool) {
+        let sym = &self.values[target as usize];
+        if expected(sym) || matches!(sym, Sym::Call(_)) {
+            return;
+        }
+        // On anything but its own container type the unpickler looks up and
+        // calls a method (`append`, `extend`, `__setitem__`, `add`) by name.
+        let what = describe(sym);
+        self.finding(
+            Verdict::Dangerous,
+            "method_call",
+            offset,
+            format!("{} on {what} makes the unpickler call a method of it by name", op.name()),
+        );
+    }
+
+    fn step(&mut self, op: Opcode, arg: &Arg<'_>, offset: usize, first: bool) -> Result<(), Stop> {
+        use Opcode::*;
+        match op {
+            INT | BININT | BININT1 | BININT2 | LONG | LONG1 | LONG4 | FLOAT | BINFLOAT | NONE
+            | NEWTRUE | NEWFALSE | BINBYTES | SHORT_BINBYTES | BINBYTES8 | BYTEARRAY8 => {
+                self.push(Sym::Other)
+            }
+            STRING | BINSTRING | SHORT_BINSTRING => {
+                let s = match arg {
+                    Arg::Quoted(q) if q.len() <= MAX_NAME_LEN => text::escape_decode(q)
+                        .map(|b| b.iter().map(|&c| c as char).collect::<String>()),
+                    Arg::Latin1(b) if b.len() <= MAX_NAME_LEN => {
+                        Some(b.iter().map(|&c| c as char).collect())
+                    }
+                    _ => None,
+                };
+                self.push(Sym::Str(s))
+            }
+            UNICODE | SHORT_BINUNICODE | BINUNICODE | BINUNICODE8 => {
+                let s = match arg {
+                    Arg::Utf8(b) if b.len() <= MAX_NAME_LEN => Some(text::utf8_lossy(b).into_owned()),
+                    Arg::RawUnicodeEscape(b) if b.len() <= MAX_NAME_LEN => {
+                        text::decode_raw_unicode_escape(b).map(|cps| {
+                            cps.iter()
+                                .map(|&c| char::from_u32(c).unwrap_or('\u{fffd}'))
+                                .collect()
+                        })
+                    }
+                    _ => None,
+                };
+                self.push(Sym::Str(s))
+            }
+            NEXT_BUFFER => {
+                self.finding(
+                    Verdict::Suspicious,
+                    "out_of_band_buffer",
+                    offset,
+                    "the stream takes an out-of-band buffer supplied by the loader".into(),
+                );
+                self.push(Sym::Other)
+            }
+            READONLY_BUFFER => {
+                self.top(op)?;
+            }
+            EMPTY_LIST => self.push(Sym::List),
+            EMPTY_DICT => self.push(Sym::Dict),
+            EMPTY_SET => self.push(Sym::Set),
+            EMPTY_TUPLE => self.push(Sym::Tuple(Vec::new())),
+            APPEND => {
+                self.pop(op)?;
+                let t = self.top(op)?;
+                self.container_target(t, op, offset, |s| matches!(s, Sym::List));
+            }
+            APPENDS => {
+                self.pop_mark(op)?;
+                let t = self.top(op)?;
+                self.container_target(t, op, offset, |s| matches!(s, Sym::List));
+            }
+            SETITEM => {
+                self.pop(op)?;
+                self.pop(op)?;
+                let t = self.top(op)?;
+                self.container_target(t, op, offset, |s| matches!(s, Sym::Dict));
+            }
+            SETITEMS => {
+                let items = self.pop_mark(op)?;
+                if items.len() % 2 != 0 {
+                    return Err(stop("malformed_stream", "SETITEMS with an odd number of items"));
+                }
+                let t = self.top(op)?;
+                self.container_target(t, op, offset, |s| matches!(s, Sym::Dict));
+            }
+            ADDITEMS => {
+                self.pop_mark(op)?;
+                let t = self.top(op)?;
+                self.container_target(t, op, offset, |s| matches!(s, Sym::Set));
+            }
+            LIST => {
+                self.pop_mark(op)?;
+                self.push(Sym::List)
+            }
+            DICT => {
+                let items = self.pop_mark(op)?;
+                if items.len() % 2 != 0 {
+                    return Err(stop("malformed_stream", "DICT with an odd number of items"));
+                }
+                self.push(Sym::Dict)
+            }
+            FROZENSET => {
+                self.pop_mark(op)?;
+                self.push(Sym::Other)
+            }
+            TUPLE => {
+                let items = self.pop_mark(op)?;
+                self.push(Sym::Tuple(items))
+            }
+            TUPLE1 | TUPLE2 | TUPLE3 => {
+                let n = match op {
+                    TUPLE1 => 1,
+                    TUPLE2 => 2,
+                    _ => 3,
+                };
+                if self.stack.len() < n {
+                    return Err(stop(
+                        "malformed_stream",
+                        format!("{} needs {n} values on the stack", op.name()),
+                    ));
+                }
+                let items = self.stack.split_off(self.stack.len() - n);
+                self.push(Sym::Tuple(items))
+            }
+            POP => {
+                if self.stack.is_empty() {
+                    self.pop_mark(op)?;
+                } else {
+                    self.stack.pop();
+                }
+            }
+            DUP => {
+                let t = self.top(op)?;
+                self.stack.push(t);
+            }
+            MARK => {
+                let current = std::mem::take(&mut self.stack);
+                self.metastack.push(current);
+            }
+            POP_MARK => {
+                self.pop_mark(op)?;
+            }
+            GET | BINGET | LONG_BINGET => {
+                let key = memo_key(arg)?;
+                let v = *self.memo.get(&key).ok_or_else(|| {
+                    stop(
+                        "malformed_stream",
+                        format!("{} reads memo entry {key}, which was never stored", op.name()),
+                    )
+                })?;
+                self.stack.push(v);
+            }
+            PUT | BINPUT | LONG_BINPUT => {
+                let key = memo_key(arg)?;
+                let t = self.top(op)?;
+                self.memo.insert(key, t);
+            }
+            MEMOIZE => {
+                let t = self.top(op)?;
+                let key = self.memo.len() as u64;
+                self.memo.insert(key, t);
+            }
+            EXT1 | EXT2 | EXT4 => {
+                let code = match arg {
+                    Arg::Int(c) => *c,
+                    _ => 0,
+                };
+                self.finding(
+                    Verdict::Dangerous,
+                    "extension_code",
+                    offset,
+                    format!("{} {code} names a global through the process's copyreg extension registry, which cannot be resolved from the file", op.name()),
+                );
+                self.push(Sym::Other)
+            }
+            GLOBAL => {
+                let (m, n) = pair(arg)?;
+                let g = self.add_global(m, n, offset, op);
+                self.push(Sym::Global(g))
+            }
+            STACK_GLOBAL => {
+                let name = self.pop(op)?;
+                let module = self.pop(op)?;
+                match (&self.values[module as usize], &self.values[name as usize]) {
+                    (Sym::Str(Some(m)), Sym::Str(Some(n))) => {
+                        let (m, n) = (m.clone(), n.clone());
+                        let g = self.add_global(m, n, offset, op);
+                        self.push(Sym::Global(g))
+                    }
+                    (mv, nv) => {
+                        let reason = format!(
+                            "STACK_GLOBAL takes its module from {} and its name from {}, so the import is decided at load time",
+                            describe(mv),
+                            describe(nv)
+                        );
+                        self.finding(Verdict::Dangerous, "dynamic_global", offset, reason);
+                        let g = self.add_global("?".into(), "?".into(), offset, op);
+                        self.push(Sym::Global(g))
+                    }
+                }
+            }
+            REDUCE => {
+                let args = self.pop(op)?;
+                let callable = self.pop(op)?;
+                let callee = self.mark_called(callable, op, offset)?;
+                if let Some(c) = callee {
+                    self.mark_forwarded_call(c, args);
+                }
+                self.push(Sym::Call(callee))
+            }
+            BUILD => {
+                self.pop(op)?;
+                let obj = self.top(op)?;
+                match self.values[obj as usize].clone() {
+                    Sym::Global(g) => {
+                        let (m, n) = (self.globals[g].module.clone(), self.globals[g].name.clone());
+                        self.finding(
+                            Verdict::Dangerous,
+                            "build_on_global",
+                            offset,
+                            format!("BUILD sets attributes on the imported object {m}.{n} itself"),
+                        );
+                    }
+                    Sym::Call(Some(g)) => self.globals[g].called = true,
+                    _ => {}
+                }
+            }
+            INST => {
+                let (m, n) = pair(arg)?;
+                self.pop_mark(op)?;
+                let g = self.add_global(m, n, offset, op);
+                self.globals[g].called = true;
+                self.push(Sym::Call(Some(g)))
+            }
+            OBJ => {
+                let items = self.pop_mark(op)?;
+                let Some(&cls) = items.first() else {
+                    return Err(stop("malformed_stream", "OBJ without a class after MARK"));
+                };
+                let callee = self.mark_called(cls, op, offset)?;
+                self.push(Sym::Call(callee))
+            }
+            NEWOBJ => {
+                self.pop(op)?;
+                let cls = self.pop(op)?;
+                let callee = self.mark_called(cls, op, offset)?;
+                self.push(Sym::Call(callee))
+            }
+            NEWOBJ_EX => {
+                self.pop(op)?;
+                self.pop(op)?;
+                let cls = self.pop(op)?;
+                let callee = self.mark_called(cls, op, offset)?;
+                self.push(Sym::Call(callee))
+            }
+            PROTO => {
+                let v = match arg {
+                    Arg::Int(v) => *v,
+                    _ => 0,
+                };
+                if v > 5 {
+                    return Err(stop("malformed_stream", format!("unsupported pickle protocol {v}")));
+                }
+                if !first {
+                    self.finding(
+                        Verdict::Dangerous,
+                        "proto_mid_stream",
+                        offset,
+                        "PROTO after the first opcode changes how later names are resolved".into(),
+                    );
+                }
+                self.proto = v as u8;
+            }
+            FRAME => {}
+            PERSID => {
+                self.persistent_ids += 1;
+                self.push(Sym::PersId)
+            }
+            BINPERSID => {
+                self.pop(op)?;
+                self.persistent_ids += 1;
+                self.push(Sym::PersId)
+            }
+            STOP => {
+                self.pop(op)?;
+                if !self.stack.is_empty() || !self.metastack.is_empty() {
+                    self.finding(
+                        Verdict::Suspicious,
+                        "unusual_structure",
+                        offset,
+                        "values are left on the stack at STOP; no pickler writes that".into(),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn describe(sym: &Sym) -> &'static str {
+    match sym {
+        Sym::Str(_) => "a string",
+        Sym::Other => "a constant",
+        Sym::List => "a list",
+        Sym::Dict => "a dict",
+        Sym::Set => "a set",
+        Sym::Tuple(_) => "a tuple",
+        Sym::Global(_) => "an imported global",
+        Sym::Call(_) => "the result of a call",
+        Sym::PersId => "a persistent-id object",
+    }
+}
+
+fn memo_key(arg: &Arg<'_>) -> Result<u64, Stop> {
+    match arg {
+        Arg::Int(v) if *v >= 0 => Ok(*v as u64),
+        Arg::Bool(b) => Ok(*b as u64),
+        _ => Err(stop("malformed_stream", "negative or oversized memo index")),
+    }
+}
+
+fn pair(arg: &Arg<'_>) -> Result<(String, String), Stop> {
+    match arg {
+        Arg::Pair(m, n) => {
+            let m = std::str::from_utf8(m)
+                .map_err(|_| stop("malformed_stream", "module name is not UTF-8"))?;
+            let n = std::str::from_utf8(n)
+                .map_err(|_| stop("malformed_stream", "global name is not UTF-8"))?;
+            Ok((m.to_string(), n.to_string()))
+        }
+        _ => Err(stop("malformed_stream", "GLOBAL without module and name")),
+    }
+}
+
+/// Analyses the pickle stream that starts at `start` in `data`. `base` is
+/// added to every reported offset (the position of `data` in its file), and
+/// `name` identifies the stream in reports.
+pub fn analyze_stream(
+    data: &[u8],
+    start: usize,
+    base: u64,
+    name: &str,
+    policy: &Policy,
+    limits: &Limits,
+) -> StreamAnalysis {
+    let mut m = Machine {
+        policy,
+        base,
+        values: Vec::new(),
+        stack: Vec::new(),
+        metastack: Vec::new(),
+        memo: HashMap::new(),
+        globals: Vec::new(),
+        findings: Vec::new(),
+        proto: 0,
+        persistent_ids: 0,
+    };
+    let mut protocol = None;
+    let mut end = None;
+    let mut opcodes: u64 = 0;
+    let mut frame_end: Option<usize> = None;
+    let mut halted = false;
+    for (i, item) in Parser::new(data, start).enumerate() {
+        let instr = match item {
+            Ok(instr) => instr,
+            Err(e) => {
+                let code = match e.kind {
+                    ParseErrorKind::Truncated { .. } | ParseErrorKind::NoStop => "truncated_stream",
+                    _ => "malformed_stream",
+                };
+                m.finding(
+                    Verdict::Dangerous,
+                    code,
+                    e.offset,
+                    format!("{e}; the unpickler runs everything before this point"),
+                );
+                halted = true;
+                break;
+            }
+        };
+        opcodes += 1;
+        if opcodes > limits.max_opcodes {
+            m.finding(
+                Verdict::Dangerous,
+                "limit_exceeded",
+                instr.offset,
+                format!("more than {} opcodes; not analysed further", limits.max_opcodes),
+            );
+            halted = true;
+            break;
+        }
+        if let Some(fe) = frame_end {
+            if instr.offset < fe && (instr.end > fe || instr.op == Opcode::FRAME) {
+                m.finding(
+                    Verdict::Dangerous,
+                    "frame_violation",
+                    instr.offset,
+                    format!(
+                        "{} crosses the end of the frame at byte {}; the C and pure-Python unpicklers read this differently",
+                        instr.op.name(),
+                        base + fe as u64
+                    ),
+                );
+            }
+        }
+        if instr.op == Opcode::FRAME {
+            if let Arg::U64(len) = instr.arg {
+                let available = (data.len() - instr.end) as u64;
+                if len > available {
+                    m.finding(
+                        Verdict::Dangerous,
+                        "frame_violation",
+                        instr.offset,
+                        format!("FRAME of {len} bytes runs past the end of the data"),
+                    );
+                }
+                frame_end = Some(instr.end.saturating_add(len.min(available) as usize));
+            }
+        }
+        if instr.op == Opcode::PROTO && i == 0 {
+            if let Arg::Int(v) = instr.arg {
+                protocol = u8::try_from(v).ok();
+            }
+        }
+        if m.stack.len() + m.metastack.len() > limits.max_stack {
+            m.finding(
+                Verdict::Dangerous,
+                "limit_exceeded",
+                instr.offset,
+                format!("the stack grew past {} entries", limits.max_stack),
+            );
+            halted = true;
+            break;
+        }
+        if let Err(s) = m.step(instr.op, &instr.arg, instr.offset, i == 0) {
+            m.finding(
+                Verdict::Dangerous,
+                s.code,
+                instr.offset,
+                format!("{}; the unpickler runs everything before this point", s.reason),
+            );
+            halted = true;
+            break;
+        }
+        if instr.op == Opcode::STOP {
+            end = Some(instr.end);
+        }
+    }
+    let _ = halted;
+    let stream_end = end.unwrap_or(data.len());
+    let bytes = &data[start.min(data.len())..stream_end];
+
+    let mut findings = Vec::new();
+    for g in &m.globals {
+        if g.module == "?" {
+            continue;
+        }
+        let c = m.policy.classify(&g.module, &g.name);
+        if c.verdict > Verdict::Safe {
+            findings.push(Finding {
+                code: c.code.into(),
+                severity: c.verdict,
+                module: g.module.clone(),
+                name: g.name.clone(),
+                offset: g.offset,
+                called: g.called,
+                reason: c.reason,
+            });
+        }
+    }
+    findings.append(&mut m.findings);
+    findings.sort_by_key(|f| f.offset);
+    let verdict = findings
+        .iter()
+        .map(|f| f.severity)
+        .max()
+        .unwrap_or(Verdict::Safe);
+    StreamAnalysis {
+        report: StreamReport {
+            name: name.to_string(),
+            offset: base + start as u64,
+            length: bytes.len() as u64,
+            sha256: blob_id(bytes),
+            protocol,
+            verdict,
+            findings,
+            globals: m.globals,
+            persistent_ids: m.persistent_ids,
+            opcodes,
+        },
+        end,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(data: &[u8]) -> StreamAnalysis {
+        analyze_stream(data, 0, 0, "t", &Policy::default(), &Limits::default())
+    }
+
+    #[test]
+    fn os_system_is_dangerous_and_called() {
+        let a = scan(b"cos\nsystem\n(S'echo hi'\ntR.");
+        assert_eq!(a.report.verdict, Verdict::Dangerous);
+        let f = &a.report.findings[0];
+        assert_eq!((f.module.as_str(), f.name.as_str(), f.called), ("os", "system", true));
+        assert_eq!(f.offset, 0);
+    }
+
+    #[test]
+    fn stack_global_from_memo() {
+        // proto 4: 'builtins' MEMOIZE 'eval' MEMOIZE, then GET both, STACK_GLOBAL
+        let mut d = vec![0x80, 4];
+        d.extend_from_slice(b"\x8c\x08builtins\x94\x8c\x04eval\x94h\x00h\x01\x93");
+        d.extend_from_slice(b"\x8c\x011\x85R.");
+        let a = scan(&d);
+        assert_eq!(a.report.verdict, Verdict::Dangerous);
+        assert!(a.report.findings.iter().any(|f| f.name == "eval" && f.called));
+    }
+
+    #[test]
+    fn dynamic_global_is_dangerous() {
+        let a = scan(b"\x80\x04N\x8c\x04eval\x93.");
+        assert!(a.report.findings.iter().any(|f| f.code == "dynamic_global"));
+    }
+
+    #[test]
+    fn truncated_is_dangerous() {
+        let a = scan(b"\x80\x02cos\nsystem\n");
+        assert_eq!(a.report.verdict, Verdict::Dangerous);
+        assert!(a.end.is_none());
+    }
+
+    #[test]
+    fn py2_builtin_mapping() {
+        let a = scan(b"c__builtin__\neval\n(S'1'\ntR.");
+        assert_eq!(a.report.findings[0].module, "builtins");
+        assert_eq!(a.report.verdict, Verdict::Dangerous);
+    }
+
+    #[test]
+    fn plain_data_is_safe() {
+        let a = scan(b"\x80\x02}q\x00(X\x01\x00\x00\x00aq\x01K\x01u.");
+        assert_eq!(a.report.verdict, Verdict::Safe);
+        assert_eq!(a.end, Some(a.report.length as usize));
+    }
+}

@@ -1,0 +1,50 @@
+//! hermetic's pickle engine: a zero-copy parser for every opcode of pickle
+//! protocols 0 to 5, static analysis by symbolic execution, an allowlist
+//! policy, and readers for the containers pickles hide in. Nothing here
+//! imports or calls anything named in a file.
+
+pub mod analysis;
+pub mod opcodes;
+pub mod parser;
+pub mod policy;
+pub mod report;
+pub mod scan;
+pub mod text;
+
+pub use analysis::{analyze_stream, blob_id, StreamAnalysis};
+pub use opcodes::Opcode;
+pub use parser::{Arg, Instr, ParseError, Parser};
+pub use policy::{Policy, Verdict};
+pub use report::{FileReport, Finding, GlobalRef, StreamReport};
+
+/// Bounds on the work and memory one untrusted input may cost. Every count
+/// is checked before the allocation it would cause.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Opcodes per stream.
+    pub max_opcodes: u64,
+    /// Stack and MARK depth of the symbolic machine.
+    pub max_stack: usize,
+    /// Pickle streams per file (legacy checkpoints hold several).
+    pub max_streams: usize,
+    /// Bytes one decompression may produce.
+    pub max_decompressed: u64,
+    /// Entries in one zip or tar archive.
+    pub max_archive_entries: usize,
+    /// Nesting of containers (a zip in a zip in a gzip ...).
+    pub max_nesting: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_opcodes: 1 << 28,
+            max_stack: 1 << 24,
+            max_streams: 4096,
+            max_decompressed: 16 << 30,
+            max_archive_entries: 1 << 20,
+            max_nesting: 8,
+        }
+    }
+}
+pub use scan::{scan_bytes, scan_file};

@@ -1,0 +1,141 @@
+//! Scanning whole files: detect the container by content, find every pickle
+//! stream in it, analyse each, and judge the file.
+
+use crate::analysis::analyze_stream;
+use crate::policy::{Policy, Verdict};
+use crate::report::FileReport;
+use crate::Limits;
+use std::path::Path;
+
+/// Scans a file. Large files are memory-mapped, so only the parts that hold
+/// pickles (a zip's directory and its `.pkl` records) are ever read.
+pub fn scan_file(path: &Path, policy: &Policy, limits: &Limits) -> FileReport {
+    let display = path.display().to_string();
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => return io_error(display, e),
+    };
+    let len = match file.metadata() {
+        Ok(m) => m.len(),
+        Err(e) => return io_error(display, e),
+    };
+    if len == 0 {
+        return FileReport::new(display, "none");
+    }
+    match map_file(&file) {
+        Ok(map) => scan_bytes(&map, &display, policy, limits),
+        Err(e) => io_error(display, e),
+    }
+}
+
+#[allow(unsafe_code)]
+fn map_file(file: &std::fs::File) -> std::io::Result<memmap2::Mmap> {
+    // SAFETY: the map is read-only and every byte is treated as untrusted
+    // input, so concurrent modification can only change what the scan
+    // reports; it cannot break memory safety of the parser, which never
+    // assumes two reads of the same byte agree.
+    unsafe { memmap2::Mmap::map(file) }
+}
+
+fn io_error(path: String, e: std::io::Error) -> FileReport {
+    let mut r = FileReport::new(path, "error");
+    r.error = Some(e.to_string());
+    r
+}
+
+/// Scans an in-memory file. `path` only names it in the report.
+pub fn scan_bytes(data: &[u8], path: &str, policy: &Policy, limits: &Limits) -> FileReport {
+    let mut report = FileReport::new(path, "none");
+    if looks_like_pickle(data) {
+        report.format = "pickle".into();
+        scan_pickle_sequence(data, 0, 0, "pickle", &mut report, policy, limits);
+    }
+    report.finish();
+    report
+}
+
+/// Whether the bytes start the way a pickle the unpickler would act on does:
+/// a PROTO opcode, or a protocol 0/1 stream whose first stream parses or
+/// names an importable-looking global before failing.
+pub fn looks_like_pickle(data: &[u8]) -> bool {
+    match data {
+        [0x80, 0..=5, ..] => true,
+        [] => false,
+        _ => {
+            let a = analyze_stream(data, 0, 0, "probe", &Policy::default(), &Limits {
+                max_opcodes: 1 << 16,
+                ..Limits::default()
+            });
+            a.end.is_some()
+                || a.report
+                    .globals
+                    .iter()
+                    .any(|g| is_dotted_identifier(&g.module) && is_dotted_identifier(&g.name))
+        }
+    }
+}
+
+fn is_dotted_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.').all(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .is_some_and(|c| c.is_alphabetic() || c == '_')
+                && chars.all(|c| c.is_alphanumeric() || c == '_')
+        })
+}
+
+/// Scans consecutive pickle streams starting at `start`, as repeated
+/// `pickle.load` calls on one file would read them. Data after the last
+/// stream that does not parse as another pickle is reported.
+pub fn scan_pickle_sequence(
+    data: &[u8],
+    start: usize,
+    base: u64,
+    name: &str,
+    report: &mut FileReport,
+    policy: &Policy,
+    limits: &Limits,
+) -> usize {
+    let mut pos = start;
+    let mut index = 0;
+    loop {
+        if report.streams.len() >= limits.max_streams {
+            report.add_finding(
+                Verdict::Dangerous,
+                "limit_exceeded",
+                base + pos as u64,
+                format!("more than {} pickle streams", limits.max_streams),
+            );
+            return pos;
+        }
+        let stream_name = if index == 0 {
+            name.to_string()
+        } else {
+            format!("{name}[{index}]")
+        };
+        let a = analyze_stream(data, pos, base, &stream_name, policy, limits);
+        report.streams.push(a.report);
+        match a.end {
+            Some(end) if end < data.len() => {
+                pos = end;
+                index += 1;
+                if !looks_like_pickle(&data[pos..]) {
+                    report.add_finding(
+                        Verdict::Dangerous,
+                        "trailing_data",
+                        base + pos as u64,
+                        format!(
+                            "{} bytes after the last STOP are not a pickle; a second load could read them",
+                            data.len() - pos
+                        ),
+                    );
+                    return pos;
+                }
+            }
+            Some(end) => return end,
+            None => return data.len(),
+        }
+    }
+}
