@@ -1,0 +1,65 @@
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Safe persistence for machine learning: find out whether loading a file can
+/// run code, before anything loads it.
+#[derive(Debug, Parser)]
+#[command(name = "hermetic", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Scan files and folders for pickles and report what loading them would import and call.
+    Scan(ScanArgs),
+    /// Print the blob id (sha256 of the exact stream bytes) of every pickle stream in each file.
+    Hash(HashArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+    Sarif,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FailOn {
+    Suspicious,
+    Dangerous,
+    Never,
+}
+
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    /// Files or folders to scan (folders recursively).
+    #[arg(default_value = ".")]
+    pub paths: Vec<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// A TOML policy file that allows or denies more globals.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Exit with status 1 when any file is at or above this verdict.
+    #[arg(long, value_enum, default_value_t = FailOn::Suspicious)]
+    pub fail_on: FailOn,
+    /// Also list files that hold no pickle.
+    #[arg(long)]
+    pub all: bool,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct HashArgs {
+    /// Files whose pickle streams to hash.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Print JSON instead of lines.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,202 @@
+use super::{sarif, CliError};
+use crate::args::{FailOn, Format, ScanArgs};
+use crate::walk;
+use crate::ExitStatus;
+use hermetic_pickle::{scan_file, FileReport, Limits, Policy, Verdict};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::io::Write;
+
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    pub files_scanned: usize,
+    pub files_with_pickles: usize,
+    pub safe: usize,
+    pub suspicious: usize,
+    pub dangerous: usize,
+    pub errors: usize,
+    pub verdict: Option<Verdict>,
+}
+
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    files: Vec<&'a FileReport>,
+    summary: &'a Summary,
+}
+
+pub(crate) fn run(args: &ScanArgs, out: &mut dyn Write) -> Result<ExitStatus, CliError> {
+    let policy = match &args.policy {
+        Some(p) => Policy::from_file(p).map_err(|e| CliError::Usage(e.to_string()))?,
+        None => Policy::default(),
+    };
+    let (reports, summary) = scan_paths(&args.paths, &policy, args.jobs)?;
+    let shown: Vec<&FileReport> = reports
+        .iter()
+        .filter(|r| args.all || r.format != "none" || r.error.is_some())
+        .collect();
+    match args.format {
+        Format::Text => write_text(out, &shown, &summary)?,
+        Format::Json => {
+            serde_json::to_writer_pretty(
+                &mut *out,
+                &JsonReport {
+                    files: shown,
+                    summary: &summary,
+                },
+            )?;
+            writeln!(out)?;
+        }
+        Format::Sarif => {
+            serde_json::to_writer_pretty(&mut *out, &sarif::report(&shown))?;
+            writeln!(out)?;
+        }
+    }
+    let threshold = match args.fail_on {
+        FailOn::Suspicious => Some(Verdict::Suspicious),
+        FailOn::Dangerous => Some(Verdict::Dangerous),
+        FailOn::Never => None,
+    };
+    let failed = threshold.is_some_and(|t| summary.verdict.is_some_and(|v| v >= t));
+    Ok(if failed {
+        ExitStatus::Findings
+    } else if summary.errors > 0 {
+        ExitStatus::Internal
+    } else {
+        ExitStatus::Clean
+    })
+}
+
+/// Scans every file under `paths` in parallel; reports come back sorted by
+/// path, followed by paths that could not be read.
+pub fn scan_paths(
+    paths: &[std::path::PathBuf],
+    policy: &Policy,
+    jobs: Option<usize>,
+) -> Result<(Vec<FileReport>, Summary), CliError> {
+    let (files, walk_errors) = walk::collect(paths);
+    let limits = Limits::default();
+    let scan = || -> Vec<FileReport> {
+        files
+            .par_iter()
+            .map(|f| scan_file(f, policy, &limits))
+            .collect()
+    };
+    let mut reports = match jobs {
+        Some(n) => rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build()
+            .map_err(|e| CliError::Usage(e.to_string()))?
+            .install(scan),
+        None => scan(),
+    };
+    for (path, err) in walk_errors {
+        let mut r = FileReport::new(path.display().to_string(), "error");
+        r.error = Some(err);
+        reports.push(r);
+    }
+    let mut summary = Summary {
+        files_scanned: files.len(),
+        ..Summary::default()
+    };
+    for r in &reports {
+        if r.error.is_some() {
+            summary.errors += 1;
+            continue;
+        }
+        if r.format == "none" {
+            continue;
+        }
+        summary.files_with_pickles += usize::from(r.has_pickle());
+        match r.verdict {
+            Verdict::Safe => summary.safe += 1,
+            Verdict::Suspicious => summary.suspicious += 1,
+            Verdict::Dangerous => summary.dangerous += 1,
+        }
+        summary.verdict = summary.verdict.max(Some(r.verdict));
+    }
+    Ok((reports, summary))
+}
+
+fn write_text(
+    out: &mut dyn Write,
+    reports: &[&FileReport],
+    summary: &Summary,
+) -> std::io::Result<()> {
+    let path_w = reports
+        .iter()
+        .map(|r| r.path.chars().count())
+        .max()
+        .unwrap_or(4)
+        .clamp(4, 60);
+    let fmt_w = reports
+        .iter()
+        .map(|r| r.format.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    writeln!(
+        out,
+        "{:<path_w$}  {:<fmt_w$}  {:<10}  FINDINGS",
+        "PATH", "FORMAT", "VERDICT"
+    )?;
+    for r in reports {
+        let verdict = if r.error.is_some() {
+            "error"
+        } else {
+            r.verdict.as_str()
+        };
+        let mut lines: Vec<String> = Vec::new();
+        if let Some(e) = &r.error {
+            lines.push(e.clone());
+        }
+        for s in &r.streams {
+            for f in &s.findings {
+                lines.push(describe(f, Some(&s.name)));
+            }
+        }
+        for f in &r.findings {
+            lines.push(describe(f, None));
+        }
+        let first = lines.first().cloned().unwrap_or_else(|| "-".into());
+        writeln!(
+            out,
+            "{:<path_w$}  {:<fmt_w$}  {:<10}  {first}",
+            r.path, r.format, verdict
+        )?;
+        for line in lines.iter().skip(1) {
+            writeln!(out, "{:<path_w$}  {:<fmt_w$}  {:<10}  {line}", "", "", "")?;
+        }
+    }
+    writeln!(
+        out,
+        "\n{} files scanned, {} with pickles: {} safe, {} suspicious, {} dangerous{}",
+        summary.files_scanned,
+        summary.files_with_pickles,
+        summary.safe,
+        summary.suspicious,
+        summary.dangerous,
+        if summary.errors > 0 {
+            format!(", {} unreadable", summary.errors)
+        } else {
+            String::new()
+        }
+    )
+}
+
+fn describe(f: &hermetic_pickle::Finding, stream: Option<&str>) -> String {
+    let what = if f.module.is_empty() {
+        f.code.clone()
+    } else {
+        format!(
+            "{}.{}{}",
+            f.module,
+            f.name,
+            if f.called { " (called)" } else { "" }
+        )
+    };
+    let place = match stream {
+        Some(s) => format!("{s} @{}", f.offset),
+        None => format!("@{}", f.offset),
+    };
+    format!("{}: {what} in {place}: {}", f.severity, f.reason)
+}

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    hermetic_cli::run(std::env::args_os()).into()
+}
