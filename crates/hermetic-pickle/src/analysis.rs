@@ -76,7 +76,10 @@ impl<'p> Machine<'p> {
         self.stack.pop().ok_or_else(|| {
             stop(
                 "malformed_stream",
-                format!("{} pops from an empty stack (unpickling stack underflow)", op.name()),
+                format!(
+                    "{} pops from an empty stack (unpickling stack underflow)",
+                    op.name()
+                ),
             )
         })
     }
@@ -128,7 +131,12 @@ impl<'p> Machine<'p> {
         self.globals.len() - 1
     }
 
-    fn mark_called(&mut self, callable: u32, op: Opcode, offset: usize) -> Result<Option<usize>, Stop> {
+    fn mark_called(
+        &mut self,
+        callable: u32,
+        op: Opcode,
+        offset: usize,
+    ) -> Result<Option<usize>, Stop> {
         match &self.values[callable as usize] {
             Sym::Global(g) => {
                 let g = *g;
@@ -176,7 +184,13 @@ impl<'p> Machine<'p> {
         }
     }
 
-    fn container_target(&mut self, target: u32, op: Opcode, offset: usize, expected: fn(&Sym) -> bool) {
+    fn container_target(
+        &mut self,
+        target: u32,
+        op: Opcode,
+        offset: usize,
+        expected: fn(&Sym) -> bool,
+    ) {
         let sym = &self.values[target as usize];
         if expected(sym) || matches!(sym, Sym::Call(_)) {
             return;
@@ -188,7 +202,10 @@ impl<'p> Machine<'p> {
             Verdict::Dangerous,
             "method_call",
             offset,
-            format!("{} on {what} makes the unpickler call a method of it by name", op.name()),
+            format!(
+                "{} on {what} makes the unpickler call a method of it by name",
+                op.name()
+            ),
         );
     }
 
@@ -212,7 +229,9 @@ impl<'p> Machine<'p> {
             }
             UNICODE | SHORT_BINUNICODE | BINUNICODE | BINUNICODE8 => {
                 let s = match arg {
-                    Arg::Utf8(b) if b.len() <= MAX_NAME_LEN => Some(text::utf8_lossy(b).into_owned()),
+                    Arg::Utf8(b) if b.len() <= MAX_NAME_LEN => {
+                        Some(text::utf8_lossy(b).into_owned())
+                    }
                     Arg::RawUnicodeEscape(b) if b.len() <= MAX_NAME_LEN => {
                         text::decode_raw_unicode_escape(b).map(|cps| {
                             cps.iter()
@@ -259,7 +278,10 @@ impl<'p> Machine<'p> {
             SETITEMS => {
                 let items = self.pop_mark(op)?;
                 if items.len() % 2 != 0 {
-                    return Err(stop("malformed_stream", "SETITEMS with an odd number of items"));
+                    return Err(stop(
+                        "malformed_stream",
+                        "SETITEMS with an odd number of items",
+                    ));
                 }
                 let t = self.top(op)?;
                 self.container_target(t, op, offset, |s| matches!(s, Sym::Dict));
@@ -326,7 +348,10 @@ impl<'p> Machine<'p> {
                 let v = *self.memo.get(&key).ok_or_else(|| {
                     stop(
                         "malformed_stream",
-                        format!("{} reads memo entry {key}, which was never stored", op.name()),
+                        format!(
+                            "{} reads memo entry {key}, which was never stored",
+                            op.name()
+                        ),
                     )
                 })?;
                 self.stack.push(v);
@@ -440,7 +465,10 @@ impl<'p> Machine<'p> {
                     _ => 0,
                 };
                 if v > 5 {
-                    return Err(stop("malformed_stream", format!("unsupported pickle protocol {v}")));
+                    return Err(stop(
+                        "malformed_stream",
+                        format!("unsupported pickle protocol {v}"),
+                    ));
                 }
                 if !first {
                     self.finding(
@@ -565,7 +593,10 @@ pub fn analyze_stream(
                 Verdict::Dangerous,
                 "limit_exceeded",
                 instr.offset,
-                format!("more than {} opcodes; not analysed further", limits.max_opcodes),
+                format!(
+                    "more than {} opcodes; not analysed further",
+                    limits.max_opcodes
+                ),
             );
             halted = true;
             break;
@@ -618,7 +649,10 @@ pub fn analyze_stream(
                 Verdict::Dangerous,
                 s.code,
                 instr.offset,
-                format!("{}; the unpickler runs everything before this point", s.reason),
+                format!(
+                    "{}; the unpickler runs everything before this point",
+                    s.reason
+                ),
             );
             halted = true;
             break;
@@ -686,7 +720,10 @@ mod tests {
         let a = scan(b"cos\nsystem\n(S'echo hi'\ntR.");
         assert_eq!(a.report.verdict, Verdict::Dangerous);
         let f = &a.report.findings[0];
-        assert_eq!((f.module.as_str(), f.name.as_str(), f.called), ("os", "system", true));
+        assert_eq!(
+            (f.module.as_str(), f.name.as_str(), f.called),
+            ("os", "system", true)
+        );
         assert_eq!(f.offset, 0);
     }
 
@@ -698,7 +735,11 @@ mod tests {
         d.extend_from_slice(b"\x8c\x011\x85R.");
         let a = scan(&d);
         assert_eq!(a.report.verdict, Verdict::Dangerous);
-        assert!(a.report.findings.iter().any(|f| f.name == "eval" && f.called));
+        assert!(a
+            .report
+            .findings
+            .iter()
+            .any(|f| f.name == "eval" && f.called));
     }
 
     #[test]
@@ -726,5 +767,33 @@ mod tests {
         let a = scan(b"\x80\x02}q\x00(X\x01\x00\x00\x00aq\x01K\x01u.");
         assert_eq!(a.report.verdict, Verdict::Safe);
         assert_eq!(a.end, Some(a.report.length as usize));
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Arbitrary bytes give a report, never a panic; anything that is
+            /// not a clean stream is never called safe.
+            #[test]
+            fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let a = scan(&data);
+                if a.end.is_none() {
+                    prop_assert_eq!(a.report.verdict, Verdict::Dangerous);
+                }
+            }
+
+            /// Mutating one byte of a real pickle never panics.
+            #[test]
+            fn mutated_pickles_never_panic(pos in 0usize..40, byte in any::<u8>()) {
+                let mut data = b"\x80\x04\x95\x1d\x00\x00\x00\x00\x00\x00\x00}\x94(\x8c\x01a\x94K\x01\x8c\x01b\x94]\x94(K\x02K\x03eu.".to_vec();
+                let i = pos % data.len();
+                data[i] = byte;
+                let _ = scan(&data);
+            }
+        }
     }
 }
