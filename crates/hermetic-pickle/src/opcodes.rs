@@ -158,7 +158,9 @@ mod tests {
         for op in Opcode::ALL {
             assert_eq!(Opcode::from_byte(op.byte()), Some(*op));
         }
-        let defined = (0u8..=255).filter(|b| Opcode::from_byte(*b).is_some()).count();
+        let defined = (0u8..=255)
+            .filter(|b| Opcode::from_byte(*b).is_some())
+            .count();
         assert_eq!(defined, 68);
     }
 }

@@ -55,7 +55,9 @@ pub struct Instr<'a> {
 pub enum ParseErrorKind {
     UnknownOpcode(u8),
     /// The input ended inside an argument that needed `needed` more bytes.
-    Truncated { needed: u64 },
+    Truncated {
+        needed: u64,
+    },
     MissingNewline,
     BadQuotes,
     BadDecimal,
@@ -83,7 +85,10 @@ impl fmt::Display for ParseError {
         match &self.kind {
             ParseErrorKind::UnknownOpcode(b) => write!(f, "unknown opcode 0x{b:02x} {at}"),
             ParseErrorKind::Truncated { needed } => {
-                write!(f, "stream truncated {at}: argument needs {needed} more bytes")
+                write!(
+                    f,
+                    "stream truncated {at}: argument needs {needed} more bytes"
+                )
             }
             ParseErrorKind::MissingNewline => write!(f, "missing newline {at}"),
             ParseErrorKind::BadQuotes => write!(f, "STRING argument is not quoted {at}"),
@@ -240,11 +245,13 @@ impl<'a> Parser<'a> {
             ArgKind::UnicodeStringNl => Arg::RawUnicodeEscape(self.line(at, op)?),
             ArgKind::UnicodeString1 => {
                 let n = self.take(1, at, op)?[0];
-                utf8_arg(self.take(n as u64, at, op)?).ok_or_else(|| err(ParseErrorKind::BadUtf8))?
+                utf8_arg(self.take(n as u64, at, op)?)
+                    .ok_or_else(|| err(ParseErrorKind::BadUtf8))?
             }
             ArgKind::UnicodeString4 => {
                 let n = u32::from_le_bytes(arr(self.take(4, at, op)?));
-                utf8_arg(self.take(n as u64, at, op)?).ok_or_else(|| err(ParseErrorKind::BadUtf8))?
+                utf8_arg(self.take(n as u64, at, op)?)
+                    .ok_or_else(|| err(ParseErrorKind::BadUtf8))?
             }
             ArgKind::UnicodeString8 => {
                 let n = u64::from_le_bytes(arr(self.take(8, at, op)?));
@@ -324,8 +331,14 @@ fn decimal(line: &[u8]) -> Option<Arg<'_>> {
 }
 
 fn trim_ascii(s: &[u8]) -> &[u8] {
-    let start = s.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(s.len());
-    let end = s.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |i| i + 1);
+    let start = s
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |i| i + 1);
     &s[start..end]
 }
 

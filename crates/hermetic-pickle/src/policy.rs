@@ -73,10 +73,7 @@ fn glob(pattern: &str, text: &str) -> bool {
     match pattern.strip_suffix('*') {
         None => pattern == text,
         Some(prefix) => {
-            text.starts_with(prefix)
-                || prefix
-                    .strip_suffix('.')
-                    .is_some_and(|p| text == p)
+            text.starts_with(prefix) || prefix.strip_suffix('.').is_some_and(|p| text == p)
         }
     }
 }
@@ -205,38 +202,186 @@ const SAFE_GLOBALS: &[(&str, &str)] = &[
 
 /// Every `torch.<dtype>` name torch defines (checked against torch 2.x).
 pub const TORCH_DTYPES: &[&str] = &[
-    "bcomplex32", "bfloat16", "bits16", "bits1x8", "bits2x4", "bits4x2", "bits8", "bool",
-    "cdouble", "cfloat", "chalf", "complex128", "complex32", "complex64", "double", "float",
-    "float16", "float32", "float4_e2m1fn_x2", "float64", "float8_e4m3fn", "float8_e4m3fnuz",
-    "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu", "half", "int", "int1", "int16", "int2",
-    "int3", "int32", "int4", "int5", "int6", "int64", "int7", "int8", "long", "qint32", "qint8",
-    "quint2x4", "quint4x2", "quint8", "short", "uint1", "uint16", "uint2", "uint3", "uint32",
-    "uint4", "uint5", "uint6", "uint64", "uint7", "uint8",
+    "bcomplex32",
+    "bfloat16",
+    "bits16",
+    "bits1x8",
+    "bits2x4",
+    "bits4x2",
+    "bits8",
+    "bool",
+    "cdouble",
+    "cfloat",
+    "chalf",
+    "complex128",
+    "complex32",
+    "complex64",
+    "double",
+    "float",
+    "float16",
+    "float32",
+    "float4_e2m1fn_x2",
+    "float64",
+    "float8_e4m3fn",
+    "float8_e4m3fnuz",
+    "float8_e5m2",
+    "float8_e5m2fnuz",
+    "float8_e8m0fnu",
+    "half",
+    "int",
+    "int1",
+    "int16",
+    "int2",
+    "int3",
+    "int32",
+    "int4",
+    "int5",
+    "int6",
+    "int64",
+    "int7",
+    "int8",
+    "long",
+    "qint32",
+    "qint8",
+    "quint2x4",
+    "quint4x2",
+    "quint8",
+    "short",
+    "uint1",
+    "uint16",
+    "uint2",
+    "uint3",
+    "uint32",
+    "uint4",
+    "uint5",
+    "uint6",
+    "uint64",
+    "uint7",
+    "uint8",
 ];
 
 /// The legacy typed storage classes (`torch.FloatStorage`, ...), which torch
 /// names in the persistent ids of every checkpoint.
 pub const TORCH_STORAGE_PREFIXES: &[&str] = &[
-    "BFloat16", "Bool", "Byte", "Char", "ComplexDouble", "ComplexFloat", "Double", "Float",
-    "Half", "Int", "Long", "QInt32", "QInt8", "QUInt2x4", "QUInt4x2", "QUInt8", "Short",
+    "BFloat16",
+    "Bool",
+    "Byte",
+    "Char",
+    "ComplexDouble",
+    "ComplexFloat",
+    "Double",
+    "Float",
+    "Half",
+    "Int",
+    "Long",
+    "QInt32",
+    "QInt8",
+    "QUInt2x4",
+    "QUInt4x2",
+    "QUInt8",
+    "Short",
 ];
 
 /// Whole modules whose globals are code-execution, file-system, network,
 /// process or nested-deserialization primitives.
 const DANGEROUS_MODULES: &[&str] = &[
-    "os", "posix", "nt", "posixpath", "ntpath", "subprocess", "sys", "runpy", "importlib",
-    "imp", "pickle", "_pickle", "cPickle", "dill", "cloudpickle", "marshal", "shelve",
-    "shutil", "socket", "_socket", "ctypes", "_ctypes", "code", "codeop", "pty", "commands",
-    "webbrowser", "urllib", "http", "ftplib", "smtplib", "telnetlib", "xmlrpc", "requests",
-    "httpx", "aiohttp", "multiprocessing", "_posixsubprocess", "asyncio", "pydoc", "pkgutil",
-    "operator", "_operator", "functools", "_functools", "types", "timeit", "cProfile",
-    "profile", "pdb", "bdb", "trace", "doctest", "idlelib", "lib2to3", "distutils",
-    "setuptools", "pip", "venv", "ensurepip", "zipimport", "tempfile", "io", "_io",
-    "fileinput", "sqlite3", "dbm", "logging.config", "signal", "_thread", "gc", "inspect", "builtins.__import__", "torch.hub", "torch.jit",
-    "torch.utils.cpp_extension", "torch.package", "torch._dynamo", "torch._inductor",
-    "torch.fx", "torch.serialization", "torch.ops", "torch._ops", "torch.library",
-    "torch.backends", "numpy.testing", "numpy.f2py", "numpy.distutils", "numpy.lib.npyio",
-    "numpy.lib.format", "joblib", "pandas.io", "yaml", "jinja2", "mako", "sympy", "IPython",
+    "os",
+    "posix",
+    "nt",
+    "posixpath",
+    "ntpath",
+    "subprocess",
+    "sys",
+    "runpy",
+    "importlib",
+    "imp",
+    "pickle",
+    "_pickle",
+    "cPickle",
+    "dill",
+    "cloudpickle",
+    "marshal",
+    "shelve",
+    "shutil",
+    "socket",
+    "_socket",
+    "ctypes",
+    "_ctypes",
+    "code",
+    "codeop",
+    "pty",
+    "commands",
+    "webbrowser",
+    "urllib",
+    "http",
+    "ftplib",
+    "smtplib",
+    "telnetlib",
+    "xmlrpc",
+    "requests",
+    "httpx",
+    "aiohttp",
+    "multiprocessing",
+    "_posixsubprocess",
+    "asyncio",
+    "pydoc",
+    "pkgutil",
+    "operator",
+    "_operator",
+    "functools",
+    "_functools",
+    "types",
+    "timeit",
+    "cProfile",
+    "profile",
+    "pdb",
+    "bdb",
+    "trace",
+    "doctest",
+    "idlelib",
+    "lib2to3",
+    "distutils",
+    "setuptools",
+    "pip",
+    "venv",
+    "ensurepip",
+    "zipimport",
+    "tempfile",
+    "io",
+    "_io",
+    "fileinput",
+    "sqlite3",
+    "dbm",
+    "logging.config",
+    "signal",
+    "_thread",
+    "gc",
+    "inspect",
+    "builtins.__import__",
+    "torch.hub",
+    "torch.jit",
+    "torch.utils.cpp_extension",
+    "torch.package",
+    "torch._dynamo",
+    "torch._inductor",
+    "torch.fx",
+    "torch.serialization",
+    "torch.ops",
+    "torch._ops",
+    "torch.library",
+    "torch.backends",
+    "numpy.testing",
+    "numpy.f2py",
+    "numpy.distutils",
+    "numpy.lib.npyio",
+    "numpy.lib.format",
+    "joblib",
+    "pandas.io",
+    "yaml",
+    "jinja2",
+    "mako",
+    "sympy",
+    "IPython",
 ];
 
 /// Single names that are dangerous in otherwise unremarkable modules.
@@ -372,7 +517,9 @@ impl Policy {
         }
         // Dotted names are resolved attribute by attribute (protocol 4+), so a
         // dunder component reaches interpreter internals from any module.
-        if name.split('.').any(|part| part.starts_with("__") && part.ends_with("__") && part.len() > 4)
+        if name
+            .split('.')
+            .any(|part| part.starts_with("__") && part.ends_with("__") && part.len() > 4)
             && !self.safe.contains(&(module.to_string(), name.to_string()))
         {
             return Classification {
@@ -415,7 +562,9 @@ fn dangerous_reason(module: &str, name: &str) -> Option<String> {
     let first = name.split('.').next().unwrap_or(name);
     for m in DANGEROUS_MODULES {
         let in_module = module == *m
-            || module.strip_prefix(m).is_some_and(|rest| rest.starts_with('.'))
+            || module
+                .strip_prefix(m)
+                .is_some_and(|rest| rest.starts_with('.'))
             || format!("{module}.{first}") == *m;
         if in_module {
             return Some(format!(
@@ -425,7 +574,9 @@ fn dangerous_reason(module: &str, name: &str) -> Option<String> {
     }
     for (m, n) in DANGEROUS_NAMES {
         if module == *m && first == *n {
-            return Some(format!("`{m}.{n}` is a known code-execution or indirection primitive"));
+            return Some(format!(
+                "`{m}.{n}` is a known code-execution or indirection primitive"
+            ));
         }
     }
     None
@@ -434,7 +585,10 @@ fn dangerous_reason(module: &str, name: &str) -> Option<String> {
 /// Applies CPython's Python 2 compatibility renames (`_compat_pickle`), which
 /// the unpickler uses for `GLOBAL`/`INST` while the protocol is below 3.
 pub fn py2_mapping(module: &str, name: &str) -> Option<(String, String)> {
-    if let Some((_, _, m, n)) = NAME_MAPPING.iter().find(|(m, n, _, _)| *m == module && *n == name) {
+    if let Some((_, _, m, n)) = NAME_MAPPING
+        .iter()
+        .find(|(m, n, _, _)| *m == module && *n == name)
+    {
         return Some((m.to_string(), n.to_string()));
     }
     if module == "exceptions" {
@@ -463,10 +617,30 @@ const NAME_MAPPING: &[(&str, &str, &str, &str)] = &[
     ("UserString", "UserString", "collections", "UserString"),
     ("whichdb", "whichdb", "dbm", "whichdb"),
     ("_socket", "fromfd", "socket", "fromfd"),
-    ("_multiprocessing", "Connection", "multiprocessing.connection", "Connection"),
-    ("multiprocessing.process", "Process", "multiprocessing.context", "Process"),
-    ("multiprocessing.forking", "Popen", "multiprocessing.popen_fork", "Popen"),
-    ("urllib", "ContentTooShortError", "urllib.error", "ContentTooShortError"),
+    (
+        "_multiprocessing",
+        "Connection",
+        "multiprocessing.connection",
+        "Connection",
+    ),
+    (
+        "multiprocessing.process",
+        "Process",
+        "multiprocessing.context",
+        "Process",
+    ),
+    (
+        "multiprocessing.forking",
+        "Popen",
+        "multiprocessing.popen_fork",
+        "Popen",
+    ),
+    (
+        "urllib",
+        "ContentTooShortError",
+        "urllib.error",
+        "ContentTooShortError",
+    ),
     ("urllib", "getproxies", "urllib.request", "getproxies"),
     ("urllib", "pathname2url", "urllib.request", "pathname2url"),
     ("urllib", "quote_plus", "urllib.parse", "quote_plus"),
@@ -547,15 +721,22 @@ mod tests {
     #[test]
     fn default_classes() {
         let p = Policy::default();
-        assert_eq!(p.classify("torch._utils", "_rebuild_tensor_v2").verdict, Verdict::Safe);
+        assert_eq!(
+            p.classify("torch._utils", "_rebuild_tensor_v2").verdict,
+            Verdict::Safe
+        );
         assert_eq!(p.classify("torch", "bfloat16").verdict, Verdict::Safe);
         assert_eq!(p.classify("torch", "FloatStorage").verdict, Verdict::Safe);
         assert_eq!(p.classify("os", "system").verdict, Verdict::Dangerous);
         assert_eq!(p.classify("os.path", "join").verdict, Verdict::Dangerous);
         assert_eq!(p.classify("builtins", "eval").verdict, Verdict::Dangerous);
-        assert_eq!(p.classify("builtins", "getattr").verdict, Verdict::Dangerous);
         assert_eq!(
-            p.classify("collections", "OrderedDict.__init__.__globals__").verdict,
+            p.classify("builtins", "getattr").verdict,
+            Verdict::Dangerous
+        );
+        assert_eq!(
+            p.classify("collections", "OrderedDict.__init__.__globals__")
+                .verdict,
             Verdict::Dangerous
         );
         assert_eq!(p.classify("mymodel", "Net").verdict, Verdict::Suspicious);
@@ -569,7 +750,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.classify("mymodel", "Net").verdict, Verdict::Safe);
-        assert_eq!(p.classify("mymodel.sub", "Net").verdict, Verdict::Suspicious);
+        assert_eq!(
+            p.classify("mymodel.sub", "Net").verdict,
+            Verdict::Suspicious
+        );
         assert_eq!(p.classify("torch", "Size").verdict, Verdict::Dangerous);
         // An allow pattern never overrides a known primitive.
         let p = Policy::from_toml("[allow]\nglobals = [\"os:*\"]\n").unwrap();

@@ -91,7 +91,13 @@ impl FileReport {
     }
 
     /// A container-level finding.
-    pub fn add_finding(&mut self, severity: Verdict, code: &str, offset: u64, reason: impl Into<String>) {
+    pub fn add_finding(
+        &mut self,
+        severity: Verdict,
+        code: &str,
+        offset: u64,
+        reason: impl Into<String>,
+    ) {
         self.findings.push(Finding {
             module: String::new(),
             name: String::new(),

@@ -159,7 +159,10 @@ mod tests {
 
     #[test]
     fn surrogatepass() {
-        assert_eq!(decode_utf8_surrogatepass(b"\xed\xa0\x80"), Some(vec![0xd800]));
+        assert_eq!(
+            decode_utf8_surrogatepass(b"\xed\xa0\x80"),
+            Some(vec![0xd800])
+        );
         assert_eq!(decode_utf8_surrogatepass(b"\xc0\x80"), None);
         assert_eq!(decode_utf8_surrogatepass("é".as_bytes()), Some(vec![0xe9]));
     }
