@@ -37,7 +37,7 @@ class TinyClassifier(nn.Module):
 
 def _payload_pickle() -> bytes:
     """`os.system('touch "$HERMETIC_CANARY"')`, written as protocol 2 opcodes."""
-    cmd = 'touch "$HERMETIC_CANARY"'.encode()
+    cmd = b'touch "$HERMETIC_CANARY"'
     return (
         pickle.PROTO
         + b"\x02"

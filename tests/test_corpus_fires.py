@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from corpus import (
     ATTACKS_DIR,
     BENIGN_DIR,

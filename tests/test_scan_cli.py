@@ -89,7 +89,9 @@ def test_text_output_names_imports(tree: Path) -> None:
         ({"m.pkl": b"\x80\x02cmypkg.models\nNet\n)\x81."}, "dangerous", 0),
     ],
 )
-def test_exit_codes(tmp_path: Path, files: dict[str, bytes], fail_on: str | None, code: int) -> None:
+def test_exit_codes(
+    tmp_path: Path, files: dict[str, bytes], fail_on: str | None, code: int
+) -> None:
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     args = ["scan", str(tmp_path)] + (["--fail-on", fail_on] if fail_on else [])

@@ -149,9 +149,7 @@ def scan(
         paths = [os.fspath(path)]
     else:
         paths = [os.fspath(p) for p in path]
-    raw = json.loads(
-        _hermetic.scan_paths(paths, os.fspath(policy) if policy is not None else None)
-    )
+    raw = json.loads(_hermetic.scan_paths(paths, os.fspath(policy) if policy is not None else None))
     return [
         _result(f)
         for f in raw["files"]

@@ -16,6 +16,8 @@ pub enum Command {
     Scan(ScanArgs),
     /// Print the blob id (sha256 of the exact stream bytes) of every pickle stream in each file.
     Hash(HashArgs),
+    /// Disassemble every pickle stream in a file, exactly as `python -m pickletools` prints it.
+    Dis(DisArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -52,6 +54,12 @@ pub struct ScanArgs {
     /// Worker threads (default: one per core).
     #[arg(long)]
     pub jobs: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct DisArgs {
+    /// A pickle, or any container hermetic recognises (torch checkpoint, npy, joblib ...).
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Args)]

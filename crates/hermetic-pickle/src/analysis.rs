@@ -26,7 +26,10 @@ enum Sym {
     Global(usize),
     /// The result of calling a callable; `callee` is the global it came from.
     Call(Option<usize>),
-    PersId,
+    /// A persistent-id object. Legacy torch checkpoints refer to a module's
+    /// class as `('module', <class>, file, source)`, which torch's
+    /// `persistent_load` turns into that class: `class` keeps its global.
+    PersId(Option<usize>),
 }
 
 /// The outcome of analysing one stream.
@@ -138,7 +141,7 @@ impl<'p> Machine<'p> {
         offset: usize,
     ) -> Result<Option<usize>, Stop> {
         match &self.values[callable as usize] {
-            Sym::Global(g) => {
+            Sym::Global(g) | Sym::PersId(Some(g)) => {
                 let g = *g;
                 self.globals[g].called = true;
                 Ok(Some(g))
@@ -192,8 +195,29 @@ impl<'p> Machine<'p> {
         expected: fn(&Sym) -> bool,
     ) {
         let sym = &self.values[target as usize];
-        if expected(sym) || matches!(sym, Sym::Call(_)) {
+        if expected(sym) {
             return;
+        }
+        if let Sym::Call(callee) = sym {
+            // Instances of a model's own classes (already reported) may be
+            // list or dict subclasses. Of the allowlisted constructors only
+            // the mappings take items; anything else would be made to call a
+            // method that BUILD may have replaced.
+            let allowed = match callee {
+                None => true,
+                Some(g) => {
+                    let g = &self.globals[*g];
+                    !self.policy.is_safe(&g.module, &g.name)
+                        || (matches!(op, Opcode::SETITEM | Opcode::SETITEMS)
+                            && matches!(
+                                (g.module.as_str(), g.name.as_str()),
+                                ("collections", "OrderedDict" | "Counter") | ("builtins", "dict")
+                            ))
+                }
+            };
+            if allowed {
+                return;
+            }
         }
         // On anything but its own container type the unpickler looks up and
         // calls a method (`append`, `extend`, `__setitem__`, `add`) by name.
@@ -483,12 +507,24 @@ impl<'p> Machine<'p> {
             FRAME => {}
             PERSID => {
                 self.persistent_ids += 1;
-                self.push(Sym::PersId)
+                self.push(Sym::PersId(None))
             }
             BINPERSID => {
-                self.pop(op)?;
+                let pid = self.pop(op)?;
                 self.persistent_ids += 1;
-                self.push(Sym::PersId)
+                let class = match &self.values[pid as usize] {
+                    Sym::Tuple(items) if items.len() >= 2 => {
+                        match (
+                            &self.values[items[0] as usize],
+                            &self.values[items[1] as usize],
+                        ) {
+                            (Sym::Str(Some(kind)), Sym::Global(g)) if kind == "module" => Some(*g),
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                };
+                self.push(Sym::PersId(class))
             }
             STOP => {
                 self.pop(op)?;
@@ -516,7 +552,7 @@ fn describe(sym: &Sym) -> &'static str {
         Sym::Tuple(_) => "a tuple",
         Sym::Global(_) => "an imported global",
         Sym::Call(_) => "the result of a call",
-        Sym::PersId => "a persistent-id object",
+        Sym::PersId(_) => "a persistent-id object",
     }
 }
 

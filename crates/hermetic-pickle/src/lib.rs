@@ -4,6 +4,8 @@
 //! imports or calls anything named in a file.
 
 pub mod analysis;
+pub mod containers;
+pub mod dis;
 pub mod opcodes;
 pub mod parser;
 pub mod policy;
@@ -27,12 +29,25 @@ pub struct Limits {
     pub max_stack: usize,
     /// Pickle streams per file (legacy checkpoints hold several).
     pub max_streams: usize,
-    /// Bytes one decompression may produce.
+    /// Bytes all decompressions of one file may produce, at most.
     pub max_decompressed: u64,
+    /// Decompressed bytes per compressed byte a file may produce (above a
+    /// 64 MiB floor): a 10 kB bomb is stopped after 64 MiB, not 8 GiB.
+    pub max_decompression_ratio: u64,
     /// Entries in one zip or tar archive.
     pub max_archive_entries: usize,
     /// Nesting of containers (a zip in a zip in a gzip ...).
     pub max_nesting: u32,
+}
+
+impl Limits {
+    /// What the decompressions of a file of `input_len` bytes may produce.
+    pub fn decompression_budget(&self, input_len: u64) -> u64 {
+        input_len
+            .saturating_mul(self.max_decompression_ratio)
+            .max(64 << 20)
+            .min(self.max_decompressed)
+    }
 }
 
 impl Default for Limits {
@@ -41,7 +56,8 @@ impl Default for Limits {
             max_opcodes: 1 << 28,
             max_stack: 1 << 24,
             max_streams: 4096,
-            max_decompressed: 16 << 30,
+            max_decompressed: 4 << 30,
+            max_decompression_ratio: 1024,
             max_archive_entries: 1 << 20,
             max_nesting: 8,
         }

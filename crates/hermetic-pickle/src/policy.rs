@@ -559,7 +559,21 @@ fn safe() -> Classification {
 }
 
 fn dangerous_reason(module: &str, name: &str) -> Option<String> {
-    let first = name.split('.').next().unwrap_or(name);
+    // A dotted name is resolved attribute by attribute, so `glob` + `os.system`
+    // reaches `os.system` through glob's own import: any component that names
+    // a dangerous module counts.
+    let parts: Vec<&str> = name.split('.').collect();
+    for part in &parts[..parts.len() - 1] {
+        if DANGEROUS_MODULES
+            .iter()
+            .any(|m| !m.contains('.') && m == part)
+        {
+            return Some(format!(
+                "`{module}.{name}` reaches the `{part}` module through attributes"
+            ));
+        }
+    }
+    let first = parts[0];
     for m in DANGEROUS_MODULES {
         let in_module = module == *m
             || module
@@ -740,6 +754,11 @@ mod tests {
             Verdict::Dangerous
         );
         assert_eq!(p.classify("mymodel", "Net").verdict, Verdict::Suspicious);
+        assert_eq!(p.classify("glob", "os.system").verdict, Verdict::Dangerous);
+        assert_eq!(
+            p.classify("mymodel", "Outer.Inner").verdict,
+            Verdict::Suspicious
+        );
         assert_eq!(p.classify("torch", "nn").verdict, Verdict::Suspicious);
     }
 

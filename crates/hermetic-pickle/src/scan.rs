@@ -2,6 +2,8 @@
 //! stream in it, analyse each, and judge the file.
 
 use crate::analysis::analyze_stream;
+use crate::containers::{scan_data, Loc, Scanner};
+use crate::parser::Parser;
 use crate::policy::{Policy, Verdict};
 use crate::report::FileReport;
 use crate::Limits;
@@ -44,28 +46,45 @@ fn io_error(path: String, e: std::io::Error) -> FileReport {
 }
 
 /// Scans an in-memory file. `path` only names it in the report.
+///
+/// The container is recognised by content, never by name (see
+/// [`crate::containers`]), and every pickle stream a loader would unpickle
+/// from it is analysed.
 pub fn scan_bytes(data: &[u8], path: &str, policy: &Policy, limits: &Limits) -> FileReport {
-    let mut report = FileReport::new(path, "none");
-    if looks_like_pickle(data) {
-        report.format = "pickle".into();
-        scan_pickle_sequence(data, 0, 0, "pickle", &mut report, policy, limits);
-    }
+    let mut sc = Scanner::new(FileReport::new(path, "none"), policy, limits, data.len());
+    let format = scan_data(data, &Loc::default(), &mut sc);
+    let mut report = sc.report;
+    report.format = format;
     report.finish();
     report
 }
 
+/// Opcodes a probe reads before deciding.
+const PROBE_OPCODES: usize = 1 << 16;
+
 /// Whether the bytes start the way a pickle the unpickler would act on does:
 /// a PROTO opcode, or a protocol 0/1 stream whose first stream parses or
 /// names an importable-looking global before failing.
+///
+/// Deciding costs time proportional to the stream's first opcodes only: the
+/// probe never hashes or analyses past the point where parsing stops.
 pub fn looks_like_pickle(data: &[u8]) -> bool {
     match data {
         [0x80, 0..=5, ..] => true,
         [] => false,
         _ => {
-            let a = analyze_stream(data, 0, 0, "probe", &Policy::default(), &Limits {
-                max_opcodes: 1 << 16,
-                ..Limits::default()
-            });
+            let extent = probe_extent(data);
+            let a = analyze_stream(
+                &data[..extent],
+                0,
+                0,
+                "probe",
+                &Policy::default(),
+                &Limits {
+                    max_opcodes: PROBE_OPCODES as u64,
+                    ..Limits::default()
+                },
+            );
             a.end.is_some()
                 || a.report
                     .globals
@@ -75,13 +94,46 @@ pub fn looks_like_pickle(data: &[u8]) -> bool {
     }
 }
 
+/// How far the first stream of `data` parses: just past its STOP, or up to
+/// the opcode that fails to parse or exceeds the probe's opcode budget.
+fn probe_extent(data: &[u8]) -> usize {
+    for (i, item) in Parser::new(data, 0).enumerate() {
+        match item {
+            Ok(instr) if i >= PROBE_OPCODES => return instr.offset,
+            Ok(instr) if instr.op == crate::Opcode::STOP => return instr.end,
+            Ok(_) => {}
+            Err(e) => return e.offset.min(data.len()),
+        }
+    }
+    data.len()
+}
+
+/// Whether every byte of `data` parses as pickle opcodes, so that it could be
+/// the start of a longer stream that was cut off.
+pub(crate) fn opcodes_reach_end(data: &[u8]) -> bool {
+    for (i, item) in Parser::new(data, 0).enumerate() {
+        match item {
+            Ok(instr) if instr.op == crate::Opcode::STOP => return i > 0,
+            Ok(_) => {}
+            Err(e) => {
+                return i > 0
+                    && matches!(
+                        e.kind,
+                        crate::parser::ParseErrorKind::NoStop
+                            | crate::parser::ParseErrorKind::Truncated { .. }
+                            | crate::parser::ParseErrorKind::MissingNewline
+                    );
+            }
+        }
+    }
+    false
+}
+
 fn is_dotted_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.split('.').all(|part| {
             let mut chars = part.chars();
-            chars
-                .next()
-                .is_some_and(|c| c.is_alphabetic() || c == '_')
+            chars.next().is_some_and(|c| c.is_alphabetic() || c == '_')
                 && chars.all(|c| c.is_alphanumeric() || c == '_')
         })
 }

@@ -2,6 +2,7 @@
 //! and only converts types, releases the GIL around real work and maps errors.
 
 mod cli;
+mod dis;
 mod errors;
 mod scan;
 
@@ -13,5 +14,6 @@ fn _hermetic(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     scan::register(m)?;
     cli::register(m)?;
+    dis::register(m)?;
     Ok(())
 }

@@ -1,3 +1,4 @@
+mod dis;
 mod hash;
 mod scan;
 pub use scan::{scan_paths, Summary};
@@ -11,6 +12,7 @@ pub(crate) fn dispatch(cli: Cli, out: &mut dyn Write) -> ExitStatus {
     let result = match cli.command {
         Command::Scan(a) => scan::run(&a, out),
         Command::Hash(a) => hash::run(&a, out),
+        Command::Dis(a) => dis::run(&a, out),
     };
     match result {
         Ok(status) => status,

@@ -10,6 +10,8 @@ use std::io::Write;
 #[derive(Debug, Default, Serialize)]
 pub struct Summary {
     pub files_scanned: usize,
+    /// Files in a format hermetic recognises (pickles, checkpoints, npy, safetensors ...).
+    pub files_recognised: usize,
     pub files_with_pickles: usize,
     pub safe: usize,
     pub suspicious: usize,
@@ -106,6 +108,7 @@ pub fn scan_paths(
         if r.format == "none" {
             continue;
         }
+        summary.files_recognised += 1;
         summary.files_with_pickles += usize::from(r.has_pickle());
         match r.verdict {
             Verdict::Safe => summary.safe += 1,
@@ -169,8 +172,9 @@ fn write_text(
     }
     writeln!(
         out,
-        "\n{} files scanned, {} with pickles: {} safe, {} suspicious, {} dangerous{}",
+        "\n{} files scanned, {} recognised, {} with pickles: {} safe, {} suspicious, {} dangerous{}",
         summary.files_scanned,
+        summary.files_recognised,
         summary.files_with_pickles,
         summary.safe,
         summary.suspicious,
