@@ -16,6 +16,10 @@ pub enum Command {
     Scan(ScanArgs),
     /// Print the blob id (sha256 of the exact stream bytes) of every pickle stream in each file.
     Hash(HashArgs),
+    /// Show a hermetic or safetensors file's tree with dtypes, shapes and sizes.
+    Inspect(InspectArgs),
+    /// Check every tensor of hermetic files against the digests their headers record.
+    Verify(VerifyArgs),
     /// Disassemble every pickle stream in a file, exactly as `python -m pickletools` prints it.
     Dis(DisArgs),
 }
@@ -65,6 +69,29 @@ pub struct DisArgs {
 #[derive(Debug, Args)]
 pub struct HashArgs {
     /// Files whose pickle streams to hash.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Print JSON instead of lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Files, checkpoint folders or `*.index.json` files to describe.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Print JSON (entries and the raw tree) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Show at most this many items of each container.
+    #[arg(long, default_value_t = 50)]
+    pub max_items: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Files, checkpoint folders or `*.index.json` files to verify.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
     /// Print JSON instead of lines.

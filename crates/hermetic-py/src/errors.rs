@@ -20,10 +20,30 @@ create_exception!(
     "A policy file could not be read."
 );
 
+create_exception!(
+    _hermetic,
+    FormatError,
+    HermeticError,
+    "A tensor-tree file is invalid or corrupt, or an object cannot be saved in one."
+);
+
+/// Maps a format error: I/O errors to the matching built-in exception
+/// (FileNotFoundError, PermissionError, ...), everything else to FormatError.
+pub(crate) fn format_error(e: hermetic_format::FormatError) -> PyErr {
+    match e {
+        hermetic_format::FormatError::Io { file, source } => PyErr::from(std::io::Error::new(
+            source.kind(),
+            format!("{file}: {source}"),
+        )),
+        other => FormatError::new_err(other.to_string()),
+    }
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("HermeticError", py.get_type::<HermeticError>())?;
     m.add("UnsafePickleError", py.get_type::<UnsafePickleError>())?;
     m.add("PolicyError", py.get_type::<PolicyError>())?;
+    m.add("FormatError", py.get_type::<FormatError>())?;
     Ok(())
 }

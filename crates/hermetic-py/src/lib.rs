@@ -4,6 +4,7 @@
 mod cli;
 mod dis;
 mod errors;
+mod format;
 mod scan;
 
 use pyo3::prelude::*;
@@ -13,6 +14,7 @@ fn _hermetic(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     errors::register(m)?;
     scan::register(m)?;
+    format::register(m)?;
     cli::register(m)?;
     dis::register(m)?;
     Ok(())

@@ -1,6 +1,8 @@
 mod dis;
 mod hash;
+mod inspect;
 mod scan;
+mod verify;
 pub use scan::{scan_paths, Summary};
 pub(crate) mod sarif;
 
@@ -12,6 +14,8 @@ pub(crate) fn dispatch(cli: Cli, out: &mut dyn Write) -> ExitStatus {
     let result = match cli.command {
         Command::Scan(a) => scan::run(&a, out),
         Command::Hash(a) => hash::run(&a, out),
+        Command::Inspect(a) => inspect::run(&a, out),
+        Command::Verify(a) => verify::run(&a, out),
         Command::Dis(a) => dis::run(&a, out),
     };
     match result {

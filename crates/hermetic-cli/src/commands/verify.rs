@@ -1,0 +1,87 @@
+//! `hermetic verify`: recompute every tensor entry's digest and compare it
+//! with the one the header records.
+
+use super::CliError;
+use crate::args::VerifyArgs;
+use crate::ExitStatus;
+use hermetic_format::{Archive, EntryCheck, FormatError};
+use std::io::Write;
+
+pub(crate) fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<ExitStatus, CliError> {
+    let mut status = ExitStatus::Clean;
+    let mut report = Vec::new();
+    for path in &args.files {
+        let shown = path.display().to_string();
+        let result = Archive::open(path).and_then(|ar| ar.check(None));
+        let (verdict, detail, bad): (&str, String, Vec<EntryCheck>) = match result {
+            Ok(checks) => {
+                let bad: Vec<EntryCheck> = checks.iter().filter(|c| !c.ok).cloned().collect();
+                if bad.is_empty() {
+                    (
+                        "ok",
+                        format!("{} entries match their digests", checks.len()),
+                        bad,
+                    )
+                } else {
+                    status = ExitStatus::Findings;
+                    (
+                        "corrupt",
+                        format!("{} of {} entries do not match", bad.len(), checks.len()),
+                        bad,
+                    )
+                }
+            }
+            Err(e @ FormatError::Io { .. }) => {
+                status = status.max_with(ExitStatus::Internal);
+                ("error", e.to_string(), Vec::new())
+            }
+            Err(e) => {
+                status = status.max_with(ExitStatus::Findings);
+                let v = if e.code() == "no_digests" {
+                    "unverifiable"
+                } else {
+                    "invalid"
+                };
+                (v, e.to_string(), Vec::new())
+            }
+        };
+        report.push((shown, verdict, detail, bad));
+    }
+    if args.json {
+        let doc: Vec<_> = report
+            .iter()
+            .map(|(p, v, d, bad)| {
+                serde_json::json!({"path": p, "verdict": v, "detail": d, "corrupt": bad})
+            })
+            .collect();
+        serde_json::to_writer_pretty(&mut *out, &doc)?;
+        writeln!(out)?;
+    } else {
+        for (p, v, d, bad) in &report {
+            writeln!(out, "{:<12} {p}: {d}", v.to_uppercase())?;
+            for c in bad {
+                writeln!(
+                    out,
+                    "             entry `{}` in {}: digest {} (header says {})",
+                    c.entry, c.file, c.actual, c.expected
+                )?;
+            }
+        }
+    }
+    Ok(status)
+}
+
+trait Worst {
+    fn max_with(self, other: ExitStatus) -> ExitStatus;
+}
+
+impl Worst for ExitStatus {
+    /// Findings outrank a clean run; an internal error outranks both.
+    fn max_with(self, other: ExitStatus) -> ExitStatus {
+        if (self as u8) >= (other as u8) {
+            self
+        } else {
+            other
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! Reading: a single file or a sharded checkpoint, memory-mapped, with the
+//! header validated before anything else is looked at.
+
+use crate::digest::digest;
+use crate::error::{FormatError, Result};
+use crate::header::{check_tree, flat_tree, resolve, EntryInfo, Header, Resolved};
+use crate::shard::{read_index, Index, INDEX_NAME};
+use crate::tree::{TensorKind, TensorRef, Tree};
+use rayon::prelude::*;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// The bytes of one file: a read-only map, or a buffer the caller owns.
+pub enum Backing {
+    Map(memmap2::Mmap),
+    Bytes(Box<dyn AsRef<[u8]> + Send + Sync>),
+}
+
+impl Backing {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Backing::Map(m) => m,
+            Backing::Bytes(b) => (**b).as_ref(),
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+fn map_file(file: &std::fs::File) -> std::io::Result<memmap2::Mmap> {
+    // SAFETY: the map is read-only and every byte is untrusted input: the
+    // header is validated before use and payload bytes are only hashed or
+    // handed out as plain bytes. If another process truncates the file while
+    // it is mapped, reads may fault (SIGBUS), as with any mmap reader; that
+    // is the documented contract of `hermetic.load` on files being rewritten
+    // in place (hermetic's own writer renames, never rewrites in place).
+    unsafe { memmap2::Mmap::map(file) }
+}
+
+/// One validated file and its bytes.
+pub struct DataFile {
+    pub path: PathBuf,
+    pub header: Header,
+    pub backing: Backing,
+}
+
+impl DataFile {
+    /// Maps `path` and validates its header.
+    pub fn open(path: &Path) -> Result<DataFile> {
+        let f = std::fs::File::open(path).map_err(|e| FormatError::io(path, e))?;
+        let len = f.metadata().map_err(|e| FormatError::io(path, e))?.len();
+        let backing = if len == 0 {
+            Backing::Bytes(Box::new(Vec::<u8>::new()))
+        } else {
+            Backing::Map(map_file(&f).map_err(|e| FormatError::io(path, e))?)
+        };
+        let header = Header::parse(backing.bytes(), &path.display().to_string())?;
+        Ok(DataFile {
+            path: path.to_path_buf(),
+            header,
+            backing,
+        })
+    }
+
+    /// Validates `bytes` as a whole file; `name` labels it in errors.
+    pub fn from_bytes(name: &str, bytes: Box<dyn AsRef<[u8]> + Send + Sync>) -> Result<DataFile> {
+        let backing = Backing::Bytes(bytes);
+        let header = Header::parse(backing.bytes(), name)?;
+        Ok(DataFile {
+            path: PathBuf::from(name),
+            header,
+            backing,
+        })
+    }
+
+    /// The bytes of an entry of this file.
+    pub fn entry_bytes(&self, e: &EntryInfo) -> &[u8] {
+        let start = e.start as usize;
+        &self.backing.bytes()[start..start + e.nbytes as usize]
+    }
+}
+
+/// The outcome of checking one entry's digest.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct EntryCheck {
+    pub file: String,
+    pub entry: String,
+    pub expected: String,
+    pub actual: String,
+    pub ok: bool,
+}
+
+/// A file or sharded checkpoint, opened and validated.
+pub struct Archive {
+    /// What the caller opened.
+    pub path: PathBuf,
+    pub files: Vec<DataFile>,
+    /// Present for a sharded checkpoint.
+    pub index: Option<Index>,
+    /// Entry name -> (file, entry index in that file's header).
+    locations: HashMap<String, (usize, usize)>,
+    tree: Tree,
+    has_tree: bool,
+}
+
+/// How a path is laid out.
+pub fn index_path(path: &Path) -> Option<PathBuf> {
+    if path.is_dir() {
+        return Some(path.join(INDEX_NAME));
+    }
+    let name = path.file_name()?.to_string_lossy();
+    name.ends_with(".index.json").then(|| path.to_path_buf())
+}
+
+impl Archive {
+    /// Opens a hermetic or safetensors file, a checkpoint folder holding
+    /// `model.safetensors.index.json`, or such an index file.
+    pub fn open(path: &Path) -> Result<Archive> {
+        match index_path(path) {
+            Some(ix) => Self::open_sharded(path, &ix),
+            None => Self::from_file(path.to_path_buf(), DataFile::open(path)?),
+        }
+    }
+
+    /// Wraps one validated file.
+    pub fn from_file(path: PathBuf, mut file: DataFile) -> Result<Archive> {
+        let locations = file
+            .header
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.name.clone(), (0, i)))
+            .collect();
+        let taken = file.header.doc.as_mut().and_then(|d| d.tree.take());
+        let (tree, has_tree) = match taken {
+            Some(t) => (t, true),
+            None => (
+                flat_tree(
+                    file.header.entries.iter().map(|e| e.name.as_str()),
+                    default_kind(&file.header.metadata),
+                ),
+                false,
+            ),
+        };
+        Ok(Archive {
+            path,
+            files: vec![file],
+            index: None,
+            locations,
+            tree,
+            has_tree,
+        })
+    }
+
+    fn open_sharded(path: &Path, ix_path: &Path) -> Result<Archive> {
+        let index = read_index(ix_path)?;
+        let dir = ix_path.parent().unwrap_or(Path::new("."));
+        let ix_file = ix_path.display().to_string();
+        let mut names: Vec<&str> = index.weight_map.iter().map(|(_, f)| f.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        let mut files = Vec::with_capacity(names.len());
+        let mut file_no = HashMap::new();
+        for n in names {
+            file_no.insert(n.to_string(), files.len());
+            files.push(DataFile::open(&dir.join(n))?);
+        }
+        let mut locations = HashMap::new();
+        for (entry, f) in &index.weight_map {
+            let fi = file_no[f];
+            let Some(&ei) = files[fi].header.by_name.get(entry) else {
+                return Err(FormatError::Index {
+                    file: ix_file,
+                    detail: format!("weight_map puts `{entry}` in {f}, which has no such entry"),
+                });
+            };
+            locations.insert(entry.clone(), (fi, ei));
+        }
+        let (tree, has_tree) = match &index.tree {
+            Some(t) => {
+                let lookup = |n: &str| locations.get(n).map(|&(f, e)| &files[f].header.entries[e]);
+                check_tree(t, &ix_file, &lookup)?;
+                (t.clone(), true)
+            }
+            None => {
+                let kind = files
+                    .first()
+                    .map(|f| default_kind(&f.header.metadata))
+                    .unwrap_or(TensorKind::Torch);
+                (
+                    flat_tree(index.weight_map.iter().map(|(k, _)| k.as_str()), kind),
+                    false,
+                )
+            }
+        };
+        Ok(Archive {
+            path: path.to_path_buf(),
+            files,
+            index: Some(index),
+            locations,
+            tree,
+            has_tree,
+        })
+    }
+
+    /// The tree; for a file without one, a flat dict of its entries.
+    pub fn tree(&self) -> &Tree {
+        &self.tree
+    }
+
+    /// Whether the file carried a hermetic tree (false: plain safetensors).
+    pub fn has_tree(&self) -> bool {
+        self.has_tree
+    }
+
+    /// User metadata (`__metadata__` without the hermetic key, or the index's).
+    pub fn metadata(&self) -> BTreeMap<String, String> {
+        match &self.index {
+            Some(ix) => ix.metadata.clone(),
+            None => self.files[0].header.metadata.clone(),
+        }
+    }
+
+    /// Where an entry lives: (file number, info).
+    pub fn locate(&self, entry: &str) -> Option<(usize, &EntryInfo)> {
+        self.locations
+            .get(entry)
+            .map(|&(f, e)| (f, &self.files[f].header.entries[e]))
+    }
+
+    /// Resolves a tensor reference of the tree.
+    pub fn resolve(&self, t: &TensorRef) -> Result<(usize, &EntryInfo, Resolved)> {
+        let (f, e) = self.locate(&t.entry).ok_or_else(|| {
+            FormatError::tree(
+                &self.path.display().to_string(),
+                "tree",
+                format!("no entry `{}`", t.entry),
+            )
+        })?;
+        let r = resolve(t, e, &self.files[f].path.display().to_string())?;
+        Ok((f, e, r))
+    }
+
+    /// Entry names in file order.
+    pub fn entry_names(&self) -> Vec<&str> {
+        self.files
+            .iter()
+            .flat_map(|f| f.header.entries.iter().map(|e| e.name.as_str()))
+            .collect()
+    }
+
+    /// Hashes the named entries (all when `None`) in parallel and compares
+    /// each with its recorded digest. Errors only when nothing can be checked.
+    pub fn check(&self, only: Option<&[&str]>) -> Result<Vec<EntryCheck>> {
+        let mut jobs = Vec::new();
+        for f in &self.files {
+            let Some(doc) = &f.header.doc else {
+                return Err(FormatError::NoDigests {
+                    file: f.path.display().to_string(),
+                });
+            };
+            for e in &f.header.entries {
+                if only.is_some_and(|o| !o.contains(&e.name.as_str())) {
+                    continue;
+                }
+                let expected = doc.digests.get(&e.name).cloned().unwrap_or_default();
+                jobs.push((f, e, expected));
+            }
+        }
+        Ok(jobs
+            .par_iter()
+            .map(|(f, e, expected)| {
+                let actual = digest(f.entry_bytes(e));
+                EntryCheck {
+                    file: f.path.display().to_string(),
+                    entry: e.name.clone(),
+                    ok: &actual == expected,
+                    expected: expected.clone(),
+                    actual,
+                }
+            })
+            .collect())
+    }
+
+    /// Like [`Archive::check`], but fails on the first corrupt entry.
+    pub fn verify(&self, only: Option<&[&str]>) -> Result<()> {
+        for c in self.check(only)? {
+            if !c.ok {
+                return Err(FormatError::Digest {
+                    file: c.file,
+                    entry: c.entry,
+                    expected: c.expected,
+                    actual: c.actual,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn default_kind(metadata: &BTreeMap<String, String>) -> TensorKind {
+    match metadata.get("format").map(String::as_str) {
+        Some("np") | Some("numpy") => TensorKind::Numpy,
+        _ => TensorKind::Torch,
+    }
+}

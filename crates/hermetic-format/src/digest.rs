@@ -1,0 +1,52 @@
+//! Per-entry digests. XXH3-128 is a non-cryptographic hash: it detects
+//! corruption (bit flips, truncation, torn writes) at memory speed. It does not
+//! authenticate: whoever can rewrite the payload can rewrite the header too,
+//! so a cryptographic hash here would cost time and buy nothing.
+
+use xxhash_rust::xxh3::Xxh3;
+
+/// The digest algorithm name recorded in files.
+pub const DIGEST_ALGORITHM: &str = "xxh3-128";
+
+/// XXH3-128 of `data` as 32 lowercase hex digits (the canonical big-endian form).
+pub fn digest(data: &[u8]) -> String {
+    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(data))
+}
+
+/// A streaming digest.
+#[derive(Clone, Default)]
+pub struct Hasher(Xxh3);
+
+impl Hasher {
+    pub fn new() -> Self {
+        Hasher(Xxh3::new())
+    }
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+    pub fn finish(&self) -> String {
+        format!("{:032x}", self.0.digest128())
+    }
+}
+
+/// Whether `s` has the shape of a digest.
+pub fn is_digest(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streaming_matches_one_shot() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut h = Hasher::new();
+        for c in data.chunks(4093) {
+            h.update(c);
+        }
+        assert_eq!(h.finish(), digest(&data));
+        assert!(is_digest(&digest(b"")));
+        assert_ne!(digest(b"a"), digest(b"b"));
+    }
+}

@@ -1,0 +1,230 @@
+//! Element types. A hermetic dtype code names how one element is laid out in
+//! memory; the safetensors codes are a subset, and the others are stored as
+//! `U8` entries with a trailing dimension of the element size.
+
+use std::fmt;
+
+/// An element type of a tensor or array view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dtype {
+    Bool,
+    U8,
+    I8,
+    U16,
+    I16,
+    U32,
+    I32,
+    U64,
+    I64,
+    F16,
+    BF16,
+    F32,
+    F64,
+    C64,
+    F8E4M3,
+    F8E4M3Fnuz,
+    F8E5M2,
+    F8E5M2Fnuz,
+    /// complex128 (two F64).
+    C128,
+    /// complex32 (two F16), torch's `chalf`.
+    C32,
+    /// float8_e8m0fnu.
+    F8E8M0,
+    /// float4_e2m1fn_x2: two 4-bit floats packed in one byte.
+    F4E2M1X2,
+    /// torch's `bits1x8`, `bits2x4`, `bits4x2`, `bits8` and `bits16`.
+    Bits1x8,
+    Bits2x4,
+    Bits4x2,
+    Bits8,
+    Bits16,
+    /// An opaque element of this many bytes (numpy strings, structured
+    /// records, long doubles); the numpy dtype comes from the view's `np_dtype`.
+    Raw(u32),
+}
+
+/// The largest opaque element size a reader accepts.
+pub const MAX_RAW_ITEMSIZE: u32 = 1 << 20;
+
+const NAMED: &[(Dtype, &str)] = &[
+    (Dtype::Bool, "BOOL"),
+    (Dtype::U8, "U8"),
+    (Dtype::I8, "I8"),
+    (Dtype::U16, "U16"),
+    (Dtype::I16, "I16"),
+    (Dtype::U32, "U32"),
+    (Dtype::I32, "I32"),
+    (Dtype::U64, "U64"),
+    (Dtype::I64, "I64"),
+    (Dtype::F16, "F16"),
+    (Dtype::BF16, "BF16"),
+    (Dtype::F32, "F32"),
+    (Dtype::F64, "F64"),
+    (Dtype::C64, "C64"),
+    (Dtype::F8E4M3, "F8_E4M3"),
+    (Dtype::F8E4M3Fnuz, "F8_E4M3FNUZ"),
+    (Dtype::F8E5M2, "F8_E5M2"),
+    (Dtype::F8E5M2Fnuz, "F8_E5M2FNUZ"),
+    (Dtype::C128, "C128"),
+    (Dtype::C32, "C32"),
+    (Dtype::F8E8M0, "F8_E8M0"),
+    (Dtype::F4E2M1X2, "F4_E2M1_X2"),
+    (Dtype::Bits1x8, "BITS1X8"),
+    (Dtype::Bits2x4, "BITS2X4"),
+    (Dtype::Bits4x2, "BITS4X2"),
+    (Dtype::Bits8, "BITS8"),
+    (Dtype::Bits16, "BITS16"),
+];
+
+impl Dtype {
+    /// Parses a code (`"F32"`, `"RAW12"`, ...). `None` for anything else.
+    pub fn parse(code: &str) -> Option<Dtype> {
+        if let Some(n) = code.strip_prefix("RAW") {
+            // Digits only, no sign, no leading zero.
+            if n.is_empty() || n.starts_with('0') || !n.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let n: u32 = n.parse().ok()?;
+            return (n <= MAX_RAW_ITEMSIZE).then_some(Dtype::Raw(n));
+        }
+        NAMED.iter().find(|(_, c)| *c == code).map(|(d, _)| *d)
+    }
+
+    /// The code written to files.
+    pub fn code(&self) -> String {
+        match self {
+            Dtype::Raw(n) => format!("RAW{n}"),
+            d => NAMED
+                .iter()
+                .find(|(x, _)| x == d)
+                .map(|(_, c)| (*c).to_string())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Bytes per element.
+    pub fn itemsize(&self) -> u64 {
+        match self {
+            Dtype::Bool
+            | Dtype::U8
+            | Dtype::I8
+            | Dtype::F8E4M3
+            | Dtype::F8E4M3Fnuz
+            | Dtype::F8E5M2
+            | Dtype::F8E5M2Fnuz
+            | Dtype::F8E8M0
+            | Dtype::F4E2M1X2
+            | Dtype::Bits1x8
+            | Dtype::Bits2x4
+            | Dtype::Bits4x2
+            | Dtype::Bits8 => 1,
+            Dtype::U16 | Dtype::I16 | Dtype::F16 | Dtype::BF16 | Dtype::Bits16 => 2,
+            Dtype::U32 | Dtype::I32 | Dtype::F32 | Dtype::C32 => 4,
+            Dtype::U64 | Dtype::I64 | Dtype::F64 | Dtype::C64 => 8,
+            Dtype::C128 => 16,
+            Dtype::Raw(n) => u64::from(*n),
+        }
+    }
+
+    /// The alignment a zero-copy view of this dtype wants: the element size
+    /// rounded down to a power of two, at most 16.
+    pub fn alignment(&self) -> u64 {
+        let n = self.itemsize().min(16);
+        1 << (63 - n.leading_zeros())
+    }
+
+    /// The matching safetensors dtype, when every safetensors reader knows it
+    /// (the 18 codes `safetensors.torch` maps). Others are stored as `U8`.
+    pub fn safetensors(&self) -> Option<safetensors::Dtype> {
+        use safetensors::Dtype as S;
+        Some(match self {
+            Dtype::Bool => S::BOOL,
+            Dtype::U8 => S::U8,
+            Dtype::I8 => S::I8,
+            Dtype::U16 => S::U16,
+            Dtype::I16 => S::I16,
+            Dtype::U32 => S::U32,
+            Dtype::I32 => S::I32,
+            Dtype::U64 => S::U64,
+            Dtype::I64 => S::I64,
+            Dtype::F16 => S::F16,
+            Dtype::BF16 => S::BF16,
+            Dtype::F32 => S::F32,
+            Dtype::F64 => S::F64,
+            Dtype::C64 => S::C64,
+            Dtype::F8E4M3 => S::F8_E4M3,
+            Dtype::F8E4M3Fnuz => S::F8_E4M3FNUZ,
+            Dtype::F8E5M2 => S::F8_E5M2,
+            Dtype::F8E5M2Fnuz => S::F8_E5M2FNUZ,
+            _ => return None,
+        })
+    }
+
+    /// The hermetic dtype of a safetensors entry dtype, when it has whole-byte
+    /// elements (F4 and F6 pack several elements per byte and have none).
+    pub fn from_safetensors(d: safetensors::Dtype) -> Option<Dtype> {
+        use safetensors::Dtype as S;
+        Some(match d {
+            S::BOOL => Dtype::Bool,
+            S::U8 => Dtype::U8,
+            S::I8 => Dtype::I8,
+            S::U16 => Dtype::U16,
+            S::I16 => Dtype::I16,
+            S::U32 => Dtype::U32,
+            S::I32 => Dtype::I32,
+            S::U64 => Dtype::U64,
+            S::I64 => Dtype::I64,
+            S::F16 => Dtype::F16,
+            S::BF16 => Dtype::BF16,
+            S::F32 => Dtype::F32,
+            S::F64 => Dtype::F64,
+            S::C64 => Dtype::C64,
+            S::F8_E4M3 => Dtype::F8E4M3,
+            S::F8_E4M3FNUZ => Dtype::F8E4M3Fnuz,
+            S::F8_E5M2 => Dtype::F8E5M2,
+            S::F8_E5M2FNUZ => Dtype::F8E5M2Fnuz,
+            S::F8_E8M0 => Dtype::F8E8M0,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Dtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.code())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip() {
+        for (d, c) in NAMED {
+            assert_eq!(Dtype::parse(c), Some(*d));
+            assert_eq!(d.code(), *c);
+        }
+        assert_eq!(Dtype::parse("RAW12"), Some(Dtype::Raw(12)));
+        for bad in [
+            "RAW",
+            "RAW0",
+            "RAW012",
+            "RAW-1",
+            "RAW99999999999",
+            "f32",
+            "F32 ",
+        ] {
+            assert_eq!(Dtype::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn alignment_is_a_power_of_two() {
+        assert_eq!(Dtype::Raw(12).alignment(), 8);
+        assert_eq!(Dtype::C128.alignment(), 16);
+        assert_eq!(Dtype::Raw(40).alignment(), 16);
+        assert_eq!(Dtype::BF16.alignment(), 2);
+    }
+}

@@ -1,0 +1,641 @@
+//! The safetensors header: parsing and validating one (with the `safetensors`
+//! crate's checks first, then ours), and building one for the writer.
+
+use crate::digest::{is_digest, DIGEST_ALGORITHM};
+use crate::dtype::Dtype;
+use crate::error::{FormatError, Result};
+use crate::tree::{contiguous_strides, view_extent, Node, TensorKind, TensorRef, Tree, View};
+use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+/// The key in `__metadata__` whose value is the hermetic document.
+pub const HERMETIC_KEY: &str = "__hermetic__";
+/// The spec version this crate writes and reads.
+pub const FORMAT_VERSION: u64 = 1;
+/// The largest header a reader accepts (the `safetensors` crate's limit).
+pub const MAX_HEADER_SIZE: u64 = 100_000_000;
+/// The data section starts at a multiple of this.
+pub const DATA_ALIGNMENT: u64 = 64;
+
+/// One tensor entry of a safetensors header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryInfo {
+    pub name: String,
+    /// The dtype the header names.
+    pub st_dtype: safetensors::Dtype,
+    pub shape: Vec<u64>,
+    /// Byte offset of the first byte in the file.
+    pub start: u64,
+    pub nbytes: u64,
+}
+
+impl EntryInfo {
+    /// The hermetic dtype of the entry, if its elements are whole bytes.
+    pub fn dtype(&self) -> Option<Dtype> {
+        Dtype::from_safetensors(self.st_dtype)
+    }
+}
+
+/// The value of `__metadata__["__hermetic__"]`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Doc {
+    pub version: u64,
+    /// Entry name -> digest.
+    pub digests: BTreeMap<String, String>,
+    /// The tree; absent in a shard of a sharded checkpoint (the index holds it).
+    pub tree: Option<Tree>,
+}
+
+/// A tensor view with every default filled in, checked against its entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resolved {
+    pub dtype: Dtype,
+    pub shape: Vec<u64>,
+    /// Strides in bytes.
+    pub strides: Vec<i64>,
+    /// Byte offset of element 0 from the entry's first byte.
+    pub offset: u64,
+}
+
+/// A parsed, validated header.
+#[derive(Clone, Debug)]
+pub struct Header {
+    /// Names the source in errors.
+    pub file: String,
+    /// Length of the JSON header (the 8-byte prefix's value).
+    pub header_len: u64,
+    /// Entries in file order.
+    pub entries: Vec<EntryInfo>,
+    pub by_name: HashMap<String, usize>,
+    /// `__metadata__`, without the hermetic key.
+    pub metadata: BTreeMap<String, String>,
+    pub doc: Option<Doc>,
+}
+
+fn st_err(file: &str, detail: impl Into<String>) -> FormatError {
+    FormatError::Safetensors {
+        file: file.to_string(),
+        detail: detail.into(),
+    }
+}
+
+impl Header {
+    /// Parses and validates the header of a whole file held in `buf`.
+    pub fn parse(buf: &[u8], file: &str) -> Result<Header> {
+        let len = buf.len() as u64;
+        let Some(prefix) = buf.get(..8) else {
+            return Err(st_err(
+                file,
+                format!("the file is {len} bytes; it must start with an 8-byte header length"),
+            ));
+        };
+        let mut n8 = [0u8; 8];
+        n8.copy_from_slice(prefix);
+        let n = u64::from_le_bytes(n8);
+        if n > MAX_HEADER_SIZE {
+            return Err(FormatError::Limit {
+                file: file.to_string(),
+                place: "header length (bytes 0..8)".into(),
+                what: "header length",
+                limit: MAX_HEADER_SIZE,
+            });
+        }
+        if n.saturating_add(8) > len {
+            return Err(st_err(
+                file,
+                format!(
+                    "the header length is {n} bytes but the file has only {len} bytes (truncated?)"
+                ),
+            ));
+        }
+        let (_, meta) = safetensors::SafeTensors::read_metadata(buf).map_err(|e| {
+            use safetensors::SafeTensorError as E;
+            let detail = match e {
+                E::InvalidOffset(name) => format!(
+                    "entry `{name}`: data_offsets must start where the previous entry ends \
+                     (offsets overlap, leave a hole, or are out of range)"
+                ),
+                E::MetadataIncompleteBuffer => {
+                    "the entries' data does not end where the file ends (truncated, or trailing bytes)"
+                        .to_string()
+                }
+                E::TensorInvalidInfo => {
+                    "an entry's byte length is not its shape times its dtype size".to_string()
+                }
+                other => other.to_string(),
+            };
+            st_err(file, detail)
+        })?;
+        let data_start = 8 + n;
+        let mut entries: Vec<EntryInfo> = meta
+            .tensors()
+            .into_iter()
+            .map(|(name, info)| EntryInfo {
+                name,
+                st_dtype: info.dtype,
+                shape: info.shape.iter().map(|&d| d as u64).collect(),
+                start: data_start + info.data_offsets.0 as u64,
+                nbytes: (info.data_offsets.1 - info.data_offsets.0) as u64,
+            })
+            .collect();
+        entries.sort_by_key(|e| (e.start, e.nbytes));
+        let by_name = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.name.clone(), i))
+            .collect();
+        let mut metadata: BTreeMap<String, String> = meta
+            .metadata()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let doc = match metadata.remove(HERMETIC_KEY) {
+            Some(json) => Some(parse_doc(&json, file)?),
+            None => None,
+        };
+        let header = Header {
+            file: file.to_string(),
+            header_len: n,
+            entries,
+            by_name,
+            metadata,
+            doc,
+        };
+        header.validate()?;
+        Ok(header)
+    }
+
+    /// Byte offset of the data section.
+    pub fn data_start(&self) -> u64 {
+        8 + self.header_len
+    }
+
+    pub fn entry(&self, name: &str) -> Option<&EntryInfo> {
+        self.by_name.get(name).map(|&i| &self.entries[i])
+    }
+
+    /// The hermetic tree, if the file has one.
+    pub fn tree(&self) -> Option<&Tree> {
+        self.doc.as_ref().and_then(|d| d.tree.as_ref())
+    }
+
+    fn validate(&self) -> Result<()> {
+        let Some(doc) = &self.doc else { return Ok(()) };
+        let file = &self.file;
+        for e in &self.entries {
+            match doc.digests.get(&e.name) {
+                Some(d) if is_digest(d) => {}
+                Some(_) => {
+                    return Err(FormatError::tree(
+                        file,
+                        format!("digests[{:?}]", e.name),
+                        "a digest must be 32 lowercase hex digits",
+                    ))
+                }
+                None => {
+                    return Err(FormatError::tree(
+                        file,
+                        "digests",
+                        format!("no digest for entry `{}`", e.name),
+                    ))
+                }
+            }
+        }
+        if let Some(extra) = doc.digests.keys().find(|k| !self.by_name.contains_key(*k)) {
+            return Err(FormatError::tree(
+                file,
+                "digests",
+                format!("digest for `{extra}`, which is not an entry"),
+            ));
+        }
+        if let Some(tree) = &doc.tree {
+            let lookup = |name: &str| self.entry(name);
+            check_tree(tree, file, &lookup)?;
+        }
+        Ok(())
+    }
+
+    /// Resolves a tensor reference against its entry (already validated).
+    pub fn resolve(&self, t: &TensorRef) -> Result<Resolved> {
+        let e = self.entry(&t.entry).ok_or_else(|| {
+            FormatError::tree(&self.file, "tree", format!("no entry `{}`", t.entry))
+        })?;
+        resolve(t, e, &self.file)
+    }
+}
+
+/// Resolves `t` against entry `e`, checking every bound.
+pub fn resolve(t: &TensorRef, e: &EntryInfo, file: &str) -> Result<Resolved> {
+    let place = format!("tensor `{}`", t.entry);
+    let bad = |detail: String| FormatError::tree(file, place.clone(), detail);
+    let view = match &t.view {
+        Some(v) => v.clone(),
+        None => {
+            let dtype = e.dtype().ok_or_else(|| {
+                bad(format!(
+                    "entry dtype {:?} has no whole-byte elements; hermetic cannot view it",
+                    e.st_dtype
+                ))
+            })?;
+            View {
+                dtype,
+                shape: e.shape.clone(),
+                strides: None,
+                offset: 0,
+            }
+        }
+    };
+    let itemsize = view.dtype.itemsize();
+    let strides = match &view.strides {
+        Some(s) => s.clone(),
+        None => contiguous_strides(&view.shape, itemsize)
+            .ok_or_else(|| bad("shape overflows".into()))?,
+    };
+    match view_extent(&view) {
+        None => return Err(bad("shape, strides or offset overflow".into())),
+        Some(None) => {
+            if view.offset > e.nbytes {
+                return Err(bad(format!(
+                    "offset {} lies past the entry's {} bytes",
+                    view.offset, e.nbytes
+                )));
+            }
+        }
+        Some(Some((lo, hi))) => {
+            if lo < 0 || hi > i128::from(e.nbytes) {
+                return Err(bad(format!(
+                    "the view reaches bytes {lo}..{hi} but the entry has {} bytes",
+                    e.nbytes
+                )));
+            }
+        }
+    }
+    if t.kind != TensorKind::Numpy {
+        let size = itemsize as i64;
+        if view.offset % itemsize != 0 || strides.iter().any(|&s| s < 0 || s % size != 0) {
+            return Err(bad(format!(
+                "a torch view needs an offset and non-negative strides that are multiples of \
+                 the element size {itemsize}"
+            )));
+        }
+    }
+    Ok(Resolved {
+        dtype: view.dtype,
+        shape: view.shape,
+        strides,
+        offset: view.offset,
+    })
+}
+
+/// Checks every entry reference of `tree` with `lookup`.
+pub fn check_tree<'a>(
+    tree: &Tree,
+    file: &str,
+    lookup: &dyn Fn(&str) -> Option<&'a EntryInfo>,
+) -> Result<()> {
+    for &id in &tree.memo {
+        match &tree.nodes[id] {
+            Node::Tensor(t) => {
+                let e = lookup(&t.entry).ok_or_else(|| {
+                    FormatError::tree(
+                        file,
+                        "tree",
+                        format!("tensor names a missing entry `{}`", t.entry),
+                    )
+                })?;
+                resolve(t, e, file)?;
+            }
+            Node::BytesEntry(name) => {
+                let e = lookup(name).ok_or_else(|| {
+                    FormatError::tree(file, "tree", format!("bytes name a missing entry `{name}`"))
+                })?;
+                if e.st_dtype != safetensors::Dtype::U8 || e.shape.len() != 1 {
+                    return Err(FormatError::tree(
+                        file,
+                        format!("entry `{name}`"),
+                        "a bytes entry must be a 1-D U8 tensor",
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A flat dict of every entry, in name order: how a plain safetensors file
+/// (or a shard without a tree) reads.
+pub fn flat_tree<'a>(names: impl IntoIterator<Item = &'a str>, kind: TensorKind) -> Tree {
+    let mut names: Vec<&str> = names.into_iter().collect();
+    names.sort_unstable();
+    let mut tree = Tree::default();
+    let mut pairs = Vec::with_capacity(names.len());
+    for n in names {
+        let k = tree.push(Node::Str(n.to_string()));
+        let v = tree.push(Node::Tensor(TensorRef {
+            kind,
+            entry: n.to_string(),
+            view: None,
+            requires_grad: None,
+            np_dtype: None,
+            device: None,
+        }));
+        pairs.push((k, v));
+    }
+    tree.root = tree.push(Node::Dict(pairs));
+    tree.index_memo();
+    tree
+}
+
+// ------------------------------------------------------------ the document
+
+/// Parses the hermetic document (the value of [`HERMETIC_KEY`]).
+pub fn parse_doc(json: &str, file: &str) -> Result<Doc> {
+    let mut de = serde_json::Deserializer::from_str(json);
+    let mut err = None;
+    let doc = DocSeed {
+        file,
+        err: &mut err,
+        index: false,
+    }
+    .deserialize(&mut de);
+    let doc = match doc {
+        Ok(d) => d,
+        Err(e) => {
+            return Err(err.unwrap_or_else(|| FormatError::tree(file, HERMETIC_KEY, e.to_string())))
+        }
+    };
+    de.end()
+        .map_err(|e| FormatError::tree(file, HERMETIC_KEY, e.to_string()))?;
+    Ok(doc)
+}
+
+struct DocSeed<'a> {
+    file: &'a str,
+    err: &'a mut Option<FormatError>,
+    /// The `hermetic` member of a shard index: version and tree only.
+    index: bool,
+}
+
+/// Parses the `hermetic` member of a shard index: `{"version": 1, "tree": ...}`.
+pub fn parse_doc_members(json: &str, file: &str) -> Result<(u64, Option<Tree>)> {
+    let mut de = serde_json::Deserializer::from_str(json);
+    let mut err = None;
+    let doc = DocSeed {
+        file,
+        err: &mut err,
+        index: true,
+    }
+    .deserialize(&mut de);
+    match doc {
+        Ok(d) => Ok((d.version, d.tree)),
+        Err(e) => Err(err.unwrap_or_else(|| FormatError::tree(file, "hermetic", e.to_string()))),
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for DocSeed<'_> {
+    type Value = Doc;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<Doc, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+/// The tree, parsed with [`Tree::from_json`] from its raw JSON text.
+struct RawTree<'a>(&'a str, &'a mut Option<FormatError>);
+
+impl<'de> DeserializeSeed<'de> for RawTree<'_> {
+    type Value = Tree;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<Tree, D::Error> {
+        let raw: &serde_json::value::RawValue = serde::Deserialize::deserialize(d)?;
+        Tree::from_json(raw.get(), self.0).map_err(|e| {
+            let msg = e.to_string();
+            *self.1 = Some(e);
+            de::Error::custom(msg)
+        })
+    }
+}
+
+impl<'de> Visitor<'de> for DocSeed<'_> {
+    type Value = Doc;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the hermetic document object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Doc, A::Error> {
+        let file = self.file;
+        let mut doc = Doc::default();
+        let mut seen = std::collections::HashSet::new();
+        let fail = |err: &mut Option<FormatError>, place: &str, d: String| {
+            *err = Some(FormatError::tree(file, place, d.clone()));
+            <A::Error as de::Error>::custom(d)
+        };
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(fail(
+                    self.err,
+                    HERMETIC_KEY,
+                    format!("duplicate member `{key}`"),
+                ));
+            }
+            if self.index && key.starts_with("digest") {
+                return Err(fail(
+                    self.err,
+                    "hermetic",
+                    format!("unexpected member `{key}`"),
+                ));
+            }
+            match key.as_str() {
+                "version" => {
+                    doc.version = map.next_value()?;
+                    if doc.version != FORMAT_VERSION {
+                        return Err(fail(
+                            self.err,
+                            "version",
+                            format!(
+                                "version {} is not supported (this reader knows version {FORMAT_VERSION})",
+                                doc.version
+                            ),
+                        ));
+                    }
+                }
+                "digest" => {
+                    let alg: String = map.next_value()?;
+                    if alg != DIGEST_ALGORITHM {
+                        return Err(fail(
+                            self.err,
+                            "digest",
+                            format!(
+                                "unknown digest algorithm `{alg}` (expected {DIGEST_ALGORITHM})"
+                            ),
+                        ));
+                    }
+                }
+                "digests" => {
+                    let d: DigestMap = map.next_value()?;
+                    if let Some(dup) = d.1 {
+                        return Err(fail(
+                            self.err,
+                            "digests",
+                            format!("duplicate digest for `{dup}`"),
+                        ));
+                    }
+                    doc.digests = d.0;
+                }
+                "tree" => doc.tree = Some(map.next_value_seed(RawTree(file, self.err))?),
+                other => {
+                    return Err(fail(
+                        self.err,
+                        HERMETIC_KEY,
+                        format!("unknown member `{other}`"),
+                    ))
+                }
+            }
+        }
+        let required: &[&str] = if self.index {
+            &["version", "tree"]
+        } else {
+            &["version", "digest", "digests"]
+        };
+        for &required in required {
+            if !seen.contains(required) {
+                return Err(fail(
+                    self.err,
+                    HERMETIC_KEY,
+                    format!("missing member `{required}`"),
+                ));
+            }
+        }
+        Ok(doc)
+    }
+}
+
+/// A string map that notices duplicate keys (serde_json's own map keeps the last).
+struct DigestMap(BTreeMap<String, String>, Option<String>);
+
+impl<'de> serde::Deserialize<'de> for DigestMap {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = DigestMap;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of entry name -> digest")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> std::result::Result<DigestMap, A::Error> {
+                let mut out = BTreeMap::new();
+                let mut dup = None;
+                while let Some((k, v)) = m.next_entry::<String, String>()? {
+                    if out.insert(k.clone(), v).is_some() && dup.is_none() {
+                        dup = Some(k);
+                    }
+                }
+                Ok(DigestMap(out, dup))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Encodes a hermetic document.
+pub fn doc_json(tree: Option<&Tree>, digests: &[(&str, &str)]) -> Result<String> {
+    let mut s = String::with_capacity(64 + digests.len() * 64);
+    s.push_str(&format!(
+        "{{\"version\":{FORMAT_VERSION},\"digest\":\"{DIGEST_ALGORITHM}\",\"digests\":{{"
+    ));
+    for (i, (name, d)) in digests.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(
+            &serde_json::to_string(name)
+                .map_err(|e| FormatError::unsupported("entry name", e.to_string()))?,
+        );
+        s.push(':');
+        s.push_str(
+            &serde_json::to_string(d)
+                .map_err(|e| FormatError::unsupported("digest", e.to_string()))?,
+        );
+    }
+    s.push('}');
+    if let Some(t) = tree {
+        s.push_str(",\"tree\":");
+        s.push_str(&t.to_json()?);
+    }
+    s.push('}');
+    Ok(s)
+}
+
+// ------------------------------------------------------------ header writing
+
+/// One entry as the writer lays it out.
+#[derive(Serialize)]
+struct EntryJson<'a> {
+    dtype: String,
+    shape: &'a [u64],
+    data_offsets: [u64; 2],
+}
+
+/// Builds the complete header (8-byte length + JSON + space padding) so the
+/// data section starts at a multiple of [`DATA_ALIGNMENT`].
+/// `entries` are (name, dtype, shape, start, end) relative to the data section.
+pub fn build_header(
+    metadata: &[(String, String)],
+    entries: &[(&str, safetensors::Dtype, &[u64], u64, u64)],
+) -> Result<Vec<u8>> {
+    let mut json = Vec::with_capacity(256 + entries.len() * 96);
+    {
+        use serde::ser::SerializeMap;
+        let mut ser = serde_json::Serializer::new(&mut json);
+        let mut m = serde::Serializer::serialize_map(&mut ser, Some(entries.len() + 1))
+            .map_err(|e| FormatError::unsupported("header", e.to_string()))?;
+        let md: Vec<(&str, &str)> = metadata
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        m.serialize_entry("__metadata__", &OrderedMap(&md))
+            .map_err(|e| FormatError::unsupported("header", e.to_string()))?;
+        for (name, dtype, shape, a, b) in entries {
+            m.serialize_entry(
+                name,
+                &EntryJson {
+                    dtype: dtype.to_string(),
+                    shape,
+                    data_offsets: [*a, *b],
+                },
+            )
+            .map_err(|e| FormatError::unsupported("header", e.to_string()))?;
+        }
+        m.end()
+            .map_err(|e| FormatError::unsupported("header", e.to_string()))?;
+    }
+    let pad = (DATA_ALIGNMENT - (8 + json.len() as u64) % DATA_ALIGNMENT) % DATA_ALIGNMENT;
+    json.resize(json.len() + pad as usize, b' ');
+    let n = json.len() as u64;
+    if n > MAX_HEADER_SIZE {
+        return Err(FormatError::unsupported(
+            "header",
+            format!("the header would be {n} bytes, over the {MAX_HEADER_SIZE}-byte limit readers accept"),
+        ));
+    }
+    let mut out = Vec::with_capacity(8 + json.len());
+    out.extend_from_slice(&n.to_le_bytes());
+    out.extend_from_slice(&json);
+    Ok(out)
+}
+
+struct OrderedMap<'a>(&'a [(&'a str, &'a str)]);
+
+impl Serialize for OrderedMap<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}

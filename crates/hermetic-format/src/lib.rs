@@ -1,0 +1,104 @@
+//! The hermetic tensor-tree format: a safetensors file whose `__metadata__`
+//! carries a tree of containers, scalars and references to tensor entries
+//! (docs/SPEC.md). No Python here: this crate is usable, testable and
+//! fuzzable from Rust alone; `hermetic-py` converts Python objects to and
+//! from [`Tree`]s.
+//!
+//! - [`Planner`] turns tensor views into entries (names, shared storage, spans).
+//! - [`write_file`] / [`write_to_vec`] / [`write_sharded`] stream a [`Plan`] out.
+//! - [`Archive`] opens a file or sharded checkpoint, validates it and verifies digests.
+
+mod archive;
+mod digest;
+mod dtype;
+mod error;
+mod header;
+mod planner;
+mod shard;
+mod tree;
+mod writer;
+
+pub use archive::{index_path, Archive, Backing, DataFile, EntryCheck};
+pub use digest::{digest, Hasher, DIGEST_ALGORITHM};
+pub use dtype::{Dtype, MAX_RAW_ITEMSIZE};
+pub use error::{FormatError, Result};
+pub use header::{
+    check_tree, flat_tree, parse_doc, resolve, Doc, EntryInfo, Header, Resolved, DATA_ALIGNMENT,
+    FORMAT_VERSION, HERMETIC_KEY, MAX_HEADER_SIZE,
+};
+pub use planner::{path_name, EntryOrigin, PathPart, Planner, ViewSpec};
+pub use shard::{read_index, shard_name, write_sharded, Index, INDEX_NAME, MAX_INDEX_SIZE};
+pub use tree::{
+    contiguous_strides, view_extent, Node, NodeId, TensorKind, TensorRef, Tree, View,
+    INLINE_BYTES_MAX, MAX_DEPTH, MAX_NDIM,
+};
+pub use writer::{
+    write_file, write_to_vec, EntrySource, Plan, PlannedEntry, SliceSource, WriteOptions,
+};
+
+/// Writes a flat `name -> tensor` file (what `safetensors` writes, plus the
+/// tree and digests): each item is (name, dtype, shape, bytes).
+pub fn save_tensors(
+    path: &std::path::Path,
+    tensors: &[(&str, Dtype, &[u64], &[u8])],
+    metadata: &[(&str, &str)],
+    opts: WriteOptions,
+) -> Result<()> {
+    let (plan, data) = flat_plan(tensors, metadata)?;
+    write_file(path, &plan, &mut SliceSource(data), opts)
+}
+
+/// Like [`save_tensors`], to memory.
+pub fn tensors_to_vec(
+    tensors: &[(&str, Dtype, &[u64], &[u8])],
+    metadata: &[(&str, &str)],
+) -> Result<Vec<u8>> {
+    let (plan, data) = flat_plan(tensors, metadata)?;
+    write_to_vec(&plan, &mut SliceSource(data))
+}
+
+fn flat_plan<'a>(
+    tensors: &[(&str, Dtype, &[u64], &'a [u8])],
+    metadata: &[(&str, &str)],
+) -> Result<(Plan, Vec<&'a [u8]>)> {
+    let mut p = Planner::new();
+    let mut pairs = Vec::new();
+    for (i, (name, dtype, shape, bytes)) in tensors.iter().enumerate() {
+        let strides = contiguous_strides(shape, dtype.itemsize())
+            .ok_or_else(|| FormatError::unsupported(*name, "shape overflows"))?;
+        let id = p.add_view(
+            name.to_string(),
+            i as u64,
+            bytes.len() as u64,
+            ViewSpec {
+                kind: TensorKind::Torch,
+                dtype: *dtype,
+                shape: shape.to_vec(),
+                strides,
+                pos: 0,
+                requires_grad: None,
+                np_dtype: None,
+                device: None,
+            },
+        )?;
+        let k = p.tree.push(Node::Str(name.to_string()));
+        pairs.push((k, id));
+    }
+    let root = p.tree.push(Node::Dict(pairs));
+    let md = metadata
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let (plan, origins) = p.finish(root, md)?;
+    let data = origins
+        .iter()
+        .map(|o| match o {
+            EntryOrigin::Storage { key, lo, hi } => {
+                let b = tensors[*key as usize].3;
+                b.get(*lo as usize..*hi as usize).unwrap_or(&[])
+            }
+            EntryOrigin::Bytes { .. } => &[][..],
+        })
+        .collect();
+    Ok((plan, data))
+}

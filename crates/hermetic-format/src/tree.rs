@@ -1,0 +1,1083 @@
+//! The tree: containers, scalars and references to tensor entries, stored as
+//! an arena of [`Node`]s and encoded as the JSON subset docs/SPEC.md defines.
+//!
+//! Identity: every *memoizable* node (bytes, containers, tensors) gets the next
+//! memo number in document order (a container before its children) the first
+//! time it appears; a later appearance of the same object is `{"$ref": n}`.
+
+use crate::dtype::Dtype;
+use crate::error::{FormatError, Result};
+use base64::Engine as _;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Serialize, Serializer};
+use serde_json::Value;
+use std::fmt;
+
+/// Index of a node in [`Tree::nodes`].
+pub type NodeId = usize;
+
+/// The deepest container nesting (lists, tuples, dicts, sets) a tree may have.
+pub const MAX_DEPTH: usize = 50;
+/// The most dimensions a tensor view may have.
+pub const MAX_NDIM: usize = 64;
+/// Bytes at or below this size are stored inline (base64); larger ones as a
+/// `U8` tensor entry.
+pub const INLINE_BYTES_MAX: usize = 1024;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// One node of the tree.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Node {
+    None,
+    Bool(bool),
+    /// An integer that fits in an i64.
+    Int(i64),
+    /// Any other integer, as lowercase hex digits with an optional `-`.
+    BigInt(String),
+    Float(f64),
+    Complex(f64, f64),
+    Str(String),
+    /// Inline bytes (memoizable).
+    Bytes(Vec<u8>),
+    /// Bytes stored as a 1-D `U8` tensor entry of this name (memoizable).
+    BytesEntry(String),
+    List(Vec<NodeId>),
+    Tuple(Vec<NodeId>),
+    Set(Vec<NodeId>),
+    FrozenSet(Vec<NodeId>),
+    /// A `dict`: key, value pairs in insertion order.
+    Dict(Vec<(NodeId, NodeId)>),
+    /// A `collections.OrderedDict`.
+    ODict(Vec<(NodeId, NodeId)>),
+    /// A tensor or array view of an entry (memoizable).
+    Tensor(TensorRef),
+    /// A second appearance of the memoizable node with this memo number.
+    Ref(usize),
+    /// A `torch.dtype`, by its attribute name in `torch` (`"bfloat16"`).
+    TorchDtype(String),
+    /// A `torch.device`, as `str(device)` (`"cuda:0"`).
+    TorchDevice(String),
+    /// A `torch.Size`.
+    TorchSize(Vec<i64>),
+    /// A numpy scalar: its numpy dtype descriptor and raw bytes.
+    NpScalar {
+        dtype: Value,
+        data: Vec<u8>,
+    },
+}
+
+impl Node {
+    /// Whether this node takes a memo number.
+    pub fn is_memoizable(&self) -> bool {
+        matches!(
+            self,
+            Node::Bytes(_)
+                | Node::BytesEntry(_)
+                | Node::List(_)
+                | Node::Tuple(_)
+                | Node::Set(_)
+                | Node::FrozenSet(_)
+                | Node::Dict(_)
+                | Node::ODict(_)
+                | Node::Tensor(_)
+        )
+    }
+}
+
+/// What kind of object a tensor view comes back as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TensorKind {
+    /// `torch.Tensor`.
+    Torch,
+    /// `torch.nn.Parameter`.
+    Parameter,
+    /// `numpy.ndarray`.
+    Numpy,
+}
+
+impl TensorKind {
+    pub fn tag(&self) -> &'static str {
+        match self {
+            TensorKind::Torch => "$tensor",
+            TensorKind::Parameter => "$parameter",
+            TensorKind::Numpy => "$ndarray",
+        }
+    }
+}
+
+/// A view of (part of) one tensor entry's bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct View {
+    pub dtype: Dtype,
+    pub shape: Vec<u64>,
+    /// Strides in bytes; `None` means C-contiguous.
+    pub strides: Option<Vec<i64>>,
+    /// Byte offset of element 0 from the entry's first byte.
+    pub offset: u64,
+}
+
+/// A tensor or array in the tree.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorRef {
+    pub kind: TensorKind,
+    /// The safetensors entry holding the bytes.
+    pub entry: String,
+    /// `None`: the short form, the whole entry with its own dtype and shape.
+    pub view: Option<View>,
+    /// `None`: the default (false for tensors, true for parameters).
+    pub requires_grad: Option<bool>,
+    /// The numpy dtype descriptor when `dtype` alone does not say it
+    /// (big-endian, datetime, strings, records, long double).
+    pub np_dtype: Option<Value>,
+    /// The device the tensor was saved from (informational).
+    pub device: Option<String>,
+}
+
+impl TensorRef {
+    pub fn requires_grad(&self) -> bool {
+        self.requires_grad
+            .unwrap_or(self.kind == TensorKind::Parameter)
+    }
+}
+
+/// C-contiguous strides in bytes.
+pub fn contiguous_strides(shape: &[u64], itemsize: u64) -> Option<Vec<i64>> {
+    let mut out = vec![0i64; shape.len()];
+    let mut acc: u64 = itemsize;
+    for i in (0..shape.len()).rev() {
+        out[i] = i64::try_from(acc).ok()?;
+        acc = acc.checked_mul(shape[i].max(1))?;
+    }
+    Some(out)
+}
+
+/// The byte range `[lo, hi)` a view reaches relative to its offset origin,
+/// or `None` on overflow. An empty view (a zero dimension) reaches nothing
+/// and gives `Some(None)`.
+pub fn view_extent(view: &View) -> Option<Option<(i128, i128)>> {
+    let itemsize = i128::from(view.dtype.itemsize());
+    if view.shape.contains(&0) {
+        return Some(None);
+    }
+    let strides = match &view.strides {
+        Some(s) => s.clone(),
+        None => contiguous_strides(&view.shape, view.dtype.itemsize())?,
+    };
+    let mut lo = i128::from(view.offset);
+    let mut hi = i128::from(view.offset) + itemsize;
+    for (&n, &s) in view.shape.iter().zip(&strides) {
+        let span = (i128::from(n) - 1).checked_mul(i128::from(s))?;
+        if span < 0 {
+            lo = lo.checked_add(span)?;
+        } else {
+            hi = hi.checked_add(span)?;
+        }
+    }
+    Some(Some((lo, hi)))
+}
+
+/// The tree: an arena of nodes and its root.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Tree {
+    pub nodes: Vec<Node>,
+    pub root: NodeId,
+    /// Memo number -> node, filled by [`Tree::index_memo`] and the decoder.
+    pub memo: Vec<NodeId>,
+}
+
+impl Tree {
+    /// Adds a node and returns its id.
+    pub fn push(&mut self, node: Node) -> NodeId {
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[id]
+    }
+
+    /// Follows `Ref`s to the node they name.
+    pub fn resolve(&self, id: NodeId) -> NodeId {
+        match &self.nodes[id] {
+            Node::Ref(n) => self.memo.get(*n).copied().unwrap_or(id),
+            _ => id,
+        }
+    }
+
+    /// Recomputes `memo` by walking the tree in document order.
+    pub fn index_memo(&mut self) {
+        let mut memo = Vec::new();
+        let mut stack = vec![self.root];
+        while let Some(id) = stack.pop() {
+            let node = &self.nodes[id];
+            if node.is_memoizable() {
+                memo.push(id);
+            }
+            for c in self.children(id).into_iter().rev() {
+                stack.push(c);
+            }
+        }
+        self.memo = memo;
+    }
+
+    /// Direct children in document order (keys before values).
+    pub fn children(&self, id: NodeId) -> Vec<NodeId> {
+        match &self.nodes[id] {
+            Node::List(v) | Node::Tuple(v) | Node::Set(v) | Node::FrozenSet(v) => v.clone(),
+            Node::Dict(p) | Node::ODict(p) => p.iter().flat_map(|(k, v)| [*k, *v]).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Every tensor reference (first appearances only) in document order.
+    pub fn tensors(&self) -> Vec<&TensorRef> {
+        self.memo
+            .iter()
+            .filter_map(|&id| match &self.nodes[id] {
+                Node::Tensor(t) => Some(t),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every entry name the tree uses (tensors and large bytes), in document order.
+    pub fn entry_names(&self) -> Vec<&str> {
+        self.memo
+            .iter()
+            .filter_map(|&id| match &self.nodes[id] {
+                Node::Tensor(t) => Some(t.entry.as_str()),
+                Node::BytesEntry(e) => Some(e.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Encodes the tree as JSON.
+    pub fn to_json(&self) -> Result<String> {
+        let mut out = Vec::with_capacity(64 + self.nodes.len() * 32);
+        let mut ser = serde_json::Serializer::new(&mut out);
+        Enc {
+            tree: self,
+            id: self.root,
+            depth: 0,
+        }
+        .serialize(&mut ser)
+        .map_err(|e| FormatError::unsupported("tree", e.to_string()))?;
+        String::from_utf8(out).map_err(|e| FormatError::unsupported("tree", e.to_string()))
+    }
+
+    /// Serializes the node (and its subtree) as a JSON value.
+    pub fn node_to_value(&self, id: NodeId) -> Result<Value> {
+        serde_json::to_value(Enc {
+            tree: self,
+            id,
+            depth: 0,
+        })
+        .map_err(|e| FormatError::unsupported("tree", e.to_string()))
+    }
+
+    /// Decodes a tree from JSON, checking every rule of the spec that needs no
+    /// knowledge of the entries. `file` names the source in errors.
+    pub fn from_json(json: &str, file: &str) -> Result<Tree> {
+        let mut dec = Decoder {
+            tree: Tree::default(),
+            path: Vec::new(),
+            open_immutable: Vec::new(),
+            error: None,
+            file,
+        };
+        let mut de = serde_json::Deserializer::from_str(json);
+        let root = NodeSeed {
+            dec: &mut dec,
+            depth: 0,
+        }
+        .deserialize(&mut de);
+        let root = match root {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(dec
+                    .error
+                    .take()
+                    .unwrap_or_else(|| FormatError::tree(file, "tree", e.to_string())))
+            }
+        };
+        de.end()
+            .map_err(|e| FormatError::tree(file, "tree", e.to_string()))?;
+        dec.tree.root = root;
+        Ok(dec.tree)
+    }
+
+    /// A human-readable place for errors: `tree["a"][0]`.
+    pub fn place_of_path(parts: &[String]) -> String {
+        let mut s = String::from("tree");
+        for p in parts {
+            s.push_str(p);
+        }
+        s
+    }
+}
+
+// ---------------------------------------------------------------- encoding
+
+fn float_value(x: f64) -> FloatEnc {
+    FloatEnc(x)
+}
+
+struct FloatEnc(f64);
+
+impl Serialize for FloatEnc {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        if self.0.is_finite() {
+            s.serialize_f64(self.0)
+        } else {
+            let mut m = s.serialize_map(Some(1))?;
+            m.serialize_entry("$float", &format!("{:016x}", self.0.to_bits()))?;
+            m.end()
+        }
+    }
+}
+
+struct Enc<'a> {
+    tree: &'a Tree,
+    id: NodeId,
+    depth: usize,
+}
+
+impl Enc<'_> {
+    fn child(&self, id: NodeId) -> Self {
+        Enc {
+            tree: self.tree,
+            id,
+            depth: self.depth + 1,
+        }
+    }
+}
+
+struct Seq<'a>(&'a Enc<'a>, &'a [NodeId]);
+impl Serialize for Seq<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.1.len()))?;
+        for &c in self.1 {
+            seq.serialize_element(&self.0.child(c))?;
+        }
+        seq.end()
+    }
+}
+
+struct Pairs<'a>(&'a Enc<'a>, &'a [(NodeId, NodeId)]);
+impl Serialize for Pairs<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.1.len() * 2))?;
+        for &(k, v) in self.1 {
+            seq.serialize_element(&self.0.child(k))?;
+            seq.serialize_element(&self.0.child(v))?;
+        }
+        seq.end()
+    }
+}
+
+fn tagged<S: Serializer, T: Serialize + ?Sized>(
+    s: S,
+    tag: &str,
+    v: &T,
+) -> std::result::Result<S::Ok, S::Error> {
+    let mut m = s.serialize_map(Some(1))?;
+    m.serialize_entry(tag, v)?;
+    m.end()
+}
+
+fn tensor_value(t: &TensorRef) -> Value {
+    let short = t.view.is_none()
+        && t.np_dtype.is_none()
+        && t.device.is_none()
+        && t.requires_grad
+            .is_none_or(|r| r == (t.kind == TensorKind::Parameter));
+    if short {
+        return Value::String(t.entry.clone());
+    }
+    let mut m = serde_json::Map::new();
+    m.insert("entry".into(), Value::String(t.entry.clone()));
+    if let Some(v) = &t.view {
+        m.insert("dtype".into(), Value::String(v.dtype.code()));
+        m.insert("shape".into(), Value::from(v.shape.clone()));
+        if let Some(s) = &v.strides {
+            m.insert("strides".into(), Value::from(s.clone()));
+        }
+        if v.offset != 0 {
+            m.insert("offset".into(), Value::from(v.offset));
+        }
+    }
+    if let Some(r) = t.requires_grad {
+        m.insert("requires_grad".into(), Value::Bool(r));
+    }
+    if let Some(d) = &t.np_dtype {
+        m.insert("np_dtype".into(), d.clone());
+    }
+    if let Some(d) = &t.device {
+        m.insert("device".into(), Value::String(d.clone()));
+    }
+    Value::Object(m)
+}
+
+impl Serialize for Enc<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::Error;
+        if self.depth > MAX_DEPTH * 2 + 4 {
+            return Err(S::Error::custom(format!(
+                "nesting deeper than {MAX_DEPTH} containers"
+            )));
+        }
+        match &self.tree.nodes[self.id] {
+            Node::None => s.serialize_unit(),
+            Node::Bool(b) => s.serialize_bool(*b),
+            Node::Int(i) => s.serialize_i64(*i),
+            Node::BigInt(h) => tagged(s, "$int", h),
+            Node::Float(x) => float_value(*x).serialize(s),
+            Node::Complex(re, im) => tagged(s, "$complex", &(float_value(*re), float_value(*im))),
+            Node::Str(x) => s.serialize_str(x),
+            Node::Bytes(b) => tagged(s, "$bytes", &B64.encode(b)),
+            Node::BytesEntry(e) => tagged(s, "$bytes_entry", e),
+            Node::List(v) => Seq(self, v).serialize(s),
+            Node::Tuple(v) => tagged(s, "$tuple", &Seq(self, v)),
+            Node::Set(v) => tagged(s, "$set", &Seq(self, v)),
+            Node::FrozenSet(v) => tagged(s, "$frozenset", &Seq(self, v)),
+            Node::Dict(p) => tagged(s, "$dict", &Pairs(self, p)),
+            Node::ODict(p) => tagged(s, "$odict", &Pairs(self, p)),
+            Node::Tensor(t) => tagged(s, t.kind.tag(), &tensor_value(t)),
+            Node::Ref(n) => tagged(s, "$ref", n),
+            Node::TorchDtype(d) => tagged(s, "$torch_dtype", d),
+            Node::TorchDevice(d) => tagged(s, "$torch_device", d),
+            Node::TorchSize(v) => tagged(s, "$torch_size", v),
+            Node::NpScalar { dtype, data } => {
+                let mut m = serde_json::Map::new();
+                m.insert("dtype".into(), dtype.clone());
+                m.insert("data".into(), Value::String(B64.encode(data)));
+                tagged(s, "$np_scalar", &Value::Object(m))
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- decoding
+
+struct Decoder<'f> {
+    tree: Tree,
+    /// Place of the node being decoded, as `["key"]` / `[3]` parts.
+    path: Vec<String>,
+    /// For each memo number: whether it is an immutable container still
+    /// being decoded (a `$ref` to it would need a cycle through a tuple).
+    open_immutable: Vec<bool>,
+    error: Option<FormatError>,
+    file: &'f str,
+}
+
+impl Decoder<'_> {
+    fn fail<E: de::Error>(&mut self, detail: impl Into<String>) -> E {
+        let place = Tree::place_of_path(&self.path);
+        let detail = detail.into();
+        let msg = format!("{place}: {detail}");
+        self.error = Some(FormatError::tree(self.file, place, detail));
+        E::custom(msg)
+    }
+
+    fn limit<E: de::Error>(&mut self, what: &'static str, limit: u64) -> E {
+        let place = Tree::place_of_path(&self.path);
+        self.error = Some(FormatError::Limit {
+            file: self.file.to_string(),
+            place: place.clone(),
+            what,
+            limit,
+        });
+        E::custom(format!("{place}: {what} exceeds {limit}"))
+    }
+
+    fn register(&mut self, id: NodeId, immutable: bool) -> usize {
+        self.tree.memo.push(id);
+        self.open_immutable.push(immutable);
+        self.tree.memo.len() - 1
+    }
+
+    fn key_part(&self, key: NodeId) -> String {
+        match &self.tree.nodes[key] {
+            Node::Str(s) => format!("[{s:?}]"),
+            Node::Int(i) => format!("[{i}]"),
+            Node::Bool(b) => format!("[{}]", if *b { "True" } else { "False" }),
+            Node::None => "[None]".into(),
+            Node::Float(x) => format!("[{x}]"),
+            _ => "[<key>]".into(),
+        }
+    }
+}
+
+struct NodeSeed<'a, 'f> {
+    dec: &'a mut Decoder<'f>,
+    depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for NodeSeed<'_, '_> {
+    type Value = NodeId;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<NodeId, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// What kind of container a JSON array decodes into.
+#[derive(Clone, Copy, PartialEq)]
+enum SeqKind {
+    List,
+    Tuple,
+    Set,
+    FrozenSet,
+    Dict,
+    ODict,
+}
+
+struct ContainerSeed<'a, 'f> {
+    dec: &'a mut Decoder<'f>,
+    depth: usize,
+    kind: SeqKind,
+}
+
+impl<'de> DeserializeSeed<'de> for ContainerSeed<'_, '_> {
+    type Value = NodeId;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<NodeId, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ContainerSeed<'_, '_> {
+    type Value = NodeId;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON array")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<NodeId, A::Error> {
+        let dec = self.dec;
+        if self.depth >= MAX_DEPTH {
+            return Err(dec.limit("container nesting depth", MAX_DEPTH as u64));
+        }
+        let id = dec.tree.push(Node::None);
+        let immutable = matches!(
+            self.kind,
+            SeqKind::Tuple | SeqKind::Set | SeqKind::FrozenSet
+        );
+        let memo = dec.register(id, immutable);
+        let depth = self.depth + 1;
+        let node = if matches!(self.kind, SeqKind::Dict | SeqKind::ODict) {
+            let mut pairs = Vec::new();
+            loop {
+                dec.path.push("[<key>]".into());
+                let k = seq.next_element_seed(NodeSeed {
+                    dec: &mut *dec,
+                    depth,
+                });
+                dec.path.pop();
+                let Some(k) = k? else { break };
+                let part = dec.key_part(k);
+                dec.path.push(part);
+                let v = seq.next_element_seed(NodeSeed {
+                    dec: &mut *dec,
+                    depth,
+                })?;
+                let Some(v) = v else {
+                    return Err(dec.fail("a dict's array must hold key, value pairs (odd length)"));
+                };
+                dec.path.pop();
+                pairs.push((k, v));
+            }
+            if self.kind == SeqKind::Dict {
+                Node::Dict(pairs)
+            } else {
+                Node::ODict(pairs)
+            }
+        } else {
+            let mut items = Vec::new();
+            loop {
+                dec.path.push(format!("[{}]", items.len()));
+                let item = seq.next_element_seed(NodeSeed {
+                    dec: &mut *dec,
+                    depth,
+                })?;
+                dec.path.pop();
+                match item {
+                    Some(i) => items.push(i),
+                    None => break,
+                }
+            }
+            match self.kind {
+                SeqKind::List => Node::List(items),
+                SeqKind::Tuple => Node::Tuple(items),
+                SeqKind::Set => Node::Set(items),
+                _ => Node::FrozenSet(items),
+            }
+        };
+        dec.tree.nodes[id] = node;
+        dec.open_immutable[memo] = false;
+        Ok(id)
+    }
+}
+
+impl<'de> Visitor<'de> for NodeSeed<'_, '_> {
+    type Value = NodeId;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a hermetic tree node")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> std::result::Result<NodeId, E> {
+        Ok(self.dec.tree.push(Node::None))
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> std::result::Result<NodeId, E> {
+        Ok(self.dec.tree.push(Node::Bool(v)))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<NodeId, E> {
+        Ok(self.dec.tree.push(Node::Int(v)))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<NodeId, E> {
+        match i64::try_from(v) {
+            Ok(i) => Ok(self.dec.tree.push(Node::Int(i))),
+            Err(_) => Err(self
+                .dec
+                .fail("integer literal outside the i64 range (use {\"$int\": hex})")),
+        }
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> std::result::Result<NodeId, E> {
+        if !v.is_finite() {
+            return Err(self.dec.fail("non-finite float literal"));
+        }
+        Ok(self.dec.tree.push(Node::Float(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<NodeId, E> {
+        Ok(self.dec.tree.push(Node::Str(v.to_string())))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> std::result::Result<NodeId, E> {
+        Ok(self.dec.tree.push(Node::Str(v)))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> std::result::Result<NodeId, A::Error> {
+        ContainerSeed {
+            dec: self.dec,
+            depth: self.depth,
+            kind: SeqKind::List,
+        }
+        .visit_seq(seq)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<NodeId, A::Error> {
+        let dec = self.dec;
+        let Some(tag) = map.next_key::<String>()? else {
+            return Err(dec.fail("empty object (an object must be a tagged node)"));
+        };
+        let kind = match tag.as_str() {
+            "$tuple" => Some(SeqKind::Tuple),
+            "$set" => Some(SeqKind::Set),
+            "$frozenset" => Some(SeqKind::FrozenSet),
+            "$dict" => Some(SeqKind::Dict),
+            "$odict" => Some(SeqKind::ODict),
+            _ => None,
+        };
+        let id = if let Some(kind) = kind {
+            map.next_value_seed(ContainerSeed {
+                dec: &mut *dec,
+                depth: self.depth,
+                kind,
+            })?
+        } else {
+            let value: Value = map.next_value()?;
+            let node = leaf(dec, &tag, value)?;
+            let memoizable = node.is_memoizable();
+            let id = dec.tree.push(node);
+            if memoizable {
+                dec.register(id, false);
+            }
+            id
+        };
+        if map.next_key::<IgnoredAny>()?.is_some() {
+            return Err(dec.fail(format!("tagged node `{tag}` has more than one member")));
+        }
+        Ok(id)
+    }
+}
+
+fn parse_float<E: de::Error>(dec: &mut Decoder<'_>, v: &Value) -> std::result::Result<f64, E> {
+    match v {
+        Value::Number(n) if n.is_f64() => Ok(n.as_f64().unwrap_or(f64::NAN)),
+        Value::Object(m) if m.len() == 1 => match m.get("$float") {
+            Some(Value::String(h)) => float_bits(dec, h),
+            _ => Err(dec.fail("expected a float")),
+        },
+        _ => Err(dec.fail("expected a float (a number with a fraction or exponent)")),
+    }
+}
+
+fn float_bits<E: de::Error>(dec: &mut Decoder<'_>, h: &str) -> std::result::Result<f64, E> {
+    let ok = h.len() == 16 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let bits = if ok {
+        u64::from_str_radix(h, 16).ok()
+    } else {
+        None
+    };
+    match bits {
+        Some(b) if !f64::from_bits(b).is_finite() => Ok(f64::from_bits(b)),
+        Some(_) => Err(dec.fail("$float bits must encode a NaN or an infinity")),
+        None => Err(dec.fail("$float must be 16 lowercase hex digits")),
+    }
+}
+
+fn as_str<'v, E: de::Error>(
+    dec: &mut Decoder<'_>,
+    v: &'v Value,
+    what: &str,
+) -> std::result::Result<&'v str, E> {
+    v.as_str()
+        .ok_or_else(|| dec.fail(format!("{what} must be a string")))
+}
+
+fn b64<E: de::Error>(dec: &mut Decoder<'_>, s: &str) -> std::result::Result<Vec<u8>, E> {
+    B64.decode(s)
+        .map_err(|e| dec.fail(format!("invalid base64: {e}")))
+}
+
+fn leaf<E: de::Error>(dec: &mut Decoder<'_>, tag: &str, v: Value) -> std::result::Result<Node, E> {
+    Ok(match tag {
+        "$int" => {
+            let s = as_str(dec, &v, "$int")?;
+            let digits = s.strip_prefix('-').unwrap_or(s);
+            let ok = !(digits.is_empty() || digits.len() > 1 && digits.starts_with('0'))
+                && digits
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+            if !ok {
+                return Err(dec.fail("$int must be lowercase hex digits with an optional '-'"));
+            }
+            // Values that fit in an i64 must be written as plain integers.
+            if let Ok(i) = i64::from_str_radix(s, 16) {
+                let _ = i;
+                return Err(dec.fail("$int holds a value that fits in an i64"));
+            }
+            Node::BigInt(s.to_string())
+        }
+        "$float" => {
+            let s = as_str(dec, &v, "$float")?;
+            Node::Float(float_bits(dec, s)?)
+        }
+        "$complex" => match v.as_array() {
+            Some(a) if a.len() == 2 => {
+                let re = parse_float(dec, &a[0])?;
+                let im = parse_float(dec, &a[1])?;
+                Node::Complex(re, im)
+            }
+            _ => return Err(dec.fail("$complex must be [real, imag]")),
+        },
+        "$bytes" => {
+            let s = as_str(dec, &v, "$bytes")?;
+            Node::Bytes(b64(dec, s)?)
+        }
+        "$bytes_entry" => Node::BytesEntry(as_str(dec, &v, "$bytes_entry")?.to_string()),
+        "$ref" => {
+            let n = v
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| dec.fail("$ref must be a non-negative integer"))?;
+            if n >= dec.tree.memo.len() {
+                return Err(dec.fail(format!(
+                    "$ref {n} names no earlier object ({} so far)",
+                    dec.tree.memo.len()
+                )));
+            }
+            if dec.open_immutable[n] {
+                return Err(dec.fail(format!(
+                    "$ref {n} makes a cycle through a tuple, set or frozenset"
+                )));
+            }
+            Node::Ref(n)
+        }
+        "$torch_dtype" => {
+            let s = as_str(dec, &v, "$torch_dtype")?;
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(dec.fail("$torch_dtype must be a dtype name such as \"float32\""));
+            }
+            Node::TorchDtype(s.to_string())
+        }
+        "$torch_device" => Node::TorchDevice(as_str(dec, &v, "$torch_device")?.to_string()),
+        "$torch_size" => {
+            let dims: Option<Vec<i64>> = v
+                .as_array()
+                .map(|a| a.iter().map(Value::as_i64).collect())
+                .unwrap_or(None);
+            match dims {
+                Some(d) if d.len() <= MAX_NDIM => Node::TorchSize(d),
+                _ => return Err(dec.fail("$torch_size must be a list of at most 64 integers")),
+            }
+        }
+        "$np_scalar" => {
+            let Value::Object(m) = v else {
+                return Err(dec.fail("$np_scalar must be {\"dtype\": ..., \"data\": base64}"));
+            };
+            if m.len() != 2 || !m.contains_key("dtype") {
+                return Err(dec.fail("$np_scalar must have exactly the members dtype and data"));
+            }
+            let data = match m.get("data") {
+                Some(Value::String(s)) => b64(dec, s)?,
+                _ => return Err(dec.fail("$np_scalar data must be a base64 string")),
+            };
+            let dtype = m.get("dtype").cloned().unwrap_or(Value::Null);
+            check_np_dtype(dec, &dtype)?;
+            Node::NpScalar { dtype, data }
+        }
+        "$tensor" | "$parameter" | "$ndarray" => {
+            let kind = match tag {
+                "$tensor" => TensorKind::Torch,
+                "$parameter" => TensorKind::Parameter,
+                _ => TensorKind::Numpy,
+            };
+            Node::Tensor(tensor_ref(dec, kind, v)?)
+        }
+        other => return Err(dec.fail(format!("unknown tag `{other}`"))),
+    })
+}
+
+fn check_np_dtype<E: de::Error>(dec: &mut Decoder<'_>, v: &Value) -> std::result::Result<(), E> {
+    // A numpy dtype descriptor: a string, or a list describing a record.
+    // Its meaning is numpy's; readers check that it has no object fields
+    // and that its item size matches before using it.
+    match v {
+        Value::String(_) | Value::Array(_) => Ok(()),
+        _ => Err(dec.fail("np_dtype must be a string or a list")),
+    }
+}
+
+fn tensor_ref<E: de::Error>(
+    dec: &mut Decoder<'_>,
+    kind: TensorKind,
+    v: Value,
+) -> std::result::Result<TensorRef, E> {
+    let m = match v {
+        Value::String(entry) => {
+            return Ok(TensorRef {
+                kind,
+                entry,
+                view: None,
+                requires_grad: None,
+                np_dtype: None,
+                device: None,
+            })
+        }
+        Value::Object(m) => m,
+        _ => return Err(dec.fail("a tensor must be an entry name or an object")),
+    };
+    for k in m.keys() {
+        if !matches!(
+            k.as_str(),
+            "entry"
+                | "dtype"
+                | "shape"
+                | "strides"
+                | "offset"
+                | "requires_grad"
+                | "np_dtype"
+                | "device"
+        ) {
+            return Err(dec.fail(format!("unknown tensor member `{k}`")));
+        }
+    }
+    let entry = match m.get("entry") {
+        Some(Value::String(s)) => s.clone(),
+        _ => return Err(dec.fail("tensor member `entry` must be a string")),
+    };
+    let view = match (m.get("dtype"), m.get("shape")) {
+        (None, None) => {
+            if m.contains_key("strides") || m.contains_key("offset") {
+                return Err(dec.fail("strides and offset need dtype and shape"));
+            }
+            None
+        }
+        (Some(d), Some(s)) => {
+            let code = as_str(dec, d, "dtype")?;
+            let dtype =
+                Dtype::parse(code).ok_or_else(|| dec.fail(format!("unknown dtype `{code}`")))?;
+            let shape = u64_list(dec, s, "shape")?;
+            let strides = match m.get("strides") {
+                None => None,
+                Some(Value::Array(a)) => {
+                    let s: Option<Vec<i64>> = a.iter().map(Value::as_i64).collect();
+                    match s {
+                        Some(s) if s.len() == shape.len() => Some(s),
+                        _ => {
+                            return Err(
+                                dec.fail("strides must be a list of integers, one per dimension")
+                            )
+                        }
+                    }
+                }
+                Some(_) => return Err(dec.fail("strides must be a list")),
+            };
+            let offset = match m.get("offset") {
+                None => 0,
+                Some(o) => o
+                    .as_u64()
+                    .ok_or_else(|| dec.fail("offset must be a non-negative integer"))?,
+            };
+            Some(View {
+                dtype,
+                shape,
+                strides,
+                offset,
+            })
+        }
+        _ => return Err(dec.fail("dtype and shape come together")),
+    };
+    let requires_grad = match m.get("requires_grad") {
+        None => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => return Err(dec.fail("requires_grad must be a boolean")),
+    };
+    if requires_grad.is_some() && kind == TensorKind::Numpy {
+        return Err(dec.fail("requires_grad is for torch tensors"));
+    }
+    let np_dtype = m.get("np_dtype").cloned();
+    if let Some(d) = &np_dtype {
+        if kind != TensorKind::Numpy {
+            return Err(dec.fail("np_dtype is for numpy arrays"));
+        }
+        if view.is_none() {
+            return Err(dec.fail("np_dtype needs dtype and shape"));
+        }
+        check_np_dtype(dec, d)?;
+    }
+    if let Some(View {
+        dtype: Dtype::Raw(_),
+        ..
+    }) = &view
+    {
+        if np_dtype.is_none() {
+            return Err(dec.fail("a RAW dtype needs np_dtype"));
+        }
+    }
+    let device = match m.get("device") {
+        None => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(dec.fail("device must be a string")),
+    };
+    Ok(TensorRef {
+        kind,
+        entry,
+        view,
+        requires_grad,
+        np_dtype,
+        device,
+    })
+}
+
+fn u64_list<E: de::Error>(
+    dec: &mut Decoder<'_>,
+    v: &Value,
+    what: &str,
+) -> std::result::Result<Vec<u64>, E> {
+    let list: Option<Vec<u64>> = v
+        .as_array()
+        .map(|a| a.iter().map(Value::as_u64).collect())
+        .unwrap_or(None);
+    match list {
+        Some(l) if l.len() <= MAX_NDIM => Ok(l),
+        Some(_) => Err(dec.limit("number of dimensions", MAX_NDIM as u64)),
+        None => Err(dec.fail(format!("{what} must be a list of non-negative integers"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(json: &str) -> Tree {
+        let t = Tree::from_json(json, "<t>").unwrap_or_else(|e| panic!("{json}: {e}"));
+        assert_eq!(t.to_json().unwrap(), json);
+        t
+    }
+
+    #[test]
+    fn scalars_and_containers() {
+        round_trip(r#"{"$dict":["a",1,"b",[1.5,-0.0,null,true,"x"],3,{"$tuple":[]}]}"#);
+        round_trip(r#"{"$float":"7ff8000000000000"}"#);
+        round_trip(r#"{"$complex":[1.0,{"$float":"fff0000000000000"}]}"#);
+        round_trip(r#"{"$int":"-1ffffffffffffffff"}"#);
+        round_trip(r#"[{"$bytes":"AAE="},{"$ref":0},{"$ref":1}]"#);
+        round_trip(r#"{"$tensor":"w"}"#);
+        round_trip(
+            r#"{"$ndarray":{"dtype":"F32","entry":"a","offset":4,"shape":[2,3],"strides":[4,8]}}"#,
+        );
+    }
+
+    #[test]
+    fn memo_numbers_follow_document_order() {
+        let t = round_trip(r#"[[1],{"$dict":["k",[2]]},{"$ref":2}]"#);
+        assert_eq!(t.memo.len(), 4);
+        let Node::List(items) = &t.nodes[t.memo[3]] else {
+            panic!("memo 3 is the list [2]")
+        };
+        assert_eq!(t.nodes[items[0]], Node::Int(2));
+        assert!(matches!(
+            t.nodes[t.resolve(t.nodes.len() - 1)],
+            Node::Dict(_)
+        ));
+    }
+
+    #[test]
+    fn rejects() {
+        for bad in [
+            r#"{}"#,
+            r#"{"$dict":["a"]}"#,
+            r#"{"$tuple":[],"$list":[]}"#,
+            r#"{"$ref":0}"#,
+            r#"{"$tuple":[{"$ref":0}]}"#,
+            r#"{"$int":"12"}"#,
+            r#"{"$int":"0x12"}"#,
+            r#"{"$float":"3ff0000000000000"}"#,
+            r#"{"$what":1}"#,
+            r#"18446744073709551615"#,
+            r#"{"$tensor":{"entry":"a","dtype":"F99","shape":[]}}"#,
+            r#"{"$tensor":{"entry":"a","np_dtype":"<f4"}}"#,
+            r#"{"$tensor":{"entry":"a","extra":1}}"#,
+            r#"[1] [2]"#,
+        ] {
+            assert!(Tree::from_json(bad, "<t>").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cycles_through_lists_are_fine() {
+        round_trip(r#"[{"$ref":0}]"#);
+        round_trip(r#"{"$dict":["self",{"$ref":0}]}"#);
+    }
+
+    #[test]
+    fn depth_is_bounded() {
+        let deep = "[".repeat(MAX_DEPTH + 1) + &"]".repeat(MAX_DEPTH + 1);
+        let e = Tree::from_json(&deep, "<t>").unwrap_err();
+        assert_eq!(e.code(), "limit_exceeded", "{e}");
+        let ok = "[".repeat(MAX_DEPTH) + &"]".repeat(MAX_DEPTH);
+        Tree::from_json(&ok, "<t>").unwrap();
+        let very = "[".repeat(100_000);
+        assert!(Tree::from_json(&very, "<t>").is_err());
+    }
+
+    #[test]
+    fn extents() {
+        let v = View {
+            dtype: Dtype::F32,
+            shape: vec![2, 3],
+            strides: Some(vec![4, 8]),
+            offset: 4,
+        };
+        assert_eq!(view_extent(&v), Some(Some((4, 4 + 4 + 16 + 4))));
+        let neg = View {
+            dtype: Dtype::I8,
+            shape: vec![3],
+            strides: Some(vec![-1]),
+            offset: 2,
+        };
+        assert_eq!(view_extent(&neg), Some(Some((0, 3))));
+    }
+}

@@ -1,0 +1,323 @@
+//! The streaming writer. The `safetensors` crate serializes from a list of
+//! in-memory views and orders entries by dtype; hermetic needs more than it
+//! offers, so this part is hand-written: entries are pulled one at a time from
+//! an [`EntrySource`] (a GPU tensor can be copied to the host just before it is
+//! written), hashed while they stream, ordered by the alignment their views
+//! need, and the data section starts on a 64-byte boundary. The header is
+//! written first with placeholder digests of the same length and rewritten in
+//! place at the end, so the payload is read exactly once.
+
+use crate::digest::Hasher;
+use crate::error::{FormatError, Result};
+use crate::header::{build_header, doc_json, HERMETIC_KEY};
+use crate::tree::Tree;
+use std::collections::HashSet;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::Path;
+
+/// One entry to write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedEntry {
+    pub name: String,
+    pub dtype: safetensors::Dtype,
+    pub shape: Vec<u64>,
+    pub nbytes: u64,
+    /// The alignment (a power of two) its start needs in the data section.
+    pub align: u64,
+}
+
+/// Everything the writer needs except the bytes.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    pub entries: Vec<PlannedEntry>,
+    /// `None` writes a shard: digests only.
+    pub tree: Option<Tree>,
+    /// `__metadata__` besides `format` and the hermetic key, in order.
+    pub metadata: Vec<(String, String)>,
+}
+
+/// Supplies entry bytes to the writer.
+pub trait EntrySource {
+    /// Calls `sink` with the bytes of `plan.entries[index]`, in one or more
+    /// pieces that add up to exactly its `nbytes`.
+    fn write_entry(
+        &mut self,
+        index: usize,
+        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<()>;
+}
+
+/// An [`EntrySource`] over byte slices already in memory.
+pub struct SliceSource<'a>(pub Vec<&'a [u8]>);
+
+impl EntrySource for SliceSource<'_> {
+    fn write_entry(
+        &mut self,
+        index: usize,
+        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<()> {
+        sink(self.0[index]).map_err(|e| FormatError::Source {
+            entry: index.to_string(),
+            detail: e.to_string(),
+        })
+    }
+}
+
+/// Options for [`write_file`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WriteOptions {
+    /// fsync the file (and its folder after the rename) so a power loss
+    /// cannot leave a torn file at the target path either. Off by default,
+    /// like safetensors: the rename alone already guarantees that a crashed
+    /// or killed process never leaves a partial file at the target.
+    pub fsync: bool,
+}
+
+fn effective_align(e: &PlannedEntry) -> u64 {
+    let mut a = e.align.clamp(1, 64).next_power_of_two();
+    while a > 1 && e.nbytes % a != 0 {
+        a /= 2;
+    }
+    a
+}
+
+impl Plan {
+    /// Checks names, sizes and metadata keys.
+    pub fn validate(&self) -> Result<()> {
+        let mut names = HashSet::new();
+        for e in &self.entries {
+            if e.name == "__metadata__" {
+                return Err(FormatError::unsupported(
+                    format!("entry `{}`", e.name),
+                    "`__metadata__` is reserved by safetensors",
+                ));
+            }
+            if !names.insert(e.name.as_str()) {
+                return Err(FormatError::unsupported(
+                    format!("entry `{}`", e.name),
+                    "two entries have this name",
+                ));
+            }
+            let bits = e
+                .shape
+                .iter()
+                .try_fold(e.dtype.bitsize() as u64, |acc, &d| acc.checked_mul(d));
+            if bits != e.nbytes.checked_mul(8) {
+                return Err(FormatError::unsupported(
+                    format!("entry `{}`", e.name),
+                    format!(
+                        "{} bytes do not match shape {:?} of {}",
+                        e.nbytes, e.shape, e.dtype
+                    ),
+                ));
+            }
+        }
+        let mut keys = HashSet::new();
+        for (k, v) in &self.metadata {
+            if k == HERMETIC_KEY || (k == "format" && v != "pt") {
+                return Err(FormatError::unsupported(
+                    format!("metadata[{k:?}]"),
+                    "this key is reserved by hermetic",
+                ));
+            }
+            if !keys.insert(k.as_str()) {
+                return Err(FormatError::unsupported(
+                    format!("metadata[{k:?}]"),
+                    "duplicate metadata key",
+                ));
+            }
+        }
+        if let Some(tree) = &self.tree {
+            let infos: Vec<crate::header::EntryInfo> = self
+                .entries
+                .iter()
+                .map(|e| crate::header::EntryInfo {
+                    name: e.name.clone(),
+                    st_dtype: e.dtype,
+                    shape: e.shape.clone(),
+                    start: 0,
+                    nbytes: e.nbytes,
+                })
+                .collect();
+            let by: std::collections::HashMap<&str, &crate::header::EntryInfo> =
+                infos.iter().map(|e| (e.name.as_str(), e)).collect();
+            crate::header::check_tree(tree, "<plan>", &|n| by.get(n).copied())?;
+        }
+        Ok(())
+    }
+
+    /// Entry indices in file order: by alignment, largest first, then plan order.
+    pub fn file_order(&self) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.entries.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(effective_align(&self.entries[i])));
+        order
+    }
+
+    fn header(&self, order: &[usize], digests: &[String]) -> Result<Vec<u8>> {
+        let mut metadata = Vec::with_capacity(self.metadata.len() + 2);
+        metadata.push(("format".to_string(), "pt".to_string()));
+        let pairs: Vec<(&str, &str)> = order
+            .iter()
+            .map(|&i| (self.entries[i].name.as_str(), digests[i].as_str()))
+            .collect();
+        metadata.push((
+            HERMETIC_KEY.to_string(),
+            doc_json(self.tree.as_ref(), &pairs)?,
+        ));
+        metadata.extend(self.metadata.iter().filter(|(k, _)| k != "format").cloned());
+        let mut offset = 0u64;
+        let mut entries = Vec::with_capacity(order.len());
+        for &i in order {
+            let e = &self.entries[i];
+            entries.push((
+                e.name.as_str(),
+                e.dtype,
+                e.shape.as_slice(),
+                offset,
+                offset + e.nbytes,
+            ));
+            offset += e.nbytes;
+        }
+        build_header(&metadata, &entries)
+    }
+
+    /// Total bytes of the data section.
+    pub fn data_size(&self) -> u64 {
+        self.entries.iter().map(|e| e.nbytes).sum()
+    }
+}
+
+/// Writes the header placeholder and every entry to `w`; returns the final
+/// header, which the caller writes over the placeholder.
+fn stream<W: Write>(
+    w: &mut W,
+    plan: &Plan,
+    source: &mut dyn EntrySource,
+    io_err: &dyn Fn(std::io::Error) -> FormatError,
+) -> Result<Vec<u8>> {
+    plan.validate()?;
+    let order = plan.file_order();
+    let zero = vec!["0".repeat(32); plan.entries.len()];
+    let placeholder = plan.header(&order, &zero)?;
+    w.write_all(&placeholder).map_err(io_err)?;
+    let mut digests = zero;
+    for &i in &order {
+        let e = &plan.entries[i];
+        let mut hasher = Hasher::new();
+        let mut written = 0u64;
+        let mut failed: Option<std::io::Error> = None;
+        let mut sink = |bytes: &[u8]| -> std::io::Result<()> {
+            written += bytes.len() as u64;
+            if written > e.nbytes {
+                return Err(std::io::Error::other("more bytes than the entry holds"));
+            }
+            // Hash and write in cache-sized pieces so each byte is read from
+            // memory once.
+            for piece in bytes.chunks(1 << 20) {
+                hasher.update(piece);
+                if let Err(err) = w.write_all(piece) {
+                    let kind = err.kind();
+                    failed = Some(err);
+                    return Err(std::io::Error::new(kind, "write failed"));
+                }
+            }
+            Ok(())
+        };
+        let r = source.write_entry(i, &mut sink);
+        if let Some(err) = failed {
+            return Err(io_err(err));
+        }
+        r?;
+        if written != e.nbytes {
+            return Err(FormatError::Source {
+                entry: e.name.clone(),
+                detail: format!("got {written} bytes, expected {}", e.nbytes),
+            });
+        }
+        digests[i] = hasher.finish();
+    }
+    let header = plan.header(&order, &digests)?;
+    if header.len() != placeholder.len() {
+        return Err(FormatError::Source {
+            entry: String::new(),
+            detail: "header length changed between passes".into(),
+        });
+    }
+    Ok(header)
+}
+
+/// Writes a complete file to memory.
+pub fn write_to_vec(plan: &Plan, source: &mut dyn EntrySource) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let io_err = |e: std::io::Error| FormatError::Io {
+        file: "<bytes>".into(),
+        source: e,
+    };
+    let header = stream(&mut out, plan, source, &io_err)?;
+    out[..header.len()].copy_from_slice(&header);
+    Ok(out)
+}
+
+/// Writes `plan` to `path` through a temporary file in the same folder that
+/// is renamed into place only once complete: an interrupted save never leaves
+/// a partial file at `path`, and an existing file there stays intact (and
+/// any map of it valid) until the rename.
+pub fn write_file(
+    path: &Path,
+    plan: &Plan,
+    source: &mut dyn EntrySource,
+    opts: WriteOptions,
+) -> Result<()> {
+    let tmp = write_temp(path, plan, source, opts)?;
+    persist(tmp, path, opts)
+}
+
+/// Writes a complete temporary file next to `path`, not yet renamed.
+pub(crate) fn write_temp(
+    path: &Path,
+    plan: &Plan,
+    source: &mut dyn EntrySource,
+    opts: WriteOptions,
+) -> Result<tempfile::NamedTempFile> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let io_err = |e: std::io::Error| FormatError::io(path, e);
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(io_err)?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
+    let header = stream(&mut w, plan, source, &io_err)?;
+    w.flush().map_err(io_err)?;
+    drop(w);
+    let mut f = tmp.as_file();
+    f.seek(SeekFrom::Start(0)).map_err(io_err)?;
+    f.write_all(&header).map_err(io_err)?;
+    if opts.fsync {
+        f.sync_all().map_err(io_err)?;
+    }
+    Ok(tmp)
+}
+
+/// Renames a finished temporary file onto `path`.
+pub(crate) fn persist(tmp: tempfile::NamedTempFile, path: &Path, opts: WriteOptions) -> Result<()> {
+    tmp.persist(path)
+        .map_err(|e| FormatError::io(path, e.error))?;
+    if opts.fsync {
+        if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // Make the rename itself durable; not every platform can open a
+            // folder, so failure to open is not an error.
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+    }
+    Ok(())
+}

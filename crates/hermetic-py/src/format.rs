@@ -1,0 +1,88 @@
+//! `hermetic.save` / `hermetic.load`: the Python side of hermetic-format.
+//! `encode` walks Python trees into a plan and streams it out; `decode`
+//! builds Python trees from a validated archive. The helpers module
+//! (`hermetic._format`) only converts single tensors to and from byte buffers.
+
+mod decode;
+mod encode;
+
+use crate::errors::format_error;
+use hermetic_format::{write_file, write_sharded, write_to_vec, Archive, DataFile, WriteOptions};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use std::path::PathBuf;
+
+pub(crate) use decode::PyArchive;
+
+/// Walks `obj` and writes it to `path` (a folder of shards when
+/// `max_shard_size` is given). `helpers` is the `hermetic._format` module.
+#[pyfunction]
+#[pyo3(signature = (obj, path, metadata, max_shard_size, fsync, helpers))]
+fn format_save(
+    py: Python<'_>,
+    obj: &Bound<'_, PyAny>,
+    path: PathBuf,
+    metadata: Vec<(String, String)>,
+    max_shard_size: Option<u64>,
+    fsync: bool,
+    helpers: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let mut enc = encode::Encoder::new(py, helpers)?;
+    let root = enc.walk_root(obj)?;
+    let (plan, mut source) = enc.finish(root, metadata)?;
+    let opts = WriteOptions { fsync };
+    let r = match max_shard_size {
+        Some(n) => write_sharded(&path, &plan, &mut source, n, opts).map(|_| ()),
+        None => write_file(&path, &plan, &mut source, opts),
+    };
+    r.map_err(|e| source.take_error().unwrap_or_else(|| format_error(e)))
+}
+
+/// Like `format_save`, returning the file's bytes.
+#[pyfunction]
+fn format_dumps<'py>(
+    py: Python<'py>,
+    obj: &Bound<'py, PyAny>,
+    metadata: Vec<(String, String)>,
+    helpers: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let mut enc = encode::Encoder::new(py, helpers)?;
+    let root = enc.walk_root(obj)?;
+    let (plan, mut source) = enc.finish(root, metadata)?;
+    let bytes = write_to_vec(&plan, &mut source)
+        .map_err(|e| source.take_error().unwrap_or_else(|| format_error(e)))?;
+    Ok(PyBytes::new(py, &bytes))
+}
+
+/// Opens and validates a file, a sharded folder or an index file.
+#[pyfunction]
+fn format_open(py: Python<'_>, path: PathBuf) -> PyResult<PyArchive> {
+    let ar = py
+        .allow_threads(|| Archive::open(&path))
+        .map_err(format_error)?;
+    Ok(PyArchive::new(ar))
+}
+
+/// Validates an in-memory file (`bytes` or `bytearray`). The archive keeps
+/// its own copy for checks and digests; tensors are made from the caller's
+/// buffer.
+#[pyfunction]
+fn format_open_buffer(data: &Bound<'_, PyAny>) -> PyResult<PyArchive> {
+    let bytes = if let Ok(b) = data.downcast::<PyBytes>() {
+        b.as_bytes().to_vec()
+    } else {
+        data.downcast::<pyo3::types::PyByteArray>()?.to_vec()
+    };
+    let file = DataFile::from_bytes("<bytes>", Box::new(bytes)).map_err(format_error)?;
+    let ar = Archive::from_file(PathBuf::from("<bytes>"), file).map_err(format_error)?;
+    Ok(PyArchive::new(ar))
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyArchive>()?;
+    m.add_function(wrap_pyfunction!(format_save, m)?)?;
+    m.add_function(wrap_pyfunction!(format_dumps, m)?)?;
+    m.add_function(wrap_pyfunction!(format_open, m)?)?;
+    m.add_function(wrap_pyfunction!(format_open_buffer, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,553 @@
+//! Python objects -> a hermetic plan. The walk reads dicts, lists, tuples
+//! and sets through the C API, in document order, and hands every tensor
+//! view to the planner; only per-tensor facts (dtype, strides, storage) come
+//! from the helpers module.
+
+use crate::errors::{format_error, FormatError};
+use hermetic_format::{
+    path_name, Dtype, EntryOrigin, EntrySource, Node, NodeId, PathPart, Plan, Planner, TensorKind,
+    ViewSpec, INLINE_BYTES_MAX, MAX_DEPTH,
+};
+use pyo3::prelude::*;
+use pyo3::types::{
+    PyBool, PyBytes, PyComplex, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PySet, PyString,
+    PyTuple, PyType,
+};
+use std::collections::HashMap;
+
+struct Types<'py> {
+    tensor: Option<Bound<'py, PyType>>,
+    parameter: Option<Bound<'py, PyType>>,
+    torch_base: Option<Bound<'py, PyType>>,
+    dtype: Option<Bound<'py, PyType>>,
+    device: Option<Bound<'py, PyType>>,
+    size: Option<Bound<'py, PyType>>,
+    ndarray: Option<Bound<'py, PyType>>,
+    np_generic: Option<Bound<'py, PyType>>,
+    odict: Bound<'py, PyType>,
+}
+
+fn class<'py>(module: &Option<Bound<'py, PyAny>>, path: &[&str]) -> Option<Bound<'py, PyType>> {
+    let mut obj = module.clone()?;
+    for p in path {
+        obj = obj.getattr(*p).ok()?;
+    }
+    obj.downcast_into::<PyType>().ok()
+}
+
+impl<'py> Types<'py> {
+    fn new(py: Python<'py>) -> PyResult<Self> {
+        // Only frameworks already imported can have made the objects we see.
+        let modules = py.import("sys")?.getattr("modules")?;
+        let get = |name: &str| modules.get_item(name).ok();
+        let torch = get("torch");
+        let np = get("numpy");
+        Ok(Types {
+            tensor: class(&torch, &["Tensor"]),
+            parameter: class(&torch, &["nn", "Parameter"]),
+            torch_base: class(&torch, &["Tensor"]),
+            dtype: class(&torch, &["dtype"]),
+            device: class(&torch, &["device"]),
+            size: class(&torch, &["Size"]),
+            ndarray: class(&np, &["ndarray"]),
+            np_generic: class(&np, &["generic"]),
+            odict: py
+                .import("collections")?
+                .getattr("OrderedDict")?
+                .downcast_into::<PyType>()?,
+        })
+    }
+}
+
+fn is(t: &Bound<'_, PyType>, c: &Option<Bound<'_, PyType>>) -> bool {
+    c.as_ref().is_some_and(|c| t.is(c))
+}
+
+/// Where a storage's bytes come from.
+pub(crate) enum Storage<'py> {
+    /// A CPU torch storage: a tensor that keeps it alive, its address and size.
+    Cpu(Bound<'py, PyAny>, usize, usize),
+    /// Sliced by a helper (`_np_span` when the flag is set, else `_torch_span`).
+    Helper(bool, Bound<'py, PyAny>),
+}
+
+/// Walks one Python tree.
+pub(crate) struct Encoder<'py> {
+    py: Python<'py>,
+    helpers: Bound<'py, PyAny>,
+    types: Types<'py>,
+    planner: Planner,
+    /// id(obj) -> (memo number, immutable container still being walked).
+    memo: HashMap<usize, (usize, bool)>,
+    memo_count: usize,
+    path: Vec<PathPart>,
+    storage_keys: HashMap<(String, u64), u64>,
+    /// Per storage key: where its bytes come from.
+    storages: Vec<Storage<'py>>,
+    bytes: Vec<Bound<'py, PyBytes>>,
+}
+
+impl<'py> Encoder<'py> {
+    pub(crate) fn new(py: Python<'py>, helpers: &Bound<'py, PyAny>) -> PyResult<Self> {
+        Ok(Encoder {
+            py,
+            helpers: helpers.clone(),
+            types: Types::new(py)?,
+            planner: Planner::new(),
+            memo: HashMap::new(),
+            memo_count: 0,
+            path: Vec::new(),
+            storage_keys: HashMap::new(),
+            storages: Vec::new(),
+            bytes: Vec::new(),
+        })
+    }
+
+    fn place(&self) -> String {
+        let mut s = String::from("tree");
+        for p in &self.path {
+            match p {
+                PathPart::Key(k) => s.push_str(&format!("[{k:?}]")),
+                PathPart::Index(i) => s.push_str(&format!("[{i}]")),
+                PathPart::Other(r) => s.push_str(&format!("[{r}]")),
+            }
+        }
+        s
+    }
+
+    fn fail(&self, detail: impl std::fmt::Display) -> PyErr {
+        FormatError::new_err(format!("cannot save {}: {detail}", self.place()))
+    }
+
+    fn push(&mut self, node: Node) -> NodeId {
+        self.planner.tree.push(node)
+    }
+
+    pub(crate) fn walk_root(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<NodeId> {
+        self.walk(obj, 0)
+    }
+
+    /// Registers a memoizable object; `Err(node)` if it was seen before.
+    fn memoize(
+        &mut self,
+        obj: &Bound<'py, PyAny>,
+        immutable: bool,
+    ) -> PyResult<Result<usize, NodeId>> {
+        let id = obj.as_ptr() as usize;
+        if let Some(&(n, open)) = self.memo.get(&id) {
+            if open {
+                return Err(self.fail(
+                    "it contains itself through a tuple or frozenset, which cannot be rebuilt",
+                ));
+            }
+            return Ok(Err(self.push(Node::Ref(n))));
+        }
+        let n = self.memo_count;
+        self.memo_count += 1;
+        self.memo.insert(id, (n, immutable));
+        Ok(Ok(n))
+    }
+
+    fn close(&mut self, obj: &Bound<'py, PyAny>) {
+        if let Some(e) = self.memo.get_mut(&(obj.as_ptr() as usize)) {
+            e.1 = false;
+        }
+    }
+
+    fn key_part(&self, key: &Bound<'py, PyAny>) -> PyResult<PathPart> {
+        if key.is_exact_instance_of::<PyString>() {
+            return Ok(PathPart::Key(
+                key.downcast::<PyString>()?.to_cow()?.into_owned(),
+            ));
+        }
+        if key.is_exact_instance_of::<PyInt>() {
+            if let Ok(i) = key.extract::<i64>() {
+                return Ok(PathPart::Index(i));
+            }
+        }
+        Ok(PathPart::Other(key.repr()?.to_cow()?.into_owned()))
+    }
+
+    fn walk(&mut self, obj: &Bound<'py, PyAny>, depth: usize) -> PyResult<NodeId> {
+        let t = obj.get_type();
+        if obj.is_none() {
+            return Ok(self.push(Node::None));
+        }
+        if obj.is_exact_instance_of::<PyBool>() {
+            return Ok(self.push(Node::Bool(obj.extract()?)));
+        }
+        if obj.is_exact_instance_of::<PyInt>() {
+            let node = match obj.extract::<i64>() {
+                Ok(i) => Node::Int(i),
+                Err(_) => Node::BigInt(obj.call_method1("__format__", ("x",))?.extract()?),
+            };
+            return Ok(self.push(node));
+        }
+        if obj.is_exact_instance_of::<PyFloat>() {
+            return Ok(self.push(Node::Float(obj.downcast::<PyFloat>()?.value())));
+        }
+        if obj.is_exact_instance_of::<PyString>() {
+            let s = match obj.downcast::<PyString>()?.to_str() {
+                Ok(s) => s.to_string(),
+                Err(_) => return Err(self.fail("the string is not valid Unicode (lone surrogate)")),
+            };
+            return Ok(self.push(Node::Str(s)));
+        }
+        if obj.is_exact_instance_of::<PyComplex>() {
+            let c = obj.downcast::<PyComplex>()?;
+            return Ok(self.push(Node::Complex(c.real(), c.imag())));
+        }
+        if obj.is_exact_instance_of::<PyBytes>() {
+            if let Err(r) = self.memoize(obj, false)? {
+                return Ok(r);
+            }
+            let b = obj.downcast::<PyBytes>()?;
+            let data = b.as_bytes();
+            if data.len() <= INLINE_BYTES_MAX {
+                return Ok(self.push(Node::Bytes(data.to_vec())));
+            }
+            let (id, slot) = self
+                .planner
+                .add_bytes(path_name(&self.path), data.len() as u64);
+            debug_assert_eq!(slot, self.bytes.len());
+            self.bytes.push(b.clone());
+            return Ok(id);
+        }
+        let container = obj.is_exact_instance_of::<PyList>()
+            || obj.is_exact_instance_of::<PyTuple>()
+            || obj.is_exact_instance_of::<PyDict>()
+            || obj.is_exact_instance_of::<PySet>()
+            || obj.is_exact_instance_of::<PyFrozenSet>()
+            || t.is(&self.types.odict);
+        if container {
+            if depth >= MAX_DEPTH {
+                return Err(self.fail(format!("containers nest deeper than {MAX_DEPTH} levels")));
+            }
+            let immutable = obj.is_exact_instance_of::<PyTuple>()
+                || obj.is_exact_instance_of::<PyFrozenSet>()
+                || obj.is_exact_instance_of::<PySet>();
+            if let Err(r) = self.memoize(obj, immutable)? {
+                return Ok(r);
+            }
+            let node = self.walk_container(obj, depth + 1)?;
+            self.close(obj);
+            return Ok(self.push(node));
+        }
+        if is(&t, &self.types.tensor) || is(&t, &self.types.parameter) {
+            if let Err(r) = self.memoize(obj, false)? {
+                return Ok(r);
+            }
+            let kind = if is(&t, &self.types.parameter) {
+                TensorKind::Parameter
+            } else {
+                TensorKind::Torch
+            };
+            return self.torch_tensor(obj, kind);
+        }
+        if is(&t, &self.types.ndarray) {
+            if let Err(r) = self.memoize(obj, false)? {
+                return Ok(r);
+            }
+            return self.ndarray(obj);
+        }
+        if let Some(g) = &self.types.np_generic {
+            if obj.is_instance(g)? {
+                let (dtype, data): (String, Vec<u8>) = self
+                    .helpers
+                    .call_method1("_np_scalar_info", (obj,))
+                    .and_then(|r| r.extract())
+                    .map_err(|e| self.fail(e.value(self.py).to_string()))?;
+                let dtype = serde_json::from_str(&dtype).map_err(|e| self.fail(e))?;
+                return Ok(self.push(Node::NpScalar { dtype, data }));
+            }
+        }
+        if is(&t, &self.types.dtype) {
+            let s: String = obj.str()?.extract()?;
+            return Ok(self.push(Node::TorchDtype(
+                s.strip_prefix("torch.").unwrap_or(&s).to_string(),
+            )));
+        }
+        if is(&t, &self.types.device) {
+            return Ok(self.push(Node::TorchDevice(obj.str()?.extract()?)));
+        }
+        if is(&t, &self.types.size) {
+            return Ok(self.push(Node::TorchSize(obj.extract()?)));
+        }
+        let what = if self
+            .types
+            .torch_base
+            .as_ref()
+            .is_some_and(|b| obj.is_instance(b).unwrap_or(false))
+        {
+            "a tensor subclass"
+        } else {
+            "an object"
+        };
+        Err(self.fail(format!(
+            "{what} of type {}.{} cannot be stored (hermetic stores containers, scalars, tensors \
+             and arrays only, and never pickles)",
+            t.module()?.to_cow()?,
+            t.qualname()?.to_cow()?
+        )))
+    }
+
+    fn walk_items(&mut self, items: &Bound<'py, PyAny>, depth: usize) -> PyResult<Vec<NodeId>> {
+        let mut out = Vec::new();
+        for (i, item) in items.try_iter()?.enumerate() {
+            self.path.push(PathPart::Index(i as i64));
+            let r = self.walk(&item?, depth);
+            self.path.pop();
+            out.push(r?);
+        }
+        Ok(out)
+    }
+
+    fn walk_container(&mut self, obj: &Bound<'py, PyAny>, depth: usize) -> PyResult<Node> {
+        if let Ok(l) = obj.downcast_exact::<PyList>() {
+            return Ok(Node::List(self.walk_items(l.as_any(), depth)?));
+        }
+        if let Ok(tup) = obj.downcast_exact::<PyTuple>() {
+            return Ok(Node::Tuple(self.walk_items(tup.as_any(), depth)?));
+        }
+        if let Ok(s) = obj.downcast_exact::<PySet>() {
+            return Ok(Node::Set(self.walk_items(s.as_any(), depth)?));
+        }
+        if let Ok(s) = obj.downcast_exact::<PyFrozenSet>() {
+            return Ok(Node::FrozenSet(self.walk_items(s.as_any(), depth)?));
+        }
+        let dict = obj.downcast::<PyDict>()?;
+        let mut pairs = Vec::with_capacity(dict.len());
+        for (k, v) in dict.iter() {
+            let part = self.key_part(&k)?;
+            self.path.push(PathPart::Other("<key>".into()));
+            let kid = self.walk(&k, depth);
+            self.path.pop();
+            let kid = kid?;
+            self.path.push(part);
+            let vid = self.walk(&v, depth);
+            self.path.pop();
+            pairs.push((kid, vid?));
+        }
+        Ok(if obj.is_exact_instance_of::<PyDict>() {
+            Node::Dict(pairs)
+        } else {
+            Node::ODict(pairs)
+        })
+    }
+
+    fn storage_key(&mut self, space: &str, ptr: u64, origin: Storage<'py>) -> u64 {
+        if ptr == 0 {
+            self.storages.push(origin);
+            return (self.storages.len() - 1) as u64;
+        }
+        if let Some(&k) = self.storage_keys.get(&(space.to_string(), ptr)) {
+            return k;
+        }
+        self.storages.push(origin);
+        let k = (self.storages.len() - 1) as u64;
+        self.storage_keys.insert((space.to_string(), ptr), k);
+        k
+    }
+
+    fn torch_tensor(&mut self, obj: &Bound<'py, PyAny>, kind: TensorKind) -> PyResult<NodeId> {
+        let info = self
+            .helpers
+            .call_method1("_torch_info", (obj,))
+            .map_err(|e| self.fail(e.value(self.py).to_string()))?;
+        #[allow(clippy::type_complexity)]
+        let (code, shape, strides, offset, itemsize, device, ptr, nbytes, grad, cpu): (
+            String,
+            Vec<u64>,
+            Vec<i64>,
+            i64,
+            i64,
+            String,
+            u64,
+            u64,
+            bool,
+            bool,
+        ) = info.extract()?;
+        let dtype = Dtype::parse(&code).ok_or_else(|| self.fail(format!("dtype {code}")))?;
+        let strides = strides
+            .iter()
+            .map(|s| s.checked_mul(itemsize))
+            .collect::<Option<Vec<i64>>>()
+            .ok_or_else(|| self.fail("strides overflow"))?;
+        let pos = offset
+            .checked_mul(itemsize)
+            .ok_or_else(|| self.fail("offset overflows"))?;
+        let origin = if cpu {
+            // CPU storage: the writer reads it in place, from its address.
+            Storage::Cpu(obj.clone(), ptr as usize, nbytes as usize)
+        } else {
+            Storage::Helper(false, obj.clone())
+        };
+        let key = self.storage_key(&device, if nbytes == 0 { 0 } else { ptr }, origin);
+        let requires_grad = match kind {
+            TensorKind::Parameter => (!grad).then_some(false),
+            _ => grad.then_some(true),
+        };
+        let spec = ViewSpec {
+            kind,
+            dtype,
+            shape,
+            strides,
+            pos,
+            requires_grad,
+            np_dtype: None,
+            device: (device != "cpu").then_some(device),
+        };
+        self.planner
+            .add_view(path_name(&self.path), key, nbytes, spec)
+            .map_err(|e| self.fail(e))
+    }
+
+    fn ndarray(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<NodeId> {
+        let info = self
+            .helpers
+            .call_method1("_np_info", (obj,))
+            .map_err(|e| self.fail(e.value(self.py).to_string()))?;
+        #[allow(clippy::type_complexity)]
+        let (code, np_dtype, shape, strides, pos, root, region_len, region): (
+            String,
+            Option<String>,
+            Vec<u64>,
+            Vec<i64>,
+            i64,
+            u64,
+            u64,
+            Bound<'py, PyAny>,
+        ) = info.extract()?;
+        let dtype = Dtype::parse(&code).ok_or_else(|| self.fail(format!("dtype {code}")))?;
+        let np_dtype = match np_dtype {
+            Some(s) => Some(serde_json::from_str(&s).map_err(|e| self.fail(e))?),
+            None => None,
+        };
+        let key = self.storage_key(
+            "numpy",
+            if region_len == 0 { 0 } else { root },
+            Storage::Helper(true, region),
+        );
+        let spec = ViewSpec {
+            kind: TensorKind::Numpy,
+            dtype,
+            shape,
+            strides,
+            pos,
+            requires_grad: None,
+            np_dtype,
+            device: None,
+        };
+        self.planner
+            .add_view(path_name(&self.path), key, region_len, spec)
+            .map_err(|e| self.fail(e))
+    }
+
+    /// The plan, and the source that feeds it bytes.
+    pub(crate) fn finish(
+        self,
+        root: NodeId,
+        metadata: Vec<(String, String)>,
+    ) -> PyResult<(Plan, PySource<'py>)> {
+        let (plan, origins) = self.planner.finish(root, metadata).map_err(format_error)?;
+        let names = plan.entries.iter().map(|e| e.name.clone()).collect();
+        Ok((
+            plan,
+            PySource {
+                py: self.py,
+                helpers: self.helpers,
+                storages: self.storages,
+                bytes: self.bytes,
+                origins,
+                names,
+                error: None,
+            },
+        ))
+    }
+}
+
+/// Feeds entry bytes to the writer, one entry at a time, straight from the
+/// tensors' memory (a device tensor is copied to the host just before).
+pub(crate) struct PySource<'py> {
+    py: Python<'py>,
+    helpers: Bound<'py, PyAny>,
+    storages: Vec<Storage<'py>>,
+    bytes: Vec<Bound<'py, PyBytes>>,
+    origins: Vec<EntryOrigin>,
+    names: Vec<String>,
+    error: Option<PyErr>,
+}
+
+impl PySource<'_> {
+    /// The Python exception behind a failed write, if there was one.
+    pub(crate) fn take_error(&mut self) -> Option<PyErr> {
+        self.error.take()
+    }
+}
+
+/// The bytes at `ptr..ptr+len` owned by `_owner`: a C-contiguous uint8 numpy
+/// array (its `__array_interface__` address and `nbytes`) or a CPU torch
+/// tensor (its untyped storage's `data_ptr()` and `nbytes()`). The buffer
+/// protocol is not part of the stable ABI this module targets before 3.11.
+#[allow(unsafe_code)]
+fn array_bytes<'a>(_owner: &'a Bound<'_, PyAny>, ptr: usize, len: usize) -> &'a [u8] {
+    if len == 0 || ptr == 0 {
+        return &[];
+    }
+    // SAFETY: `ptr` and `len` describe memory `_owner` owns (see above) and
+    // that stays allocated as long as `_owner` lives; the returned slice
+    // borrows `_owner`, and the GIL is held while the slice is used, so no
+    // Python code can free or resize that memory meanwhile.
+    unsafe { std::slice::from_raw_parts(ptr as *const u8, len) }
+}
+
+impl EntrySource for PySource<'_> {
+    fn write_entry(
+        &mut self,
+        index: usize,
+        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> hermetic_format::Result<()> {
+        let name = self.names[index].clone();
+        let fail = |detail: String| hermetic_format::FormatError::Source {
+            entry: name.clone(),
+            detail,
+        };
+        match &self.origins[index] {
+            EntryOrigin::Bytes { slot } => {
+                sink(self.bytes[*slot].as_bytes()).map_err(|e| fail(e.to_string()))
+            }
+            EntryOrigin::Storage { lo, hi, .. } if lo == hi => Ok(()),
+            EntryOrigin::Storage { key, lo, hi } => {
+                let (numpy, obj) = match self.storages.get(*key as usize) {
+                    Some(Storage::Helper(numpy, obj)) => (numpy, obj),
+                    Some(Storage::Cpu(owner, ptr, len)) => {
+                        if *hi as usize > *len {
+                            return Err(fail(format!("bytes {lo}..{hi} outside the storage")));
+                        }
+                        let all = array_bytes(owner, *ptr, *len);
+                        return sink(&all[*lo as usize..*hi as usize])
+                            .map_err(|e| fail(e.to_string()));
+                    }
+                    None => return Err(fail(format!("no storage numbered {key}"))),
+                };
+                let helper = if *numpy { "_np_span" } else { "_torch_span" };
+                let got = self
+                    .helpers
+                    .call_method1(helper, (obj, *lo, *hi))
+                    .and_then(|r| r.extract::<(Bound<'_, PyAny>, usize, usize)>());
+                let (arr, ptr, len) = match got {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let msg = e.value(self.py).to_string();
+                        self.error = Some(e);
+                        return Err(fail(msg));
+                    }
+                };
+                if len as u64 != hi - lo {
+                    return Err(fail(format!("got {len} bytes, expected {}", hi - lo)));
+                }
+                sink(array_bytes(&arr, ptr, len)).map_err(|e| fail(e.to_string()))
+            }
+        }
+    }
+}

@@ -1,0 +1,629 @@
+"""`hermetic.save` / `hermetic.load`: whole checkpoint trees in one safetensors file.
+
+The tree walk, the layout and every check of the file happen in Rust
+(``hermetic._hermetic``); this module only turns tensors into byte buffers on
+the way out and byte buffers into tensors on the way in. Nothing here
+unpickles or executes anything from a file.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import mmap
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from hermetic import _hermetic
+from hermetic._hermetic import FormatError
+
+__all__ = ["FormatError", "Handle", "TensorInfo", "dumps", "load", "loads", "open_archive", "save"]
+
+Framework = Literal["torch", "pt", "numpy", "np"]
+PathLike = str | os.PathLike[str]
+
+# torch dtype name -> hermetic dtype code (docs/SPEC.md, "Dtypes").
+_TORCH_CODES: dict[str, str] = {
+    "bool": "BOOL",
+    "uint8": "U8",
+    "int8": "I8",
+    "uint16": "U16",
+    "int16": "I16",
+    "uint32": "U32",
+    "int32": "I32",
+    "uint64": "U64",
+    "int64": "I64",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "float32": "F32",
+    "float64": "F64",
+    "complex64": "C64",
+    "float8_e4m3fn": "F8_E4M3",
+    "float8_e4m3fnuz": "F8_E4M3FNUZ",
+    "float8_e5m2": "F8_E5M2",
+    "float8_e5m2fnuz": "F8_E5M2FNUZ",
+    "complex128": "C128",
+    "complex32": "C32",
+    "float8_e8m0fnu": "F8_E8M0",
+    "float4_e2m1fn_x2": "F4_E2M1_X2",
+    "bits1x8": "BITS1X8",
+    "bits2x4": "BITS2X4",
+    "bits4x2": "BITS4X2",
+    "bits8": "BITS8",
+    "bits16": "BITS16",
+}
+_CODE_TORCH: dict[str, str] = {v: k for k, v in _TORCH_CODES.items()}
+# numpy kind+itemsize -> hermetic dtype code, for native little-endian dtypes.
+_NP_CODES: dict[str, str] = {
+    "b1": "BOOL",
+    "u1": "U8",
+    "i1": "I8",
+    "u2": "U16",
+    "i2": "I16",
+    "u4": "U32",
+    "i4": "I32",
+    "u8": "U64",
+    "i8": "I64",
+    "f2": "F16",
+    "f4": "F32",
+    "f8": "F64",
+    "c8": "C64",
+    "c16": "C128",
+}
+# hermetic dtype code -> numpy dtype (little-endian).
+_CODE_NP: dict[str, str] = {v: "<" + k for k, v in _NP_CODES.items()}
+
+
+def _torch() -> Any:
+    import torch
+
+    return torch
+
+
+def _np() -> Any:
+    import numpy
+
+    return numpy
+
+
+# ------------------------------------------------------------------ saving
+
+
+_TORCH_BY_DTYPE: dict[Any, str] = {}
+
+
+def _torch_unsupported(t: Any) -> str | None:
+    torch = _torch()
+    if t.layout != torch.strided:
+        return f"{t.layout} tensors are not supported (only dense strided tensors)"
+    if t.is_quantized:
+        return "quantized tensors are not supported"
+    if t.is_nested:
+        return "nested tensors are not supported"
+    if t.device.type == "meta":
+        return "a meta tensor has no data to save"
+    if t.is_conj() or t.is_neg():
+        return "a lazily conjugated/negated view; call .resolve_conj()/.resolve_neg()"
+    return None
+
+
+def _torch_info(t: Any) -> tuple[Any, ...]:
+    """(code, shape, strides, storage offset, itemsize, device, storage ptr, storage
+    bytes, requires_grad, CPU?); strides and offset in elements."""
+    if not _TORCH_BY_DTYPE:
+        torch = _torch()
+        for name, code in _TORCH_CODES.items():
+            dt = getattr(torch, name, None)
+            if dt is not None:
+                _TORCH_BY_DTYPE[dt] = code
+        _TORCH_BY_DTYPE[None] = "strided"  # marks the table as filled
+    problem = _torch_unsupported(t)
+    if problem is not None:
+        raise TypeError(problem)
+    dtype = t.dtype
+    code = _TORCH_BY_DTYPE.get(dtype)
+    if code is None:
+        raise TypeError(f"torch dtype {dtype} has no hermetic dtype")
+    st = t.untyped_storage()
+    dev = t.device
+    cpu = dev.type == "cpu"
+    return (
+        code,
+        t.shape,
+        t.stride(),
+        t.storage_offset(),
+        dtype.itemsize,
+        "cpu" if cpu else str(dev),
+        st.data_ptr(),
+        st.nbytes(),
+        t.requires_grad,
+        cpu,
+    )
+
+
+def _torch_span(t: Any, lo: int, hi: int) -> Any:
+    """Bytes lo..hi of a tensor's storage, as a uint8 numpy array (no copy on CPU)."""
+    torch = _torch()
+    with torch.no_grad():
+        u8 = torch.empty(0, dtype=torch.uint8, device=t.device).set_(t.untyped_storage())
+        piece = u8[lo:hi]
+        if piece.device.type != "cpu":
+            piece = piece.cpu()
+        return _with_pointer(piece.numpy())
+
+
+def _descr_json(dt: Any) -> str:
+    np = _np()
+    if dt.fields is None and dt.subdtype is None and np.dtype(dt.str) == dt:
+        return json.dumps(dt.str)
+    return json.dumps(np.lib.format.dtype_to_descr(dt))
+
+
+def _descr_from(obj: Any) -> Any:
+    """JSON lists back into the tuples numpy's descriptors use."""
+    if isinstance(obj, str):
+        return obj
+    if isinstance(obj, list):
+        out = []
+        for field in obj:
+            if not isinstance(field, list) or len(field) not in (2, 3):
+                raise FormatError(f"np_dtype: malformed record field {field!r}")
+            name = tuple(field[0]) if isinstance(field[0], list) else field[0]
+            sub = _descr_from(field[1])
+            if len(field) == 3:
+                out.append((name, sub, tuple(field[2])))
+            else:
+                out.append((name, sub))
+        return out
+    raise FormatError(f"np_dtype: expected a string or a list, got {obj!r}")
+
+
+def _np_dtype(text: str, itemsize: int | None = None) -> Any:
+    np = _np()
+    try:
+        dt = np.lib.format.descr_to_dtype(_descr_from(json.loads(text)))
+    except FormatError:
+        raise
+    except Exception as e:
+        raise FormatError(f"np_dtype {text}: not a numpy dtype ({e})") from None
+    if dt.hasobject:
+        raise FormatError(f"np_dtype {text}: object dtypes cannot be loaded")
+    if itemsize is not None and dt.itemsize != itemsize:
+        raise FormatError(f"np_dtype {text}: item size {dt.itemsize}, expected {itemsize}")
+    return dt
+
+
+def _np_info(a: Any) -> tuple[Any, ...]:
+    """(code, np_dtype json|None, shape, byte strides, byte pos, region key, region size,
+    region as uint8)."""
+    np = _np()
+    dt = a.dtype
+    if dt.hasobject:
+        raise TypeError(f"numpy arrays of dtype {dt} hold Python objects and cannot be saved")
+    if dt.itemsize == 0:
+        raise TypeError(f"numpy dtype {dt} has zero-size elements")
+    simple = dt.fields is None and dt.subdtype is None
+    key = f"{dt.kind}{dt.itemsize}"
+    big = dt.byteorder == ">" or (dt.byteorder == "=" and sys.byteorder == "big")
+    np_dtype = None
+    if simple and dt.kind in "biufc" and key in _NP_CODES and dt.type is not np.longdouble:
+        code = _NP_CODES[key]
+        if big:
+            np_dtype = json.dumps(dt.str)
+    elif simple and dt.kind in "mM":
+        code = "I64"
+        np_dtype = json.dumps(dt.str)
+    else:
+        code = f"RAW{dt.itemsize}"
+        np_dtype = _descr_json(dt)
+        if _np_dtype(np_dtype, dt.itemsize) != dt:
+            raise TypeError(f"numpy dtype {dt} cannot be described exactly")
+        big = False
+    if big:
+        # Stored little-endian like every safetensors payload; comes back as
+        # the same big-endian dtype (a copy, not a view of the file).
+        a = a.astype(dt.newbyteorder("<"), order="C")
+    root = a
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    if not (root.flags.c_contiguous or root.flags.f_contiguous):
+        root = a = a.copy(order="C")
+    region = root.reshape(-1, order="A").view(np.uint8)
+    base = root.__array_interface__["data"][0]
+    pos = a.__array_interface__["data"][0] - base
+    return (code, np_dtype, tuple(a.shape), tuple(a.strides), pos, id(root), root.nbytes, region)
+
+
+def _with_pointer(a: Any) -> tuple[Any, int, int]:
+    """A C-contiguous uint8 array with its data pointer and length, for the writer."""
+    if not a.flags.c_contiguous or a.dtype.itemsize != 1:
+        a = _np().ascontiguousarray(a).view(_np().uint8)
+    return a, a.__array_interface__["data"][0], a.nbytes
+
+
+def _np_span(region: Any, lo: int, hi: int) -> tuple[Any, int, int]:
+    return _with_pointer(region[lo:hi])
+
+
+def _np_scalar_info(x: Any) -> tuple[str, bytes]:
+    dt = x.dtype
+    if dt.hasobject:
+        raise TypeError(f"numpy scalar of dtype {dt} holds a Python object")
+    return _descr_json(dt), x.tobytes()
+
+
+# ------------------------------------------------------------------ loading
+
+
+def _np_scalar(text: str, data: bytes) -> Any:
+    np = _np()
+    dt = _np_dtype(text)
+    if len(data) != dt.itemsize:
+        raise FormatError(f"numpy scalar of {dt} needs {dt.itemsize} bytes, has {len(data)}")
+    return np.frombuffer(data, dtype=dt)[0].copy()
+
+
+def _torch_dtype(name: str) -> Any:
+    torch = _torch()
+    dt = getattr(torch, name, None)
+    if not isinstance(dt, torch.dtype):
+        raise FormatError(f"torch has no dtype {name!r}")
+    return dt
+
+
+def _torch_device(text: str) -> Any:
+    return _torch().device(text)
+
+
+def _torch_size(dims: list[int]) -> Any:
+    return _torch().Size(dims)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A tensor in a lazily opened file: what it is, without loading it."""
+
+    entry: str
+    kind: Literal["torch", "parameter", "numpy"]
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+
+
+_KINDS = {"torch", "parameter", "numpy"}
+
+
+def _framework(framework: str | None) -> str | None:
+    if framework is None:
+        return None
+    f = {"pt": "torch", "torch": "torch", "np": "numpy", "numpy": "numpy"}.get(framework)
+    if f is None:
+        raise ValueError(f"framework must be 'torch' or 'numpy', not {framework!r}")
+    return f
+
+
+class _Maker:
+    """Turns (entry, view) descriptions from Rust into tensors. Every view of
+    one entry is made from one storage, so shared storage stays shared."""
+
+    def __init__(
+        self, archive: Any, buffers: list[Any], framework: str | None, device: Any
+    ) -> None:
+        self.archive = archive
+        self.buffers = buffers
+        self.framework = framework
+        self.device = device
+        self.bases: dict[tuple[str, str], Any] = {}
+
+    def buffer(self, file: int) -> Any:
+        buf = self.buffers[file]
+        if buf is None:
+            with builtins.open(self.archive.paths()[file], "rb") as f:
+                # A private copy-on-write map: tensors are writable, writes
+                # never reach the file, and untouched pages cost no memory.
+                buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            self.buffers[file] = buf
+        return buf
+
+    def __call__(
+        self,
+        kind: str,
+        file: int,
+        start: int,
+        nbytes: int,
+        entry: str,
+        code: str,
+        shape: tuple[int, ...],
+        strides: tuple[int, ...],
+        offset: int,
+        requires_grad: bool,
+        np_dtype: str | None,
+    ) -> Any:
+        target = self.framework or ("numpy" if kind == "numpy" else "torch")
+        if target == "numpy":
+            if self.framework == "numpy" and self.device is not None and str(self.device) != "cpu":
+                raise FormatError(f"numpy arrays live on the CPU, not {self.device}")
+            return self._numpy(file, start, nbytes, entry, code, shape, strides, offset, np_dtype)
+        t = self._torch_view(file, start, nbytes, entry, code, shape, strides, offset, np_dtype)
+        if kind == "parameter" and self.framework in (None, "torch"):
+            return _torch().nn.Parameter(t, requires_grad=requires_grad)
+        if requires_grad and self.framework in (None, "torch"):
+            t.requires_grad_(True)
+        return t
+
+    def _numpy(
+        self,
+        file: int,
+        start: int,
+        nbytes: int,
+        entry: str,
+        code: str,
+        shape: tuple[int, ...],
+        strides: tuple[int, ...],
+        offset: int,
+        np_dtype: str | None,
+    ) -> Any:
+        np = _np()
+        base = self.bases.get(("np", entry))
+        if base is None:
+            if nbytes:
+                base = np.frombuffer(self.buffer(file), np.uint8, count=nbytes, offset=start)
+            else:
+                base = np.empty(0, np.uint8)
+            self.bases[("np", entry)] = base
+        swap_to = None
+        if np_dtype is not None:
+            dt = _np_dtype(np_dtype, None if code.startswith("RAW") else None)
+            if code.startswith("RAW"):
+                if dt.itemsize != int(code[3:]):
+                    raise FormatError(f"np_dtype {np_dtype} does not have {code[3:]}-byte items")
+            elif dt.byteorder == ">":
+                swap_to, dt = dt, dt.newbyteorder("<")
+        else:
+            name = _CODE_NP.get(code)
+            if name is None:
+                raise FormatError(
+                    f"dtype {code} has no numpy equivalent; load with framework='torch'"
+                )
+            dt = np.dtype(name)
+        arr = np.ndarray(shape, dtype=dt, buffer=base, offset=offset, strides=strides)
+        return arr.astype(swap_to) if swap_to is not None else arr
+
+    def _torch_view(
+        self,
+        file: int,
+        start: int,
+        nbytes: int,
+        entry: str,
+        code: str,
+        shape: tuple[int, ...],
+        strides: tuple[int, ...],
+        offset: int,
+        np_dtype: str | None,
+    ) -> Any:
+        torch = _torch()
+        if np_dtype is not None:
+            raise FormatError(f"numpy dtype {np_dtype} has no torch equivalent; load as numpy")
+        name = _CODE_TORCH.get(code)
+        dtype = getattr(torch, name, None) if name else None
+        if dtype is None:
+            raise FormatError(f"dtype {code} has no torch equivalent")
+        base = self.bases.get(("torch", entry))
+        if base is None:
+            device = torch.device(self.device) if self.device is not None else None
+            if device is not None and device.type == "meta":
+                base = torch.empty(nbytes, dtype=torch.uint8, device="meta")
+            else:
+                if nbytes:
+                    base = torch.frombuffer(
+                        self.buffer(file), dtype=torch.uint8, count=nbytes, offset=start
+                    )
+                else:
+                    base = torch.empty(0, dtype=torch.uint8)
+                if device is not None and device.type != "cpu":
+                    base = base.to(device)
+            self.bases[("torch", entry)] = base
+        size = dtype.itemsize
+        return torch.empty(0, dtype=dtype, device=base.device).set_(
+            base.untyped_storage(), offset // size, shape, [s // size for s in strides]
+        )
+
+
+def _info_maker(
+    kind: str,
+    file: int,
+    start: int,
+    nbytes: int,
+    entry: str,
+    code: str,
+    shape: tuple[int, ...],
+    strides: tuple[int, ...],
+    offset: int,
+    requires_grad: bool,
+    np_dtype: str | None,
+) -> TensorInfo:
+    del file, start, strides, offset, requires_grad, np_dtype
+    return TensorInfo(entry=entry, kind=kind, dtype=code, shape=tuple(shape), nbytes=nbytes)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ public API
+
+
+def save(
+    obj: Any,
+    path: PathLike,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    max_shard_size: int | str | None = None,
+    fsync: bool = False,
+) -> None:
+    """Save a tree of containers, scalars, tensors and arrays to ``path``.
+
+    The file is a valid safetensors file; a flat ``dict[str, Tensor]`` gets
+    exactly its keys as tensor names. With ``max_shard_size`` (bytes, or a
+    string such as ``"5GB"``), ``path`` is a folder that receives shards and a
+    ``model.safetensors.index.json``. The file appears at ``path`` only when
+    complete (an interrupted or failed save leaves an existing file intact);
+    ``fsync=True`` also flushes it to stable storage before the rename, so a
+    power loss cannot leave a torn file either (it roughly doubles save time).
+    Anything the format cannot represent raises :class:`FormatError` naming
+    its place in the tree.
+    """
+    md = _metadata(metadata)
+    shard = _size(max_shard_size) if max_shard_size is not None else None
+    _hermetic.format_save(obj, os.fspath(path), md, shard, fsync, sys.modules[__name__])
+
+
+def dumps(obj: Any, *, metadata: Mapping[str, str] | None = None) -> bytes:
+    """Like :func:`save`, returning the file's bytes."""
+    return _hermetic.format_dumps(obj, _metadata(metadata), sys.modules[__name__])
+
+
+def load(
+    path: PathLike,
+    *,
+    framework: Framework | None = None,
+    device: Any = None,
+    verify: bool = False,
+) -> Any:
+    """Load what :func:`save` wrote (or any safetensors file, as a flat dict).
+
+    Tensors come back as the type they were saved as unless ``framework``
+    asks for ``"torch"`` or ``"numpy"``; ``device`` puts torch tensors there
+    directly (``"meta"`` reads no data). Tensors are zero-copy views of a
+    private copy-on-write map of the file and are writable. ``verify=True``
+    checks every tensor's digest first.
+    """
+    with open_archive(path) as h:
+        return h.load(framework=framework, device=device, verify=verify)
+
+
+def loads(
+    data: bytes | bytearray | memoryview,
+    *,
+    framework: Framework | None = None,
+    device: Any = None,
+    verify: bool = False,
+) -> Any:
+    """Like :func:`load`, from bytes. Tensors are views of a private copy of ``data``."""
+    buf = bytearray(data)
+    h = Handle(_hermetic.format_open_buffer(buf), [buf])
+    return h.load(framework=framework, device=device, verify=verify)
+
+
+def open_archive(path: PathLike) -> Handle:
+    """Open a file (or sharded folder) lazily: only the header is read.
+
+    ``handle.tree`` shows the structure with :class:`TensorInfo` in place of
+    tensors; ``handle["model", "layer.weight"]`` loads just that subtree.
+    """
+    ar = _hermetic.format_open(os.fspath(path))
+    return Handle(ar, [None] * len(ar.paths()))
+
+
+class Handle:
+    """A lazily opened hermetic or safetensors file (see :func:`hermetic.open`)."""
+
+    def __init__(self, archive: Any, buffers: list[Any]) -> None:
+        self._archive = archive
+        self._buffers = buffers
+        self._tree: Any = None
+
+    def __enter__(self) -> Handle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Drop this handle's maps; tensors already loaded keep theirs alive."""
+        self._buffers = [None] * len(self._buffers)
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """``__metadata__`` without hermetic's own key."""
+        return self._archive.metadata()
+
+    @property
+    def has_tree(self) -> bool:
+        """False for a plain safetensors file (which reads as a flat dict)."""
+        return self._archive.has_tree()
+
+    @property
+    def tree(self) -> Any:
+        """The saved structure with a :class:`TensorInfo` for every tensor."""
+        if self._tree is None:
+            self._tree = self._archive.build([], _info_maker)
+        return self._tree
+
+    def keys(self) -> list[str]:
+        """The safetensors entry names, in file order."""
+        return [e[0] for e in self._archive.entries()]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def _maker(self, framework: str | None, device: Any) -> _Maker:
+        return _Maker(self._archive, self._buffers, _framework(framework), device)
+
+    def __getitem__(self, key: Any) -> Any:
+        """Load the subtree at a key path: ``h["a"]``, ``h["a", 0, "b"]``."""
+        parts = list(key) if isinstance(key, tuple) else [key]
+        return self._archive.build(parts, self._maker(None, None))
+
+    def get(self, *path: Any, framework: Framework | None = None, device: Any = None) -> Any:
+        """Like indexing, with ``framework`` and ``device``."""
+        return self._archive.build(list(path), self._maker(framework, device))
+
+    def get_tensor(
+        self, name: str, *, framework: Framework | None = None, device: Any = None
+    ) -> Any:
+        """The whole entry ``name`` as one tensor, as ``safe_open`` gives it."""
+        return self._archive.entry_tensor(name, self._maker(framework, device))
+
+    def load(
+        self, *, framework: Framework | None = None, device: Any = None, verify: bool = False
+    ) -> Any:
+        """The whole tree."""
+        if verify:
+            self.verify()
+        return self._archive.build([], self._maker(framework, device))
+
+    def verify(self) -> None:
+        """Check every tensor's digest; raises :class:`FormatError` on corruption."""
+        self._archive.verify()
+
+
+def _metadata(metadata: Mapping[str, str] | None) -> list[tuple[str, str]]:
+    if metadata is None:
+        return []
+    out = []
+    for k, v in metadata.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise FormatError(f"metadata[{k!r}]: keys and values must be str")
+        out.append((k, v))
+    return out
+
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_UNITS.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40})
+
+
+def _size(size: int | str) -> int:
+    if isinstance(size, int) and not isinstance(size, bool):
+        n = size
+    elif isinstance(size, str):
+        s = size.strip().upper()
+        num = s.rstrip("KMGTIB")
+        unit = s[len(num) :]
+        if unit not in _UNITS or not num.strip():
+            raise ValueError(f"max_shard_size: cannot read {size!r}")
+        n = int(float(num) * _UNITS[unit])
+    else:
+        raise TypeError(f"max_shard_size must be an int or a string, not {type(size).__name__}")
+    if n <= 0:
+        raise ValueError("max_shard_size must be positive")
+    return n

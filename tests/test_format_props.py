@@ -1,0 +1,181 @@
+"""Property tests: arbitrary trees of every supported type round-trip
+bit-exactly through hermetic.dumps/loads, with identity and storage sharing."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import torch
+from format_compare import assert_round_trip, tensor_bytes
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import hermetic
+
+TORCH_DTYPES = [
+    torch.bool,
+    torch.uint8,
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.uint16,
+    torch.uint32,
+    torch.uint64,
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+    torch.complex32,
+    torch.complex64,
+    torch.complex128,
+    torch.float8_e4m3fn,
+    torch.float8_e5m2,
+    torch.float8_e8m0fnu,
+]
+NUMPY_DTYPES = [
+    "?",
+    "u1",
+    "i2",
+    "<u4",
+    "<i8",
+    "<f2",
+    "<f4",
+    "<f8",
+    "<c8",
+    "<c16",
+    ">f4",
+    "<M8[us]",
+    "S3",
+    "<U2",
+]
+
+hashable = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(max_size=5)
+    | st.binary(max_size=5),
+    lambda inner: st.tuples(inner, inner) | st.frozensets(inner, max_size=3),
+    max_leaves=4,
+)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(2**200), max_value=2**200)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.complex_numbers(allow_nan=True)
+    | st.text(max_size=20)
+    | st.binary(max_size=40)
+    | st.binary(min_size=1025, max_size=1100)
+)
+
+
+@st.composite
+def torch_tensors(draw: st.DrawFn) -> torch.Tensor:
+    dtype = draw(st.sampled_from(TORCH_DTYPES))
+    shape = tuple(draw(st.lists(st.integers(0, 4), max_size=3)))
+    n = int(np.prod(shape)) * dtype.itemsize
+    raw = torch.tensor(list(draw(st.binary(min_size=n, max_size=n))), dtype=torch.uint8)
+    if dtype == torch.bool:
+        raw = raw % 2
+    t = raw.view(dtype).reshape(shape) if n else torch.empty(shape, dtype=dtype)
+    if draw(st.booleans()) and dtype.is_floating_point:
+        t = torch.nn.Parameter(t, requires_grad=draw(st.booleans()))
+    return t
+
+
+@st.composite
+def arrays(draw: st.DrawFn) -> np.ndarray:
+    dt = np.dtype(draw(st.sampled_from(NUMPY_DTYPES)))
+    shape = tuple(draw(st.lists(st.integers(0, 4), max_size=3)))
+    n = int(np.prod(shape)) * dt.itemsize
+    raw = np.frombuffer(draw(st.binary(min_size=n, max_size=n)), np.uint8).copy()
+    if dt.kind == "b":
+        raw %= 2
+    if dt.kind == "U":
+        raw[:] = 0  # code points must be valid
+    return raw.view(dt).reshape(shape)
+
+
+@st.composite
+def views(draw: st.DrawFn, base: Any) -> Any:
+    """A view of a base tensor/array: itself, a slice, a transpose, a stride."""
+    if base.ndim == 0 or min(base.shape) == 0:
+        return base
+    kind = draw(st.sampled_from(["same", "slice", "T", "step", "flat"]))
+    if kind == "same":
+        return base
+    if kind == "slice":
+        return base[draw(st.integers(0, base.shape[0] - 1)) :]
+    if kind == "T":
+        return base.T if isinstance(base, np.ndarray) else base.detach().T
+    if kind == "step":
+        return base[::2]
+    contiguous = base.is_contiguous() if isinstance(base, torch.Tensor) else base.flags.c_contiguous
+    return base.reshape(-1)[1:] if contiguous else base
+
+
+@st.composite
+def trees(draw: st.DrawFn) -> Any:
+    pool_t = draw(st.lists(torch_tensors(), max_size=3))
+    pool_n = [a for a in draw(st.lists(arrays(), max_size=3)) if a.dtype.byteorder != ">"]
+    shared_list = draw(st.lists(scalars, max_size=3))
+    leaves = scalars | st.just(shared_list)
+    if pool_t:
+        leaves = leaves | st.sampled_from(pool_t).flatmap(views)
+    if pool_n:
+        leaves = leaves | st.sampled_from(pool_n).flatmap(views)
+    leaves = leaves | arrays() | torch_tensors()
+    return draw(
+        st.recursive(
+            leaves,
+            lambda inner: (
+                st.lists(inner, max_size=4)
+                | st.tuples(inner, inner)
+                | st.dictionaries(hashable, inner, max_size=4)
+                | st.dictionaries(st.text(max_size=4), inner, max_size=4).map(OrderedDict)
+                | st.sets(hashable, max_size=3)
+                | st.frozensets(hashable, max_size=3)
+            ),
+            max_leaves=12,
+        )
+    )
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(trees())
+def test_arbitrary_trees_round_trip(tree: Any) -> None:
+    data = hermetic.dumps(tree)
+    assert_round_trip(tree, hermetic.loads(data, verify=True))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.dictionaries(st.text(min_size=1, max_size=8), torch_tensors(), max_size=6))
+def test_flat_dicts_are_plain_safetensors(sd: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import load
+
+    sd = {k: v.detach() for k, v in sd.items()}
+    data = hermetic.dumps(sd)
+    plain = {
+        k: v
+        for k, v in sd.items()
+        if v.dtype not in (torch.complex32, torch.complex128, torch.float8_e8m0fnu)
+    }
+    got = load(data)
+    for k, v in plain.items():
+        assert got[k].dtype == v.dtype and got[k].shape == v.shape
+        assert tensor_bytes(got[k]) == tensor_bytes(v)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.binary(max_size=300))
+def test_random_bytes_raise_format_error(data: bytes) -> None:
+    try:
+        hermetic.loads(data, verify=True)
+    except hermetic.FormatError:
+        pass
