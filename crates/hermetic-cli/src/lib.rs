@@ -49,8 +49,9 @@ where
             };
         }
     };
+    // Reports can be large; stdout is line-buffered, so batch the writes.
     let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
     let status = commands::dispatch(cli, &mut out);
     let _ = out.flush();
     status

@@ -16,8 +16,10 @@ use std::collections::HashMap;
 const MAX_NAME_LEN: usize = 1024;
 
 #[derive(Clone, Debug)]
-enum Sym {
-    Str(Option<String>),
+enum Sym<'a> {
+    /// A string constant, kept as its raw bytes and decoded only where a
+    /// name is needed (`None` when too long to be a name).
+    Str(Option<RawStr<'a>>),
     Other,
     List,
     Dict,
@@ -32,6 +34,83 @@ enum Sym {
     PersId(Option<usize>),
 }
 
+#[derive(Clone, Copy, Debug)]
+enum RawStr<'a> {
+    Utf8(&'a [u8]),
+    Latin1(&'a [u8]),
+    Quoted(&'a [u8]),
+    RawUnicodeEscape(&'a [u8]),
+}
+
+impl RawStr<'_> {
+    /// The text as CPython decodes it (lone surrogates become U+FFFD: no
+    /// importable name contains one).
+    fn decode(self) -> Option<String> {
+        match self {
+            RawStr::Utf8(b) => Some(text::utf8_lossy(b).into_owned()),
+            RawStr::Latin1(b) => Some(b.iter().map(|&c| c as char).collect()),
+            RawStr::Quoted(q) => {
+                text::escape_decode(q).map(|b| b.iter().map(|&c| c as char).collect())
+            }
+            RawStr::RawUnicodeEscape(b) => text::decode_raw_unicode_escape(b).map(|cps| {
+                cps.iter()
+                    .map(|&c| char::from_u32(c).unwrap_or('\u{fffd}'))
+                    .collect()
+            }),
+        }
+    }
+
+    fn is(self, expected: &str) -> bool {
+        match self {
+            RawStr::Utf8(b) | RawStr::Latin1(b) => b == expected.as_bytes(),
+            other => other.decode().is_some_and(|s| s == expected),
+        }
+    }
+}
+
+/// The memo: dense for the small consecutive keys picklers write, a map for
+/// anything else, so a hostile key costs no more than one entry.
+#[derive(Default)]
+struct Memo {
+    dense: Vec<u32>,
+    sparse: HashMap<u64, u32>,
+    len: usize,
+}
+
+impl Memo {
+    const EMPTY: u32 = u32::MAX;
+
+    fn get(&self, key: u64) -> Option<u32> {
+        match usize::try_from(key).ok().and_then(|k| self.dense.get(k)) {
+            Some(&v) if v != Self::EMPTY => Some(v),
+            Some(_) => None,
+            None => self.sparse.get(&key).copied(),
+        }
+    }
+
+    fn insert(&mut self, key: u64, value: u32) {
+        let k = usize::try_from(key).unwrap_or(usize::MAX);
+        if k < self.dense.len() {
+            if self.dense[k] == Self::EMPTY {
+                self.len += 1;
+            }
+            self.dense[k] = value;
+        } else if k <= self.dense.len().saturating_mul(2).saturating_add(1024)
+            && !self.sparse.contains_key(&key)
+        {
+            self.dense.resize(k + 1, Self::EMPTY);
+            self.dense[k] = value;
+            self.len += 1;
+        } else if self.sparse.insert(key, value).is_none() {
+            self.len += 1;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
 /// The outcome of analysing one stream.
 pub struct StreamAnalysis {
     pub report: StreamReport,
@@ -44,13 +123,13 @@ pub fn blob_id(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
-struct Machine<'p> {
+struct Machine<'p, 'a> {
     policy: &'p Policy,
     base: u64,
-    values: Vec<Sym>,
+    values: Vec<Sym<'a>>,
     stack: Vec<u32>,
     metastack: Vec<Vec<u32>>,
-    memo: HashMap<u64, u32>,
+    memo: Memo,
     globals: Vec<GlobalRef>,
     findings: Vec<Finding>,
     proto: u8,
@@ -69,8 +148,8 @@ fn stop(code: &'static str, reason: impl Into<String>) -> Stop {
     }
 }
 
-impl<'p> Machine<'p> {
-    fn push(&mut self, v: Sym) {
+impl<'a> Machine<'_, 'a> {
+    fn push(&mut self, v: Sym<'a>) {
         self.values.push(v);
         self.stack.push((self.values.len() - 1) as u32);
     }
@@ -233,7 +312,7 @@ impl<'p> Machine<'p> {
         );
     }
 
-    fn step(&mut self, op: Opcode, arg: &Arg<'_>, offset: usize, first: bool) -> Result<(), Stop> {
+    fn step(&mut self, op: Opcode, arg: &Arg<'a>, offset: usize, first: bool) -> Result<(), Stop> {
         use Opcode::*;
         match op {
             INT | BININT | BININT1 | BININT2 | LONG | LONG1 | LONG4 | FLOAT | BINFLOAT | NONE
@@ -241,27 +320,18 @@ impl<'p> Machine<'p> {
                 self.push(Sym::Other)
             }
             STRING | BINSTRING | SHORT_BINSTRING => {
-                let s = match arg {
-                    Arg::Quoted(q) if q.len() <= MAX_NAME_LEN => text::escape_decode(q)
-                        .map(|b| b.iter().map(|&c| c as char).collect::<String>()),
-                    Arg::Latin1(b) if b.len() <= MAX_NAME_LEN => {
-                        Some(b.iter().map(|&c| c as char).collect())
-                    }
+                let s = match *arg {
+                    Arg::Quoted(q) if q.len() <= MAX_NAME_LEN => Some(RawStr::Quoted(q)),
+                    Arg::Latin1(b) if b.len() <= MAX_NAME_LEN => Some(RawStr::Latin1(b)),
                     _ => None,
                 };
                 self.push(Sym::Str(s))
             }
             UNICODE | SHORT_BINUNICODE | BINUNICODE | BINUNICODE8 => {
-                let s = match arg {
-                    Arg::Utf8(b) if b.len() <= MAX_NAME_LEN => {
-                        Some(text::utf8_lossy(b).into_owned())
-                    }
+                let s = match *arg {
+                    Arg::Utf8(b) if b.len() <= MAX_NAME_LEN => Some(RawStr::Utf8(b)),
                     Arg::RawUnicodeEscape(b) if b.len() <= MAX_NAME_LEN => {
-                        text::decode_raw_unicode_escape(b).map(|cps| {
-                            cps.iter()
-                                .map(|&c| char::from_u32(c).unwrap_or('\u{fffd}'))
-                                .collect()
-                        })
+                        Some(RawStr::RawUnicodeEscape(b))
                     }
                     _ => None,
                 };
@@ -369,7 +439,7 @@ impl<'p> Machine<'p> {
             }
             GET | BINGET | LONG_BINGET => {
                 let key = memo_key(arg)?;
-                let v = *self.memo.get(&key).ok_or_else(|| {
+                let v = self.memo.get(key).ok_or_else(|| {
                     stop(
                         "malformed_stream",
                         format!(
@@ -411,13 +481,20 @@ impl<'p> Machine<'p> {
             STACK_GLOBAL => {
                 let name = self.pop(op)?;
                 let module = self.pop(op)?;
-                match (&self.values[module as usize], &self.values[name as usize]) {
-                    (Sym::Str(Some(m)), Sym::Str(Some(n))) => {
-                        let (m, n) = (m.clone(), n.clone());
+                let names = match (&self.values[module as usize], &self.values[name as usize]) {
+                    (Sym::Str(Some(m)), Sym::Str(Some(n))) => m.decode().zip(n.decode()),
+                    _ => None,
+                };
+                match (
+                    names,
+                    &self.values[module as usize],
+                    &self.values[name as usize],
+                ) {
+                    (Some((m, n)), _, _) => {
                         let g = self.add_global(m, n, offset, op);
                         self.push(Sym::Global(g))
                     }
-                    (mv, nv) => {
+                    (None, mv, nv) => {
                         let reason = format!(
                             "STACK_GLOBAL takes its module from {} and its name from {}, so the import is decided at load time",
                             describe(mv),
@@ -518,7 +595,7 @@ impl<'p> Machine<'p> {
                             &self.values[items[0] as usize],
                             &self.values[items[1] as usize],
                         ) {
-                            (Sym::Str(Some(kind)), Sym::Global(g)) if kind == "module" => Some(*g),
+                            (Sym::Str(Some(kind)), Sym::Global(g)) if kind.is("module") => Some(*g),
                             _ => None,
                         }
                     }
@@ -594,7 +671,7 @@ pub fn analyze_stream(
         values: Vec::new(),
         stack: Vec::new(),
         metastack: Vec::new(),
-        memo: HashMap::new(),
+        memo: Memo::default(),
         globals: Vec::new(),
         findings: Vec::new(),
         proto: 0,

@@ -7,6 +7,7 @@ use crate::parser::Parser;
 use crate::policy::{Policy, Verdict};
 use crate::report::FileReport;
 use crate::Limits;
+use std::io::Read;
 use std::path::Path;
 
 /// Scans a file. Large files are memory-mapped, so only the parts that hold
@@ -24,11 +25,22 @@ pub fn scan_file(path: &Path, policy: &Policy, limits: &Limits) -> FileReport {
     if len == 0 {
         return FileReport::new(display, "none");
     }
+    // Mapping and unmapping costs more than reading a small file outright.
+    if len <= SMALL_FILE {
+        let mut data = Vec::with_capacity(len as usize);
+        return match (&file).take(SMALL_FILE + 1).read_to_end(&mut data) {
+            Ok(_) => scan_bytes(&data, &display, policy, limits),
+            Err(e) => io_error(display, e),
+        };
+    }
     match map_file(&file) {
         Ok(map) => scan_bytes(&map, &display, policy, limits),
         Err(e) => io_error(display, e),
     }
 }
+
+/// Files up to this size are read rather than memory-mapped.
+const SMALL_FILE: u64 = 1 << 20;
 
 #[allow(unsafe_code)]
 fn map_file(file: &std::fs::File) -> std::io::Result<memmap2::Mmap> {
