@@ -3,8 +3,12 @@
 ``hermetic.scan`` tells whether loading a file can run code, and which imports
 make it so, without loading it. ``hermetic.save`` / ``hermetic.load`` keep
 whole checkpoint trees in one safetensors file, with no pickle anywhere.
+``hermetic.torch.load`` and ``hermetic.load_pickle`` read existing pickle-based
+checkpoints without running them.
 """
 
+from hermetic import torch
+from hermetic._evaluate import load_pickle
 from hermetic._format import (
     FormatError,
     Handle,
@@ -16,7 +20,9 @@ from hermetic._format import (
 )
 from hermetic._format import open_archive as open
 from hermetic._hermetic import (
+    CheckpointError,
     HermeticError,
+    ManifestError,
     PolicyError,
     UnsafePickleError,
     __version__,
@@ -31,8 +37,19 @@ from hermetic._scan import (
     scan,
     scan_bytes,
 )
+from hermetic.firewall import (
+    BadTokenError,
+    NoPickleError,
+    PickleToken,
+    PickleWarning,
+    allow_pickles,
+    no_pickles,
+)
 
 __all__ = [
+    "CheckpointError",
+    "load_pickle",
+    "torch",
     "FormatError",
     "Handle",
     "TensorInfo",
@@ -41,6 +58,13 @@ __all__ = [
     "loads",
     "open",
     "save",
+    "BadTokenError",
+    "ManifestError",
+    "NoPickleError",
+    "PickleToken",
+    "PickleWarning",
+    "allow_pickles",
+    "no_pickles",
     "Finding",
     "GlobalRef",
     "HermeticError",

@@ -1,4 +1,5 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 /// Safe persistence for machine learning: find out whether loading a file can
@@ -16,12 +17,20 @@ pub enum Command {
     Scan(ScanArgs),
     /// Print the blob id (sha256 of the exact stream bytes) of every pickle stream in each file.
     Hash(HashArgs),
-    /// Show a hermetic or safetensors file's tree with dtypes, shapes and sizes.
+    /// Show what a file holds: a hermetic/safetensors file's tree, or a pickle-bearing file's
+    /// value tree (foreign classes as opaque records), with tensor dtypes, shapes and sizes.
     Inspect(InspectArgs),
+    /// Convert a checkpoint (torch zip/legacy, npy/npz, data-only pickle, safetensors) into
+    /// hermetic's format, without Python and without running it.
+    Convert(ConvertArgs),
     /// Check every tensor of hermetic files against the digests their headers record.
     Verify(VerifyArgs),
     /// Disassemble every pickle stream in a file, exactly as `python -m pickletools` prints it.
     Dis(DisArgs),
+    /// Run a command with the pickle firewall on, in it and every Python process it starts.
+    Run(RunArgs),
+    /// Write, extend and check pickle manifests (the pickles a deployment trusts).
+    Manifest(ManifestArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -76,6 +85,105 @@ pub struct HashArgs {
     pub json: bool,
 }
 
+/// The pickle firewall's process-wide modes (`HERMETIC_PICKLE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FirewallMode {
+    /// No unpickling, except through the manifest's call-site rules.
+    Deny,
+    /// Only blobs the manifest lists (or its rules allow) are unpickled.
+    Enforce,
+    /// Everything loads; every unpickle and pickle writer goes into the inventory.
+    Record,
+    /// Like record, and a warning for every unlisted load.
+    Warn,
+}
+
+impl FirewallMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FirewallMode::Deny => "deny",
+            FirewallMode::Enforce => "enforce",
+            FirewallMode::Record => "record",
+            FirewallMode::Warn => "warn",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// What the firewall does with unpickles.
+    #[arg(long, value_enum)]
+    pub mode: FirewallMode,
+    /// The manifest (required for enforce).
+    #[arg(long)]
+    pub manifest: Option<PathBuf>,
+    /// Where record and warn append the inventory (record's default: ./hermetic-inventory.jsonl).
+    #[arg(long)]
+    pub inventory: Option<PathBuf>,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct ManifestArgs {
+    #[command(subcommand)]
+    pub command: ManifestCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ManifestCommand {
+    /// Turn recorded inventories into manifest entries (adding to OUTPUT if it exists).
+    Freeze(FreezeArgs),
+    /// List the pickle streams of files in a manifest, after review.
+    Add(AddArgs),
+    /// Validate a manifest and say which pickle streams of FILEs it lists.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FreezeArgs {
+    /// Inventory files written by `record` or `warn` mode.
+    #[arg(required = true)]
+    pub inventory: Vec<PathBuf>,
+    /// The manifest to write or extend.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Do not pin blobs to the call sites that loaded them.
+    #[arg(long)]
+    pub any_caller: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// Files whose pickle streams to list.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// The manifest to extend (created if missing).
+    #[arg(long)]
+    pub to: PathBuf,
+    /// Allow the blobs only from call sites matching this `module:qualname` glob (repeatable).
+    #[arg(long)]
+    pub caller: Vec<String>,
+    /// The note to record instead of the scanner's summary.
+    #[arg(long)]
+    pub note: Option<String>,
+    /// List blobs the scanner calls dangerous too.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The manifest to validate.
+    pub manifest: PathBuf,
+    /// Files whose pickle streams must be listed.
+    pub files: Vec<PathBuf>,
+    /// Print JSON instead of lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct InspectArgs {
     /// Files, checkpoint folders or `*.index.json` files to describe.
@@ -97,4 +205,16 @@ pub struct VerifyArgs {
     /// Print JSON instead of lines.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// The checkpoint to read.
+    pub input: PathBuf,
+    /// The hermetic (safetensors) file to write.
+    pub output: PathBuf,
+    /// Read a pickle that is not data-only (a whole pickled model) without running it: modules
+    /// become their state dicts, other foreign objects dicts of their class, arguments and state.
+    #[arg(long)]
+    pub salvage: bool,
 }

@@ -6,6 +6,7 @@
 pub mod analysis;
 pub mod containers;
 pub mod dis;
+pub mod eval;
 pub mod opcodes;
 pub mod parser;
 pub mod policy;
@@ -38,6 +39,9 @@ pub struct Limits {
     pub max_archive_entries: usize,
     /// Nesting of containers (a zip in a zip in a gzip ...).
     pub max_nesting: u32,
+    /// Bytes the evaluator ([`eval`]) may allocate for one file's values,
+    /// at most (it also allows no more than 64 times the file's size).
+    pub max_eval_memory: u64,
 }
 
 impl Limits {
@@ -60,6 +64,7 @@ impl Default for Limits {
             max_decompression_ratio: 1024,
             max_archive_entries: 1 << 20,
             max_nesting: 8,
+            max_eval_memory: 4 << 30,
         }
     }
 }

@@ -19,12 +19,25 @@ create_exception!(
     HermeticError,
     "A policy file could not be read."
 );
+create_exception!(
+    _hermetic,
+    ManifestError,
+    HermeticError,
+    "A pickle manifest could not be read or is invalid."
+);
 
 create_exception!(
     _hermetic,
     FormatError,
     HermeticError,
     "A tensor-tree file is invalid or corrupt, or an object cannot be saved in one."
+);
+
+create_exception!(
+    _hermetic,
+    CheckpointError,
+    HermeticError,
+    "A checkpoint or pickle could not be evaluated: malformed, unsupported, or over a limit."
 );
 
 /// Maps a format error: I/O errors to the matching built-in exception
@@ -45,5 +58,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("UnsafePickleError", py.get_type::<UnsafePickleError>())?;
     m.add("PolicyError", py.get_type::<PolicyError>())?;
     m.add("FormatError", py.get_type::<FormatError>())?;
+    m.add("CheckpointError", py.get_type::<CheckpointError>())?;
+    m.add("ManifestError", py.get_type::<ManifestError>())?;
     Ok(())
 }

@@ -4,6 +4,8 @@
 mod cli;
 mod dis;
 mod errors;
+mod evaluate;
+mod firewall;
 mod format;
 mod scan;
 
@@ -17,5 +19,7 @@ fn _hermetic(m: &Bound<'_, PyModule>) -> PyResult<()> {
     format::register(m)?;
     cli::register(m)?;
     dis::register(m)?;
+    evaluate::register(m)?;
+    firewall::register(m)?;
     Ok(())
 }

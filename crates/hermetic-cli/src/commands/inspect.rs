@@ -1,6 +1,6 @@
 //! `hermetic inspect`: what a file holds, by detected content. Tensor files
-//! (hermetic, safetensors, sharded checkpoints) are handled here; other
-//! content gets a clear "not yet" so pickle inspection can slot in beside.
+//! (hermetic, safetensors, sharded checkpoints) are handled here; everything
+//! else goes to the pickle evaluator (`inspect_pickle`).
 
 use super::CliError;
 use crate::args::InspectArgs;
@@ -61,11 +61,10 @@ pub(crate) fn run(args: &InspectArgs, out: &mut dyn Write) -> Result<ExitStatus,
                 }
             },
             Detected::Other => {
-                eprintln!(
-                    "hermetic: {}: not a safetensors or hermetic file; `hermetic scan` reports on pickles",
-                    path.display()
-                );
-                status = ExitStatus::Findings;
+                let st = super::inspect_pickle::run_file(path, args, out)?;
+                if st != ExitStatus::Clean {
+                    status = st;
+                }
             }
         }
     }

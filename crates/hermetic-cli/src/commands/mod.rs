@@ -1,6 +1,10 @@
+mod convert;
 mod dis;
 mod hash;
 mod inspect;
+mod inspect_pickle;
+mod manifest;
+mod run;
 mod scan;
 mod verify;
 pub use scan::{scan_paths, Summary};
@@ -15,8 +19,11 @@ pub(crate) fn dispatch(cli: Cli, out: &mut dyn Write) -> ExitStatus {
         Command::Scan(a) => scan::run(&a, out),
         Command::Hash(a) => hash::run(&a, out),
         Command::Inspect(a) => inspect::run(&a, out),
+        Command::Convert(a) => convert::run(&a, out),
         Command::Verify(a) => verify::run(&a, out),
         Command::Dis(a) => dis::run(&a, out),
+        Command::Run(a) => run::run(&a),
+        Command::Manifest(a) => manifest::run(&a, out),
     };
     match result {
         Ok(status) => status,

@@ -1,0 +1,86 @@
+//! `hermetic run`: start a command with the pickle firewall on, in it and in
+//! every Python process it starts, through the environment the firewall's
+//! start-up hook reads.
+
+use super::CliError;
+use crate::args::RunArgs;
+use crate::ExitStatus;
+use hermetic_manifest::Manifest;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The variables the start-up hook reads.
+pub(crate) const ENV_MODE: &str = "HERMETIC_PICKLE";
+pub(crate) const ENV_MANIFEST: &str = "HERMETIC_MANIFEST";
+pub(crate) const ENV_INVENTORY: &str = "HERMETIC_INVENTORY";
+
+/// The inventory `record` writes when none is named.
+const DEFAULT_INVENTORY: &str = "hermetic-inventory.jsonl";
+
+fn absolute(p: &Path) -> Result<PathBuf, CliError> {
+    if p.is_absolute() {
+        Ok(p.to_path_buf())
+    } else {
+        Ok(std::env::current_dir()?.join(p))
+    }
+}
+
+pub(crate) fn run(args: &RunArgs) -> Result<ExitStatus, CliError> {
+    let mode = args.mode.as_str();
+    if mode == "enforce" && args.manifest.is_none() {
+        return Err(CliError::Usage(
+            "--mode enforce needs --manifest (the blobs to allow)".into(),
+        ));
+    }
+    let manifest = match &args.manifest {
+        Some(p) => {
+            // Refuse to start on a manifest the firewall would reject.
+            Manifest::from_file(p).map_err(|e| CliError::Usage(e.to_string()))?;
+            Some(absolute(p)?)
+        }
+        None => None,
+    };
+    let inventory = match (&args.inventory, mode) {
+        (Some(p), _) => Some(absolute(p)?),
+        (None, "record") => Some(absolute(Path::new(DEFAULT_INVENTORY))?),
+        (None, _) => None,
+    };
+    let (program, rest) = args
+        .command
+        .split_first()
+        .ok_or_else(|| CliError::Usage("no command given after `--`".into()))?;
+    let mut cmd = Command::new(program);
+    cmd.args(rest).env(ENV_MODE, mode);
+    match &manifest {
+        Some(p) => cmd.env(ENV_MANIFEST, p),
+        None => cmd.env_remove(ENV_MANIFEST),
+    };
+    match &inventory {
+        Some(p) => cmd.env(ENV_INVENTORY, p),
+        None => cmd.env_remove(ENV_INVENTORY),
+    };
+    exec(cmd, program)
+}
+
+#[cfg(unix)]
+fn exec(mut cmd: Command, program: &std::ffi::OsStr) -> Result<ExitStatus, CliError> {
+    use std::os::unix::process::CommandExt;
+    // Replaces this process, so the command's exit status and signals are
+    // its own. `exec` only returns on failure.
+    let e = cmd.exec();
+    Err(CliError::Io(std::io::Error::new(
+        e.kind(),
+        format!("cannot run {}: {e}", program.to_string_lossy()),
+    )))
+}
+
+#[cfg(not(unix))]
+fn exec(mut cmd: Command, program: &std::ffi::OsStr) -> Result<ExitStatus, CliError> {
+    let status = cmd.status().map_err(|e| {
+        CliError::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot run {}: {e}", program.to_string_lossy()),
+        ))
+    })?;
+    std::process::exit(status.code().unwrap_or(1));
+}

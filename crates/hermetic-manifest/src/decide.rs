@@ -1,0 +1,635 @@
+//! The firewall's decision: given a blob, its size, the call stack and the
+//! mode, allow it, evaluate it safely, or refuse it with a reason that says
+//! exactly what would allow it.
+
+use crate::blob::BlobId;
+use crate::glob::CallerPattern;
+use crate::manifest::{entry_line, Entry, Manifest, Unlisted};
+use crate::ManifestError;
+use std::fmt;
+use std::str::FromStr;
+
+/// A process-wide mode (`HERMETIC_PICKLE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// No unpickling except through the manifest's call-site rules.
+    Deny,
+    /// Only listed blobs (or rules) run; unlisted ones are refused or,
+    /// with `unlisted = "safe"`, evaluated safely.
+    Enforce,
+    /// Everything loads; every load goes into the inventory.
+    Record,
+    /// Like record, and a warning per unlisted load.
+    Warn,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Deny => "deny",
+            Mode::Enforce => "enforce",
+            Mode::Record => "record",
+            Mode::Warn => "warn",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Mode {
+    type Err = ManifestError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "deny" => Ok(Mode::Deny),
+            "enforce" => Ok(Mode::Enforce),
+            "record" => Ok(Mode::Record),
+            "warn" => Ok(Mode::Warn),
+            _ => Err(ManifestError::BadMode(s.to_string())),
+        }
+    }
+}
+
+/// What the manifest says about one load, independent of the mode's action.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Judgement {
+    /// Listed under `[blobs]` (and the call site and size match).
+    Listed,
+    /// Allowed by the call-site rule of this name.
+    Rule(String),
+    /// Not allowed; why.
+    Unlisted(Why),
+}
+
+impl Judgement {
+    /// The stable label inventories record: `listed`, `rule:<name>`,
+    /// `unlisted`, `caller-mismatch`, `size-mismatch`, `denied`.
+    pub fn label(&self) -> String {
+        match self {
+            Judgement::Listed => "listed".into(),
+            Judgement::Rule(n) => format!("rule:{n}"),
+            Judgement::Unlisted(w) => w.label().into(),
+        }
+    }
+
+    pub fn allowed(&self) -> bool {
+        !matches!(self, Judgement::Unlisted(_))
+    }
+}
+
+/// Why a blob is not allowed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// The manifest does not list the blob.
+    NotListed,
+    /// Listed, but only for other call sites.
+    CallerMismatch(Vec<String>),
+    /// Listed with another size (the manifest is wrong or was edited).
+    SizeMismatch(u64),
+    /// `deny` mode: only call-site rules apply, and none matched.
+    Denied,
+}
+
+impl Why {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Why::NotListed => "unlisted",
+            Why::CallerMismatch(_) => "caller-mismatch",
+            Why::SizeMismatch(_) => "size-mismatch",
+            Why::Denied => "denied",
+        }
+    }
+}
+
+/// What the firewall does with the load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Run the real unpickler.
+    Allow,
+    /// Evaluate with hermetic's safe evaluator if the scanner calls the blob
+    /// data-only; refuse otherwise.
+    EvaluateSafe,
+    /// Refuse.
+    Refuse,
+    /// Allow, and warn (mode `warn`, unlisted blob).
+    Warn,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::EvaluateSafe => "evaluate",
+            Action::Refuse => "refuse",
+            Action::Warn => "warn",
+        }
+    }
+}
+
+/// The question asked for one load.
+pub struct Query<'a, S: AsRef<str>> {
+    pub blob: &'a BlobId,
+    pub size: u64,
+    /// The Python stack, innermost first, each frame `module:qualname`;
+    /// `None` when the caller has not collected it (see [`Manifest::needs_frames`]).
+    pub frames: Option<&'a [S]>,
+}
+
+impl Manifest {
+    /// Whether judging `blob` depends on the call stack. A listed blob
+    /// without call-site restrictions, in `enforce`, `record` or `warn`, does
+    /// not; callers use this to skip walking the stack on the fast path.
+    pub fn needs_frames(&self, mode: Mode, blob: &BlobId) -> bool {
+        if mode == Mode::Deny {
+            return true;
+        }
+        match self.blobs.get(blob) {
+            Some(e) => e.callers.is_some(),
+            None => true,
+        }
+    }
+
+    /// Judges a load against the manifest. In `deny` mode only rules count.
+    /// Without frames, anything that depends on the call site is judged as
+    /// if no call site matched.
+    pub fn judge<S: AsRef<str>>(&self, mode: Mode, q: &Query<'_, S>) -> Judgement {
+        let frames: &[S] = q.frames.unwrap_or(&[]);
+        let site = self.call_site(frames);
+        let matches =
+            |callers: &[CallerPattern]| site.is_some_and(|s| callers.iter().any(|c| c.matches(s)));
+        let mut why = if mode == Mode::Deny {
+            Why::Denied
+        } else {
+            Why::NotListed
+        };
+        if mode != Mode::Deny {
+            if let Some(e) = self.blobs.get(q.blob) {
+                match (e.size, &e.callers) {
+                    (Some(s), _) if s != q.size => why = Why::SizeMismatch(s),
+                    (_, None) => return Judgement::Listed,
+                    (_, Some(c)) if matches(c) => return Judgement::Listed,
+                    (_, Some(c)) => {
+                        why = Why::CallerMismatch(c.iter().map(|p| p.to_string()).collect())
+                    }
+                }
+            }
+        }
+        for (name, callers) in self.active_rules() {
+            if matches(&callers) {
+                return Judgement::Rule(name);
+            }
+        }
+        Judgement::Unlisted(why)
+    }
+
+    /// The action `mode` takes for a judgement.
+    pub fn action(&self, mode: Mode, j: &Judgement) -> Action {
+        match (mode, j.allowed()) {
+            (_, true) => Action::Allow,
+            (Mode::Record, false) => Action::Allow,
+            (Mode::Warn, false) => Action::Warn,
+            (Mode::Deny, false) => Action::Refuse,
+            (Mode::Enforce, false) => match (self.unlisted, j) {
+                (Unlisted::Safe, Judgement::Unlisted(Why::NotListed)) => Action::EvaluateSafe,
+                _ => Action::Refuse,
+            },
+        }
+    }
+
+    /// Judges and acts in one step.
+    pub fn decide<S: AsRef<str>>(&self, mode: Mode, q: &Query<'_, S>) -> (Judgement, Action) {
+        let j = self.judge(mode, q);
+        let a = self.action(mode, &j);
+        (j, a)
+    }
+}
+
+/// Everything a refusal message can say about one load.
+#[derive(Default)]
+pub struct LoadContext<'a> {
+    /// The file the blob was read from, when known.
+    pub file: Option<&'a str>,
+    /// `path.py:42` of the call site, when known.
+    pub location: Option<&'a str>,
+    /// The API that was called: `pickle.loads`, `torch.load`, ...
+    pub entry_point: Option<&'a str>,
+    /// The scanner's one-line summary of the blob.
+    pub scanner: Option<&'a str>,
+}
+
+/// A refusal that teaches: what was refused, why, and the exact manifest
+/// line that would allow it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub message: String,
+    /// The line to add under `[blobs]`.
+    pub manifest_line: String,
+    pub call_site: Option<String>,
+}
+
+impl Manifest {
+    /// Explains a refused (or, in `warn` mode, unlisted) load.
+    pub fn refusal<S: AsRef<str>>(
+        &self,
+        mode: Mode,
+        q: &Query<'_, S>,
+        why: &Why,
+        ctx: &LoadContext<'_>,
+    ) -> Refusal {
+        let frames: &[S] = q.frames.unwrap_or(&[]);
+        let site = self.call_site(frames).map(str::to_string);
+        let site_pattern = site.as_deref().and_then(|s| CallerPattern::parse(s).ok());
+        let listed = self.blobs.get(q.blob);
+        // A blob listed with other callers or another size needs its line
+        // changed, not a second line (TOML refuses a key twice).
+        let (line, replace) = match (listed, why) {
+            (Some(e), Why::CallerMismatch(_)) => {
+                let mut callers = e.callers.clone().unwrap_or_default();
+                if let Some(p) = &site_pattern {
+                    if !callers.contains(p) {
+                        callers.push(p.clone());
+                    }
+                }
+                let fixed = Entry {
+                    callers: Some(callers),
+                    ..e.clone()
+                };
+                (entry_line(q.blob, &fixed), true)
+            }
+            (Some(e), Why::SizeMismatch(_)) => {
+                let fixed = Entry {
+                    size: Some(q.size),
+                    ..e.clone()
+                };
+                (entry_line(q.blob, &fixed), true)
+            }
+            _ => {
+                let suggested = Entry {
+                    size: Some(q.size),
+                    callers: site_pattern.clone().map(|c| vec![c]),
+                    source: ctx.file.map(str::to_string),
+                    note: None,
+                };
+                (entry_line(q.blob, &suggested), false)
+            }
+        };
+        let manifest_path = self.path.as_ref().map(|p| p.display().to_string());
+        let manifest = manifest_path
+            .clone()
+            .unwrap_or_else(|| "none (built-in rules only)".into());
+        let mut m = String::new();
+        let verb = if mode == Mode::Warn {
+            "loaded an unlisted"
+        } else {
+            "refused to unpickle"
+        };
+        m.push_str(&format!(
+            "hermetic {verb} blob {} ({})\n",
+            q.blob,
+            bytes_word(q.size)
+        ));
+        if let Some(f) = ctx.file {
+            m.push_str(&format!("  file:      {f}\n"));
+        }
+        match (&site, ctx.location) {
+            (Some(s), Some(l)) => m.push_str(&format!("  call site: {s} ({l})\n")),
+            (Some(s), None) => m.push_str(&format!("  call site: {s}\n")),
+            (None, Some(l)) => m.push_str(&format!("  call site: {l}\n")),
+            (None, None) => m.push_str("  call site: unknown\n"),
+        }
+        if let Some(e) = ctx.entry_point {
+            m.push_str(&format!("  through:   {e}\n"));
+        }
+        m.push_str(&format!("  mode:      {mode} (manifest: {manifest})\n"));
+        let reason = match why {
+            Why::NotListed => "the manifest does not list this blob".to_string(),
+            Why::CallerMismatch(c) => format!(
+                "the manifest lists this blob only for the call sites {}",
+                c.join(", ")
+            ),
+            Why::SizeMismatch(s) => {
+                format!(
+                    "the manifest lists this blob with size {s}, but it has {}",
+                    bytes_word(q.size)
+                )
+            }
+            Why::Denied => "deny mode allows no blob; only the manifest's call-site rules can allow a load, and none matched".to_string(),
+        };
+        m.push_str(&format!("  why:       {reason}\n"));
+        if let Some(s) = ctx.scanner {
+            m.push_str(&format!("  scanner:   {s}\n"));
+        }
+        let target = manifest_path
+            .clone()
+            .unwrap_or_else(|| "a manifest".to_string());
+        let add = ctx.file.map(|f| {
+            let mut cmd = format!(
+                "hermetic manifest add {} --to {}",
+                shell_word(f),
+                manifest_path
+                    .as_deref()
+                    .map(shell_word)
+                    .unwrap_or_else(|| "hermetic.toml".into())
+            );
+            if let Some(p) = &site_pattern {
+                cmd.push_str(&format!(" --caller {}", shell_word(p.as_str())));
+            }
+            cmd
+        });
+        if mode == Mode::Deny && listed.is_some() {
+            m.push_str(
+                "The manifest lists this blob, but deny mode ignores [blobs]: run in enforce mode to allow it.\n",
+            );
+        } else if replace {
+            m.push_str(&format!(
+                "To trust it here too after review, replace this blob's line under [blobs] in {target} with:\n  {line}\n"
+            ));
+            if matches!(why, Why::CallerMismatch(_)) {
+                if let Some(cmd) = &add {
+                    m.push_str(&format!("or run: {cmd}\n"));
+                }
+            }
+        } else {
+            let then = match (&manifest_path, mode) {
+                (None, _) => " and run with HERMETIC_PICKLE=enforce HERMETIC_MANIFEST=<manifest>",
+                (Some(_), Mode::Deny) => " and run in enforce mode",
+                _ => "",
+            };
+            m.push_str(&format!(
+                "To trust it after review, add this line under [blobs] in {target}{then}:\n  {line}\n"
+            ));
+            if let Some(cmd) = &add {
+                m.push_str(&format!("or run: {cmd}\n"));
+            }
+        }
+        Refusal {
+            message: m.trim_end().to_string(),
+            manifest_line: line,
+            call_site: site,
+        }
+    }
+}
+
+fn bytes_word(n: u64) -> String {
+    if n == 1 {
+        "1 byte".to_string()
+    } else {
+        format!("{n} bytes")
+    }
+}
+
+fn shell_word(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:=,@".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Manifest;
+
+    fn manifest(extra: &str) -> Manifest {
+        Manifest::from_toml(&format!("version = 1\n{extra}")).unwrap()
+    }
+
+    fn q<'a>(blob: &'a BlobId, size: u64, frames: &'a [&'a str]) -> Query<'a, &'a str> {
+        Query {
+            blob,
+            size,
+            frames: Some(frames),
+        }
+    }
+
+    const USER: &[&str] = &["pickle:loads", "app.train:main", "__main__:<module>"];
+    const IPC: &[&str] = &[
+        "multiprocessing.queues:Queue.get",
+        "torch.utils.data._utils.worker:_worker_loop",
+        "multiprocessing.process:BaseProcess._bootstrap",
+    ];
+    const IN_WORKER: &[&str] = &[
+        "app.data:Dataset.__getitem__",
+        "torch.utils.data._utils.worker:_worker_loop",
+        "multiprocessing.process:BaseProcess._bootstrap",
+    ];
+
+    #[test]
+    fn enforce_listed_unlisted_callers_size() {
+        let a = BlobId::of(b"a");
+        let b = BlobId::of(b"b");
+        let m = manifest(&format!(
+            "[blobs]\n\"{a}\" = {{ size = 1 }}\n\"{b}\" = {{ size = 1, callers = [\"app.eval:*\"] }}\n"
+        ));
+        assert_eq!(
+            m.decide(Mode::Enforce, &q(&a, 1, USER)),
+            (Judgement::Listed, Action::Allow)
+        );
+        assert!(!m.needs_frames(Mode::Enforce, &a));
+        assert!(m.needs_frames(Mode::Enforce, &b));
+        assert_eq!(
+            m.decide(Mode::Enforce, &q(&a, 2, USER)).0,
+            Judgement::Unlisted(Why::SizeMismatch(1))
+        );
+        assert_eq!(
+            m.decide(Mode::Enforce, &q(&b, 1, USER)),
+            (
+                Judgement::Unlisted(Why::CallerMismatch(vec!["app.eval:*".into()])),
+                Action::Refuse
+            )
+        );
+        let eval = ["pickle:loads", "app.eval:run"];
+        assert_eq!(m.decide(Mode::Enforce, &q(&b, 1, &eval)).1, Action::Allow);
+        let c = BlobId::of(b"c");
+        assert_eq!(
+            m.decide(Mode::Enforce, &q(&c, 1, USER)),
+            (Judgement::Unlisted(Why::NotListed), Action::Refuse)
+        );
+        // Without frames a caller-restricted blob is not allowed.
+        let none: Query<'_, &str> = Query {
+            blob: &b,
+            size: 1,
+            frames: None,
+        };
+        assert_eq!(m.decide(Mode::Enforce, &none).1, Action::Refuse);
+    }
+
+    #[test]
+    fn deny_ignores_blobs_but_keeps_rules() {
+        let a = BlobId::of(b"a");
+        let m = manifest(&format!("[blobs]\n\"{a}\" = {{}}\n"));
+        assert_eq!(
+            m.decide(Mode::Deny, &q(&a, 1, USER)),
+            (Judgement::Unlisted(Why::Denied), Action::Refuse)
+        );
+        assert_eq!(
+            m.decide(Mode::Deny, &q(&a, 1, IPC)),
+            (Judgement::Rule("python-ipc".into()), Action::Allow)
+        );
+    }
+
+    #[test]
+    fn ipc_rule_is_scoped_to_the_call_site_and_removable() {
+        let m = Manifest::default();
+        let x = BlobId::of(b"x");
+        assert_eq!(m.decide(Mode::Enforce, &q(&x, 1, IPC)).1, Action::Allow);
+        // Every frame of a worker sits under multiprocessing; only the call
+        // site counts, so the worker's own loads stay refused.
+        assert_eq!(
+            m.decide(Mode::Enforce, &q(&x, 1, IN_WORKER)).1,
+            Action::Refuse
+        );
+        let off = manifest("builtin_rules = []\n");
+        assert_eq!(off.decide(Mode::Enforce, &q(&x, 1, IPC)).1, Action::Refuse);
+        let custom = manifest("builtin_rules = []\n[rules.pool]\ncallers = [\"app.data:*\"]\n");
+        assert_eq!(
+            custom.decide(Mode::Deny, &q(&x, 1, IN_WORKER)),
+            (Judgement::Rule("pool".into()), Action::Allow)
+        );
+    }
+
+    #[test]
+    fn unlisted_safe_and_observing_modes() {
+        let x = BlobId::of(b"x");
+        let m = manifest("unlisted = \"safe\"\n");
+        assert_eq!(
+            m.decide(Mode::Enforce, &q(&x, 1, USER)).1,
+            Action::EvaluateSafe
+        );
+        // Size or caller mismatches are refused, never evaluated.
+        let y = BlobId::of(b"y");
+        let m2 = manifest(&format!(
+            "unlisted = \"safe\"\n[blobs]\n\"{y}\" = {{ size = 9 }}\n"
+        ));
+        assert_eq!(m2.decide(Mode::Enforce, &q(&y, 1, USER)).1, Action::Refuse);
+        // deny never evaluates.
+        assert_eq!(m.decide(Mode::Deny, &q(&x, 1, USER)).1, Action::Refuse);
+        assert_eq!(m.decide(Mode::Record, &q(&x, 1, USER)).1, Action::Allow);
+        assert_eq!(m.decide(Mode::Warn, &q(&x, 1, USER)).1, Action::Warn);
+        assert_eq!(m.decide(Mode::Warn, &q(&x, 1, IPC)).1, Action::Allow);
+    }
+
+    #[test]
+    fn refusal_teaches_the_exact_line() {
+        let x = BlobId::of(b"x");
+        let mut m = Manifest::default();
+        m.path = Some("/etc/app/hermetic.toml".into());
+        let query = q(&x, 583, USER);
+        let (j, _) = m.decide(Mode::Enforce, &query);
+        let Judgement::Unlisted(why) = j else {
+            panic!()
+        };
+        let r = m.refusal(
+            Mode::Enforce,
+            &query,
+            &why,
+            &LoadContext {
+                file: Some("/models/m.pt"),
+                location: Some("/app/train.py:42"),
+                entry_point: Some("torch.load"),
+                scanner: Some("dangerous: imports os.system (called)"),
+            },
+        );
+        let expected_line = format!(
+            "\"{x}\" = {{ size = 583, callers = [\"app.train:main\"], source = \"/models/m.pt\" }}"
+        );
+        assert_eq!(r.manifest_line, expected_line);
+        assert_eq!(r.call_site.as_deref(), Some("app.train:main"));
+        for needle in [
+            x.to_string().as_str(),
+            "583 bytes",
+            "/models/m.pt",
+            "app.train:main (/app/train.py:42)",
+            "torch.load",
+            "os.system",
+            "/etc/app/hermetic.toml",
+            expected_line.as_str(),
+            "hermetic manifest add /models/m.pt --to /etc/app/hermetic.toml",
+        ] {
+            assert!(
+                r.message.contains(needle),
+                "missing {needle:?} in\n{}",
+                r.message
+            );
+        }
+        // The suggested line really allows the load.
+        let text = format!("version = 1\n[blobs]\n{}\n", r.manifest_line);
+        let fixed = Manifest::from_toml(&text).unwrap();
+        assert_eq!(fixed.decide(Mode::Enforce, &query).1, Action::Allow);
+    }
+
+    #[test]
+    fn replaced_line_allows_a_new_call_site() {
+        let x = BlobId::of(b"x");
+        let m = manifest(&format!(
+            "[blobs]\n\"{x}\" = {{ size = 1, callers = [\"app.eval:*\"], note = \"keep\" }}\n"
+        ));
+        let query = q(&x, 1, USER);
+        let Judgement::Unlisted(why) = m.judge(Mode::Enforce, &query) else {
+            panic!()
+        };
+        let r = m.refusal(Mode::Enforce, &query, &why, &LoadContext::default());
+        let fixed = manifest(&format!("[blobs]\n{}\n", r.manifest_line));
+        assert_eq!(fixed.decide(Mode::Enforce, &query).1, Action::Allow);
+        let e = &fixed.blobs[&x];
+        assert_eq!(e.note.as_deref(), Some("keep"));
+        assert_eq!(e.callers.as_ref().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn refusal_messages_snapshot() {
+        let x = BlobId::of(b"x");
+        let mut m = manifest(&format!(
+            "[blobs]\n\"{}\" = {{ size = 1, callers = [\"app.eval:*\"] }}\n",
+            x
+        ));
+        m.path = Some("/etc/app/hermetic.toml".into());
+        let ctx = LoadContext {
+            file: Some("/models/my model.pt"),
+            location: Some("/app/train.py:42"),
+            entry_point: Some("torch.load (pickle.Unpickler)"),
+            scanner: Some("dangerous; imports os.system (called); findings: dangerous_import"),
+        };
+        let mut out = String::new();
+        for (mode, size) in [
+            (Mode::Enforce, 1),
+            (Mode::Enforce, 9),
+            (Mode::Deny, 1),
+            (Mode::Warn, 1),
+        ] {
+            let query = q(&x, size, USER);
+            let Judgement::Unlisted(why) = m.judge(mode, &query) else {
+                panic!("{mode} allowed it")
+            };
+            out.push_str(&format!("== {mode}, size {size}\n"));
+            out.push_str(&m.refusal(mode, &query, &why, &ctx).message);
+            out.push('\n');
+        }
+        let bare = Manifest::default();
+        let y = BlobId::of(b"y");
+        let query = q(&y, 3, USER);
+        out.push_str("== no manifest, unlisted\n");
+        out.push_str(
+            &bare
+                .refusal(Mode::Deny, &query, &Why::Denied, &LoadContext::default())
+                .message,
+        );
+        insta::assert_snapshot!(out);
+    }
+
+    #[test]
+    fn modes_parse() {
+        for m in [Mode::Deny, Mode::Enforce, Mode::Record, Mode::Warn] {
+            assert_eq!(m.as_str().parse::<Mode>().unwrap(), m);
+        }
+        assert!("Deny".parse::<Mode>().is_err());
+        assert!("".parse::<Mode>().is_err());
+    }
+}

@@ -1,0 +1,94 @@
+//! The blobs of a file as the firewall sees them when a loader reads it, for
+//! `hermetic manifest add` and `check`.
+//!
+//! They are the scanner's streams, with one difference: joblib's unpickler
+//! reads array data straight from its file in the middle of the pickle, so
+//! for a joblib dump the blob is the whole span the scanner's joblib reader
+//! finds, opcodes and inline arrays together, through the final `STOP`:
+//! every byte that unpickler consumes. (The scanner's own id for such a
+//! stream hashes the opcodes only.)
+
+use crate::blob::BlobId;
+use hermetic_pickle::containers::compress::{decompress, Compression};
+use hermetic_pickle::containers::joblib::is_joblib;
+use hermetic_pickle::{FileReport, Limits, Policy, StreamReport};
+use std::path::Path;
+
+/// One blob of a file.
+#[derive(Clone, Debug)]
+pub struct FileBlob<'r> {
+    pub id: BlobId,
+    pub size: u64,
+    /// The scanner's stream this blob stands for.
+    pub stream: &'r StreamReport,
+    /// Whether the id covers a joblib span (opcodes and inline arrays)
+    /// rather than the scanner's stream id.
+    pub whole_payload: bool,
+}
+
+fn joblib_payload(path: &Path, format: &str) -> Option<Vec<u8>> {
+    let data = std::fs::read(path).ok()?;
+    if format == "joblib" {
+        return Some(data);
+    }
+    let kind = Compression::detect(&data)?;
+    let out = decompress(&data, kind, Limits::default().max_decompressed);
+    (out.error.is_none() && !out.limit_hit && !out.abandoned).then_some(out.data)
+}
+
+/// For bytes a joblib unpickler reads from their start: `None` when they
+/// are not a joblib dump (no array wrapper before the first `STOP`), else
+/// the end of the dump's span as the scanner's joblib reader finds it, or
+/// `Some(None)` when it cannot tell yet (the data may be truncated).
+pub fn joblib_span(data: &[u8]) -> Option<Option<usize>> {
+    if !is_joblib(data, 0) {
+        return None;
+    }
+    let r = hermetic_pickle::scan_bytes(data, "<joblib>", &Policy::default(), &Limits::default());
+    if !r.format.starts_with("joblib") {
+        return Some(None);
+    }
+    let first = r.streams.first();
+    let truncated = first.is_some_and(|s| s.findings.iter().any(|f| f.code == "truncated_stream"));
+    Some(
+        first
+            .filter(|_| !truncated)
+            .and_then(|s| usize::try_from(s.offset.checked_add(s.length)?).ok())
+            .filter(|&end| end <= data.len()),
+    )
+}
+
+/// The blobs of the scanned file at `path`.
+pub fn file_blobs<'r>(path: &Path, report: &'r FileReport) -> Vec<FileBlob<'r>> {
+    let payload = if report.format.starts_with("joblib") {
+        joblib_payload(path, &report.format)
+    } else {
+        None
+    };
+    report
+        .streams
+        .iter()
+        .filter_map(|s| {
+            let outer = !s.name.contains(":array[");
+            let span = payload.as_ref().filter(|_| outer).and_then(|p| {
+                let start = usize::try_from(s.offset).ok()?;
+                let end = start.checked_add(usize::try_from(s.length).ok()?)?;
+                p.get(start..end)
+            });
+            match span {
+                Some(bytes) => Some(FileBlob {
+                    id: BlobId::of(bytes),
+                    size: bytes.len() as u64,
+                    stream: s,
+                    whole_payload: true,
+                }),
+                _ => BlobId::parse(&s.sha256).ok().map(|id| FileBlob {
+                    id,
+                    size: s.length,
+                    stream: s,
+                    whole_payload: false,
+                }),
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,635 @@
+//! What each allowlisted global means: resolution of `(module, name)` to a
+//! [`Known`], and the Rust meaning of calling it (REDUCE), creating it
+//! (NEWOBJ) and handing it state (BUILD). Nothing else can be constructed.
+
+use super::error::{malformed, unsupported, Problem};
+use super::machine::{decimal_to_twos, long_value, Machine};
+use super::value::{Dict, DictKind, Global, Id, Known, Str, TorchDtype, Value, FALSE, NONE, TRUE};
+use super::{numpy, torch};
+use std::borrow::Cow;
+
+/// torch's layouts, which `torch.serialization._get_layout` names.
+const TORCH_LAYOUTS: &[&str] = &[
+    "strided",
+    "sparse_coo",
+    "sparse_csr",
+    "sparse_csc",
+    "sparse_bsr",
+    "sparse_bsc",
+    "_mkldnn",
+];
+
+/// torch singletons that are data (`torch.<name>`).
+const TORCH_ENUMS: &[&str] = &[
+    "strided",
+    "sparse_coo",
+    "sparse_csr",
+    "sparse_csc",
+    "sparse_bsr",
+    "sparse_bsc",
+    "_mkldnn",
+    "contiguous_format",
+    "channels_last",
+    "channels_last_3d",
+    "preserve_format",
+    "per_tensor_affine",
+    "per_tensor_symmetric",
+    "per_channel_affine",
+    "per_channel_symmetric",
+    "per_channel_affine_float_qparams",
+];
+
+/// The meaning of a global, after Python 2 renames. `torch_names` applies
+/// what `torch.load`'s unpickler adds: `torch.tensor` is read as
+/// `torch._tensor`, and any name containing `Storage` that names a legacy
+/// storage class is that storage type.
+pub(crate) fn resolve(module: &str, name: &str, torch_names: bool) -> Option<Known> {
+    let module = if torch_names && module == "torch.tensor" {
+        "torch._tensor"
+    } else {
+        module
+    };
+    if torch_names && name.contains("Storage") {
+        if let Some(d) = TorchDtype::from_storage_class(name) {
+            return Some(Known::StorageType(d));
+        }
+    }
+    Some(match (module, name) {
+        ("builtins", "set") => Known::Set,
+        ("builtins", "frozenset") => Known::FrozenSet,
+        ("builtins", "complex") => Known::Complex,
+        ("builtins", "slice") => Known::Slice,
+        ("builtins", "range") => Known::Range,
+        ("builtins", "bytearray") => Known::ByteArray,
+        ("builtins", "bytes") => Known::Bytes,
+        ("builtins", "int") => Known::Int,
+        ("builtins", "float") => Known::Float,
+        ("builtins", "bool") => Known::Bool,
+        ("builtins", "str") => Known::Str,
+        ("builtins", "list") => Known::List,
+        ("builtins", "tuple") => Known::Tuple,
+        ("builtins", "dict") => Known::Dict,
+        ("collections", "OrderedDict") => Known::OrderedDict,
+        ("collections", "Counter") => Known::Counter,
+        ("_codecs", "encode") => Known::CodecsEncode,
+        ("torch", "Size") => Known::TorchSize,
+        ("torch", "device") => Known::TorchDevice,
+        ("torch", "Tensor") => Known::TorchTensor,
+        ("torch.nn.parameter", "Parameter") => Known::Parameter,
+        ("torch._utils", "_rebuild_tensor") => Known::RebuildTensor,
+        ("torch._utils", "_rebuild_tensor_v2") => Known::RebuildTensorV2,
+        ("torch._utils", "_rebuild_tensor_v3") => Known::RebuildTensorV3,
+        ("torch._utils", "_rebuild_parameter") => Known::RebuildParameter,
+        ("torch._utils", "_rebuild_parameter_with_state") => Known::RebuildParameterWithState,
+        ("torch._utils", "_rebuild_meta_tensor_no_storage") => Known::RebuildMetaNoStorage,
+        ("torch._tensor", "_rebuild_from_type_v2") => Known::RebuildFromTypeV2,
+        ("torch.serialization", "_get_layout") => Known::GetLayout,
+        ("torch" | "torch.storage", "UntypedStorage") => Known::UntypedStorage,
+        ("torch" | "torch.cuda", n) if TorchDtype::from_storage_class(n).is_some() => {
+            Known::StorageType(TorchDtype::from_storage_class(n)?)
+        }
+        ("torch", n) if crate::policy::TORCH_DTYPES.contains(&n) => {
+            Known::TorchDtype(TorchDtype::from_attr(n)?)
+        }
+        ("torch", n) if TORCH_ENUMS.contains(&n) => {
+            Known::TorchEnum(TORCH_ENUMS.iter().copied().find(|e| *e == n)?)
+        }
+        ("numpy.core.multiarray" | "numpy._core.multiarray", "_reconstruct") => {
+            Known::NpReconstruct
+        }
+        ("numpy.core.multiarray" | "numpy._core.multiarray", "scalar") => Known::NpScalar,
+        ("numpy.core.numeric" | "numpy._core.numeric", "_frombuffer") => Known::NpFromBuffer,
+        ("numpy", "ndarray") => Known::NpNdarray,
+        ("numpy", "dtype") => Known::NpDtype,
+        _ => return None,
+    })
+}
+
+/// The value a GLOBAL pushes for a known global: dtypes and torch
+/// singletons are values; everything else is a callable reference.
+pub(crate) fn known_value<'a>(k: Known) -> Value<'a> {
+    match k {
+        Known::TorchDtype(d) => Value::TorchDtype(d),
+        Known::TorchEnum(n) => Value::TorchEnum(n),
+        other => Value::Global(Box::new(Global::Known(other))),
+    }
+}
+
+pub(crate) fn dict<'a>(kind: DictKind, items: Vec<(Id, Id)>) -> Value<'a> {
+    Value::Dict(Box::new(Dict {
+        kind,
+        items,
+        state: None,
+    }))
+}
+
+/// The arguments of a call, with its arity checked.
+pub(crate) fn args(
+    m: &Machine<'_, '_>,
+    k: Known,
+    args: Id,
+    min: usize,
+    max: usize,
+) -> Result<Vec<Id>, Problem> {
+    let a = m.arena.seq_of(args).unwrap_or(&[]).to_vec();
+    if a.len() < min || a.len() > max {
+        let want = if min == max {
+            format!("{min}")
+        } else {
+            format!("{min} to {max}")
+        };
+        return Err(malformed(format!(
+            "{} takes {want} arguments, got {}",
+            k.qualname(),
+            a.len()
+        )));
+    }
+    Ok(a)
+}
+
+/// Items of a list, tuple, set, frozenset or (the keys of) a dict.
+fn items_of(m: &Machine<'_, '_>, id: Id, what: &str) -> Result<Vec<Id>, Problem> {
+    match m.arena.get(id) {
+        Value::List(v) | Value::Tuple(v) | Value::Set(v) | Value::FrozenSet(v) => Ok(v.clone()),
+        Value::Dict(d) => Ok(m.arena.dict_items(&d.items).iter().map(|p| p.0).collect()),
+        other => Err(unsupported(format!(
+            "{what} of {} (only lists, tuples, sets and dicts)",
+            other.describe()
+        ))),
+    }
+}
+
+/// A number as an `f64` (ints, bools and floats).
+fn number(m: &Machine<'_, '_>, id: Id, what: &str) -> Result<f64, Problem> {
+    match m.arena.get(id) {
+        Value::Int(i) => Ok(*i as f64),
+        Value::Bool(b) => Ok(*b as i64 as f64),
+        Value::Float(f) => Ok(*f),
+        other => Err(unsupported(format!("{what} of {}", other.describe()))),
+    }
+}
+
+pub(crate) fn int_arg(m: &Machine<'_, '_>, id: Id, what: &str) -> Result<i64, Problem> {
+    m.arena.int_of(id).ok_or_else(|| {
+        malformed(format!(
+            "{what} is {}, not an int",
+            m.arena.get(id).describe()
+        ))
+    })
+}
+
+pub(crate) fn str_arg<'m>(m: &'m Machine<'_, '_>, id: Id, what: &str) -> Result<&'m str, Problem> {
+    match m.arena.get(id) {
+        Value::Str(s) => s
+            .as_str()
+            .ok_or_else(|| malformed(format!("{what} holds a lone surrogate"))),
+        Value::Bytes(b) => std::str::from_utf8(b)
+            .ok()
+            .filter(|s| s.is_ascii())
+            .ok_or_else(|| malformed(format!("{what} is bytes that are not ASCII"))),
+        other => Err(malformed(format!(
+            "{what} is {}, not a str",
+            other.describe()
+        ))),
+    }
+}
+
+/// Encodes a str as `_codecs.encode` / `str.encode` would, for the codecs
+/// pickles use.
+fn encode(s: &Str<'_>, encoding: &str) -> Result<Vec<u8>, Problem> {
+    let enc = encoding.to_ascii_lowercase().replace('_', "-");
+    let text = s
+        .as_str()
+        .ok_or_else(|| malformed(format!("cannot encode a lone surrogate as {encoding}")))?;
+    match enc.as_str() {
+        "latin1" | "latin-1" | "iso-8859-1" | "iso8859-1" | "l1" => text
+            .chars()
+            .map(|c| {
+                u8::try_from(u32::from(c))
+                    .map_err(|_| malformed(format!("{c:?} cannot be encoded as latin-1")))
+            })
+            .collect(),
+        "utf-8" | "utf8" => Ok(text.as_bytes().to_vec()),
+        "ascii" | "us-ascii" => {
+            if text.is_ascii() {
+                Ok(text.as_bytes().to_vec())
+            } else {
+                Err(malformed("non-ASCII text encoded as ASCII"))
+            }
+        }
+        _ => Err(unsupported(format!(
+            "_codecs.encode with the codec {encoding:?} (only latin-1, utf-8 and ascii)"
+        ))),
+    }
+}
+
+fn byte_list(m: &Machine<'_, '_>, items: &[Id]) -> Result<Vec<u8>, Problem> {
+    items
+        .iter()
+        .map(|&i| {
+            m.arena
+                .int_of(i)
+                .and_then(|v| u8::try_from(v).ok())
+                .ok_or_else(|| {
+                    malformed("bytes(...) of a list holding something other than 0..255")
+                })
+        })
+        .collect()
+}
+
+/// `bytes(...)`/`bytearray(...)` arguments to the bytes they make.
+fn bytes_from<'a>(m: &mut Machine<'a, '_>, k: Known, a: &[Id]) -> Result<Cow<'a, [u8]>, Problem> {
+    Ok(match a {
+        [] => Cow::Borrowed(&[][..]),
+        [x] => match m.arena.get(*x) {
+            Value::Bytes(b) | Value::ByteArray(b) => b.clone(),
+            Value::List(v) | Value::Tuple(v) => {
+                let v = v.clone();
+                m.budget.charge_problem(v.len() as u64)?;
+                Cow::Owned(byte_list(m, &v)?)
+            }
+            Value::Int(n) if *n >= 0 => {
+                m.budget.charge_problem(*n as u64)?;
+                Cow::Owned(vec![
+                    0;
+                    usize::try_from(*n)
+                        .map_err(|_| malformed("size too large"))?
+                ])
+            }
+            other => {
+                return Err(unsupported(format!(
+                    "{}({})",
+                    k.qualname(),
+                    other.describe()
+                )))
+            }
+        },
+        [s, enc] | [s, enc, _] => {
+            let enc = str_arg(m, *enc, "the encoding")?.to_string();
+            let Value::Str(s) = m.arena.get(*s) else {
+                return Err(malformed(format!(
+                    "{} with an encoding needs a str",
+                    k.qualname()
+                )));
+            };
+            let out = encode(s, &enc)?;
+            m.budget.charge_problem(out.len() as u64)?;
+            Cow::Owned(out)
+        }
+        _ => {
+            return Err(malformed(format!(
+                "{} takes at most 3 arguments",
+                k.qualname()
+            )))
+        }
+    })
+}
+
+fn mapping_from(m: &Machine<'_, '_>, k: Known, a: &[Id]) -> Result<Vec<(Id, Id)>, Problem> {
+    match a {
+        [] => Ok(Vec::new()),
+        [x] => match m.arena.get(*x) {
+            Value::Dict(d) => Ok(d.items.clone()),
+            Value::List(v) | Value::Tuple(v) => v
+                .iter()
+                .map(|&p| match m.arena.seq_of(p) {
+                    Some([k, v]) => Ok((*k, *v)),
+                    _ => Err(malformed(format!(
+                        "{}(...) of a sequence whose items are not pairs",
+                        k.qualname()
+                    ))),
+                })
+                .collect(),
+            other => Err(unsupported(format!(
+                "{}({})",
+                k.qualname(),
+                other.describe()
+            ))),
+        },
+        _ => Err(malformed(format!(
+            "{} takes at most 1 argument",
+            k.qualname()
+        ))),
+    }
+}
+
+/// `k(*args)`.
+pub(crate) fn call_known<'a>(
+    m: &mut Machine<'a, '_>,
+    k: Known,
+    args_id: Id,
+) -> Result<Id, Problem> {
+    let a = m.arena.seq_of(args_id).unwrap_or(&[]).to_vec();
+    let v: Value<'a> = match k {
+        Known::Set | Known::FrozenSet | Known::List | Known::Tuple => {
+            let items = match a.as_slice() {
+                [] => Vec::new(),
+                [x] => items_of(m, *x, &k.qualname())?,
+                _ => {
+                    return Err(malformed(format!(
+                        "{} takes at most 1 argument",
+                        k.qualname()
+                    )))
+                }
+            };
+            m.budget.charge_problem(4 * items.len() as u64)?;
+            match k {
+                Known::Set => Value::Set(items),
+                Known::FrozenSet => Value::FrozenSet(items),
+                Known::List => Value::List(items),
+                _ => Value::Tuple(items),
+            }
+        }
+        Known::Dict | Known::OrderedDict | Known::Counter => {
+            if k == Known::Counter && a.len() == 1 && !matches!(m.arena.get(a[0]), Value::Dict(_)) {
+                return Err(unsupported("collections.Counter of anything but a mapping"));
+            }
+            let items = mapping_from(m, k, &a)?;
+            m.budget.charge_problem(8 * items.len() as u64)?;
+            let kind = match k {
+                Known::Dict => DictKind::Dict,
+                Known::OrderedDict => DictKind::OrderedDict,
+                _ => DictKind::Counter,
+            };
+            dict(kind, items)
+        }
+        Known::Complex => {
+            let (re, im) = match a.as_slice() {
+                [] => (0.0, 0.0),
+                [r] => match m.arena.get(*r) {
+                    Value::Complex(re, im) => (*re, *im),
+                    _ => (number(m, *r, "complex")?, 0.0),
+                },
+                [r, i] => (number(m, *r, "complex")?, number(m, *i, "complex")?),
+                _ => return Err(malformed("complex takes at most 2 arguments")),
+            };
+            Value::Complex(re, im)
+        }
+        Known::Slice => match a.as_slice() {
+            [stop] => Value::Slice([NONE, *stop, NONE]),
+            [start, stop] => Value::Slice([*start, *stop, NONE]),
+            [start, stop, step] => Value::Slice([*start, *stop, *step]),
+            _ => return Err(malformed("slice takes 1 to 3 arguments")),
+        },
+        Known::Range => {
+            let ints: Vec<i64> = a
+                .iter()
+                .map(|&i| int_arg(m, i, "a range bound"))
+                .collect::<Result<_, _>>()?;
+            let r = match ints.as_slice() {
+                [stop] => [0, *stop, 1],
+                [start, stop] => [*start, *stop, 1],
+                [start, stop, step] => [*start, *stop, *step],
+                _ => return Err(malformed("range takes 1 to 3 arguments")),
+            };
+            if r[2] == 0 {
+                return Err(malformed("range() arg 3 must not be zero"));
+            }
+            Value::Range(r)
+        }
+        Known::ByteArray => Value::ByteArray(bytes_from(m, k, &a)?),
+        Known::Bytes => Value::Bytes(bytes_from(m, k, &a)?),
+        Known::CodecsEncode => {
+            let (s, enc) = match a.as_slice() {
+                [s] => (*s, "utf-8".to_string()),
+                [s, e] | [s, e, _] => (*s, str_arg(m, *e, "the codec")?.to_string()),
+                _ => return Err(malformed("_codecs.encode takes 1 to 3 arguments")),
+            };
+            let Value::Str(text) = m.arena.get(s) else {
+                return Err(unsupported(format!(
+                    "_codecs.encode of {}",
+                    m.arena.get(s).describe()
+                )));
+            };
+            let out = encode(text, &enc)?;
+            m.budget.charge_problem(out.len() as u64)?;
+            Value::Bytes(Cow::Owned(out))
+        }
+        Known::Int => match a.as_slice() {
+            [] => Value::Int(0),
+            [x] => match m.arena.get(*x).clone() {
+                Value::Int(i) => Value::Int(i),
+                Value::Bool(b) => Value::Int(b as i64),
+                Value::BigInt(b) => Value::BigInt(b),
+                Value::Float(f) if f.is_finite() && f.trunc().abs() < 9.2e18 => {
+                    Value::Int(f.trunc() as i64)
+                }
+                Value::Str(s) => {
+                    let text = s.as_str().unwrap_or("").trim().replace('_', "");
+                    let bytes = decimal_to_twos(text.as_bytes())
+                        .filter(|_| text.len() <= 4300)
+                        .ok_or_else(|| malformed("int() of a str that is not a decimal integer"))?;
+                    long_value(&bytes)
+                }
+                other => return Err(unsupported(format!("int({})", other.describe()))),
+            },
+            _ => return Err(unsupported("int(x, base)")),
+        },
+        Known::Float => match a.as_slice() {
+            [] => Value::Float(0.0),
+            [x] => match m.arena.get(*x) {
+                Value::Str(s) => Value::Float(
+                    s.as_str()
+                        .and_then(|t| crate::parser::parse_py_float(t.trim()))
+                        .ok_or_else(|| malformed("float() of a str that is not a number"))?,
+                ),
+                _ => Value::Float(number(m, *x, "float")?),
+            },
+            _ => return Err(malformed("float takes at most 1 argument")),
+        },
+        Known::Bool => match a.as_slice() {
+            [] => return Ok(FALSE),
+            [x] => {
+                let truth = match m.arena.get(*x) {
+                    Value::None => false,
+                    Value::Bool(b) => *b,
+                    Value::Int(i) => *i != 0,
+                    Value::BigInt(_) => true,
+                    Value::Float(f) => *f != 0.0,
+                    Value::Str(s) => !s.bytes.is_empty(),
+                    Value::Bytes(b) | Value::ByteArray(b) => !b.is_empty(),
+                    Value::List(v) | Value::Tuple(v) | Value::Set(v) | Value::FrozenSet(v) => {
+                        !v.is_empty()
+                    }
+                    Value::Dict(d) => !d.items.is_empty(),
+                    other => return Err(unsupported(format!("bool({})", other.describe()))),
+                };
+                return Ok(if truth { TRUE } else { FALSE });
+            }
+            _ => return Err(malformed("bool takes at most 1 argument")),
+        },
+        Known::Str => match a.as_slice() {
+            [] => Value::Str(Str {
+                bytes: Cow::Borrowed(&[][..]),
+                utf8: true,
+            }),
+            [x] if matches!(m.arena.get(*x), Value::Str(_)) => return Ok(*x),
+            _ => return Err(unsupported("str() of anything but a str")),
+        },
+        Known::TorchSize => {
+            let dims = match a.as_slice() {
+                [] => Vec::new(),
+                [x] => {
+                    let items = match m.arena.get(*x) {
+                        Value::TorchSize(d) => d.clone(),
+                        _ => items_of(m, *x, "torch.Size")?
+                            .iter()
+                            .map(|&i| int_arg(m, i, "a torch.Size dimension"))
+                            .collect::<Result<_, _>>()?,
+                    };
+                    m.budget.charge_problem(8 * items.len() as u64)?;
+                    items
+                }
+                _ => return Err(malformed("torch.Size takes at most 1 argument")),
+            };
+            Value::TorchSize(dims)
+        }
+        Known::TorchDevice => Value::TorchDevice(torch::device(m, &a)?.into_boxed_str()),
+        Known::GetLayout => {
+            let [name] = a.as_slice() else {
+                return Err(malformed("_get_layout takes 1 argument"));
+            };
+            let name = str_arg(m, *name, "a layout name")?;
+            let layout = name
+                .strip_prefix("torch.")
+                .and_then(|n| TORCH_LAYOUTS.iter().copied().find(|e| *e == n))
+                .ok_or_else(|| malformed(format!("{name:?} is not a torch layout")))?;
+            Value::TorchEnum(layout)
+        }
+        Known::Parameter => return torch::parameter(m, &a),
+        Known::RebuildTensor
+        | Known::RebuildTensorV2
+        | Known::RebuildTensorV3
+        | Known::RebuildParameter
+        | Known::RebuildParameterWithState
+        | Known::RebuildFromTypeV2
+        | Known::RebuildMetaNoStorage => return torch::rebuild(m, k, args_id),
+        Known::NpReconstruct | Known::NpDtype | Known::NpScalar | Known::NpFromBuffer => {
+            return numpy::call(m, k, args_id)
+        }
+        Known::TorchTensor
+        | Known::StorageType(_)
+        | Known::UntypedStorage
+        | Known::TorchDtype(_)
+        | Known::TorchEnum(_)
+        | Known::NpNdarray => {
+            return Err(unsupported(format!(
+                "calling {} (only its use as an argument is data)",
+                k.qualname()
+            )))
+        }
+    };
+    m.push_value(v)
+}
+
+/// `cls.__new__(cls, *args)` for a known class.
+pub(crate) fn new_known(m: &mut Machine<'_, '_>, k: Known, args: Id) -> Result<Id, Problem> {
+    match k {
+        // Mutable builtins: __new__ makes an empty object; items come later.
+        Known::Set => m.push_value(Value::Set(Vec::new())),
+        Known::List => m.push_value(Value::List(Vec::new())),
+        Known::Dict => m.push_value(dict(DictKind::Dict, Vec::new())),
+        Known::OrderedDict => m.push_value(dict(DictKind::OrderedDict, Vec::new())),
+        Known::Counter => m.push_value(dict(DictKind::Counter, Vec::new())),
+        Known::ByteArray => m.push_value(Value::ByteArray(Cow::Borrowed(&[][..]))),
+        // Immutable ones are made by __new__ from the arguments.
+        Known::FrozenSet
+        | Known::Tuple
+        | Known::Complex
+        | Known::Int
+        | Known::Float
+        | Known::Bool
+        | Known::Str
+        | Known::Bytes
+        | Known::Slice
+        | Known::Range
+        | Known::TorchSize
+        | Known::TorchDevice
+        | Known::Parameter => call_known(m, k, args),
+        other => Err(unsupported(format!(
+            "creating {} with NEWOBJ",
+            other.qualname()
+        ))),
+    }
+}
+
+/// Whether a state value is "nothing to set" (None or an empty dict).
+pub(crate) fn empty_state(m: &Machine<'_, '_>, state: Id) -> bool {
+    match m.arena.get(state) {
+        Value::None => true,
+        Value::Dict(d) => d.items.is_empty(),
+        Value::Tuple(t) => t.iter().all(|&s| empty_state(m, s)),
+        _ => false,
+    }
+}
+
+/// Checks that attribute state is a dict of plain str names, or a
+/// `(dict, slots dict)` pair, as `_set_obj_state` and BUILD accept.
+pub(crate) fn check_attr_state(m: &Machine<'_, '_>, state: Id) -> Result<(), Problem> {
+    let dicts: Vec<Id> = match m.arena.get(state) {
+        Value::None => return Ok(()),
+        Value::Dict(_) => vec![state],
+        Value::Tuple(t) if t.len() == 2 => t.clone(),
+        other => {
+            return Err(malformed(format!(
+                "object state is {}, not a dict or a (dict, slots) pair",
+                other.describe()
+            )))
+        }
+    };
+    for d in dicts {
+        match m.arena.get(d) {
+            Value::None => {}
+            Value::Dict(dd) => {
+                for &(k, _) in &dd.items {
+                    let name = m.arena.str_of(k).ok_or_else(|| {
+                        malformed("an attribute name in object state is not a str")
+                    })?;
+                    if name.starts_with("__") && name.ends_with("__") {
+                        return Err(unsupported(format!(
+                            "setting the dunder attribute {name:?} from object state"
+                        )));
+                    }
+                }
+            }
+            other => {
+                return Err(malformed(format!(
+                    "object state holds {}, not a dict",
+                    other.describe()
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// BUILD: hand `state` to the object on top of the stack.
+pub(crate) fn build(m: &mut Machine<'_, '_>, obj: Id, state: Id) -> Result<(), Problem> {
+    match m.arena.get(obj) {
+        Value::Object(_) => {
+            if let Value::Object(o) = m.arena.get_mut(obj) {
+                o.state = Some(state);
+            }
+            Ok(())
+        }
+        Value::Array(_) => numpy::array_setstate(m, obj, state),
+        Value::NpDtype(_) => numpy::dtype_setstate(m, obj, state),
+        Value::Dict(d) if d.kind != DictKind::Dict => {
+            check_attr_state(m, state)?;
+            if !empty_state(m, state) {
+                if let Value::Dict(d) = m.arena.get_mut(obj) {
+                    d.state = Some(state);
+                }
+            }
+            Ok(())
+        }
+        _ if empty_state(m, state) => Ok(()),
+        Value::Tensor(_) => Err(unsupported(
+            "BUILD on a tensor (legacy `Tensor.set_` state)",
+        )),
+        other => Err(malformed(format!(
+            "BUILD on {}, which takes no state",
+            other.describe()
+        ))),
+    }
+}

@@ -1,0 +1,837 @@
+//! The pickle machine, run for real over the value arena: the same stack,
+//! metastack and memo discipline as the symbolic machine in
+//! [`crate::analysis`], but every value is concrete and every call goes
+//! through [`super::calls`], where only allowlisted globals have a meaning.
+
+use super::calls;
+use super::error::{malformed, unsupported, Budget, EvalError, Problem};
+use super::value::{self, Arena, Global, Id, Made, Object, Str, Value, FALSE, TRUE};
+use super::Mode;
+use crate::opcodes::Opcode;
+use crate::parser::{Arg, ParseErrorKind, Parser};
+use crate::policy::py2_mapping;
+use crate::text;
+use crate::Limits;
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+/// CPython refuses to convert longer decimal integers (`sys.int_info.default_max_str_digits`).
+const MAX_DECIMAL_DIGITS: usize = 4300;
+
+/// How Python 2 `str` opcodes (STRING, BINSTRING, SHORT_BINSTRING) decode:
+/// `pickle.load` uses ASCII, `torch.load` UTF-8.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Py2Str {
+    Ascii,
+    Utf8,
+}
+
+/// What a stream is evaluated with.
+pub(crate) struct Ctx<'c> {
+    pub mode: Mode,
+    pub py2_str: Py2Str,
+    pub limits: &'c Limits,
+    /// Apply `torch.load`'s renames (`torch.tensor` -> `torch._tensor`, any
+    /// `*Storage` name -> a storage type).
+    pub torch_names: bool,
+}
+
+/// Resolves persistent ids (`BINPERSID`/`PERSID`) for the container.
+pub(crate) trait Persist<'a> {
+    fn load(&mut self, arena: &mut Arena<'a>, budget: &mut Budget, pid: Id) -> Result<Id, Problem>;
+}
+
+/// For streams with no persistent ids (plain pickles).
+pub(crate) struct NoPersist;
+
+impl<'a> Persist<'a> for NoPersist {
+    fn load(&mut self, _: &mut Arena<'a>, _: &mut Budget, _: Id) -> Result<Id, Problem> {
+        Err(unsupported(
+            "a persistent id: this is not a torch checkpoint, and plain pickle.load refuses persistent ids too",
+        ))
+    }
+}
+
+pub(crate) struct Machine<'a, 'm> {
+    pub arena: &'m mut Arena<'a>,
+    pub budget: &'m mut Budget,
+    pub ctx: &'m Ctx<'m>,
+    stack: Vec<Id>,
+    metastack: Vec<Vec<Id>>,
+    depth: usize,
+    memo: HashMap<u64, Id>,
+    proto: u8,
+}
+
+/// Evaluates the stream at `start` in `data`. `base` is the offset of
+/// `data` in the file named `file`. Returns the value and the offset just
+/// past STOP.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_stream<'a>(
+    data: &'a [u8],
+    start: usize,
+    base: u64,
+    file: &str,
+    ctx: &Ctx<'_>,
+    arena: &mut Arena<'a>,
+    budget: &mut Budget,
+    persist: &mut dyn Persist<'a>,
+) -> Result<(Id, usize), EvalError> {
+    let mut m = Machine {
+        arena,
+        budget,
+        ctx,
+        stack: Vec::new(),
+        metastack: Vec::new(),
+        depth: 0,
+        memo: HashMap::new(),
+        proto: 0,
+    };
+    let mut opcodes: u64 = 0;
+    for (i, item) in Parser::new(data, start).enumerate() {
+        let instr = item.map_err(|e| {
+            let what = match e.kind {
+                ParseErrorKind::NoStop => "the stream ends before STOP".to_string(),
+                _ => e.to_string(),
+            };
+            EvalError::Malformed {
+                file: file.to_string(),
+                offset: base + e.offset as u64,
+                what,
+            }
+        })?;
+        let at = base + instr.offset as u64;
+        opcodes += 1;
+        if opcodes > ctx.limits.max_opcodes {
+            return Err(
+                Problem::Limit(format!("more than {} opcodes", ctx.limits.max_opcodes))
+                    .at(file, at),
+            );
+        }
+        if instr.op == Opcode::STOP {
+            let v = m.pop(instr.op).map_err(|p| p.at(file, at))?;
+            return Ok((v, instr.end));
+        }
+        m.step(instr.op, &instr.arg, persist, i == 0)
+            .map_err(|p| p.at(file, at).with_context(instr.op))?;
+        if m.stack.len() + m.depth > ctx.limits.max_stack {
+            return Err(Problem::Limit(format!(
+                "the stack grew past {} entries",
+                ctx.limits.max_stack
+            ))
+            .at(file, at));
+        }
+    }
+    // The parser always ends with STOP or an error.
+    Err(EvalError::Malformed {
+        file: file.to_string(),
+        offset: base + data.len() as u64,
+        what: "the stream ends before STOP".into(),
+    })
+}
+
+impl EvalError {
+    /// Prefixes the opcode to malformed/unsupported messages.
+    fn with_context(self, op: Opcode) -> EvalError {
+        match self {
+            EvalError::Malformed { file, offset, what } => EvalError::Malformed {
+                file,
+                offset,
+                what: format!("{}: {what}", op.name()),
+            },
+            EvalError::Unsupported { file, offset, what } => EvalError::Unsupported {
+                file,
+                offset,
+                what: format!("{}: {what}", op.name()),
+            },
+            other => other,
+        }
+    }
+}
+
+fn limit(s: String) -> Problem {
+    Problem::Limit(s)
+}
+
+impl<'a> Machine<'a, '_> {
+    pub(crate) fn push_value(&mut self, v: Value<'a>) -> Result<Id, Problem> {
+        self.arena.push(v, self.budget).map_err(limit)
+    }
+
+    fn push(&mut self, v: Value<'a>) -> Result<(), Problem> {
+        let id = self.push_value(v)?;
+        self.stack.push(id);
+        Ok(())
+    }
+
+    fn pop(&mut self, op: Opcode) -> Result<Id, Problem> {
+        self.stack.pop().ok_or_else(|| {
+            malformed(format!(
+                "{} pops from an empty stack (unpickling stack underflow)",
+                op.name()
+            ))
+        })
+    }
+
+    fn top(&self, op: Opcode) -> Result<Id, Problem> {
+        self.stack
+            .last()
+            .copied()
+            .ok_or_else(|| malformed(format!("{} needs a value on the stack", op.name())))
+    }
+
+    fn pop_mark(&mut self, op: Opcode) -> Result<Vec<Id>, Problem> {
+        let outer = self.metastack.pop().ok_or_else(|| {
+            malformed(format!(
+                "{} needs a MARK, but none is on the stack",
+                op.name()
+            ))
+        })?;
+        self.depth -= outer.len();
+        Ok(std::mem::replace(&mut self.stack, outer))
+    }
+
+    fn charge_items(&mut self, n: usize) -> Result<(), Problem> {
+        self.budget.charge_problem(8 * n as u64)
+    }
+
+    fn str_value(&self, bytes: &'a [u8]) -> Value<'a> {
+        Value::Str(Str {
+            bytes: Cow::Borrowed(bytes),
+            utf8: std::str::from_utf8(bytes).is_ok(),
+        })
+    }
+
+    fn py2_str(&mut self, raw: Cow<'a, [u8]>) -> Result<Value<'a>, Problem> {
+        match self.ctx.py2_str {
+            Py2Str::Ascii if raw.is_ascii() => {}
+            Py2Str::Ascii => return Err(malformed(
+                "a Python 2 str with non-ASCII bytes (pickle.load decodes them as ASCII and fails)",
+            )),
+            Py2Str::Utf8 => {
+                if std::str::from_utf8(&raw).is_err() {
+                    return Err(malformed(
+                        "a Python 2 str that is not UTF-8 (torch.load decodes them as UTF-8 and fails)",
+                    ));
+                }
+            }
+        }
+        Ok(Value::Str(Str {
+            bytes: raw,
+            utf8: true,
+        }))
+    }
+
+    fn resolve(&mut self, module: &str, name: &str) -> Result<Value<'a>, Problem> {
+        let (module, name) = if self.proto < 3 {
+            py2_mapping(module, name).unwrap_or_else(|| (module.to_string(), name.to_string()))
+        } else {
+            (module.to_string(), name.to_string())
+        };
+        match calls::resolve(&module, &name, self.ctx.torch_names) {
+            Some(k) => Ok(calls::known_value(k)),
+            None if self.ctx.mode == Mode::Strict => {
+                if crate::policy::Policy::default().is_safe(&module, &name) {
+                    Err(unsupported(format!(
+                        "{module}.{name}: the scanner allows it, but it has no meaning in hermetic's evaluator (quantized, sparse and subclassed tensors are not built)"
+                    )))
+                } else {
+                    Err(Problem::Foreign(format!("{module}.{name}")))
+                }
+            }
+            None => Ok(Value::Global(Box::new(Global::Foreign { module, name }))),
+        }
+    }
+
+    fn step(
+        &mut self,
+        op: Opcode,
+        arg: &Arg<'a>,
+        persist: &mut dyn Persist<'a>,
+        first: bool,
+    ) -> Result<(), Problem> {
+        use Opcode::*;
+        match op {
+            INT | BININT | BININT1 | BININT2 | LONG => {
+                let v = match arg {
+                    Arg::Int(i) => Value::Int(*i),
+                    Arg::Bool(b) if op == INT => Value::Bool(*b),
+                    Arg::Bool(b) => Value::Int(*b as i64),
+                    Arg::BigDecimal(d) => self.big_decimal(d)?,
+                    _ => return Err(malformed("bad integer argument")),
+                };
+                self.push(v)?;
+            }
+            LONG1 | LONG4 => {
+                let Arg::LongBytes(b) = arg else {
+                    return Err(malformed("bad LONG argument"));
+                };
+                let v = long_value(b);
+                self.push(v)?;
+            }
+            FLOAT | BINFLOAT => {
+                let Arg::Float(f) = arg else {
+                    return Err(malformed("bad float argument"));
+                };
+                self.push(Value::Float(*f))?;
+            }
+            NONE => self.stack.push(value::NONE),
+            NEWTRUE => self.stack.push(TRUE),
+            NEWFALSE => self.stack.push(FALSE),
+            STRING => {
+                let Arg::Quoted(q) = arg else {
+                    return Err(malformed("bad STRING argument"));
+                };
+                let raw = text::escape_decode(q)
+                    .ok_or_else(|| malformed("STRING has a bad escape sequence"))?;
+                self.budget.charge_problem(raw.len() as u64)?;
+                let v = self.py2_str(Cow::Owned(raw))?;
+                self.push(v)?;
+            }
+            BINSTRING | SHORT_BINSTRING => {
+                let Arg::Latin1(b) = arg else {
+                    return Err(malformed("bad BINSTRING argument"));
+                };
+                let v = self.py2_str(Cow::Borrowed(b))?;
+                self.push(v)?;
+            }
+            BINBYTES | SHORT_BINBYTES | BINBYTES8 => {
+                let Arg::Bytes(b) = arg else {
+                    return Err(malformed("bad BINBYTES argument"));
+                };
+                self.push(Value::Bytes(Cow::Borrowed(b)))?;
+            }
+            BYTEARRAY8 => {
+                let Arg::ByteArray(b) = arg else {
+                    return Err(malformed("bad BYTEARRAY8 argument"));
+                };
+                self.push(Value::ByteArray(Cow::Borrowed(b)))?;
+            }
+            UNICODE => {
+                let Arg::RawUnicodeEscape(b) = arg else {
+                    return Err(malformed("bad UNICODE argument"));
+                };
+                let cps = text::decode_raw_unicode_escape(b)
+                    .ok_or_else(|| malformed("UNICODE is not valid raw-unicode-escape text"))?;
+                let (bytes, utf8) = encode_code_points(&cps);
+                self.budget.charge_problem(bytes.len() as u64)?;
+                self.push(Value::Str(Str {
+                    bytes: Cow::Owned(bytes),
+                    utf8,
+                }))?;
+            }
+            SHORT_BINUNICODE | BINUNICODE | BINUNICODE8 => {
+                let Arg::Utf8(b) = arg else {
+                    return Err(malformed("bad BINUNICODE argument"));
+                };
+                let v = self.str_value(b);
+                self.push(v)?;
+            }
+            NEXT_BUFFER => {
+                return Err(unsupported(
+                    "an out-of-band buffer (pickle protocol 5 buffers are not stored in the file)",
+                ))
+            }
+            READONLY_BUFFER => {
+                let t = self.top(op)?;
+                let v = match self.arena.get(t) {
+                    Value::ByteArray(b) => Value::Bytes(b.clone()),
+                    Value::Bytes(_) => return Ok(()),
+                    other => {
+                        return Err(malformed(format!(
+                            "READONLY_BUFFER on {}, not a buffer",
+                            other.describe()
+                        )))
+                    }
+                };
+                self.stack.pop();
+                self.push(v)?;
+            }
+            EMPTY_LIST => self.push(Value::List(Vec::new()))?,
+            EMPTY_DICT => self.push(calls::dict(super::value::DictKind::Dict, Vec::new()))?,
+            EMPTY_SET => self.push(Value::Set(Vec::new()))?,
+            EMPTY_TUPLE => self.push(Value::Tuple(Vec::new()))?,
+            APPEND => {
+                let v = self.pop(op)?;
+                let t = self.top(op)?;
+                self.extend_list(t, vec![v], op)?;
+            }
+            APPENDS => {
+                let items = self.pop_mark(op)?;
+                let t = self.top(op)?;
+                self.extend_list(t, items, op)?;
+            }
+            SETITEM => {
+                let v = self.pop(op)?;
+                let k = self.pop(op)?;
+                let t = self.top(op)?;
+                self.set_items(t, vec![(k, v)], op)?;
+            }
+            SETITEMS => {
+                let items = self.pop_mark(op)?;
+                if items.len() % 2 != 0 {
+                    return Err(malformed("SETITEMS with an odd number of items"));
+                }
+                let pairs = items.chunks(2).map(|p| (p[0], p[1])).collect();
+                let t = self.top(op)?;
+                self.set_items(t, pairs, op)?;
+            }
+            ADDITEMS => {
+                let items = self.pop_mark(op)?;
+                let t = self.top(op)?;
+                self.charge_items(items.len())?;
+                match self.arena.get_mut(t) {
+                    Value::Set(s) => s.extend(items),
+                    Value::Object(o) => o.list_items.extend(items),
+                    other => {
+                        return Err(malformed(format!(
+                            "ADDITEMS on {}: the unpickler would call its `add` method",
+                            other.describe()
+                        )))
+                    }
+                }
+            }
+            LIST => {
+                let items = self.pop_mark(op)?;
+                self.push(Value::List(items))?;
+            }
+            TUPLE => {
+                let items = self.pop_mark(op)?;
+                self.push(Value::Tuple(items))?;
+            }
+            TUPLE1 | TUPLE2 | TUPLE3 => {
+                let n = match op {
+                    TUPLE1 => 1,
+                    TUPLE2 => 2,
+                    _ => 3,
+                };
+                if self.stack.len() < n {
+                    return Err(malformed(format!(
+                        "{} needs {n} values on the stack",
+                        op.name()
+                    )));
+                }
+                let items = self.stack.split_off(self.stack.len() - n);
+                self.push(Value::Tuple(items))?;
+            }
+            DICT => {
+                let items = self.pop_mark(op)?;
+                if items.len() % 2 != 0 {
+                    return Err(malformed("DICT with an odd number of items"));
+                }
+                let pairs = items.chunks(2).map(|p| (p[0], p[1])).collect();
+                self.push(calls::dict(super::value::DictKind::Dict, pairs))?;
+            }
+            FROZENSET => {
+                let items = self.pop_mark(op)?;
+                self.push(Value::FrozenSet(items))?;
+            }
+            POP => {
+                if self.stack.pop().is_none() {
+                    self.pop_mark(op)?;
+                }
+            }
+            DUP => {
+                let t = self.top(op)?;
+                self.stack.push(t);
+            }
+            MARK => {
+                let current = std::mem::take(&mut self.stack);
+                self.depth += current.len();
+                self.budget.charge_problem(24)?;
+                self.metastack.push(current);
+            }
+            POP_MARK => {
+                self.pop_mark(op)?;
+            }
+            GET | BINGET | LONG_BINGET => {
+                let key = memo_key(arg)?;
+                let v = *self.memo.get(&key).ok_or_else(|| {
+                    malformed(format!(
+                        "{} reads memo entry {key}, which was never stored",
+                        op.name()
+                    ))
+                })?;
+                self.stack.push(v);
+            }
+            PUT | BINPUT | LONG_BINPUT => {
+                let key = memo_key(arg)?;
+                let t = self.top(op)?;
+                self.budget.charge_problem(32)?;
+                self.memo.insert(key, t);
+            }
+            MEMOIZE => {
+                let t = self.top(op)?;
+                let key = self.memo.len() as u64;
+                self.budget.charge_problem(32)?;
+                self.memo.insert(key, t);
+            }
+            EXT1 | EXT2 | EXT4 => return Err(unsupported(
+                "an extension code, which names a global through the process's copyreg registry",
+            )),
+            GLOBAL | INST => {
+                let Arg::Pair(m, n) = arg else {
+                    return Err(malformed("GLOBAL without module and name"));
+                };
+                let module = std::str::from_utf8(m)
+                    .map_err(|_| malformed("the module name is not UTF-8"))?;
+                let name = std::str::from_utf8(n)
+                    .map_err(|_| malformed("the global name is not UTF-8"))?;
+                let g = self.resolve(module, name)?;
+                if op == GLOBAL {
+                    self.push(g)?;
+                } else {
+                    let args = self.pop_mark(op)?;
+                    let cls = self.push_value(g)?;
+                    let args = self.push_value(Value::Tuple(args))?;
+                    let v = self.call(cls, args, Made::Call)?;
+                    self.stack.push(v);
+                }
+            }
+            STACK_GLOBAL => {
+                let name = self.pop(op)?;
+                let module = self.pop(op)?;
+                let (Some(m), Some(n)) = (self.arena.str_of(module), self.arena.str_of(name))
+                else {
+                    return Err(malformed("STACK_GLOBAL needs two str values"));
+                };
+                let (m, n) = (m.to_string(), n.to_string());
+                let g = self.resolve(&m, &n)?;
+                self.push(g)?;
+            }
+            REDUCE => {
+                let args = self.pop(op)?;
+                let callable = self.pop(op)?;
+                let v = self.call(callable, args, Made::Call)?;
+                self.stack.push(v);
+            }
+            OBJ => {
+                let mut items = self.pop_mark(op)?;
+                if items.is_empty() {
+                    return Err(malformed("OBJ without a class after MARK"));
+                }
+                let cls = items.remove(0);
+                let args = self.push_value(Value::Tuple(items))?;
+                let v = self.call(cls, args, Made::Call)?;
+                self.stack.push(v);
+            }
+            NEWOBJ => {
+                let args = self.pop(op)?;
+                let cls = self.pop(op)?;
+                let v = self.newobj(cls, args, None)?;
+                self.stack.push(v);
+            }
+            NEWOBJ_EX => {
+                let kwargs = self.pop(op)?;
+                let args = self.pop(op)?;
+                let cls = self.pop(op)?;
+                let v = self.newobj(cls, args, Some(kwargs))?;
+                self.stack.push(v);
+            }
+            BUILD => {
+                let state = self.pop(op)?;
+                let obj = self.top(op)?;
+                calls::build(self, obj, state)?;
+            }
+            PROTO => {
+                let v = match arg {
+                    Arg::Int(v) => *v,
+                    _ => 0,
+                };
+                if v > 5 {
+                    return Err(malformed(format!("unsupported pickle protocol {v}")));
+                }
+                if !first && self.ctx.mode == Mode::Strict {
+                    return Err(malformed("PROTO after the first opcode"));
+                }
+                self.proto = v as u8;
+            }
+            FRAME => {}
+            PERSID => {
+                let Arg::Line(l) = arg else {
+                    return Err(malformed("bad PERSID argument"));
+                };
+                if !l.is_ascii() {
+                    return Err(malformed("PERSID's id is not ASCII"));
+                }
+                let pid = self.push_value(self.str_value(l))?;
+                let v = persist.load(self.arena, self.budget, pid)?;
+                self.stack.push(v);
+            }
+            BINPERSID => {
+                let pid = self.pop(op)?;
+                let v = persist.load(self.arena, self.budget, pid)?;
+                self.stack.push(v);
+            }
+            STOP => {}
+        }
+        Ok(())
+    }
+
+    fn big_decimal(&mut self, digits: &[u8]) -> Result<Value<'a>, Problem> {
+        if digits.len() > MAX_DECIMAL_DIGITS + 1 {
+            return Err(Problem::Limit(format!(
+                "an integer of more than {MAX_DECIMAL_DIGITS} decimal digits"
+            )));
+        }
+        let bytes = decimal_to_twos(digits).ok_or_else(|| malformed("bad decimal integer"))?;
+        self.budget.charge_problem(bytes.len() as u64)?;
+        Ok(long_value(&bytes))
+    }
+
+    fn extend_list(&mut self, target: Id, items: Vec<Id>, op: Opcode) -> Result<(), Problem> {
+        self.charge_items(items.len())?;
+        match self.arena.get_mut(target) {
+            Value::List(l) => l.extend(items),
+            Value::Object(o) => o.list_items.extend(items),
+            other => {
+                return Err(malformed(format!(
+                    "{} on {}: the unpickler would call its `append`/`extend` method",
+                    op.name(),
+                    other.describe()
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    fn set_items(&mut self, target: Id, pairs: Vec<(Id, Id)>, op: Opcode) -> Result<(), Problem> {
+        self.charge_items(2 * pairs.len())?;
+        match self.arena.get_mut(target) {
+            Value::Dict(d) => d.items.extend(pairs),
+            Value::Object(o) => o.dict_items.extend(pairs),
+            other => {
+                return Err(malformed(format!(
+                    "{} on {}: the unpickler would call its `__setitem__` method",
+                    op.name(),
+                    other.describe()
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    /// `callable(*args)`.
+    pub(crate) fn call(&mut self, callable: Id, args: Id, made: Made) -> Result<Id, Problem> {
+        if self.arena.seq_of(args).is_none() || !matches!(self.arena.get(args), Value::Tuple(_)) {
+            return Err(malformed(format!(
+                "the arguments of a call are {}, not a tuple",
+                self.arena.get(args).describe()
+            )));
+        }
+        match self.arena.get(callable) {
+            Value::Global(g) => match &**g {
+                Global::Known(k) => calls::call_known(self, *k, args),
+                Global::Foreign { module, name } => {
+                    let forwarded = (module == "copyreg" || module == "copy_reg")
+                        && matches!(
+                            name.as_str(),
+                            "_reconstructor" | "__newobj__" | "__newobj_ex__"
+                        );
+                    let forwarded_made = if name == "_reconstructor" {
+                        Made::Reconstructor
+                    } else {
+                        Made::New
+                    };
+                    if forwarded {
+                        if let Some((&cls, rest)) =
+                            self.arena.seq_of(args).and_then(|s| s.split_first())
+                        {
+                            let rest = rest.to_vec();
+                            if matches!(self.arena.get(cls), Value::Global(_)) {
+                                let rest = if name == "_reconstructor" {
+                                    rest.get(1).copied()
+                                } else {
+                                    Some(self.push_value(Value::Tuple(rest))?)
+                                };
+                                return self.opaque(cls, rest, None, forwarded_made);
+                            }
+                        }
+                    }
+                    self.opaque(callable, Some(args), None, made)
+                }
+            },
+            _ if self.ctx.mode != Mode::Strict => self.opaque(callable, Some(args), None, made),
+            other => Err(malformed(format!(
+                "a call of {}: only named globals can be called",
+                other.describe()
+            ))),
+        }
+    }
+
+    /// `cls.__new__(cls, *args, **kwargs)`.
+    fn newobj(&mut self, cls: Id, args: Id, kwargs: Option<Id>) -> Result<Id, Problem> {
+        if !matches!(self.arena.get(args), Value::Tuple(_)) {
+            return Err(malformed(format!(
+                "NEWOBJ's arguments are {}, not a tuple",
+                self.arena.get(args).describe()
+            )));
+        }
+        if let Some(kw) = kwargs {
+            let empty = matches!(self.arena.get(kw), Value::Dict(d) if d.items.is_empty());
+            if !empty
+                && !matches!(self.arena.get(cls), Value::Global(g) if matches!(**g, Global::Foreign { .. }))
+            {
+                return Err(unsupported("NEWOBJ_EX with keyword arguments"));
+            }
+        }
+        match self.arena.get(cls) {
+            Value::Global(g) => match &**g {
+                Global::Known(k) => calls::new_known(self, *k, args),
+                Global::Foreign { .. } => self.opaque(cls, Some(args), kwargs, Made::New),
+            },
+            _ if self.ctx.mode != Mode::Strict => self.opaque(cls, Some(args), kwargs, Made::New),
+            other => Err(malformed(format!(
+                "NEWOBJ on {}, not a class",
+                other.describe()
+            ))),
+        }
+    }
+
+    pub(crate) fn opaque(
+        &mut self,
+        class: Id,
+        args: Option<Id>,
+        kwargs: Option<Id>,
+        made: Made,
+    ) -> Result<Id, Problem> {
+        if self.ctx.mode == Mode::Strict {
+            return Err(malformed("an opaque object in strict mode"));
+        }
+        self.push_value(Value::Object(Box::new(Object {
+            class,
+            made,
+            args,
+            kwargs,
+            state: None,
+            list_items: Vec::new(),
+            dict_items: Vec::new(),
+        })))
+    }
+}
+
+fn memo_key(arg: &Arg<'_>) -> Result<u64, Problem> {
+    match arg {
+        Arg::Int(v) if *v >= 0 => Ok(*v as u64),
+        Arg::Bool(b) => Ok(*b as u64),
+        _ => Err(malformed("negative or oversized memo index")),
+    }
+}
+
+/// An integer from little-endian two's complement bytes.
+pub(crate) fn long_value<'a>(bytes: &[u8]) -> Value<'a> {
+    let b = minimal_twos(bytes);
+    if b.len() <= 8 {
+        let negative = b.last().is_some_and(|&x| x & 0x80 != 0);
+        let mut buf = [if negative { 0xff } else { 0 }; 8];
+        buf[..b.len()].copy_from_slice(b);
+        Value::Int(i64::from_le_bytes(buf))
+    } else {
+        Value::BigInt(b.to_vec().into_boxed_slice())
+    }
+}
+
+/// Drops redundant sign bytes from the top.
+fn minimal_twos(bytes: &[u8]) -> &[u8] {
+    let mut n = bytes.len();
+    while n > 1 {
+        let top = bytes[n - 1];
+        let next_sign = bytes[n - 2] & 0x80;
+        if (top == 0 && next_sign == 0) || (top == 0xff && next_sign != 0) {
+            n -= 1;
+        } else {
+            break;
+        }
+    }
+    &bytes[..n]
+}
+
+/// `[+-]digits` to little-endian two's complement bytes.
+pub(crate) fn decimal_to_twos(text: &[u8]) -> Option<Vec<u8>> {
+    let (negative, digits) = match text.first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    // Magnitude, little-endian base 256.
+    let mut mag: Vec<u8> = vec![0];
+    for &d in digits {
+        let mut carry = u32::from(d - b'0');
+        for byte in mag.iter_mut() {
+            let v = u32::from(*byte) * 10 + carry;
+            *byte = (v & 0xff) as u8;
+            carry = v >> 8;
+        }
+        while carry > 0 {
+            mag.push((carry & 0xff) as u8);
+            carry >>= 8;
+        }
+    }
+    mag.push(0); // room for the sign bit
+    if negative {
+        // Two's complement: invert and add one.
+        let mut carry = 1u16;
+        for byte in mag.iter_mut() {
+            let v = u16::from(!*byte) + carry;
+            *byte = (v & 0xff) as u8;
+            carry = v >> 8;
+        }
+    }
+    Some(minimal_twos(&mag).to_vec())
+}
+
+/// Code points to surrogate-passing UTF-8, and whether it is plain UTF-8.
+pub(crate) fn encode_code_points(cps: &[u32]) -> (Vec<u8>, bool) {
+    let mut out = Vec::with_capacity(cps.len());
+    let mut utf8 = true;
+    for &c in cps {
+        match char::from_u32(c) {
+            Some(ch) => {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+            }
+            None => {
+                // A lone surrogate (U+D800..U+DFFF): three bytes, as surrogatepass writes it.
+                utf8 = false;
+                out.push(0xe0 | ((c >> 12) & 0x0f) as u8);
+                out.push(0x80 | ((c >> 6) & 0x3f) as u8);
+                out.push(0x80 | (c & 0x3f) as u8);
+            }
+        }
+    }
+    (out, utf8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_and_long_agree() {
+        for (text, bytes) in [
+            ("0", vec![0u8]),
+            ("255", vec![0xff, 0]),
+            ("-1", vec![0xff]),
+            ("-256", vec![0, 0xff]),
+            ("128", vec![0x80, 0]),
+            ("-128", vec![0x80]),
+        ] {
+            assert_eq!(decimal_to_twos(text.as_bytes()).unwrap(), bytes, "{text}");
+        }
+        assert_eq!(long_value(&[0xff, 0xff]), Value::Int(-1));
+        assert_eq!(long_value(&[]), Value::Int(0));
+        let big = decimal_to_twos(b"1606938044258990275541962092341162602522202993782792835313497")
+            .unwrap();
+        assert!(matches!(long_value(&big), Value::BigInt(_)));
+    }
+
+    #[test]
+    fn surrogates_are_kept() {
+        let (b, utf8) = encode_code_points(&[0x41, 0xd800]);
+        assert!(!utf8);
+        assert_eq!(b, vec![0x41, 0xed, 0xa0, 0x80]);
+    }
+}

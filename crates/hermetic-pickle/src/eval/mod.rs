@@ -1,0 +1,192 @@
+//! The safe evaluator: runs the pickle machine for real, over a value graph
+//! in which only allowlisted globals have a meaning.
+//!
+//! Loading a file takes two steps. First the file is scanned exactly as
+//! `hermetic scan` scans it ([`crate::scan_bytes`]); anything outside the
+//! data allowlist (or an ambiguous container) refuses the whole file with
+//! an [`EvalError::Unsafe`] that lists *every* offending `module.name`, so
+//! the error is complete even when the first offender would have stopped
+//! evaluation. Then the container is read and its pickles are evaluated
+//! into an [`Arena`]: torch tensors become [`Tensor`] views of storages the
+//! container holds (never copied here), numpy arrays keep their bytes
+//! borrowed from the file where they can, and containers hold ids, so
+//! shared objects stay shared and cycles are plain edges.
+//!
+//! Nothing is imported or called, in any mode. In the opaque modes
+//! ([`Mode::Salvage`], [`Mode::Inspect`]) a foreign class becomes an
+//! [`Object`] record of what would have been called with what, and the
+//! state it would have received.
+
+mod calls;
+mod checkpoint;
+mod error;
+mod machine;
+mod numpy;
+mod torch;
+mod value;
+
+pub use checkpoint::{byteswap, Format, Loaded, Storage, StorageData};
+pub use error::{Budget, EvalError, Offender, Unsafe};
+pub use numpy::{array_nbytes, parse_typestr};
+pub use torch::check_extent;
+pub use value::{
+    Arena, ArrayData, ByteOrder, Dict, DictKind, Global, Id, Known, Made, NdArray, NpDtype,
+    NpField, NpScalar, Object, StorageView, Str, Tensor, TorchDtype, Value, FALSE, NONE, TRUE,
+};
+
+use crate::policy::{Policy, Verdict};
+use crate::report::FileReport;
+use crate::Limits;
+
+/// What may be evaluated, and how foreign globals are treated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Data only: the file must scan `safe`; nothing foreign exists.
+    Strict,
+    /// `convert --salvage`: foreign classes (a pickled model) become opaque
+    /// records; files with dangerous findings are still refused.
+    Salvage,
+    /// `inspect`: any import is shown as an opaque record; only ambiguous
+    /// containers and broken streams are refused.
+    Inspect,
+}
+
+/// Which loader's behaviour to follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    /// `torch.load`: only PyTorch zip and legacy checkpoints; Python 2
+    /// strings decode as UTF-8.
+    Torch,
+    /// `pickle.load` / `np.load`: raw pickles, `.npy`, `.npz` (and torch
+    /// checkpoints, read as torch would).
+    Any,
+}
+
+/// How to load.
+#[derive(Clone, Debug)]
+pub struct LoadOptions<'p> {
+    pub mode: Mode,
+    pub flavor: Flavor,
+    pub policy: &'p Policy,
+    pub limits: Limits,
+}
+
+/// Finding codes that mean a stream or container cannot be evaluated
+/// faithfully (or loaders disagree about it), whatever the mode.
+const STRUCTURAL: &[&str] = &[
+    "malformed_stream",
+    "truncated_stream",
+    "frame_violation",
+    "trailing_data",
+    "limit_exceeded",
+    "extension_code",
+    "out_of_band_buffer",
+    "polyglot_pickle_zip",
+    "ambiguous_zip",
+    "decompression_limit",
+    "proto_mid_stream",
+];
+
+/// Refuses a file whose scan forbids evaluating it in `mode`.
+pub fn gate(report: &FileReport, mode: Mode) -> Result<(), EvalError> {
+    let container = report.findings.iter().map(|f| (f, true));
+    let streams = report
+        .streams
+        .iter()
+        .flat_map(|s| s.findings.iter().map(|f| (f, false)));
+    let refused = container
+        .chain(streams)
+        .any(|(f, is_container)| match mode {
+            Mode::Strict => f.severity > Verdict::Safe,
+            Mode::Salvage => f.severity == Verdict::Dangerous,
+            Mode::Inspect => {
+                f.severity == Verdict::Dangerous
+                    && (is_container || STRUCTURAL.contains(&f.code.as_str()))
+            }
+        });
+    if let Some(e) = &report.error {
+        return Err(EvalError::Malformed {
+            file: report.path.clone(),
+            offset: 0,
+            what: e.clone(),
+        });
+    }
+    if !refused {
+        return Ok(());
+    }
+    let mut offenders: Vec<Offender> = report
+        .all_findings()
+        .filter(|f| f.severity > Verdict::Safe)
+        .map(|f| Offender {
+            qualname: if f.module.is_empty() {
+                String::new()
+            } else {
+                format!("{}.{}", f.module, f.name)
+            },
+            code: f.code.clone(),
+            offset: f.offset,
+            called: f.called,
+            reason: f.reason.clone(),
+        })
+        .collect();
+    offenders.sort_by_key(|o| o.offset);
+    let mut imports: Vec<String> = Vec::new();
+    for o in &offenders {
+        if !o.qualname.is_empty() && !imports.contains(&o.qualname) {
+            imports.push(o.qualname.clone());
+        }
+    }
+    Err(EvalError::Unsafe(Box::new(Unsafe {
+        file: report.path.clone(),
+        imports,
+        offenders,
+    })))
+}
+
+/// Scans `data` (named `file` in messages), refuses it if its scan forbids
+/// evaluation in `opts.mode`, and evaluates it.
+pub fn load<'a>(
+    data: &'a [u8],
+    file: &str,
+    opts: &LoadOptions<'_>,
+) -> Result<Loaded<'a>, EvalError> {
+    let report = crate::scan_bytes(data, file, opts.policy, &opts.limits);
+    gate(&report, opts.mode)?;
+    let limit = opts
+        .limits
+        .max_eval_memory
+        .min((data.len() as u64).saturating_mul(64).max(256 << 20));
+    let mut r = checkpoint::Reader {
+        file: file.to_string(),
+        opts,
+        budget: Budget::new(limit),
+    };
+    checkpoint::read(data, &mut r, report)
+}
+
+/// Maps a file read-only for [`load`].
+pub fn map_file(file: &std::fs::File) -> std::io::Result<memmap2::Mmap> {
+    map(file, false)
+}
+
+/// Like [`map_file`], with every page mapped up front: for callers that
+/// read the whole file (conversion), one call instead of a fault per page.
+pub fn map_file_populated(file: &std::fs::File) -> std::io::Result<memmap2::Mmap> {
+    map(file, true)
+}
+
+#[allow(unsafe_code)]
+fn map(file: &std::fs::File, populate: bool) -> std::io::Result<memmap2::Mmap> {
+    let mut opts = memmap2::MmapOptions::new();
+    if populate {
+        opts.populate();
+    }
+    // SAFETY: the map is read-only and every byte is untrusted input: a
+    // concurrent writer can change what is read but not break memory
+    // safety, since nothing assumes two reads of a byte agree (every
+    // length and offset is checked against the slice where it is used).
+    unsafe { opts.map(file) }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,633 @@
+//! numpy: `dtype` and its `__setstate__`, `_reconstruct` and ndarray
+//! `__setstate__`, `_frombuffer`, `scalar`, and `.npy` header dtypes.
+
+use super::calls::{args, int_arg, str_arg};
+use super::error::{malformed, unsupported, Problem};
+use super::machine::Machine;
+use super::value::{
+    ArrayData, ByteOrder, Global, Id, Known, NdArray, NpDtype, NpField, NpScalar, Value,
+    MAX_DTYPE_DEPTH,
+};
+use crate::containers::pyliteral::PyValue;
+use std::borrow::Cow;
+
+/// The most dimensions an array may have (numpy's `NPY_MAXDIMS`).
+pub const MAX_NDIM: usize = 64;
+/// The largest element numpy dtypes here may have.
+const MAX_ITEMSIZE: u64 = 1 << 31;
+
+/// Parses a numpy type string: an optional byte order, a kind and a size
+/// (`<f8`, `|b1`, `S5`, `<U3`, `<M8[ns]`, `O8`). `U` sizes count characters.
+pub fn parse_typestr(s: &str) -> Option<NpDtype> {
+    if !s.is_ascii() || s.len() > 64 {
+        return None;
+    }
+    let (order, rest) = match s.as_bytes().first()? {
+        b'<' | b'=' => (Some(ByteOrder::Little), &s[1..]),
+        b'>' => (Some(ByteOrder::Big), &s[1..]),
+        b'|' => (None, &s[1..]),
+        _ => (None, s),
+    };
+    let kind = *rest.as_bytes().first()?;
+    let body = &rest[1..];
+    let (size_text, unit) = match body.find('[') {
+        Some(i) if body.ends_with(']') => (&body[..i], Some(&body[i + 1..body.len() - 1])),
+        Some(_) => return None,
+        None => (body, None),
+    };
+    let size: Option<u64> = if size_text.is_empty() {
+        None
+    } else {
+        Some(size_text.parse().ok()?)
+    };
+    let kind = if kind == b'a' { b'S' } else { kind };
+    let itemsize = match (kind, size) {
+        (b'b', None | Some(1)) => 1,
+        (b'i' | b'u', Some(n @ (1 | 2 | 4 | 8))) => n,
+        (b'f', Some(n @ (2 | 4 | 8 | 12 | 16))) => n,
+        (b'c', Some(n @ (8 | 16 | 24 | 32))) => n,
+        (b'S' | b'V', Some(n)) if (1..=MAX_ITEMSIZE).contains(&n) => n,
+        (b'U', Some(n)) if (1..=MAX_ITEMSIZE / 4).contains(&n) => 4 * n,
+        (b'O', None | Some(8)) => 8,
+        (b'M' | b'm', None | Some(8)) => 8,
+        _ => return None,
+    };
+    if unit.is_some() && !matches!(kind, b'M' | b'm') {
+        return None;
+    }
+    let unit = match unit {
+        None if matches!(kind, b'M' | b'm') => Some(("generic".to_string(), 1)),
+        None => None,
+        Some(u) => Some(parse_unit(u)?),
+    };
+    let order = if itemsize == 1 || matches!(kind, b'S' | b'V' | b'O' | b'b') {
+        ByteOrder::NotApplicable
+    } else {
+        order.unwrap_or(ByteOrder::Little)
+    };
+    Some(NpDtype::Scalar {
+        kind,
+        itemsize,
+        order,
+        unit,
+    })
+}
+
+const UNITS: &[&str] = &[
+    "Y", "M", "W", "D", "h", "m", "s", "ms", "us", "ns", "ps", "fs", "as", "generic",
+];
+
+/// `2s` -> ("s", 2).
+fn parse_unit(u: &str) -> Option<(String, i64)> {
+    let split = u.find(|c: char| !c.is_ascii_digit()).unwrap_or(u.len());
+    let (num, name) = u.split_at(split);
+    let num = if num.is_empty() { 1 } else { num.parse().ok()? };
+    if !UNITS.contains(&name) || num < 1 {
+        return None;
+    }
+    Some((name.to_string(), num))
+}
+
+/// A `.npy` header `descr` (what `numpy.lib.format.descr_to_dtype` reads).
+pub fn descr_to_dtype(d: &PyValue, depth: usize) -> Result<NpDtype, String> {
+    if depth > MAX_DTYPE_DEPTH {
+        return Err("the dtype nests too deeply".into());
+    }
+    match d {
+        PyValue::Str(s) => {
+            parse_typestr(s).ok_or_else(|| format!("{s:?} is not a numpy type string"))
+        }
+        PyValue::Tuple(t) if t.len() == 2 => {
+            let base = descr_to_dtype(&t[0], depth + 1)?;
+            let shape = literal_shape(&t[1])?;
+            Ok(NpDtype::SubArray {
+                base: Box::new(base),
+                shape,
+            })
+        }
+        PyValue::List(fields) => {
+            let mut out = Vec::new();
+            let mut offset: u64 = 0;
+            for f in fields {
+                let (PyValue::Tuple(parts) | PyValue::List(parts)) = f else {
+                    return Err("a record field is not a tuple".into());
+                };
+                if parts.len() != 2 && parts.len() != 3 {
+                    return Err("a record field is not (name, dtype[, shape])".into());
+                }
+                let (name, title) = match &parts[0] {
+                    PyValue::Str(n) => (n.clone(), None),
+                    PyValue::Tuple(nt) if nt.len() == 2 => match (&nt[0], &nt[1]) {
+                        (PyValue::Str(t), PyValue::Str(n)) => (n.clone(), Some(t.clone())),
+                        _ => return Err("a record field's (title, name) is not two str".into()),
+                    },
+                    _ => return Err("a record field's name is not a str".into()),
+                };
+                let mut dt = descr_to_dtype(&parts[1], depth + 1)?;
+                if let Some(shape) = parts.get(2) {
+                    dt = NpDtype::SubArray {
+                        base: Box::new(dt),
+                        shape: literal_shape(shape)?,
+                    };
+                }
+                let size = dt.itemsize();
+                let padding = name.is_empty() && matches!(dt, NpDtype::Scalar { kind: b'V', .. });
+                if !padding {
+                    if out.iter().any(|x: &NpField| x.name == name) {
+                        return Err(format!("the record field {name:?} appears twice"));
+                    }
+                    out.push(NpField {
+                        name,
+                        dtype: dt,
+                        offset,
+                        title,
+                    });
+                }
+                offset = offset
+                    .checked_add(size)
+                    .filter(|&o| o <= MAX_ITEMSIZE)
+                    .ok_or("the record is too large")?;
+            }
+            Ok(NpDtype::Record {
+                fields: out,
+                itemsize: offset,
+                aligned: false,
+            })
+        }
+        _ => Err("the descr is not a numpy dtype description".into()),
+    }
+}
+
+fn literal_shape(v: &PyValue) -> Result<Vec<u64>, String> {
+    let items: Vec<&PyValue> = match v {
+        PyValue::Tuple(t) => t.iter().collect(),
+        PyValue::Int(_) => vec![v],
+        _ => return Err("a shape is not a tuple of ints".into()),
+    };
+    if items.len() > MAX_NDIM {
+        return Err("a shape has too many dimensions".into());
+    }
+    items
+        .into_iter()
+        .map(|d| match d {
+            PyValue::Int(Some(n)) if *n >= 0 => Ok(*n as u64),
+            _ => Err("a shape holds something other than a non-negative int".to_string()),
+        })
+        .collect()
+}
+
+/// Bytes `shape` elements of `itemsize` take, checked.
+pub fn array_nbytes(shape: &[u64], itemsize: u64) -> Option<u64> {
+    shape.iter().try_fold(itemsize, |a, &d| a.checked_mul(d))
+}
+
+fn shape_arg(m: &mut Machine<'_, '_>, id: Id) -> Result<Vec<u64>, Problem> {
+    let items: Vec<Id> = match m.arena.get(id) {
+        Value::Tuple(v) | Value::List(v) => v.clone(),
+        Value::Int(_) => vec![id],
+        other => {
+            return Err(malformed(format!(
+                "an array shape is {}, not a tuple",
+                other.describe()
+            )))
+        }
+    };
+    if items.len() > MAX_NDIM {
+        return Err(Problem::Limit(format!(
+            "an array with more than {MAX_NDIM} dimensions"
+        )));
+    }
+    m.budget.charge_problem(8 * items.len() as u64)?;
+    items
+        .iter()
+        .map(|&i| {
+            let d = int_arg(m, i, "an array dimension")?;
+            u64::try_from(d).map_err(|_| malformed(format!("a negative array dimension {d}")))
+        })
+        .collect()
+}
+
+fn dtype_of(m: &Machine<'_, '_>, id: Id) -> Result<NpDtype, Problem> {
+    match m.arena.get(id) {
+        Value::NpDtype(d) => Ok((**d).clone()),
+        other => Err(malformed(format!(
+            "{} where a numpy dtype belongs",
+            other.describe()
+        ))),
+    }
+}
+
+/// Raw bytes from bytes, a bytearray, or a str numpy encodes as latin-1.
+fn raw_bytes<'a>(m: &mut Machine<'a, '_>, id: Id, what: &str) -> Result<Cow<'a, [u8]>, Problem> {
+    match m.arena.get(id) {
+        Value::Bytes(b) | Value::ByteArray(b) => Ok(b.clone()),
+        Value::Str(s) => {
+            let text = s
+                .as_str()
+                .ok_or_else(|| malformed(format!("{what} is a str with a lone surrogate")))?;
+            let out: Vec<u8> = text
+                .chars()
+                .map(|c| u8::try_from(u32::from(c)))
+                .collect::<Result<_, _>>()
+                .map_err(|_| malformed(format!("{what} is a str that is not latin-1")))?;
+            m.budget.charge_problem(out.len() as u64)?;
+            Ok(Cow::Owned(out))
+        }
+        other => Err(malformed(format!(
+            "{what} is {}, not bytes",
+            other.describe()
+        ))),
+    }
+}
+
+/// `numpy.dtype`, `_reconstruct`, `scalar`, `_frombuffer`.
+pub(crate) fn call<'a>(m: &mut Machine<'a, '_>, k: Known, args_id: Id) -> Result<Id, Problem> {
+    match k {
+        Known::NpDtype => {
+            let a = args(m, k, args_id, 1, 3)?;
+            let text = str_arg(m, a[0], "numpy.dtype's type")?;
+            let dt = parse_typestr(text)
+                .ok_or_else(|| unsupported(format!("the numpy type {text:?}")))?;
+            m.push_value(Value::NpDtype(Box::new(dt)))
+        }
+        Known::NpReconstruct => {
+            let a = args(m, k, args_id, 3, 3)?;
+            match m.arena.get(a[0]) {
+                Value::Global(g) if **g == Global::Known(Known::NpNdarray) => {}
+                _ => {
+                    return Err(unsupported(
+                        "_reconstruct of a class other than numpy.ndarray",
+                    ))
+                }
+            }
+            let shape = shape_arg(m, a[1])?;
+            m.push_value(Value::Array(Box::new(NdArray {
+                dtype: NpDtype::Scalar {
+                    kind: b'i',
+                    itemsize: 1,
+                    order: ByteOrder::NotApplicable,
+                    unit: None,
+                },
+                shape,
+                fortran: false,
+                data: ArrayData::Pending,
+            })))
+        }
+        Known::NpScalar => {
+            let a = args(m, k, args_id, 1, 2)?;
+            let dtype = dtype_of(m, a[0])?;
+            if dtype.has_object() {
+                return match a.get(1) {
+                    Some(&obj) if matches!(dtype, NpDtype::Scalar { .. }) => Ok(obj),
+                    _ => Err(unsupported("a numpy object scalar of a structured dtype")),
+                };
+            }
+            let data = match a.get(1) {
+                Some(&d) => raw_bytes(m, d, "a numpy scalar's data")?,
+                None => {
+                    let n =
+                        usize::try_from(dtype.itemsize()).map_err(|_| malformed("too large"))?;
+                    m.budget.charge_problem(n as u64)?;
+                    Cow::Owned(vec![0; n])
+                }
+            };
+            if data.len() as u64 != dtype.itemsize() {
+                return Err(malformed(format!(
+                    "a numpy scalar of {} holds {} bytes, not {}",
+                    dtype.descr(),
+                    data.len(),
+                    dtype.itemsize()
+                )));
+            }
+            m.push_value(Value::NpScalar(Box::new(NpScalar { dtype, data })))
+        }
+        Known::NpFromBuffer => {
+            let a = args(m, k, args_id, 4, 4)?;
+            let data = raw_bytes(m, a[0], "_frombuffer's buffer")?;
+            let dtype = dtype_of(m, a[1])?;
+            if dtype.has_object() {
+                return Err(malformed("_frombuffer with an object dtype"));
+            }
+            let shape = shape_arg(m, a[2])?;
+            let fortran = match str_arg(m, a[3], "_frombuffer's order")? {
+                "C" | "A" | "K" => false,
+                "F" => true,
+                o => return Err(malformed(format!("_frombuffer's order {o:?}"))),
+            };
+            check_len(&shape, &dtype, data.len() as u64)?;
+            if matches!(data, Cow::Owned(_)) {
+                m.budget.charge_problem(data.len() as u64)?;
+            }
+            m.push_value(Value::Array(Box::new(NdArray {
+                dtype,
+                shape,
+                fortran,
+                data: ArrayData::Bytes(data),
+            })))
+        }
+        other => Err(unsupported(format!("calling {}", other.qualname()))),
+    }
+}
+
+fn check_len(shape: &[u64], dtype: &NpDtype, len: u64) -> Result<(), Problem> {
+    let need = array_nbytes(shape, dtype.itemsize())
+        .ok_or_else(|| malformed("the array's size overflows"))?;
+    if need != len {
+        return Err(malformed(format!(
+            "an array of shape {shape:?} and dtype {} needs {need} bytes; its data has {len}",
+            dtype.descr()
+        )));
+    }
+    Ok(())
+}
+
+/// `ndarray.__setstate__((version, shape, dtype, is_fortran, data))`.
+pub(crate) fn array_setstate(m: &mut Machine<'_, '_>, obj: Id, state: Id) -> Result<(), Problem> {
+    let parts = m
+        .arena
+        .seq_of(state)
+        .filter(|_| matches!(m.arena.get(state), Value::Tuple(_)))
+        .ok_or_else(|| malformed("an ndarray's state is not a tuple"))?
+        .to_vec();
+    let (shape, dtype, fortran, data) = match parts.as_slice() {
+        [_, s, d, f, x] => (*s, *d, *f, *x),
+        [s, d, f, x] => (*s, *d, *f, *x),
+        _ => {
+            return Err(malformed(
+                "an ndarray's state is not (version, shape, dtype, fortran, data)",
+            ))
+        }
+    };
+    let shape = shape_arg(m, shape)?;
+    let mut dtype = dtype_of(m, dtype)?;
+    let fortran = match m.arena.get(fortran) {
+        Value::Bool(b) => *b,
+        Value::Int(i) => *i != 0,
+        other => {
+            return Err(malformed(format!(
+                "an ndarray's fortran flag is {}",
+                other.describe()
+            )))
+        }
+    };
+    let data = if dtype.has_object() {
+        if !matches!(dtype, NpDtype::Scalar { .. }) {
+            return Err(unsupported("arrays of structured dtypes that hold objects"));
+        }
+        let items = match m.arena.get(data) {
+            Value::List(v) => v.clone(),
+            other => {
+                return Err(malformed(format!(
+                    "an object array's data is {}, not a list",
+                    other.describe()
+                )))
+            }
+        };
+        let numel: u64 = shape
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| malformed("the array's size overflows"))?;
+        if numel != items.len() as u64 {
+            return Err(malformed(format!(
+                "an object array of shape {shape:?} has {} items",
+                items.len()
+            )));
+        }
+        m.budget.charge_problem(4 * items.len() as u64)?;
+        ArrayData::Objects(items)
+    } else {
+        let bytes = raw_bytes(m, data, "an ndarray's data")?;
+        check_len(&shape, &dtype, bytes.len() as u64)?;
+        // numpy's __setstate__ converts byte-swapped data to native order
+        // (and the dtype with it).
+        let unit = dtype.swap_unit();
+        match (&mut dtype, unit) {
+            (NpDtype::Scalar { order, .. }, Some(unit)) if *order == ByteOrder::Big => {
+                m.budget.charge_problem(bytes.len() as u64)?;
+                let mut owned = bytes.into_owned();
+                super::checkpoint::byteswap(&mut owned, unit as usize);
+                *order = ByteOrder::Little;
+                ArrayData::Bytes(Cow::Owned(owned))
+            }
+            _ => ArrayData::Bytes(bytes),
+        }
+    };
+    if let Value::Array(a) = m.arena.get_mut(obj) {
+        a.shape = shape;
+        a.dtype = dtype;
+        a.fortran = fortran;
+        a.data = data;
+    }
+    Ok(())
+}
+
+/// `dtype.__setstate__((version, byteorder, subarray, names, fields,
+/// elsize, alignment, flags[, metadata]))`.
+pub(crate) fn dtype_setstate(m: &mut Machine<'_, '_>, obj: Id, state: Id) -> Result<(), Problem> {
+    let parts = match m.arena.get(state) {
+        Value::Tuple(t) if t.len() == 8 || t.len() == 9 => t.clone(),
+        _ => {
+            return Err(unsupported(
+                "a numpy dtype state other than versions 3 and 4 (8 or 9 items)",
+            ))
+        }
+    };
+    let current = dtype_of(m, obj)?;
+    let endian = str_arg(m, parts[1], "the dtype byte order")?.to_string();
+    let elsize = int_arg(m, parts[5], "the dtype element size")?;
+    let flags = int_arg(m, parts[7], "the dtype flags")?;
+    let new = if !matches!(m.arena.get(parts[2]), Value::None) {
+        let sub = m
+            .arena
+            .seq_of(parts[2])
+            .filter(|s| s.len() == 2)
+            .ok_or_else(|| malformed("a dtype's sub-array is not (dtype, shape)"))?
+            .to_vec();
+        let base = dtype_of(m, sub[0])?;
+        let shape = shape_arg(m, sub[1])?;
+        let dt = NpDtype::SubArray {
+            base: Box::new(base),
+            shape,
+        };
+        if elsize >= 0 && dt.itemsize() != elsize as u64 {
+            return Err(malformed(
+                "a sub-array dtype's size disagrees with its element size",
+            ));
+        }
+        dt
+    } else if !matches!(m.arena.get(parts[3]), Value::None) {
+        record(m, parts[3], parts[4], elsize, flags)?
+    } else {
+        match current {
+            NpDtype::Scalar {
+                kind,
+                mut itemsize,
+                order,
+                mut unit,
+            } => {
+                let order = match (endian.as_str(), order) {
+                    (_, ByteOrder::NotApplicable) => ByteOrder::NotApplicable,
+                    ("<" | "=", _) => ByteOrder::Little,
+                    (">", _) => ByteOrder::Big,
+                    ("|", o) => o,
+                    (e, _) => return Err(malformed(format!("the dtype byte order {e:?}"))),
+                };
+                if matches!(kind, b'S' | b'U' | b'V') && elsize >= 0 {
+                    itemsize = elsize as u64;
+                    if itemsize == 0
+                        || itemsize > MAX_ITEMSIZE
+                        || (kind == b'U' && itemsize % 4 != 0)
+                    {
+                        return Err(malformed(format!("a dtype element size of {elsize}")));
+                    }
+                }
+                if matches!(kind, b'M' | b'm') {
+                    if let Some(&md) = parts.get(8) {
+                        unit = Some(datetime_unit(m, md)?);
+                    }
+                }
+                NpDtype::Scalar {
+                    kind,
+                    itemsize,
+                    order,
+                    unit,
+                }
+            }
+            other => other,
+        }
+    };
+    if new.depth() > MAX_DTYPE_DEPTH {
+        return Err(Problem::Limit("a numpy dtype nested too deeply".into()));
+    }
+    *m.arena.get_mut(obj) = Value::NpDtype(Box::new(new));
+    Ok(())
+}
+
+/// The datetime unit from a version 4 dtype state's metadata:
+/// `(metadata, (unit, num, den, events))`.
+fn datetime_unit(m: &Machine<'_, '_>, md: Id) -> Result<(String, i64), Problem> {
+    let inner = m
+        .arena
+        .seq_of(md)
+        .and_then(|t| t.get(1).copied())
+        .and_then(|i| m.arena.seq_of(i))
+        .filter(|t| t.len() == 4)
+        .ok_or_else(|| {
+            malformed("a datetime dtype's metadata is not (md, (unit, num, den, events))")
+        })?;
+    let unit = str_arg(m, inner[0], "the datetime unit")?.to_string();
+    let num = int_arg(m, inner[1], "the datetime multiplier")?;
+    if !UNITS.contains(&unit.as_str()) || num < 1 {
+        return Err(malformed(format!("the datetime unit {num}{unit}")));
+    }
+    Ok((unit, num))
+}
+
+fn record(
+    m: &mut Machine<'_, '_>,
+    names: Id,
+    fields: Id,
+    elsize: i64,
+    flags: i64,
+) -> Result<NpDtype, Problem> {
+    let names: Vec<String> = m
+        .arena
+        .seq_of(names)
+        .ok_or_else(|| malformed("a record dtype's names are not a tuple"))?
+        .to_vec()
+        .iter()
+        .map(|&n| str_arg(m, n, "a record field name").map(str::to_string))
+        .collect::<Result<_, _>>()?;
+    let items = match m.arena.get(fields) {
+        Value::Dict(d) => m.arena.dict_items(&d.items),
+        _ => return Err(malformed("a record dtype's fields are not a dict")),
+    };
+    let itemsize = u64::try_from(elsize)
+        .ok()
+        .filter(|&s| s <= MAX_ITEMSIZE)
+        .ok_or_else(|| malformed(format!("a record dtype's size {elsize}")))?;
+    let mut out = Vec::with_capacity(names.len());
+    for name in &names {
+        let (_, spec) = items
+            .iter()
+            .find(|(k, _)| m.arena.str_of(*k) == Some(name.as_str()))
+            .ok_or_else(|| {
+                malformed(format!("the record field {name:?} has no entry in fields"))
+            })?;
+        let spec = m
+            .arena
+            .seq_of(*spec)
+            .filter(|s| s.len() == 2 || s.len() == 3)
+            .ok_or_else(|| malformed("a record field is not (dtype, offset[, title])"))?
+            .to_vec();
+        let dtype = dtype_of(m, spec[0])?;
+        let offset = u64::try_from(int_arg(m, spec[1], "a field offset")?)
+            .map_err(|_| malformed("a negative field offset"))?;
+        let title = match spec.get(2) {
+            Some(&t) if !matches!(m.arena.get(t), Value::None) => {
+                Some(str_arg(m, t, "a field title")?.to_string())
+            }
+            _ => None,
+        };
+        if offset
+            .checked_add(dtype.itemsize())
+            .is_none_or(|e| e > itemsize)
+        {
+            return Err(malformed(format!(
+                "the record field {name:?} lies outside the record's {itemsize} bytes"
+            )));
+        }
+        out.push(NpField {
+            name: name.clone(),
+            dtype,
+            offset,
+            title,
+        });
+    }
+    Ok(NpDtype::Record {
+        fields: out,
+        itemsize,
+        aligned: flags & 0x80 != 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typestrs() {
+        let d = parse_typestr("<f8").unwrap();
+        assert_eq!(d.itemsize(), 8);
+        assert_eq!(d.descr(), "<f8");
+        assert_eq!(parse_typestr(">i2").unwrap().descr(), ">i2");
+        assert_eq!(parse_typestr("|b1").unwrap().descr(), "|b1");
+        assert_eq!(parse_typestr("<U3").unwrap().itemsize(), 12);
+        assert_eq!(parse_typestr("<U3").unwrap().descr(), "<U3");
+        assert_eq!(parse_typestr("<M8[ns]").unwrap().descr(), "<M8[ns]");
+        assert_eq!(parse_typestr("<m8[2s]").unwrap().descr(), "<m8[2s]");
+        assert_eq!(parse_typestr("u1").unwrap().descr(), "|u1");
+        assert!(parse_typestr("O").unwrap().has_object());
+        assert!(parse_typestr("<f3").is_none());
+        assert!(parse_typestr("<f8[ns]").is_none());
+        assert!(parse_typestr("").is_none());
+        assert!(parse_typestr("S99999999999999999999").is_none());
+    }
+
+    #[test]
+    fn npy_descrs() {
+        use crate::containers::pyliteral::literal_eval;
+        let d = descr_to_dtype(
+            &literal_eval("[('a', '<i4'), ('', '|V4'), ('b', '>f8', (2,))]").unwrap(),
+            0,
+        )
+        .unwrap();
+        assert_eq!(d.itemsize(), 24);
+        let NpDtype::Record { fields, .. } = &d else {
+            panic!()
+        };
+        assert_eq!(fields.len(), 2);
+        assert_eq!(fields[1].offset, 8);
+        assert!(descr_to_dtype(&literal_eval("[('a', '<i4'), ('a', '<i4')]").unwrap(), 0).is_err());
+    }
+}

@@ -1,0 +1,471 @@
+//! `hermetic.torch.load` / `hermetic.load_pickle`: the safe evaluator's
+//! value graph -> Python objects. The file is scanned and evaluated in Rust
+//! with the GIL released; then every reachable node is built exactly once
+//! (so shared objects stay shared), with tensors, storages and numpy objects
+//! made by the `maker` (`hermetic._evaluate.Maker`), which only ever
+//! receives plain numbers, strings and buffers.
+
+use crate::errors::{CheckpointError, UnsafePickleError};
+use hermetic_pickle::eval::{
+    load, map_file, ArrayData, DictKind, EvalError, Flavor, Format, Global, Id, Known, LoadOptions,
+    Loaded, Mode, NpDtype, StorageData, StorageView, Value,
+};
+use hermetic_pickle::{Limits, Policy};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{
+    PyByteArray, PyBytes, PyComplex, PyDict, PyFrozenSet, PyList, PySet, PyString, PyTuple,
+};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// Maps an evaluation error to `UnsafePickleError` (with `imports` and
+/// `findings` attributes) or `CheckpointError` (with `code` and `offset`).
+fn eval_error(py: Python<'_>, e: EvalError) -> PyErr {
+    match &e {
+        EvalError::Unsafe(u) => {
+            let err = UnsafePickleError::new_err(e.to_string());
+            let value = err.value(py);
+            let findings: Vec<(String, String, u64, String)> = u
+                .offenders
+                .iter()
+                .map(|o| {
+                    (
+                        o.code.clone(),
+                        o.qualname.clone(),
+                        o.offset,
+                        o.reason.clone(),
+                    )
+                })
+                .collect();
+            let ok = value.setattr("imports", u.imports.clone()).is_ok()
+                && value.setattr("findings", findings).is_ok()
+                && value.setattr("path", u.file.clone()).is_ok();
+            if ok {
+                err
+            } else {
+                UnsafePickleError::new_err(e.to_string())
+            }
+        }
+        other => {
+            let err = CheckpointError::new_err(other.to_string());
+            let value = err.value(py);
+            let _ = value.setattr("code", other.code());
+            let _ = value.setattr("offset", other.offset());
+            err
+        }
+    }
+}
+
+struct Builder<'l, 'a, 'py> {
+    py: Python<'py>,
+    loaded: &'l Loaded<'a>,
+    maker: &'l Bound<'py, PyAny>,
+    objs: Vec<Option<Bound<'py, PyAny>>>,
+    /// Untyped storages by (index, byte offset, bytes).
+    storages: HashMap<(u32, u64, u64), Bound<'py, PyAny>>,
+    np_dtypes: HashMap<String, Bound<'py, PyAny>>,
+}
+
+fn dtype_spec<'py>(py: Python<'py>, d: &NpDtype) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match d {
+        NpDtype::Scalar { .. } => PyString::new(py, &d.descr()).into_any(),
+        NpDtype::Record {
+            fields,
+            itemsize,
+            aligned,
+        } => {
+            let fs: Vec<Bound<'py, PyAny>> = fields
+                .iter()
+                .map(|f| {
+                    Ok(PyTuple::new(
+                        py,
+                        [
+                            PyString::new(py, &f.name).into_any(),
+                            dtype_spec(py, &f.dtype)?,
+                            f.offset.into_pyobject(py)?.into_any(),
+                            match &f.title {
+                                Some(t) => PyString::new(py, t).into_any(),
+                                None => py.None().into_bound(py),
+                            },
+                        ],
+                    )?
+                    .into_any())
+                })
+                .collect::<PyResult<_>>()?;
+            ("record", PyList::new(py, fs)?, *itemsize, *aligned)
+                .into_pyobject(py)?
+                .into_any()
+        }
+        NpDtype::SubArray { base, shape } => ("subarray", dtype_spec(py, base)?, shape.clone())
+            .into_pyobject(py)?
+            .into_any(),
+    })
+}
+
+impl<'py> Builder<'_, '_, 'py> {
+    fn obj(&self, id: Id) -> PyResult<Bound<'py, PyAny>> {
+        self.objs[id as usize].clone().ok_or_else(|| {
+            CheckpointError::new_err(format!(
+                "{}: the object graph has a cycle through immutable objects, which Python cannot build",
+                self.loaded.file
+            ))
+        })
+    }
+
+    fn objs_of(&self, ids: &[Id]) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        ids.iter().map(|&i| self.obj(i)).collect()
+    }
+
+    fn np_dtype(&mut self, d: &NpDtype) -> PyResult<Bound<'py, PyAny>> {
+        let key = d.descr();
+        if let Some(dt) = self.np_dtypes.get(&key) {
+            return Ok(dt.clone());
+        }
+        let dt = self
+            .maker
+            .call_method1("np_dtype", (dtype_spec(self.py, d)?,))?;
+        self.np_dtypes.insert(key, dt.clone());
+        Ok(dt)
+    }
+
+    fn storage(&mut self, v: &StorageView) -> PyResult<Bound<'py, PyAny>> {
+        let key = (v.index, v.byte_offset, v.nbytes);
+        if let Some(s) = self.storages.get(&key) {
+            return Ok(s.clone());
+        }
+        let root_key = (v.index, 0, u64::MAX);
+        let root = match self.storages.get(&root_key) {
+            Some(r) => r.clone(),
+            None => {
+                let s = &self.loaded.storages[v.index as usize];
+                let source = match &s.data {
+                    StorageData::File { offset } => offset.into_pyobject(self.py)?.into_any(),
+                    StorageData::Owned(bytes) => PyByteArray::new(self.py, bytes).into_any(),
+                };
+                let mappable = self.loaded.format == Format::TorchZip;
+                let r = self
+                    .maker
+                    .call_method1("storage", (source, s.nbytes, s.location.as_str(), mappable))?;
+                self.storages.insert(root_key, r.clone());
+                r
+            }
+        };
+        let full = v.byte_offset == 0 && v.nbytes == self.loaded.storages[v.index as usize].nbytes;
+        let out = if full {
+            root
+        } else {
+            self.maker
+                .call_method1("storage_view", (root, v.byte_offset, v.nbytes))?
+        };
+        self.storages.insert(key, out.clone());
+        Ok(out)
+    }
+
+    /// Whether a node is created empty first and filled after everything
+    /// else exists (so cycles through it can be built).
+    fn is_mutable(v: &Value<'_>) -> bool {
+        match v {
+            Value::List(_) | Value::Set(_) | Value::Dict(_) => true,
+            Value::Array(a) => matches!(a.data, ArrayData::Objects(_)),
+            _ => false,
+        }
+    }
+
+    fn create_empty(&mut self, v: &Value<'_>) -> PyResult<Bound<'py, PyAny>> {
+        let py = self.py;
+        Ok(match v {
+            Value::List(_) => PyList::empty(py).into_any(),
+            Value::Set(_) => PySet::empty(py)?.into_any(),
+            Value::Dict(d) => match d.kind {
+                DictKind::Dict => PyDict::new(py).into_any(),
+                DictKind::OrderedDict => self.maker.call_method0("ordered_dict")?,
+                DictKind::Counter => self.maker.call_method0("counter")?,
+            },
+            Value::Array(a) => {
+                let dt = self.np_dtype(&a.dtype)?;
+                self.maker
+                    .call_method1("np_object_array", (dt, a.shape.clone(), a.fortran))?
+            }
+            other => {
+                return Err(CheckpointError::new_err(format!(
+                    "{}: {} is not created empty",
+                    self.loaded.file,
+                    other.describe()
+                )))
+            }
+        })
+    }
+
+    fn build(&mut self, v: &Value<'_>) -> PyResult<Bound<'py, PyAny>> {
+        let py = self.py;
+        let file = &self.loaded.file;
+        Ok(match v {
+            Value::None => py.None().into_bound(py),
+            Value::Bool(b) => pyo3::types::PyBool::new(py, *b).to_owned().into_any(),
+            Value::Int(i) => i.into_pyobject(py)?.into_any(),
+            Value::BigInt(b) => self.maker.call_method1("big_int", (PyBytes::new(py, b),))?,
+            Value::Float(f) => f.into_pyobject(py)?.into_any(),
+            Value::Complex(re, im) => PyComplex::from_doubles(py, *re, *im).into_any(),
+            Value::Str(s) => match s.as_str() {
+                Some(t) => PyString::new(py, t).into_any(),
+                None => {
+                    PyBytes::new(py, &s.bytes).call_method1("decode", ("utf-8", "surrogatepass"))?
+                }
+            },
+            Value::Bytes(b) => PyBytes::new(py, b).into_any(),
+            Value::ByteArray(b) => PyByteArray::new(py, b).into_any(),
+            Value::Tuple(items) => PyTuple::new(py, self.objs_of(items)?)?.into_any(),
+            Value::FrozenSet(items) => PyFrozenSet::new(py, self.objs_of(items)?)?.into_any(),
+            Value::Slice(s) => {
+                let parts = self.objs_of(s)?;
+                self.maker.call_method1("slice", PyTuple::new(py, parts)?)?
+            }
+            Value::Range(r) => self.maker.call_method1("range", (r[0], r[1], r[2]))?,
+            Value::Global(g) => match &**g {
+                Global::Known(k) => self.maker.call_method1("known", (known_name(*k),))?,
+                Global::Foreign { module, name } => {
+                    return Err(CheckpointError::new_err(format!(
+                        "{file}: {module}.{name} cannot be built"
+                    )))
+                }
+            },
+            Value::TorchDtype(d) => self.maker.call_method1("torch_attr", (d.name(),))?,
+            Value::TorchEnum(n) => self.maker.call_method1("torch_attr", (*n,))?,
+            Value::TorchSize(d) => self.maker.call_method1("torch_size", (d.clone(),))?,
+            Value::TorchDevice(d) => self.maker.call_method1("torch_device", (&**d,))?,
+            Value::Storage(s) => {
+                let st = self.storage(s)?;
+                self.maker
+                    .call_method1("typed_storage", (st, s.dtype.name()))?
+            }
+            Value::Tensor(t) => match &t.storage {
+                Some(view) => {
+                    let st = self.storage(view)?;
+                    self.maker.call_method1(
+                        "tensor",
+                        (
+                            st,
+                            t.dtype.name(),
+                            t.offset,
+                            PyTuple::new(py, &t.shape)?,
+                            PyTuple::new(py, &t.stride)?,
+                            t.requires_grad,
+                            t.parameter,
+                        ),
+                    )?
+                }
+                None => self.maker.call_method1(
+                    "meta_tensor",
+                    (
+                        t.dtype.name(),
+                        PyTuple::new(py, &t.shape)?,
+                        PyTuple::new(py, &t.stride)?,
+                        t.requires_grad,
+                        t.parameter,
+                    ),
+                )?,
+            },
+            Value::Array(a) => {
+                let dt = self.np_dtype(&a.dtype)?;
+                let ArrayData::Bytes(b) = &a.data else {
+                    return Err(CheckpointError::new_err(format!(
+                        "{file}: a numpy array never received its state"
+                    )));
+                };
+                self.maker.call_method1(
+                    "np_array",
+                    (dt, a.shape.clone(), a.fortran, PyByteArray::new(py, b)),
+                )?
+            }
+            Value::NpDtype(d) => self.np_dtype(d)?,
+            Value::NpScalar(s) => {
+                let dt = self.np_dtype(&s.dtype)?;
+                self.maker
+                    .call_method1("np_scalar", (dt, PyBytes::new(py, &s.data)))?
+            }
+            Value::Object(_) => {
+                return Err(CheckpointError::new_err(format!(
+                    "{file}: an opaque object cannot be built"
+                )))
+            }
+            Value::List(_) | Value::Set(_) | Value::Dict(_) => {
+                return Err(CheckpointError::new_err(format!(
+                    "{file}: {} is built empty and filled",
+                    v.describe()
+                )))
+            }
+        })
+    }
+
+    fn fill(&mut self, id: Id) -> PyResult<()> {
+        let arena = &self.loaded.arena;
+        let obj = self.obj(id)?;
+        match arena.get(id) {
+            Value::List(items) => {
+                let list = obj.downcast::<PyList>()?;
+                for o in self.objs_of(items)? {
+                    list.append(o)?;
+                }
+            }
+            Value::Set(items) => {
+                let set = obj.downcast::<PySet>()?;
+                for o in self.objs_of(items)? {
+                    set.add(o)?;
+                }
+            }
+            Value::Dict(d) => {
+                for &(k, v) in &d.items {
+                    obj.set_item(self.obj(k)?, self.obj(v)?)?;
+                }
+            }
+            Value::Array(a) => {
+                if let ArrayData::Objects(items) = &a.data {
+                    let items = PyList::new(self.py, self.objs_of(items)?)?;
+                    self.maker
+                        .call_method1("fill_object_array", (&obj, items))?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Instance state and tensor metadata, once every object exists.
+    fn finish(&mut self, id: Id) -> PyResult<()> {
+        let arena = &self.loaded.arena;
+        let obj = self.obj(id)?;
+        match arena.get(id) {
+            Value::Dict(d) => {
+                if let Some(s) = d.state {
+                    self.maker
+                        .call_method1("set_dict_state", (&obj, self.obj(s)?))?;
+                }
+            }
+            Value::Tensor(t) => {
+                if let Some(m) = t.metadata {
+                    self.maker
+                        .call_method1("tensor_metadata", (&obj, self.obj(m)?))?;
+                }
+                if let Some(s) = t.state {
+                    self.maker
+                        .call_method1("set_tensor_state", (&obj, self.obj(s)?))?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn run(mut self) -> PyResult<Bound<'py, PyAny>> {
+        let arena = &self.loaded.arena;
+        let order = arena.reachable(self.loaded.root);
+        for &id in &order {
+            let v = arena.get(id);
+            if Self::is_mutable(v) {
+                let o = self.create_empty(v)?;
+                self.objs[id as usize] = Some(o);
+            }
+        }
+        for &id in &order {
+            if self.objs[id as usize].is_none() {
+                let o = self.build(arena.get(id))?;
+                self.objs[id as usize] = Some(o);
+            }
+        }
+        for &id in &order {
+            self.fill(id)?;
+        }
+        for &id in &order {
+            self.finish(id)?;
+        }
+        self.obj(self.loaded.root)
+    }
+}
+
+fn known_name(k: Known) -> String {
+    k.qualname()
+}
+
+fn build_python<'py>(
+    py: Python<'py>,
+    loaded: &Loaded<'_>,
+    maker: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let b = Builder {
+        py,
+        loaded,
+        maker,
+        objs: vec![None; loaded.arena.len()],
+        storages: HashMap::new(),
+        np_dtypes: HashMap::new(),
+    };
+    b.run()
+}
+
+/// Scans, evaluates and builds `source` (a path, or the file's bytes).
+/// `flavor` is `"torch"` (torch.load: zip and legacy checkpoints only) or
+/// `"any"` (also raw pickles, .npy and .npz). Returns `(format, object)`.
+#[pyfunction]
+#[pyo3(signature = (source, flavor, maker))]
+fn evaluate<'py>(
+    py: Python<'py>,
+    source: &Bound<'py, PyAny>,
+    flavor: &str,
+    maker: &Bound<'py, PyAny>,
+) -> PyResult<(String, Bound<'py, PyAny>)> {
+    let flavor = match flavor {
+        "torch" => Flavor::Torch,
+        "any" => Flavor::Any,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "flavor must be 'torch' or 'any', not {other:?}"
+            )))
+        }
+    };
+    let policy = Policy::default();
+    let opts = LoadOptions {
+        mode: Mode::Strict,
+        flavor,
+        policy: &policy,
+        limits: Limits::default(),
+    };
+    let run = |data: &[u8], name: &str| -> PyResult<(String, Bound<'py, PyAny>)> {
+        let loaded = py
+            .allow_threads(|| load(data, name, &opts))
+            .map_err(|e| eval_error(py, e))?;
+        let obj = build_python(py, &loaded, maker)?;
+        Ok((loaded.format.as_str().to_string(), obj))
+    };
+    if let Ok(b) = source.downcast::<PyBytes>() {
+        return run(b.as_bytes(), "<bytes>");
+    }
+    if let Ok(b) = source.downcast::<PyByteArray>() {
+        let copy = b.to_vec();
+        return run(&copy, "<bytes>");
+    }
+    let path: PathBuf = source.extract()?;
+    let name = path.display().to_string();
+    let io = |e: std::io::Error| PyErr::from(std::io::Error::new(e.kind(), format!("{name}: {e}")));
+    let file = std::fs::File::open(&path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    if len == 0 {
+        return run(&[], &name);
+    }
+    let map = py.allow_threads(|| map_file(&file)).map_err(io)?;
+    run(&map, &name)
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    // Class-level defaults of the attributes every raised instance sets.
+    let unsafe_type = py.get_type::<UnsafePickleError>();
+    unsafe_type.setattr("imports", PyList::empty(py))?;
+    unsafe_type.setattr("findings", PyList::empty(py))?;
+    unsafe_type.setattr("path", "")?;
+    let checkpoint_type = py.get_type::<CheckpointError>();
+    checkpoint_type.setattr("code", "")?;
+    checkpoint_type.setattr("offset", 0)?;
+    m.add_function(wrap_pyfunction!(evaluate, m)?)?;
+    Ok(())
+}

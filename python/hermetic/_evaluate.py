@@ -1,0 +1,335 @@
+"""Building Python objects for the safe evaluator (``hermetic.load_pickle``,
+``hermetic.torch.load``).
+
+The file is scanned and evaluated in Rust (``hermetic._hermetic.evaluate``);
+nothing from the file is ever imported or called. Rust builds containers and
+scalars itself and asks a :class:`Maker` only for tensors, storages and numpy
+objects, always with plain numbers, strings and buffers. torch is imported
+only when a file actually holds tensors.
+"""
+
+from __future__ import annotations
+
+import builtins
+import collections
+import mmap
+import os
+from typing import Any
+
+from hermetic import _hermetic
+from hermetic._hermetic import CheckpointError, UnsafePickleError
+
+__all__ = ["CheckpointError", "Maker", "UnsafePickleError", "load_pickle"]
+
+PathLike = str | os.PathLike[str]
+
+# Classes a data file may name as plain values (never called from here).
+_KNOWN_CLASSES = {
+    "builtins.set": set,
+    "builtins.frozenset": frozenset,
+    "builtins.complex": complex,
+    "builtins.slice": slice,
+    "builtins.range": range,
+    "builtins.bytearray": bytearray,
+    "builtins.bytes": bytes,
+    "builtins.int": int,
+    "builtins.float": float,
+    "builtins.bool": bool,
+    "builtins.str": str,
+    "builtins.list": list,
+    "builtins.tuple": tuple,
+    "builtins.dict": dict,
+    "collections.OrderedDict": collections.OrderedDict,
+    "collections.Counter": collections.Counter,
+}
+
+
+def _torch() -> Any:
+    import torch
+
+    return torch
+
+
+def _np() -> Any:
+    import numpy
+
+    return numpy
+
+
+class Maker:
+    """Makes tensors, storages and numpy objects from what Rust read.
+
+    ``source`` is the file's path or its bytes (storage offsets index it).
+    With ``mmap=True`` zip checkpoint storages are zero-copy slices of one
+    private copy-on-write map of the file: writable, and writes never reach
+    the file. Otherwise they are copied into memory once.
+    """
+
+    def __init__(
+        self, source: str | bytes | bytearray, *, mmap: bool = True, map_location: Any = None
+    ) -> None:
+        self.source = source
+        self.mmap = mmap
+        self.map_location = map_location
+        self._file: Any = None  # the whole file as a torch uint8 tensor (mapped or read)
+        self._buffer: Any = None  # the Python buffer behind it
+        self._storage: Any = None  # the untyped storage of _file
+        self._fd: int | None = None  # for copies read from a path
+        self._dtypes: dict[str, Any] = {}
+
+    # -------------------------------------------------------------- plain
+
+    def big_int(self, data: bytes) -> int:
+        return int.from_bytes(data, "little", signed=True)
+
+    def slice(self, start: Any, stop: Any, step: Any) -> slice:
+        return builtins.slice(start, stop, step)
+
+    def range(self, start: int, stop: int, step: int) -> range:
+        return builtins.range(start, stop, step)
+
+    def ordered_dict(self) -> collections.OrderedDict[Any, Any]:
+        return collections.OrderedDict()
+
+    def counter(self) -> collections.Counter[Any]:
+        return collections.Counter()
+
+    def known(self, qualname: str) -> Any:
+        cls = _KNOWN_CLASSES.get(qualname)
+        if cls is not None:
+            return cls
+        module, _, name = qualname.rpartition(".")
+        if qualname == "torch.Tensor":
+            return _torch().Tensor
+        if qualname == "torch.nn.parameter.Parameter":
+            return _torch().nn.Parameter
+        if qualname in ("torch.Size", "torch.device"):
+            return getattr(_torch(), name)
+        if qualname in ("numpy.ndarray", "numpy.dtype"):
+            return getattr(_np(), name)
+        raise CheckpointError(
+            f"{qualname} appears as a value; hermetic does not hand out functions"
+        )
+
+    def set_dict_state(self, obj: Any, state: Any) -> None:
+        """BUILD on an OrderedDict (a state dict's ``_metadata``)."""
+        dict_state, slots = state if isinstance(state, tuple) else (state, None)
+        if dict_state:
+            obj.__dict__.update(dict_state)
+        if slots:
+            for k, v in slots.items():
+                setattr(obj, k, v)
+
+    # -------------------------------------------------------------- numpy
+
+    def np_dtype(self, spec: Any) -> Any:
+        np = _np()
+        if isinstance(spec, str):
+            return np.dtype(spec)
+        if spec[0] == "subarray":
+            return np.dtype((self.np_dtype(spec[1]), tuple(spec[2])))
+        _, fields, itemsize, aligned = spec
+        desc: dict[str, Any] = {
+            "names": [f[0] for f in fields],
+            "formats": [self.np_dtype(f[1]) for f in fields],
+            "offsets": [f[2] for f in fields],
+            "itemsize": itemsize,
+        }
+        if any(f[3] is not None for f in fields):
+            desc["titles"] = [f[3] for f in fields]
+        return np.dtype(desc, align=aligned)
+
+    def np_array(self, dtype: Any, shape: list[int], fortran: bool, data: bytearray) -> Any:
+        return _np().ndarray(shape, dtype=dtype, buffer=data, order="F" if fortran else "C")
+
+    def np_object_array(self, dtype: Any, shape: list[int], fortran: bool) -> Any:
+        return _np().empty(shape, dtype=dtype, order="F" if fortran else "C")
+
+    def fill_object_array(self, arr: Any, items: list[Any]) -> None:
+        np = _np()
+        flat = np.empty(len(items), dtype=object)
+        for i, item in enumerate(items):
+            flat[i] = item
+        arr[...] = flat.reshape(arr.shape)
+
+    def np_scalar(self, dtype: Any, data: bytes) -> Any:
+        return _np().frombuffer(data, dtype=dtype)[0]
+
+    # -------------------------------------------------------------- torch
+
+    def torch_attr(self, name: str) -> Any:
+        value = self._dtypes.get(name)
+        if value is None:
+            value = self._dtypes[name] = getattr(_torch(), name)
+        return value
+
+    def torch_size(self, dims: list[int]) -> Any:
+        return _torch().Size(dims)
+
+    def torch_device(self, text: str) -> Any:
+        return _torch().device(text)
+
+    def _whole_file(self) -> Any:
+        """The file as one uint8 tensor: a private map of it, or (for bytes) a copy."""
+        if self._file is None:
+            torch = _torch()
+            if isinstance(self.source, (bytes, bytearray)):
+                self._buffer = bytearray(self.source)
+            else:
+                with builtins.open(self.source, "rb") as f:
+                    self._buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            self._file = torch.frombuffer(self._buffer, dtype=torch.uint8)
+        return self._file
+
+    def _read(self, offset: int, nbytes: int) -> Any:
+        """A new storage holding bytes offset..offset+nbytes of the file, read into it."""
+        torch = _torch()
+        st = torch.UntypedStorage(nbytes)
+        view = memoryview(torch.empty(0, dtype=torch.uint8).set_(st).numpy())
+        if self._fd is None:
+            self._fd = os.open(self.source, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        got = 0
+        while got < nbytes:
+            n = os.preadv(self._fd, [view[got:]], offset + got)
+            if n <= 0:
+                raise CheckpointError(f"{self.source}: the file shrank while it was read")
+            got += n
+        return st
+
+    def close(self) -> None:
+        """Closes the descriptor copies were read through (tensors keep their data)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def storage(self, source: int | bytearray, nbytes: int, location: str, mappable: bool) -> Any:
+        torch = _torch()
+        in_memory = isinstance(self.source, (bytes, bytearray))
+        if nbytes == 0:
+            st = torch.UntypedStorage(0)
+        elif isinstance(source, bytearray):
+            st = torch.frombuffer(source, dtype=torch.uint8).untyped_storage()
+        elif (mappable and self.mmap) or in_memory:
+            # A slice of the file's storage: its own storage object, sharing memory.
+            if self._storage is None:
+                self._storage = self._whole_file().untyped_storage()
+            st = self._storage[source : source + nbytes]
+            if not mappable:
+                # Legacy checkpoints do not align storages: a copy of its own.
+                st = st.clone()
+        else:
+            # Copies (and legacy checkpoints, whose storages are not aligned):
+            # each storage read into memory of its own, as torch.load does.
+            st = self._read(source, nbytes)
+        if self.map_location is None and location == "cpu":
+            return st
+        return self._restore(st, location)
+
+    def _restore(self, storage: Any, location: str) -> Any:
+        ml = self.map_location
+        if ml is None:
+            target: Any = location
+        elif isinstance(ml, dict):
+            target = ml.get(location, location)
+        elif callable(ml):
+            result = ml(storage, location)
+            if result is not None:
+                return result
+            target = location
+        else:
+            target = ml
+        device = _torch().device(target)
+        if device.type == "cpu":
+            return storage
+        if device.type == "meta":
+            return _torch().UntypedStorage(storage.nbytes(), device="meta")
+        return storage.to(device=device)
+
+    def storage_view(self, storage: Any, byte_offset: int, nbytes: int) -> Any:
+        return storage[byte_offset : byte_offset + nbytes]
+
+    def typed_storage(self, storage: Any, dtype: str) -> Any:
+        torch = _torch()
+        return torch.storage.TypedStorage(
+            wrap_storage=storage, dtype=self.torch_attr(dtype), _internal=True
+        )
+
+    def tensor(
+        self,
+        storage: Any,
+        dtype: str,
+        offset: int,
+        shape: tuple[int, ...],
+        stride: tuple[int, ...],
+        requires_grad: bool,
+        parameter: bool,
+    ) -> Any:
+        torch = _torch()
+        t = torch.empty(0, dtype=self.torch_attr(dtype), device=storage.device)
+        t.set_(storage, offset, shape, stride)
+        if parameter:
+            return torch.nn.Parameter(t, requires_grad=requires_grad)
+        if requires_grad:
+            t.requires_grad_(True)
+        return t
+
+    def meta_tensor(
+        self,
+        dtype: str,
+        shape: tuple[int, ...],
+        stride: tuple[int, ...],
+        requires_grad: bool,
+        parameter: bool,
+    ) -> Any:
+        torch = _torch()
+        t = torch.empty_strided(shape, stride, dtype=self.torch_attr(dtype), device="meta")
+        if parameter:
+            return torch.nn.Parameter(t, requires_grad=requires_grad)
+        return t.requires_grad_(requires_grad)
+
+    def tensor_metadata(self, t: Any, metadata: dict[str, bool]) -> None:
+        _torch()._utils.set_tensor_metadata(t, metadata)
+
+    def set_tensor_state(self, t: Any, state: Any) -> None:
+        """Python attributes saved with a tensor (``torch._utils._set_obj_state``)."""
+        dict_state, slots = state if isinstance(state, tuple) else (state, None)
+        for part in (dict_state, slots):
+            if part:
+                for k, v in part.items():
+                    setattr(t, k, v)
+
+
+def _source(f: Any) -> str | bytes | bytearray:
+    if isinstance(f, (bytes, bytearray)):
+        return f
+    if isinstance(f, memoryview):
+        return f.tobytes()
+    if isinstance(f, (str, os.PathLike)):
+        return os.fspath(f)
+    read = getattr(f, "read", None)
+    if read is None:
+        raise TypeError(f"expected a path, bytes or a binary file object, not {type(f).__name__}")
+    data = read()
+    if not isinstance(data, (bytes, bytearray)):
+        raise TypeError("the file object must be opened in binary mode")
+    return data
+
+
+def load_pickle(source: PathLike | bytes | bytearray | memoryview) -> Any:
+    """Load a data-only pickle without running it.
+
+    ``source`` is a path or the file's bytes: a pickle of any protocol (0-5),
+    a ``.npy`` or ``.npz`` file (like ``np.load``, object arrays too; an
+    ``.npz`` comes back as a dict of arrays), or a PyTorch checkpoint. The
+    result is made of ordinary Python, numpy (and torch) objects. A file that
+    imports anything outside hermetic's data allowlist raises
+    :class:`UnsafePickleError` naming every offending import (``.imports``);
+    nothing from the file is imported or called, ever.
+    """
+    src = _source(source)
+    maker = Maker(src, mmap=False)
+    try:
+        _, obj = _hermetic.evaluate(src, "any", maker)
+    finally:
+        maker.close()
+    return obj

@@ -1,0 +1,532 @@
+"""The firewall's state and its one decision point, ``check``.
+
+Two layers decide on every unpickle, and both must allow it:
+
+* the process-wide mode (``deny``, ``enforce``, ``record``, ``warn``), set
+  from the environment at start-up or by ``activate``, judged by the Rust
+  manifest code;
+* the token restrictions of ``no_pickles()``: process-wide while active,
+  lifted only for the thread or asyncio task that holds a permission from
+  ``allow_pickles(token)`` for *every* active restriction.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import warnings
+from contextvars import ContextVar
+from typing import Any
+
+from hermetic import _hermetic
+from hermetic._hermetic import HermeticError
+from hermetic.firewall._errors import BadTokenError, NoPickleError, PickleWarning
+from hermetic.firewall._inventory import Inventory
+
+MODES = ("deny", "enforce", "record", "warn")
+
+# The id of the empty string: a stand-in blob when only the call site matters.
+_EMPTY_ID = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+_MAX_FRAMES = 64
+
+
+class _State:
+    __slots__ = (
+        "active",
+        "mode",
+        "manifest",
+        "inventory",
+        "tokens",
+        "startup_error",
+        "loader_cache",
+    )
+
+    def __init__(self) -> None:
+        self.active = False
+        self.mode: str | None = None
+        self.manifest: Any = _hermetic.Manifest.default()
+        self.inventory: Inventory | None = None
+        # Active restrictions, innermost last. Replaced, never mutated, so
+        # readers in other threads need no lock.
+        self.tokens: tuple[PickleToken, ...] = ()
+        self.startup_error: str | None = None
+        self.loader_cache: dict[str, bool] = {}
+
+    def refresh(self) -> None:
+        self.active = self.mode is not None or bool(self.tokens)
+
+
+STATE = _State()
+LOCK = threading.RLock()
+
+#: Set while the real unpickler runs a load the firewall approved, in the
+#: thread or task that runs it. The audit hook lets globals resolve only then.
+APPROVED: ContextVar[bool] = ContextVar("hermetic_firewall_approved", default=False)
+#: The permissions from ``allow_pickles`` this thread or task holds.
+PERMS: ContextVar[tuple[_Permission, ...]] = ContextVar("hermetic_firewall_perms", default=())
+#: ``(file, entry point)`` set by outer loaders (``torch.load``) for messages.
+CURRENT: ContextVar[tuple[str | None, str | None]] = ContextVar(
+    "hermetic_firewall_current", default=(None, None)
+)
+
+
+class _Run:
+    """``check``'s answer: run the real unpickler."""
+
+
+RUN = _Run()
+
+
+class Evaluated:
+    """``check``'s answer: the safe evaluator already produced the object."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+
+# --------------------------------------------------------------------------
+# Tokens
+
+
+class PickleToken:
+    """The capability ``hermetic.no_pickles()`` yields. Only the token of an
+    active ``no_pickles()`` block lifts that block's restriction; tokens
+    cannot be constructed, copied or pickled, and compare by identity."""
+
+    __slots__ = ("_where", "__weakref__")
+
+    def __new__(cls, *args: object, **kwargs: object) -> PickleToken:
+        raise TypeError("pickle tokens come only from hermetic.no_pickles()")
+
+    @classmethod
+    def _issue(cls, where: str) -> PickleToken:
+        tok = object.__new__(cls)
+        object.__setattr__(tok, "_where", where)
+        return tok
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("pickle tokens are immutable")
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a pickle token cannot be pickled")
+
+    def __copy__(self) -> Any:
+        raise TypeError("a pickle token cannot be copied")
+
+    def __deepcopy__(self, memo: object) -> Any:
+        raise TypeError("a pickle token cannot be copied")
+
+    def __repr__(self) -> str:
+        return f"<hermetic.PickleToken from no_pickles() at {self._where}>"
+
+
+class _Permission:
+    __slots__ = ("token", "only", "thread", "task")
+
+    def __init__(
+        self, token: PickleToken, only: frozenset[str] | None, thread: int, task: object
+    ) -> None:
+        self.token = token
+        self.only = only
+        self.thread = thread
+        self.task = task
+
+
+def _current_task() -> object:
+    aio = sys.modules.get("asyncio")
+    if aio is None:
+        return None
+    try:
+        loop = aio._get_running_loop()
+        return None if loop is None else aio.current_task(loop)
+    except Exception:
+        return None
+
+
+def is_active_token(token: object) -> bool:
+    # Identity only: `in` would call a forged object's __eq__.
+    return any(t is token for t in STATE.tokens)
+
+
+def enter_restriction(where: str) -> PickleToken:
+    tok = PickleToken._issue(where)
+    with LOCK:
+        STATE.tokens = (*STATE.tokens, tok)
+        STATE.refresh()
+    return tok
+
+
+def exit_restriction(tok: PickleToken) -> None:
+    with LOCK:
+        STATE.tokens = tuple(t for t in STATE.tokens if t is not tok)
+        STATE.refresh()
+
+
+def grant(token: object, only_objects: Any) -> _Permission:
+    if not isinstance(token, PickleToken) or not is_active_token(token):
+        raise BadTokenError(
+            "allow_pickles() needs the token of an active hermetic.no_pickles() block; "
+            f"got {type(token).__name__}"
+            + (
+                " (a token whose no_pickles() block has ended)"
+                if isinstance(token, PickleToken)
+                else ""
+            )
+        )
+    only: frozenset[str] | None = None
+    if only_objects is not None:
+        if isinstance(only_objects, (str, bytes)):
+            raise TypeError("only_objects must be a list of blob ids, not a single string")
+        only = frozenset(_hermetic.check_blob_id(str(x)) for x in only_objects)
+    return _Permission(token, only, threading.get_ident(), _current_task())
+
+
+# --------------------------------------------------------------------------
+# Frames
+
+
+def stack(skip: int = 1) -> tuple[list[str], str | None]:
+    """The frames from here out to the call site (the first frame outside
+    the loader modules), as ``module:qualname``, and the call site's
+    ``file:line``."""
+    manifest = STATE.manifest
+    cache = STATE.loader_cache
+    frames: list[str] = []
+    try:
+        f = sys._getframe(skip + 1)
+    except ValueError:
+        return frames, None
+    while f is not None and len(frames) < _MAX_FRAMES:
+        mod = f.f_globals.get("__name__")
+        if not isinstance(mod, str) or not mod:
+            mod = "?"
+        code = f.f_code
+        frames.append(f"{mod}:{getattr(code, 'co_qualname', code.co_name)}")
+        loader = cache.get(mod)
+        if loader is None:
+            loader = cache[mod] = bool(manifest.is_loader(mod))
+        if not loader:
+            return frames, f"{code.co_filename}:{f.f_lineno}"
+        f = f.f_back
+    return frames, None
+
+
+def _location_of_caller(skip: int) -> str:
+    try:
+        f = sys._getframe(skip + 1)
+    except ValueError:
+        return "?"
+    return f"{f.f_code.co_filename}:{f.f_lineno}"
+
+
+# --------------------------------------------------------------------------
+# The decision
+
+
+def check(
+    blob: bytes,
+    blob_id: str | None,
+    *,
+    file: str | None,
+    entry: str,
+    persistent_load: Any = None,
+) -> object:
+    """Decides one load of ``blob`` (the exact bytes the unpickler would
+    read). Returns ``RUN`` or an ``Evaluated``; raises ``NoPickleError``."""
+    st = STATE
+    if blob_id is None:
+        blob_id = _hermetic.blob_id(blob)
+    size = len(blob)
+    cur_file, cur_entry = CURRENT.get()
+    file = file or cur_file
+    if cur_entry:
+        entry = f"{cur_entry} ({entry})"
+    frames: list[str] | None = None
+    location: str | None = None
+    if st.tokens:
+        _check_tokens(st.tokens, blob, blob_id, size, file, entry)
+    mode = st.mode
+    if mode is None:
+        return RUN
+    m = st.manifest
+    if st.inventory is not None or m.needs_frames(mode, blob_id):
+        frames, location = stack()
+    judgement, action = m.decide(mode, blob_id, size, frames)
+    if st.inventory is not None:
+        _record_load(
+            st.inventory, blob, blob_id, size, file, entry, frames or [], location, judgement
+        )
+    if action == "allow":
+        return RUN
+    if frames is None:
+        frames, location = stack()
+    scanner = _hermetic.scan_summary(blob)
+    if action == "warn":
+        message = m.refusal(mode, blob_id, size, frames, file, location, entry, scanner[3])[0]
+        _warn_at(message, location)
+        return RUN
+    note = None
+    if action == "evaluate":
+        if scanner[0] == "safe":
+            from hermetic import _firewall_eval
+
+            try:
+                return Evaluated(
+                    _firewall_eval.evaluate(blob, file, persistent_load=persistent_load)
+                )
+            except _firewall_eval.EvaluatorUnavailable as e:
+                note = str(e)
+            except HermeticError as e:
+                # The evaluator's allowlist is the last word: never fall
+                # back to the real unpickler.
+                note = f"the safe evaluator refused it: {type(e).__name__}: {e}"
+        else:
+            note = (
+                'unlisted = "safe" evaluates only blobs the scanner calls data-only; '
+                f"the scanner calls this one {scanner[0]}"
+            )
+    raise _refusal(mode, blob_id, size, frames, file, location, entry, scanner, note)
+
+
+def _refusal(
+    mode: str,
+    blob_id: str,
+    size: int,
+    frames: list[str],
+    file: str | None,
+    location: str | None,
+    entry: str,
+    scanner: tuple[str, list[str], list[str], str],
+    note: str | None,
+) -> NoPickleError:
+    m = STATE.manifest
+    message, line, site = m.refusal(mode, blob_id, size, frames, file, location, entry, scanner[3])
+    if note:
+        message += f"\nnote: {note}"
+    if STATE.startup_error:
+        message += f"\nnote: {STATE.startup_error}"
+    return NoPickleError(
+        message,
+        blob_id=blob_id,
+        size=size,
+        file=file,
+        call_site=site,
+        scanner=scanner[3],
+        manifest_line=line,
+        mode=mode,
+    )
+
+
+def _check_tokens(
+    tokens: tuple[PickleToken, ...],
+    blob: bytes,
+    blob_id: str,
+    size: int,
+    file: str | None,
+    entry: str,
+) -> None:
+    perms = PERMS.get()
+    thread = threading.get_ident()
+    task: object = False  # computed on first need
+    for tok in tokens:
+        held = None
+        for p in reversed(perms):
+            if p.token is tok:
+                held = p
+                break
+        why = None
+        if held is None:
+            why = "no allow_pickles() for it is in force here"
+        else:
+            if task is False:
+                task = _current_task()
+            if held.thread != thread or held.task is not task:
+                why = (
+                    "the allow_pickles() in force was entered by another thread or asyncio "
+                    "task; a permission covers only the thread or task that entered it"
+                )
+            elif held.only is not None and blob_id not in held.only:
+                why = f"the allow_pickles() in force allows only {len(held.only)} other blob id(s)"
+        if why is not None:
+            frames, location = stack()
+            site = STATE.manifest.call_site(frames) if frames else None
+            scanner = _hermetic.scan_summary(blob)[3]
+            lines = [
+                f"hermetic refused to unpickle blob {blob_id} ({size} bytes)",
+                f"  restricted by: hermetic.no_pickles() entered at {tok._where}",
+                f"  why:       {why}",
+            ]
+            if file:
+                lines.append(f"  file:      {file}")
+            lines.append(f"  call site: {site or '?'} ({location or '?'})")
+            lines.append(f"  through:   {entry}")
+            lines.append(f"  scanner:   {scanner}")
+            lines.append("To allow exactly this blob, in that thread or task, with the token:")
+            lines.append(f'  with hermetic.allow_pickles(token, only_objects=["{blob_id}"]):')
+            raise NoPickleError(
+                "\n".join(lines),
+                blob_id=blob_id,
+                size=size,
+                file=file,
+                call_site=site,
+                scanner=scanner,
+                manifest_line=None,
+                mode=None,
+            )
+
+
+def _record_load(
+    inv: Inventory,
+    blob: bytes,
+    blob_id: str,
+    size: int,
+    file: str | None,
+    entry: str,
+    frames: list[str],
+    location: str | None,
+    judgement: str,
+) -> None:
+    site = STATE.manifest.call_site(frames) if frames else None
+    # Loads a call-site rule allows (inter-process messages, a new blob per
+    # message) make one line per rule and call site, not one per message.
+    key: tuple[Any, ...] = (
+        (judgement, site) if judgement.startswith("rule:") else (blob_id, site, file)
+    )
+    if inv.seen("load", key):
+        return
+    verdict, imports, findings, _text = _hermetic.scan_summary(blob)
+    inv.write(
+        "load",
+        key,
+        blob=blob_id,
+        size=size,
+        file=file,
+        entry_point=entry,
+        call_site=site,
+        location=location,
+        judgement=judgement,
+        verdict=verdict,
+        imports=imports,
+        findings=findings,
+    )
+
+
+def record_dump(entry: str) -> None:
+    """Notes a call site that writes a pickle (record and warn modes)."""
+    st = STATE
+    inv = st.inventory
+    if inv is None:
+        return
+    cur_entry = CURRENT.get()[1]
+    if cur_entry:
+        entry = cur_entry
+    frames, location = stack()
+    site = st.manifest.call_site(frames) if frames else None
+    key = (entry, site, location)
+    if inv.seen("dump", key):
+        return
+    judgement = st.manifest.decide("deny", _EMPTY_ID, 0, frames)[0]
+    inv.write(
+        "dump",
+        key,
+        entry_point=entry,
+        call_site=site,
+        location=location,
+        judgement=judgement if judgement.startswith("rule:") else None,
+    )
+
+
+def on_unguarded_global(module: str, name: str) -> None:
+    """The audit hook saw a global resolved outside any approved load."""
+    st = STATE
+    if st.tokens or st.mode in ("deny", "enforce"):
+        frames, location = stack()
+        site = st.manifest.call_site(frames) if frames else None
+        raise NoPickleError(
+            f"hermetic refused to resolve the global {module}.{name}: an unpickler the "
+            "firewall does not guard (a reference to pickle.loads or an Unpickler class taken "
+            "before the firewall started, or a custom find_class) tried to load it outside an "
+            f"approved load\n  call site: {site or '?'} ({location or '?'})\n"
+            "Load through pickle.load/pickle.loads/pickle.Unpickler (looked up after the "
+            "firewall started) so that the blob can be checked against the manifest.",
+            call_site=site,
+            mode=st.mode,
+        )
+    inv = st.inventory
+    if inv is not None:
+        frames, location = stack()
+        site = st.manifest.call_site(frames) if frames else None
+        key = (f"{module}.{name}", site)
+        if not inv.seen("global", key):
+            inv.write(
+                "global", key, **{"global": f"{module}.{name}"}, call_site=site, location=location
+            )
+    if st.mode == "warn":
+        _warn_at(
+            f"hermetic: an unguarded unpickler resolved {module}.{name} outside any checked load",
+            None,
+        )
+
+
+def _warn_at(message: str, location: str | None) -> None:
+    if location and ":" in location:
+        filename, _, line = location.rpartition(":")
+        try:
+            lineno = int(line)
+        except ValueError:
+            lineno = 0
+        # An explicit module: with module=None, CPython 3.11 shows nothing.
+        module = os.path.splitext(os.path.basename(filename))[0] or "hermetic"
+        warnings.warn_explicit(message, PickleWarning, filename, lineno, module=module)
+    else:
+        warnings.warn(message, PickleWarning, stacklevel=3)
+
+
+# --------------------------------------------------------------------------
+# Activation
+
+
+def activate(
+    mode: str,
+    manifest: str | os.PathLike[str] | None = None,
+    inventory: str | os.PathLike[str] | None = None,
+    *,
+    startup_error: str | None = None,
+) -> None:
+    """Switches the process-wide mode on. It stays on for the life of the
+    process (the audit hook cannot be removed)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode == "enforce" and manifest is None:
+        raise ValueError("enforce mode needs a manifest (HERMETIC_MANIFEST)")
+    if manifest is not None:
+        m = _hermetic.Manifest.load(os.path.abspath(os.fspath(manifest)))
+    else:
+        m = _hermetic.Manifest.default()
+    inv_path: str | None = None
+    if inventory is not None:
+        inv_path = os.fspath(inventory)
+    elif mode == "record":
+        inv_path = "hermetic-inventory.jsonl"
+    from hermetic.firewall import _hooks
+
+    with LOCK:
+        if STATE.mode is not None and (STATE.mode, STATE.manifest.path) != (mode, m.path):
+            raise RuntimeError(
+                f"the pickle firewall is already active in {STATE.mode} mode; "
+                "a process has one mode for its whole life"
+            )
+        STATE.manifest = m
+        STATE.loader_cache = {}
+        STATE.inventory = Inventory(inv_path) if inv_path is not None else None
+        STATE.startup_error = startup_error
+        _hooks.install(writers=STATE.inventory is not None)
+        STATE.mode = mode
+        STATE.refresh()
+
+
+def location_of_caller(skip: int = 1) -> str:
+    return _location_of_caller(skip + 1)
