@@ -313,7 +313,7 @@ class MyTensor(torch.Tensor):
         ({"m": torch.empty(2, device="meta")}, r'tree\["m"\]', "meta"),
         ({"d": {1: {"k": bytearray(b"x")}}}, r'tree\["d"\]\[1\]\["k"\]', "bytearray"),
         ({"s": "\ud800"}, r'tree\["s"\]', "surrogate"),
-        ({"n": OrderedDict, "x": 1}, r'tree\["n"\]', "type"),
+        ({"n": [].append, "x": 1}, r'tree\["n"\]', "bound method"),
     ],
 )
 def test_unsupported_objects_name_their_path(

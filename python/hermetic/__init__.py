@@ -37,6 +37,7 @@ from hermetic._scan import (
     scan,
     scan_bytes,
 )
+from hermetic._typed import ClassNotAllowedError, SchemaError, field, register
 from hermetic.firewall import (
     BadTokenError,
     NoPickleError,
@@ -50,6 +51,10 @@ __all__ = [
     "CheckpointError",
     "load_pickle",
     "torch",
+    "ClassNotAllowedError",
+    "SchemaError",
+    "field",
+    "register",
     "FormatError",
     "Handle",
     "TensorInfo",

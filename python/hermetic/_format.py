@@ -13,14 +13,42 @@ import json
 import mmap
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from hermetic import _hermetic
+from hermetic import _hermetic, _typed
 from hermetic._hermetic import FormatError
 
-__all__ = ["FormatError", "Handle", "TensorInfo", "dumps", "load", "loads", "open_archive", "save"]
+# The underscore names are called by the Rust tree walk and builder: this
+# module is their `helpers`.
+from hermetic._typed import (  # noqa: F401
+    ClassNotAllowedError,
+    SchemaError,
+    _callable_name,
+    _check_partial,
+    _class_info,
+    _date,
+    _datetime,
+    _datetime_text,
+    _decimal,
+    _path,
+    _timedelta,
+    _uuid,
+)
+
+__all__ = [
+    "ClassNotAllowedError",
+    "FormatError",
+    "Handle",
+    "SchemaError",
+    "TensorInfo",
+    "dumps",
+    "load",
+    "loads",
+    "open_archive",
+    "save",
+]
 
 Framework = Literal["torch", "pt", "numpy", "np"]
 PathLike = str | os.PathLike[str]
@@ -469,8 +497,13 @@ def save(
     complete (an interrupted or failed save leaves an existing file intact);
     ``fsync=True`` also flushes it to stable storage before the rename, so a
     power loss cannot leave a torn file either (it roughly doubles save time).
-    Anything the format cannot represent raises :class:`FormatError` naming
-    its place in the tree.
+    Instances of dataclasses, attrs classes and NamedTuples, enum members,
+    datetime/pathlib/uuid/decimal values and functions, classes and
+    ``functools.partial`` by reference are recorded with their class names
+    (docs/SPEC.md, section 10; load them with ``type=``, ``allow=`` or
+    ``plain=True``). Anything the format cannot represent (a lambda, a closure,
+    an arbitrary object) raises :class:`FormatError` naming its place in the
+    tree and the reason.
     """
     md = _metadata(metadata)
     shard = _size(max_shard_size) if max_shard_size is not None else None
@@ -482,9 +515,16 @@ def dumps(obj: Any, *, metadata: Mapping[str, str] | None = None) -> bytes:
     return _hermetic.format_dumps(obj, _metadata(metadata), sys.modules[__name__])
 
 
+Extra = Literal["forbid", "ignore"]
+
+
 def load(
     path: PathLike,
     *,
+    type: Any = None,
+    allow: Iterable[Any] | None = None,
+    extra: Extra = "forbid",
+    plain: bool = False,
     framework: Framework | None = None,
     device: Any = None,
     verify: bool = False,
@@ -496,22 +536,60 @@ def load(
     directly (``"meta"`` reads no data). Tensors are zero-copy views of a
     private copy-on-write map of the file and are writable. ``verify=True``
     checks every tensor's digest first.
+
+    A file holding class instances (dataclasses, attrs classes, NamedTuples,
+    enums) or callables needs one of:
+
+    - ``type=T``: rebuild the tree as ``T`` from its annotations (the class
+      names in the file only tag unions); callables still need ``allow``;
+    - ``allow=[Config, "mypkg.configs:*", gelu]``: rebuild the classes and
+      callables the file names, but only these (objects, exact
+      ``"module:qualname"`` names, or ``"module:*"``), plus those passed to
+      :func:`hermetic.register`;
+    - ``plain=True``: plain dicts and lists, each object a dict tagged with its
+      recorded class (``{"$class": "mypkg.configs:Config", ...}``).
+
+    No module is ever imported because the file names it. ``extra="ignore"``
+    drops fields the file has and the class does not; by default they are an
+    error. A mismatch raises :class:`SchemaError` naming each place, the
+    expected and the found type; a name outside the allowlist raises
+    :class:`ClassNotAllowedError`.
     """
     with open_archive(path) as h:
-        return h.load(framework=framework, device=device, verify=verify)
+        return h.load(
+            type=type,
+            allow=allow,
+            extra=extra,
+            plain=plain,
+            framework=framework,
+            device=device,
+            verify=verify,
+        )
 
 
 def loads(
     data: bytes | bytearray | memoryview,
     *,
+    type: Any = None,
+    allow: Iterable[Any] | None = None,
+    extra: Extra = "forbid",
+    plain: bool = False,
     framework: Framework | None = None,
     device: Any = None,
     verify: bool = False,
 ) -> Any:
     """Like :func:`load`, from bytes. Tensors are views of a private copy of ``data``."""
     buf = bytearray(data)
-    h = Handle(_hermetic.format_open_buffer(buf), [buf])
-    return h.load(framework=framework, device=device, verify=verify)
+    h = Handle(_hermetic.format_open_buffer(buf), [buf], "<bytes>")
+    return h.load(
+        type=type,
+        allow=allow,
+        extra=extra,
+        plain=plain,
+        framework=framework,
+        device=device,
+        verify=verify,
+    )
 
 
 def open_archive(path: PathLike) -> Handle:
@@ -521,15 +599,20 @@ def open_archive(path: PathLike) -> Handle:
     tensors; ``handle["model", "layer.weight"]`` loads just that subtree.
     """
     ar = _hermetic.format_open(os.fspath(path))
-    return Handle(ar, [None] * len(ar.paths()))
+    return Handle(ar, [None] * len(ar.paths()), os.fspath(path))
+
+
+def _index(part: Any) -> str:
+    return f"[{json.dumps(part, ensure_ascii=False)}]" if isinstance(part, str) else f"[{part!r}]"
 
 
 class Handle:
     """A lazily opened hermetic or safetensors file (see :func:`hermetic.open`)."""
 
-    def __init__(self, archive: Any, buffers: list[Any]) -> None:
+    def __init__(self, archive: Any, buffers: list[Any], source: str = "<file>") -> None:
         self._archive = archive
         self._buffers = buffers
+        self._source = source
         self._tree: Any = None
 
     def __enter__(self) -> Handle:
@@ -554,10 +637,51 @@ class Handle:
 
     @property
     def tree(self) -> Any:
-        """The saved structure with a :class:`TensorInfo` for every tensor."""
+        """The saved structure with a :class:`TensorInfo` for every tensor (class
+        instances as dicts tagged with their recorded class, as ``plain=True``)."""
         if self._tree is None:
-            self._tree = self._archive.build([], _info_maker)
+            self._tree = self._archive.build([], _info_maker, _typed.PLAIN_HOOKS)
         return self._tree
+
+    def _build(
+        self,
+        parts: list[Any],
+        maker: Any,
+        type: Any = None,
+        allow: Iterable[Any] | None = None,
+        extra: Extra = "forbid",
+        plain: bool = False,
+    ) -> Any:
+        archive = self._archive
+        if extra not in ("forbid", "ignore"):
+            raise ValueError(f"extra must be 'forbid' or 'ignore', not {extra!r}")
+        if plain:
+            if type is not None:
+                raise ValueError("plain=True returns plain data; it cannot be combined with type=")
+            return archive.build(parts, maker, _typed.PLAIN_HOOKS)
+        refs = archive.named_refs(parts) if archive.is_typed() else []
+        if type is None:
+            if not refs:
+                return archive.build(parts, maker)
+            ctx = _typed.Context(allow, extra, True)
+            missing = [name for _, name, *_ in refs if not ctx.allow.permits(name)]
+            if missing:
+                raise ClassNotAllowedError(
+                    _typed.not_allowed_message(self._source, refs, missing, allow is not None)
+                )
+            with ctx.active():
+                return archive.build(parts, maker, _typed.AllowHooks(ctx))
+        ctx = _typed.Context(allow, extra, any(kind != "callable" for kind, *_ in refs))
+        missing = [
+            name for kind, name, *_ in refs if kind == "callable" and not ctx.allow.permits(name)
+        ]
+        if missing:
+            raise ClassNotAllowedError(_typed.callables_not_allowed_message(self._source, missing))
+        tree = archive.build(parts, maker, _typed.TypedHooks(ctx))
+        try:
+            return ctx.structure(tree, type, "tree" + "".join(_index(p) for p in parts))
+        except SchemaError as e:
+            raise SchemaError(f"{self._source}: {e}") from e.__cause__
 
     def keys(self) -> list[str]:
         """The safetensors entry names, in file order."""
@@ -570,13 +694,23 @@ class Handle:
         return _Maker(self._archive, self._buffers, _framework(framework), device)
 
     def __getitem__(self, key: Any) -> Any:
-        """Load the subtree at a key path: ``h["a"]``, ``h["a", 0, "b"]``."""
+        """Load the subtree at a key path: ``h["a"]``, ``h["a", 0, "b"]`` (class
+        records by field name; classes only from :func:`hermetic.register`)."""
         parts = list(key) if isinstance(key, tuple) else [key]
-        return self._archive.build(parts, self._maker(None, None))
+        return self._build(parts, self._maker(None, None))
 
-    def get(self, *path: Any, framework: Framework | None = None, device: Any = None) -> Any:
-        """Like indexing, with ``framework`` and ``device``."""
-        return self._archive.build(list(path), self._maker(framework, device))
+    def get(
+        self,
+        *path: Any,
+        type: Any = None,
+        allow: Iterable[Any] | None = None,
+        extra: Extra = "forbid",
+        plain: bool = False,
+        framework: Framework | None = None,
+        device: Any = None,
+    ) -> Any:
+        """Like indexing, with :func:`load`'s options."""
+        return self._build(list(path), self._maker(framework, device), type, allow, extra, plain)
 
     def get_tensor(
         self, name: str, *, framework: Framework | None = None, device: Any = None
@@ -585,12 +719,20 @@ class Handle:
         return self._archive.entry_tensor(name, self._maker(framework, device))
 
     def load(
-        self, *, framework: Framework | None = None, device: Any = None, verify: bool = False
+        self,
+        *,
+        type: Any = None,
+        allow: Iterable[Any] | None = None,
+        extra: Extra = "forbid",
+        plain: bool = False,
+        framework: Framework | None = None,
+        device: Any = None,
+        verify: bool = False,
     ) -> Any:
-        """The whole tree."""
+        """The whole tree (see :func:`load` for the options)."""
         if verify:
             self.verify()
-        return self._archive.build([], self._maker(framework, device))
+        return self._build([], self._maker(framework, device), type, allow, extra, plain)
 
     def verify(self) -> None:
         """Check every tensor's digest; raises :class:`FormatError` on corruption."""

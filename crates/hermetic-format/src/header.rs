@@ -5,6 +5,7 @@ use crate::digest::{is_digest, DIGEST_ALGORITHM};
 use crate::dtype::Dtype;
 use crate::error::{FormatError, Result};
 use crate::tree::{contiguous_strides, view_extent, Node, TensorKind, TensorRef, Tree, View};
+use crate::typed::TYPED_VERSION;
 use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -449,12 +450,12 @@ impl<'de> Visitor<'de> for DocSeed<'_> {
             match key.as_str() {
                 "version" => {
                     doc.version = map.next_value()?;
-                    if doc.version != FORMAT_VERSION {
+                    if !(FORMAT_VERSION..=TYPED_VERSION).contains(&doc.version) {
                         return Err(fail(
                             self.err,
                             "version",
                             format!(
-                                "version {} is not supported (this reader knows version {FORMAT_VERSION})",
+                                "version {} is not supported (this reader knows versions {FORMAT_VERSION} to {TYPED_VERSION})",
                                 doc.version
                             ),
                         ));
@@ -507,6 +508,19 @@ impl<'de> Visitor<'de> for DocSeed<'_> {
                 ));
             }
         }
+        if let Some(t) = &doc.tree {
+            let needs = t.required_version();
+            if needs > doc.version {
+                return Err(fail(
+                    self.err,
+                    "version",
+                    format!(
+                        "the tree uses version-{needs} nodes (class records, callables or standard-library values) in a version-{} document",
+                        doc.version
+                    ),
+                ));
+            }
+        }
         Ok(doc)
     }
 }
@@ -540,11 +554,13 @@ impl<'de> serde::Deserialize<'de> for DigestMap {
     }
 }
 
-/// Encodes a hermetic document.
-pub fn doc_json(tree: Option<&Tree>, digests: &[(&str, &str)]) -> Result<String> {
-    let mut s = String::with_capacity(64 + digests.len() * 64);
+/// Encodes a hermetic document, with the tree already encoded: (JSON, the
+/// version it requires).
+pub fn doc_json_with(tree: Option<(&str, u64)>, digests: &[(&str, &str)]) -> Result<String> {
+    let mut s = String::with_capacity(64 + digests.len() * 64 + tree.map_or(0, |t| t.0.len()));
+    let version = tree.map_or(FORMAT_VERSION, |t| t.1);
     s.push_str(&format!(
-        "{{\"version\":{FORMAT_VERSION},\"digest\":\"{DIGEST_ALGORITHM}\",\"digests\":{{"
+        "{{\"version\":{version},\"digest\":\"{DIGEST_ALGORITHM}\",\"digests\":{{"
     ));
     for (i, (name, d)) in digests.iter().enumerate() {
         if i > 0 {
@@ -561,9 +577,9 @@ pub fn doc_json(tree: Option<&Tree>, digests: &[(&str, &str)]) -> Result<String>
         );
     }
     s.push('}');
-    if let Some(t) = tree {
+    if let Some((t, _)) = tree {
         s.push_str(",\"tree\":");
-        s.push_str(&t.to_json()?);
+        s.push_str(t);
     }
     s.push('}');
     Ok(s)

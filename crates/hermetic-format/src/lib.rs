@@ -16,6 +16,7 @@ mod header;
 mod planner;
 mod shard;
 mod tree;
+mod typed;
 mod writer;
 
 pub use archive::{index_path, Archive, Backing, DataFile, EntryCheck};
@@ -29,8 +30,12 @@ pub use header::{
 pub use planner::{path_name, EntryOrigin, PathPart, Planner, ViewSpec};
 pub use shard::{read_index, shard_name, write_sharded, Index, INDEX_NAME, MAX_INDEX_SIZE};
 pub use tree::{
-    contiguous_strides, view_extent, Node, NodeId, TensorKind, TensorRef, Tree, View,
+    contiguous_strides, view_extent, Node, NodeId, Shape, TensorKind, TensorRef, Tree, View,
     INLINE_BYTES_MAX, MAX_DEPTH, MAX_NDIM,
+};
+pub use typed::{
+    is_class_name, is_date, is_datetime, is_decimal, is_identifier, is_import_name, is_timedelta,
+    is_uuid, NamedRef, RefKind, TYPED_VERSION,
 };
 pub use writer::{
     write_file, write_to_vec, EntrySource, Plan, PlannedEntry, SliceSource, WriteOptions,

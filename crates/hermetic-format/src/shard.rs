@@ -5,6 +5,7 @@
 use crate::error::{FormatError, Result};
 use crate::header::{parse_doc_members, FORMAT_VERSION};
 use crate::tree::Tree;
+use crate::typed::TYPED_VERSION;
 use crate::writer::{persist, write_temp, EntrySource, Plan, WriteOptions};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -158,12 +159,12 @@ fn index_json(plan: &Plan, weight_map: &[(String, String)]) -> Result<String> {
         wm.push_str(&serde_json::to_string(v).unwrap_or_default());
     }
     wm.push('}');
-    let tree = match &plan.tree {
-        Some(t) => t.to_json()?,
-        None => "null".into(),
+    let (tree, version) = match &plan.tree {
+        Some(t) => (t.to_json()?, t.required_version()),
+        None => ("null".into(), FORMAT_VERSION),
     };
     Ok(format!(
-        "{{\"metadata\":{},\"weight_map\":{wm},\"hermetic\":{{\"version\":{FORMAT_VERSION},\"tree\":{tree}}}}}\n",
+        "{{\"metadata\":{},\"weight_map\":{wm},\"hermetic\":{{\"version\":{version},\"tree\":{tree}}}}}\n",
         serde_json::Value::Object(md)
     ))
 }
@@ -215,7 +216,7 @@ pub fn read_index(path: &Path) -> Result<Index> {
     }
     if let Some(h) = raw.hermetic {
         let (version, tree) = parse_doc_members(h.get(), &file)?;
-        if version != FORMAT_VERSION {
+        if !(FORMAT_VERSION..=TYPED_VERSION).contains(&version) {
             return Err(bad(format!("hermetic version {version} is not supported")));
         }
         index.tree = tree;

@@ -7,12 +7,19 @@
 
 use crate::dtype::Dtype;
 use crate::error::{FormatError, Result};
+use crate::typed::{
+    is_class_name, is_date, is_datetime, is_decimal, is_identifier, is_import_name, is_timedelta,
+    is_uuid,
+};
 use base64::Engine as _;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 use serde_json::Value;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 /// Index of a node in [`Tree::nodes`].
 pub type NodeId = usize;
@@ -66,6 +73,43 @@ pub enum Node {
         dtype: Value,
         data: Vec<u8>,
     },
+    // Version 2 (docs/SPEC.md, section 10).
+    /// A class record: an instance of `shape.class` (`module:qualname`),
+    /// with one value per field of the shape, in order (memoizable).
+    Object {
+        shape: Arc<Shape>,
+        values: Vec<NodeId>,
+    },
+    /// A member of the enum class `module:qualname`, by its value.
+    Enum {
+        class: Arc<str>,
+        value: NodeId,
+    },
+    /// A function or class by reference: its `module:qualname`.
+    Callable(String),
+    /// A `functools.partial` of the function `func` (memoizable).
+    Partial {
+        func: String,
+        args: Vec<NodeId>,
+        keywords: Vec<(String, NodeId)>,
+    },
+    /// A `datetime.datetime` in ISO 8601 (`datetime.isoformat()`), with an
+    /// optional `[zone]` suffix.
+    Datetime(String),
+    /// A `datetime.date`, `YYYY-MM-DD`.
+    Date(String),
+    /// A `datetime.timedelta` in its normalised form.
+    Timedelta {
+        days: i64,
+        seconds: i64,
+        microseconds: i64,
+    },
+    /// A `pathlib.Path`, as `str(path)`.
+    Path(String),
+    /// A `uuid.UUID`, canonical lowercase text.
+    Uuid(String),
+    /// A `decimal.Decimal`, as `str(d)`.
+    Decimal(String),
 }
 
 impl Node {
@@ -82,7 +126,44 @@ impl Node {
                 | Node::Dict(_)
                 | Node::ODict(_)
                 | Node::Tensor(_)
+                | Node::Object { .. }
+                | Node::Partial { .. }
         )
+    }
+
+    /// Whether this node is one of version 2's (docs/SPEC.md, section 10).
+    pub fn is_typed(&self) -> bool {
+        matches!(
+            self,
+            Node::Object { .. }
+                | Node::Enum { .. }
+                | Node::Callable(_)
+                | Node::Partial { .. }
+                | Node::Datetime(_)
+                | Node::Date(_)
+                | Node::Timedelta { .. }
+                | Node::Path(_)
+                | Node::Uuid(_)
+                | Node::Decimal(_)
+        )
+    }
+}
+
+/// The class and field names of a class record; every record of one class
+/// (with the same fields) shares one.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Shape {
+    /// `module:qualname`.
+    pub class: String,
+    pub fields: Vec<String>,
+}
+
+impl Shape {
+    pub fn new(class: impl Into<String>, fields: Vec<String>) -> Arc<Shape> {
+        Arc::new(Shape {
+            class: class.into(),
+            fields,
+        })
     }
 }
 
@@ -215,11 +296,32 @@ impl Tree {
             if node.is_memoizable() {
                 memo.push(id);
             }
-            for c in self.children(id).into_iter().rev() {
-                stack.push(c);
-            }
+            self.push_children_rev(id, &mut stack);
         }
         self.memo = memo;
+    }
+
+    /// Pushes the direct children of `id` onto `stack`, last first (so they
+    /// pop in document order).
+    pub(crate) fn push_children_rev(&self, id: NodeId, stack: &mut Vec<NodeId>) {
+        match &self.nodes[id] {
+            Node::List(v) | Node::Tuple(v) | Node::Set(v) | Node::FrozenSet(v) => {
+                stack.extend(v.iter().rev())
+            }
+            Node::Dict(p) | Node::ODict(p) => {
+                for (k, v) in p.iter().rev() {
+                    stack.push(*v);
+                    stack.push(*k);
+                }
+            }
+            Node::Object { values, .. } => stack.extend(values.iter().rev()),
+            Node::Enum { value, .. } => stack.push(*value),
+            Node::Partial { args, keywords, .. } => {
+                stack.extend(keywords.iter().rev().map(|(_, v)| *v));
+                stack.extend(args.iter().rev());
+            }
+            _ => {}
+        }
     }
 
     /// Direct children in document order (keys before values).
@@ -227,6 +329,13 @@ impl Tree {
         match &self.nodes[id] {
             Node::List(v) | Node::Tuple(v) | Node::Set(v) | Node::FrozenSet(v) => v.clone(),
             Node::Dict(p) | Node::ODict(p) => p.iter().flat_map(|(k, v)| [*k, *v]).collect(),
+            Node::Object { values, .. } => values.clone(),
+            Node::Enum { value, .. } => vec![*value],
+            Node::Partial { args, keywords, .. } => args
+                .iter()
+                .copied()
+                .chain(keywords.iter().map(|(_, v)| *v))
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -258,24 +367,18 @@ impl Tree {
     pub fn to_json(&self) -> Result<String> {
         let mut out = Vec::with_capacity(64 + self.nodes.len() * 32);
         let mut ser = serde_json::Serializer::new(&mut out);
-        Enc {
-            tree: self,
-            id: self.root,
-            depth: 0,
-        }
-        .serialize(&mut ser)
-        .map_err(|e| FormatError::unsupported("tree", e.to_string()))?;
+        let shapes = RefCell::default();
+        Enc::new(self, self.root, &shapes)
+            .serialize(&mut ser)
+            .map_err(|e| FormatError::unsupported("tree", e.to_string()))?;
         String::from_utf8(out).map_err(|e| FormatError::unsupported("tree", e.to_string()))
     }
 
     /// Serializes the node (and its subtree) as a JSON value.
     pub fn node_to_value(&self, id: NodeId) -> Result<Value> {
-        serde_json::to_value(Enc {
-            tree: self,
-            id,
-            depth: 0,
-        })
-        .map_err(|e| FormatError::unsupported("tree", e.to_string()))
+        let shapes = RefCell::default();
+        serde_json::to_value(Enc::new(self, id, &shapes))
+            .map_err(|e| FormatError::unsupported("tree", e.to_string()))
     }
 
     /// Decodes a tree from JSON, checking every rule of the spec that needs no
@@ -284,6 +387,7 @@ impl Tree {
         let mut dec = Decoder {
             tree: Tree::default(),
             path: Vec::new(),
+            shapes: Vec::new(),
             open_immutable: Vec::new(),
             error: None,
             file,
@@ -339,24 +443,108 @@ impl Serialize for FloatEnc {
     }
 }
 
+/// Shapes written so far: by address (the fast path), and by content.
+#[derive(Default)]
+struct ShapeTable {
+    by_ptr: HashMap<usize, usize>,
+    objects: HashMap<Shape, usize>,
+    enums: HashMap<String, usize>,
+    count: usize,
+}
+
 struct Enc<'a> {
     tree: &'a Tree,
     id: NodeId,
     depth: usize,
+    shapes: &'a RefCell<ShapeTable>,
 }
 
-impl Enc<'_> {
+impl<'a> Enc<'a> {
+    fn new(tree: &'a Tree, id: NodeId, shapes: &'a RefCell<ShapeTable>) -> Self {
+        Enc {
+            tree,
+            id,
+            depth: 0,
+            shapes,
+        }
+    }
+
     fn child(&self, id: NodeId) -> Self {
         Enc {
             tree: self.tree,
             id,
             depth: self.depth + 1,
+            shapes: self.shapes,
         }
+    }
+
+    /// The number of a completed `$object` shape equal to this one, if any.
+    fn shape(&self, shape: &Arc<Shape>) -> Option<usize> {
+        let mut t = self.shapes.borrow_mut();
+        let ptr = Arc::as_ptr(shape) as usize;
+        if let Some(&n) = t.by_ptr.get(&ptr) {
+            return Some(n);
+        }
+        let n = t.objects.get(&**shape).copied()?;
+        t.by_ptr.insert(ptr, n);
+        Some(n)
+    }
+
+    /// A `$object` written in full has ended: it defines the next shape (the
+    /// first definition of equal shapes is the one later objects use).
+    fn shape_done(&self, shape: &Arc<Shape>) {
+        let mut t = self.shapes.borrow_mut();
+        let n = t.count;
+        t.count += 1;
+        if !t.objects.contains_key(&**shape) {
+            t.objects.insert((**shape).clone(), n);
+            t.by_ptr.insert(Arc::as_ptr(shape) as usize, n);
+        }
+    }
+
+    /// Like [`Enc::shape`] for an enum class.
+    fn shape_of_enum(&self, class: &str) -> Option<usize> {
+        self.shapes.borrow().enums.get(class).copied()
+    }
+
+    /// Like [`Enc::shape_done`] for an enum class.
+    fn enum_done(&self, class: &str) {
+        let mut t = self.shapes.borrow_mut();
+        let n = t.count;
+        t.count += 1;
+        t.enums.entry(class.to_string()).or_insert(n);
     }
 }
 
-struct Seq<'a>(&'a Enc<'a>, &'a [NodeId]);
-impl Serialize for Seq<'_> {
+/// A `$object` that defines its shape: class, then field name, value pairs.
+struct ObjectEnc<'r, 'a>(&'r Enc<'a>, &'r Shape, &'r [NodeId]);
+impl Serialize for ObjectEnc<'_, '_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(1 + self.2.len() * 2))?;
+        seq.serialize_element(&self.1.class)?;
+        for (name, v) in self.1.fields.iter().zip(self.2) {
+            seq.serialize_element(name)?;
+            seq.serialize_element(&self.0.child(*v))?;
+        }
+        seq.end()
+    }
+}
+
+/// A `$object` whose shape was written before: its number, then the values.
+struct ShapeRef<'r, 'a>(&'r Enc<'a>, usize, &'r [NodeId]);
+impl Serialize for ShapeRef<'_, '_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(1 + self.2.len()))?;
+        seq.serialize_element(&self.1)?;
+        for v in self.2 {
+            seq.serialize_element(&self.0.child(*v))?;
+        }
+        seq.end()
+    }
+}
+
+struct Seq<'r, 'a>(&'r Enc<'a>, &'r [NodeId]);
+impl Serialize for Seq<'_, '_> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(Some(self.1.len()))?;
         for &c in self.1 {
@@ -366,13 +554,30 @@ impl Serialize for Seq<'_> {
     }
 }
 
-struct Pairs<'a>(&'a Enc<'a>, &'a [(NodeId, NodeId)]);
-impl Serialize for Pairs<'_> {
+struct Pairs<'r, 'a>(&'r Enc<'a>, &'r [(NodeId, NodeId)]);
+impl Serialize for Pairs<'_, '_> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(Some(self.1.len() * 2))?;
         for &(k, v) in self.1 {
             seq.serialize_element(&self.0.child(k))?;
             seq.serialize_element(&self.0.child(v))?;
+        }
+        seq.end()
+    }
+}
+
+/// A class record's array: the class name, then field name, value pairs.
+struct Fields<'r, 'a>(&'r Enc<'a>, Option<&'r str>, &'r [(String, NodeId)]);
+impl Serialize for Fields<'_, '_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let head = usize::from(self.1.is_some());
+        let mut seq = s.serialize_seq(Some(head + self.2.len() * 2))?;
+        if let Some(class) = self.1 {
+            seq.serialize_element(class)?;
+        }
+        for (name, v) in self.2 {
+            seq.serialize_element(name)?;
+            seq.serialize_element(&self.0.child(*v))?;
         }
         seq.end()
     }
@@ -456,16 +661,74 @@ impl Serialize for Enc<'_> {
                 m.insert("data".into(), Value::String(B64.encode(data)));
                 tagged(s, "$np_scalar", &Value::Object(m))
             }
+            Node::Object { shape, values } => match self.shape(shape) {
+                Some(n) => tagged(s, "$object", &ShapeRef(self, n, values)),
+                None => {
+                    let r = tagged(s, "$object", &ObjectEnc(self, shape, values));
+                    self.shape_done(shape);
+                    r
+                }
+            },
+            Node::Enum { class, value } => match self.shape_of_enum(class) {
+                Some(n) => tagged(s, "$enum", &(n, self.child(*value))),
+                None => {
+                    let r = tagged(s, "$enum", &(&**class, self.child(*value)));
+                    self.enum_done(class);
+                    r
+                }
+            },
+            Node::Callable(name) => tagged(s, "$callable", name),
+            Node::Partial {
+                func,
+                args,
+                keywords,
+            } => tagged(
+                s,
+                "$partial",
+                &(func, Seq(self, args), Fields(self, None, keywords)),
+            ),
+            Node::Datetime(t) => tagged(s, "$datetime", t),
+            Node::Date(t) => tagged(s, "$date", t),
+            Node::Timedelta {
+                days,
+                seconds,
+                microseconds,
+            } => tagged(s, "$timedelta", &[days, seconds, microseconds]),
+            Node::Path(t) => tagged(s, "$path", t),
+            Node::Uuid(t) => tagged(s, "$uuid", t),
+            Node::Decimal(t) => tagged(s, "$decimal", t),
         }
     }
 }
 
 // ---------------------------------------------------------------- decoding
 
+/// One step of the place being decoded; rendered only for an error.
+enum Seg {
+    Index(usize),
+    /// A dict key, by the node decoded for it.
+    Key(NodeId),
+    /// A field of a class record or a keyword of a partial.
+    Field(String),
+    /// Field `.1` of an object of shape `.0`.
+    ShapeField(usize, usize),
+    /// A positional argument of a partial.
+    Arg(usize),
+    Text(&'static str),
+}
+
+/// Shapes: the class (and field names) of each `$object` / `$enum` whose
+/// head is a name, numbered in document order (docs/SPEC.md, 10.2).
+enum DecShape {
+    Object(Arc<Shape>),
+    Enum(Arc<str>),
+}
+
 struct Decoder<'f> {
     tree: Tree,
-    /// Place of the node being decoded, as `["key"]` / `[3]` parts.
-    path: Vec<String>,
+    /// Place of the node being decoded.
+    path: Vec<Seg>,
+    shapes: Vec<DecShape>,
     /// For each memo number: whether it is an immutable container still
     /// being decoded (a `$ref` to it would need a cycle through a tuple).
     open_immutable: Vec<bool>,
@@ -474,8 +737,27 @@ struct Decoder<'f> {
 }
 
 impl Decoder<'_> {
+    fn place(&self) -> String {
+        let parts: Vec<String> = self
+            .path
+            .iter()
+            .map(|seg| match seg {
+                Seg::Index(i) => format!("[{i}]"),
+                Seg::Key(k) => self.key_part(*k),
+                Seg::Field(f) => format!(".{f}"),
+                Seg::ShapeField(i, k) => match &self.shapes[*i] {
+                    DecShape::Object(s) => format!(".{}", s.fields[*k]),
+                    DecShape::Enum(_) => String::new(),
+                },
+                Seg::Arg(i) => format!(".args[{i}]"),
+                Seg::Text(t) => (*t).to_string(),
+            })
+            .collect();
+        Tree::place_of_path(&parts)
+    }
+
     fn fail<E: de::Error>(&mut self, detail: impl Into<String>) -> E {
-        let place = Tree::place_of_path(&self.path);
+        let place = self.place();
         let detail = detail.into();
         let msg = format!("{place}: {detail}");
         self.error = Some(FormatError::tree(self.file, place, detail));
@@ -483,7 +765,7 @@ impl Decoder<'_> {
     }
 
     fn limit<E: de::Error>(&mut self, what: &'static str, limit: u64) -> E {
-        let place = Tree::place_of_path(&self.path);
+        let place = self.place();
         self.error = Some(FormatError::Limit {
             file: self.file.to_string(),
             place: place.clone(),
@@ -568,15 +850,14 @@ impl<'de> Visitor<'de> for ContainerSeed<'_, '_> {
         let node = if matches!(self.kind, SeqKind::Dict | SeqKind::ODict) {
             let mut pairs = Vec::new();
             loop {
-                dec.path.push("[<key>]".into());
+                dec.path.push(Seg::Text("[<key>]"));
                 let k = seq.next_element_seed(NodeSeed {
                     dec: &mut *dec,
                     depth,
                 });
                 dec.path.pop();
                 let Some(k) = k? else { break };
-                let part = dec.key_part(k);
-                dec.path.push(part);
+                dec.path.push(Seg::Key(k));
                 let v = seq.next_element_seed(NodeSeed {
                     dec: &mut *dec,
                     depth,
@@ -595,7 +876,7 @@ impl<'de> Visitor<'de> for ContainerSeed<'_, '_> {
         } else {
             let mut items = Vec::new();
             loop {
-                dec.path.push(format!("[{}]", items.len()));
+                dec.path.push(Seg::Index(items.len()));
                 let item = seq.next_element_seed(NodeSeed {
                     dec: &mut *dec,
                     depth,
@@ -684,6 +965,12 @@ impl<'de> Visitor<'de> for NodeSeed<'_, '_> {
                 depth: self.depth,
                 kind,
             })?
+        } else if let Some(kind) = TypedKind::of(&tag) {
+            map.next_value_seed(TypedSeed {
+                dec: &mut *dec,
+                depth: self.depth,
+                kind,
+            })?
         } else {
             let value: Value = map.next_value()?;
             let node = leaf(dec, &tag, value)?;
@@ -697,6 +984,341 @@ impl<'de> Visitor<'de> for NodeSeed<'_, '_> {
         if map.next_key::<IgnoredAny>()?.is_some() {
             return Err(dec.fail(format!("tagged node `{tag}` has more than one member")));
         }
+        Ok(id)
+    }
+}
+
+/// The version-2 nodes that hold other nodes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum TypedKind {
+    Object,
+    Enum,
+    Partial,
+}
+
+impl TypedKind {
+    fn of(tag: &str) -> Option<Self> {
+        match tag {
+            "$object" => Some(TypedKind::Object),
+            "$enum" => Some(TypedKind::Enum),
+            "$partial" => Some(TypedKind::Partial),
+            _ => None,
+        }
+    }
+}
+
+/// `$object`, `$enum` and `$partial`: arrays that start with a name.
+struct TypedSeed<'a, 'f> {
+    dec: &'a mut Decoder<'f>,
+    depth: usize,
+    kind: TypedKind,
+}
+
+impl<'de> DeserializeSeed<'de> for TypedSeed<'_, '_> {
+    type Value = NodeId;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<NodeId, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+/// Reads the leading name of a `$object`, `$enum` or `$partial` array.
+fn read_name<'de, A: SeqAccess<'de>>(
+    dec: &mut Decoder<'_>,
+    seq: &mut A,
+    tag: &str,
+    importable: bool,
+) -> std::result::Result<String, A::Error> {
+    let name = match seq.next_element::<Value>()? {
+        Some(Value::String(s)) => s,
+        _ => return Err(dec.fail(format!("{tag} must start with a `module:qualname` string"))),
+    };
+    let ok = if importable {
+        is_import_name(&name)
+    } else {
+        is_class_name(&name)
+    };
+    if !ok {
+        return Err(dec.fail(format!(
+            "{tag} names {name:?}, which is not a `module:qualname` of identifiers{}",
+            if importable {
+                " (without <locals>)"
+            } else {
+                ""
+            }
+        )));
+    }
+    Ok(name)
+}
+
+/// Reads `name, node` pairs to the end of the array: fields of a class
+/// record or keywords of a partial. Names are identifiers, each at most once.
+fn read_fields<'de, A: SeqAccess<'de>>(
+    dec: &mut Decoder<'_>,
+    seq: &mut A,
+    depth: usize,
+    what: &str,
+) -> std::result::Result<Vec<(String, NodeId)>, A::Error> {
+    let mut out: Vec<(String, NodeId)> = Vec::new();
+    loop {
+        let name = match seq.next_element::<Value>()? {
+            None => return Ok(out),
+            Some(Value::String(s)) if is_identifier(&s) => s,
+            Some(other) => {
+                return Err(dec.fail(format!("{what} name {other} is not an identifier")))
+            }
+        };
+        if out.iter().any(|(n, _)| *n == name) {
+            return Err(dec.fail(format!("{what} `{name}` appears twice")));
+        }
+        let v = field_value(dec, seq, depth, name)?;
+        out.push(v);
+    }
+}
+
+/// Reads the value of the field `name` (the place names it on error).
+fn field_value<'de, A: SeqAccess<'de>>(
+    dec: &mut Decoder<'_>,
+    seq: &mut A,
+    depth: usize,
+    name: String,
+) -> std::result::Result<(String, NodeId), A::Error> {
+    dec.path.push(Seg::Field(name));
+    let v = seq.next_element_seed(NodeSeed {
+        dec: &mut *dec,
+        depth,
+    })?;
+    let Some(v) = v else {
+        return Err(dec.fail("the field has no value"));
+    };
+    let Some(Seg::Field(name)) = dec.path.pop() else {
+        unreachable!("pushed above")
+    };
+    Ok((name, v))
+}
+
+/// The head of a `$object` or `$enum`: a class name (which defines the next
+/// shape) or the number of an earlier shape of the same kind.
+enum Head {
+    Name(String),
+    Shape(usize),
+}
+
+fn read_head<'de, A: SeqAccess<'de>>(
+    dec: &mut Decoder<'_>,
+    seq: &mut A,
+    tag: &str,
+    kind: TypedKind,
+) -> std::result::Result<Head, A::Error> {
+    match seq.next_element::<Value>()? {
+        Some(Value::String(name)) => {
+            if !is_class_name(&name) {
+                return Err(dec.fail(format!(
+                    "{tag} names {name:?}, which is not a `module:qualname` of identifiers"
+                )));
+            }
+            Ok(Head::Name(name))
+        }
+        Some(Value::Number(n)) => match n.as_u64().and_then(|n| usize::try_from(n).ok()) {
+            Some(i)
+                if dec.shapes.get(i).is_some_and(|s| {
+                    matches!(
+                        (s, kind),
+                        (DecShape::Object(_), TypedKind::Object)
+                            | (DecShape::Enum(_), TypedKind::Enum)
+                    )
+                }) =>
+            {
+                Ok(Head::Shape(i))
+            }
+            _ => Err(dec.fail(format!(
+                "{tag} refers to shape {n}, which is not an earlier {tag} shape"
+            ))),
+        },
+        _ => Err(dec.fail(format!(
+            "{tag} must start with a `module:qualname` string or a shape number"
+        ))),
+    }
+}
+
+/// The positional arguments of a `$partial`.
+struct ArgsSeed<'a, 'f> {
+    dec: &'a mut Decoder<'f>,
+    depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for ArgsSeed<'_, '_> {
+    type Value = Vec<NodeId>;
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Vec<NodeId>, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ArgsSeed<'_, '_> {
+    type Value = Vec<NodeId>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of positional arguments")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Vec<NodeId>, A::Error> {
+        let mut out = Vec::new();
+        loop {
+            self.dec.path.push(Seg::Arg(out.len()));
+            let item = seq.next_element_seed(NodeSeed {
+                dec: &mut *self.dec,
+                depth: self.depth,
+            })?;
+            self.dec.path.pop();
+            match item {
+                Some(i) => out.push(i),
+                None => return Ok(out),
+            }
+        }
+    }
+}
+
+/// The keyword arguments of a `$partial`.
+struct KeywordsSeed<'a, 'f> {
+    dec: &'a mut Decoder<'f>,
+    depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for KeywordsSeed<'_, '_> {
+    type Value = Vec<(String, NodeId)>;
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeywordsSeed<'_, '_> {
+    type Value = Vec<(String, NodeId)>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of keyword, value pairs")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        read_fields(self.dec, &mut seq, self.depth, "keyword")
+    }
+}
+
+impl<'de> Visitor<'de> for TypedSeed<'_, '_> {
+    type Value = NodeId;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON array")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<NodeId, A::Error> {
+        let dec = self.dec;
+        if self.depth >= MAX_DEPTH {
+            return Err(dec.limit("container nesting depth", MAX_DEPTH as u64));
+        }
+        let depth = self.depth + 1;
+        let id = dec.tree.push(Node::None);
+        let node = match self.kind {
+            TypedKind::Object => {
+                let memo = dec.register(id, true);
+                let (shape, values) = match read_head(dec, &mut seq, "$object", self.kind)? {
+                    Head::Name(class) => {
+                        // The shape takes its number once its fields are read.
+                        let fields = read_fields(dec, &mut seq, depth, "field")?;
+                        let (names, values): (Vec<String>, Vec<NodeId>) =
+                            fields.into_iter().unzip();
+                        let shape = Shape::new(class, names);
+                        dec.shapes.push(DecShape::Object(shape.clone()));
+                        (shape, values)
+                    }
+                    Head::Shape(i) => {
+                        let DecShape::Object(shape) = &dec.shapes[i] else {
+                            unreachable!("read_head checked the kind")
+                        };
+                        let shape = shape.clone();
+                        let n = shape.fields.len();
+                        let mut values = Vec::with_capacity(n);
+                        for k in 0..n {
+                            dec.path.push(Seg::ShapeField(i, k));
+                            let v = seq.next_element_seed(NodeSeed {
+                                dec: &mut *dec,
+                                depth,
+                            })?;
+                            let Some(v) = v else {
+                                return Err(dec
+                                    .fail(format!("$object of shape {i} needs {n} field values")));
+                            };
+                            dec.path.pop();
+                            values.push(v);
+                        }
+                        if seq.next_element::<IgnoredAny>()?.is_some() {
+                            return Err(dec.fail(format!(
+                                "$object of shape {i} has more than its {n} field values"
+                            )));
+                        }
+                        (shape, values)
+                    }
+                };
+                dec.open_immutable[memo] = false;
+                Node::Object { shape, values }
+            }
+            TypedKind::Enum => {
+                let (class, new): (Arc<str>, bool) =
+                    match read_head(dec, &mut seq, "$enum", self.kind)? {
+                        Head::Name(class) => (Arc::from(class), true),
+                        Head::Shape(i) => match &dec.shapes[i] {
+                            DecShape::Enum(c) => (c.clone(), false),
+                            DecShape::Object(_) => unreachable!("read_head checked the kind"),
+                        },
+                    };
+                dec.path.push(Seg::Text(".value"));
+                let value = seq.next_element_seed(NodeSeed {
+                    dec: &mut *dec,
+                    depth,
+                })?;
+                dec.path.pop();
+                let Some(value) = value else {
+                    return Err(dec.fail("$enum must be [class, value]"));
+                };
+                if seq.next_element::<IgnoredAny>()?.is_some() {
+                    return Err(dec.fail("$enum must be [class, value]"));
+                }
+                if new {
+                    dec.shapes.push(DecShape::Enum(class.clone()));
+                }
+                Node::Enum { class, value }
+            }
+            TypedKind::Partial => {
+                let memo = dec.register(id, true);
+                let func = read_name(dec, &mut seq, "$partial", true)?;
+                let args = seq.next_element_seed(ArgsSeed {
+                    dec: &mut *dec,
+                    depth,
+                })?;
+                let keywords = seq.next_element_seed(KeywordsSeed {
+                    dec: &mut *dec,
+                    depth,
+                })?;
+                let (Some(args), Some(keywords)) = (args, keywords) else {
+                    return Err(dec.fail("$partial must be [function, [args...], [keywords...]]"));
+                };
+                if seq.next_element::<IgnoredAny>()?.is_some() {
+                    return Err(dec.fail("$partial must be [function, [args...], [keywords...]]"));
+                }
+                dec.open_immutable[memo] = false;
+                Node::Partial {
+                    func,
+                    args,
+                    keywords,
+                }
+            }
+        };
+        dec.tree.nodes[id] = node;
         Ok(id)
     }
 }
@@ -834,6 +1456,66 @@ fn leaf<E: de::Error>(dec: &mut Decoder<'_>, tag: &str, v: Value) -> std::result
                 _ => TensorKind::Numpy,
             };
             Node::Tensor(tensor_ref(dec, kind, v)?)
+        }
+        "$callable" => {
+            let name = as_str(dec, &v, "$callable")?;
+            if !is_import_name(name) {
+                return Err(dec.fail(format!(
+                    "$callable names {name:?}, which is not a `module:qualname` of identifiers"
+                )));
+            }
+            Node::Callable(name.to_string())
+        }
+        "$datetime" => {
+            let t = as_str(dec, &v, "$datetime")?;
+            if !is_datetime(t) {
+                return Err(dec.fail(format!("$datetime {t:?} is not an ISO 8601 date and time")));
+            }
+            Node::Datetime(t.to_string())
+        }
+        "$date" => {
+            let t = as_str(dec, &v, "$date")?;
+            if !is_date(t) {
+                return Err(dec.fail(format!("$date {t:?} is not YYYY-MM-DD")));
+            }
+            Node::Date(t.to_string())
+        }
+        "$timedelta" => {
+            let parts: Option<Vec<i64>> = v
+                .as_array()
+                .map(|a| a.iter().map(Value::as_i64).collect())
+                .unwrap_or(None);
+            match parts.as_deref() {
+                Some(&[days, seconds, microseconds])
+                    if is_timedelta(days, seconds, microseconds) =>
+                {
+                    Node::Timedelta {
+                        days,
+                        seconds,
+                        microseconds,
+                    }
+                }
+                _ => {
+                    return Err(dec.fail(
+                        "$timedelta must be [days, seconds, microseconds] in timedelta's ranges",
+                    ))
+                }
+            }
+        }
+        "$path" => Node::Path(as_str(dec, &v, "$path")?.to_string()),
+        "$uuid" => {
+            let t = as_str(dec, &v, "$uuid")?;
+            if !is_uuid(t) {
+                return Err(dec.fail(format!("$uuid {t:?} is not a lowercase 8-4-4-4-12 UUID")));
+            }
+            Node::Uuid(t.to_string())
+        }
+        "$decimal" => {
+            let t = as_str(dec, &v, "$decimal")?;
+            if !is_decimal(t) {
+                return Err(dec.fail(format!("$decimal {t:?} is not a decimal number")));
+            }
+            Node::Decimal(t.to_string())
         }
         other => return Err(dec.fail(format!("unknown tag `{other}`"))),
     })
@@ -1044,6 +1726,90 @@ mod tests {
         ] {
             assert!(Tree::from_json(bad, "<t>").is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn typed_nodes() {
+        let t = round_trip(
+            r#"{"$object":["m:Cfg","lr",0.1,"act",{"$callable":"torch._C._nn:gelu"},"norm",{"$enum":["m:Norm","layer"]},"sub",{"$object":["m:f.<locals>.Sub"]},"again",{"$ref":1}]}"#,
+        );
+        assert_eq!(t.required_version(), 2);
+        let refs = t.named_refs(t.root);
+        let names: Vec<_> = refs
+            .iter()
+            .map(|r| (r.kind.as_str(), r.name.as_str(), r.count))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("object", "m:Cfg", 1),
+                ("callable", "torch._C._nn:gelu", 1),
+                ("enum", "m:Norm", 1),
+                ("object", "m:f.<locals>.Sub", 1),
+            ]
+        );
+        assert_eq!(refs[0].fields, ["lr", "act", "norm", "sub", "again"]);
+        round_trip(r#"{"$partial":["m:f",[1,[2]],["k",{"$ref":1}]]}"#);
+        round_trip(
+            r#"[{"$datetime":"2024-01-02T03:04:05.000001+01:00[Europe/Paris]"},{"$date":"2024-01-02"},{"$timedelta":[-1,5,7]},{"$path":"a/b"},{"$uuid":"12345678-9abc-def0-1234-56789abcdef0"},{"$decimal":"-1.50E+3"}]"#,
+        );
+        assert_eq!(Tree::from_json("[1]", "<t>").unwrap().required_version(), 1);
+        // Later objects of a shape (class and field names) refer to it by number.
+        let t = round_trip(
+            r#"[{"$object":["m:P","x",1,"y",{"$enum":["m:E",1]}]},{"$object":[1,2,{"$enum":[0,2]}]},{"$object":["m:P","x",3]},{"$object":[2,4]},{"$object":["m:T","t",{"$object":["m:T","t",null]}]},{"$object":[3,{"$object":[3,null]}]}]"#,
+        );
+        let Node::List(items) = &t.nodes[t.root] else {
+            panic!("a list")
+        };
+        let Node::Object { shape, values } = &t.nodes[items[1]] else {
+            panic!("an object")
+        };
+        assert_eq!(shape.class, "m:P");
+        assert_eq!(shape.fields, ["x", "y"]);
+        assert_eq!(values.len(), 2);
+    }
+
+    #[test]
+    fn typed_rejects() {
+        for bad in [
+            r#"{"$object":[]}"#,
+            r#"{"$object":["nocolon"]}"#,
+            r#"{"$object":["m:C","a"]}"#,
+            r#"{"$object":["m:C","a",1,"a",2]}"#,
+            r#"{"$object":["m:C","not-ident",1]}"#,
+            r#"{"$object":["m:C",1,1]}"#,
+            r#"{"$object":["m:C","x",{"$ref":0}]}"#,
+            r#"{"$object":["m:C","x",[{"$ref":0}]]}"#,
+            r#"{"$enum":["m:E"]}"#,
+            r#"{"$enum":["m:E",1,2]}"#,
+            r#"{"$callable":"m:f.<locals>.g"}"#,
+            r#"{"$callable":"os.system"}"#,
+            r#"{"$partial":["m:f",[]]}"#,
+            r#"{"$partial":["m:f",[],[],[]]}"#,
+            r#"{"$partial":["m:f",[{"$ref":0}],[]]}"#,
+            r#"{"$partial":["m:f.<locals>.g",[],[]]}"#,
+            r#"{"$datetime":"2024-01-02"}"#,
+            r#"{"$date":"2024-1-2"}"#,
+            r#"{"$timedelta":[0,86400,0]}"#,
+            r#"{"$timedelta":[0,0]}"#,
+            r#"{"$uuid":"x"}"#,
+            r#"{"$decimal":"1e"}"#,
+            r#"{"$path":1}"#,
+            r#"[{"$object":["m:P","x",1]},{"$object":[0]}]"#,
+            r#"[{"$object":["m:P","x",1]},{"$object":[0,1,2]}]"#,
+            r#"[{"$object":["m:P","x",1]},{"$object":[1,1]}]"#,
+            r#"[{"$enum":["m:E",1]},{"$object":[0,1]}]"#,
+            r#"[{"$object":["m:P","x",1]},{"$enum":[0,1]}]"#,
+            r#"{"$object":["m:T","t",{"$object":[0,null]}]}"#,
+            r#"{"$object":[0]}"#,
+        ] {
+            assert!(Tree::from_json(bad, "<t>").is_err(), "{bad}");
+        }
+        // Class records count towards the nesting limit.
+        let deep =
+            r#"{"$object":["m:C","x","#.repeat(MAX_DEPTH + 1) + "1" + &"]}".repeat(MAX_DEPTH + 1);
+        let e = Tree::from_json(&deep, "<t>").unwrap_err();
+        assert_eq!(e.code(), "limit_exceeded", "{e}");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use crate::digest::Hasher;
 use crate::error::{FormatError, Result};
-use crate::header::{build_header, doc_json, HERMETIC_KEY};
+use crate::header::{build_header, doc_json_with, HERMETIC_KEY};
 use crate::tree::Tree;
 use std::collections::HashSet;
 use std::io::{Seek, SeekFrom, Write};
@@ -153,17 +153,19 @@ impl Plan {
         order
     }
 
-    fn header(&self, order: &[usize], digests: &[String]) -> Result<Vec<u8>> {
+    fn header(
+        &self,
+        order: &[usize],
+        digests: &[String],
+        tree: Option<(&str, u64)>,
+    ) -> Result<Vec<u8>> {
         let mut metadata = Vec::with_capacity(self.metadata.len() + 2);
         metadata.push(("format".to_string(), "pt".to_string()));
         let pairs: Vec<(&str, &str)> = order
             .iter()
             .map(|&i| (self.entries[i].name.as_str(), digests[i].as_str()))
             .collect();
-        metadata.push((
-            HERMETIC_KEY.to_string(),
-            doc_json(self.tree.as_ref(), &pairs)?,
-        ));
+        metadata.push((HERMETIC_KEY.to_string(), doc_json_with(tree, &pairs)?));
         metadata.extend(self.metadata.iter().filter(|(k, _)| k != "format").cloned());
         let mut offset = 0u64;
         let mut entries = Vec::with_capacity(order.len());
@@ -198,7 +200,13 @@ fn stream<W: Write>(
     plan.validate()?;
     let order = plan.file_order();
     let zero = vec!["0".repeat(32); plan.entries.len()];
-    let placeholder = plan.header(&order, &zero)?;
+    // The tree is encoded once, for the placeholder and the final header.
+    let tree = match &plan.tree {
+        Some(t) => Some((t.to_json()?, t.required_version())),
+        None => None,
+    };
+    let tree = tree.as_ref().map(|(j, v)| (j.as_str(), *v));
+    let placeholder = plan.header(&order, &zero, tree)?;
     w.write_all(&placeholder).map_err(io_err)?;
     let mut digests = zero;
     for &i in &order {
@@ -236,7 +244,7 @@ fn stream<W: Write>(
         }
         digests[i] = hasher.finish();
     }
-    let header = plan.header(&order, &digests)?;
+    let header = plan.header(&order, &digests, tree)?;
     if header.len() != placeholder.len() {
         return Err(FormatError::Source {
             entry: String::new(),

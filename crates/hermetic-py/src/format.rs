@@ -9,7 +9,7 @@ mod encode;
 use crate::errors::format_error;
 use hermetic_format::{write_file, write_sharded, write_to_vec, Archive, DataFile, WriteOptions};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBool, PyBytes, PyComplex, PyFloat, PyInt, PyString};
 use std::path::PathBuf;
 
 pub(crate) use decode::PyArchive;
@@ -78,7 +78,83 @@ fn format_open_buffer(data: &Bound<'_, PyAny>) -> PyResult<PyArchive> {
     Ok(PyArchive::new(ar))
 }
 
+/// Raises `hermetic._structure.Mismatch(expected, describe(found))`.
+fn mismatch(py: Python<'_>, expected: &str, found: &Bound<'_, PyAny>) -> PyErr {
+    let made = py.import("hermetic._structure").and_then(|m| {
+        let described = m.getattr("describe")?.call1((found,))?;
+        m.getattr("Mismatch")?.call1((expected, described))
+    });
+    match made {
+        Ok(e) => PyErr::from_value(e),
+        Err(e) => e,
+    }
+}
+
+/// Whether `t` is exactly one of the builtin scalar classes.
+fn is_builtin_scalar(t: &Bound<'_, PyAny>) -> bool {
+    let py = t.py();
+    [
+        py.get_type::<PyInt>(),
+        py.get_type::<PyString>(),
+        py.get_type::<PyBool>(),
+        py.get_type::<PyBytes>(),
+        py.get_type::<PyComplex>(),
+        py.get_type::<PyFloat>(),
+    ]
+    .iter()
+    .any(|b| t.is(b))
+}
+
+/// Subclasses of the scalar classes (IntEnum, StrEnum, `class E(str, Enum)`)
+/// reach these hooks through cattrs' class dispatch; they go to Python.
+fn subclass<'py>(o: Bound<'py, PyAny>, t: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    o.py()
+        .import("hermetic._structure")?
+        .getattr("structure_subclass")?
+        .call1((o, t))
+}
+
+/// The structuring hook for `str`, `int`, `bool`, `bytes` and `complex`
+/// under `type=`: the value itself if its class is exactly `t`.
+#[pyfunction]
+fn structure_exact<'py>(
+    o: Bound<'py, PyAny>,
+    t: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    if o.get_type().is(t) {
+        return Ok(o);
+    }
+    if !is_builtin_scalar(t) {
+        return subclass(o, t);
+    }
+    let name: String = t.getattr("__name__")?.extract()?;
+    Err(mismatch(o.py(), &name, &o))
+}
+
+/// The structuring hook for `float`: floats as they are, ints widened.
+#[pyfunction]
+fn structure_float<'py>(
+    o: Bound<'py, PyAny>,
+    t: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    if !t.is(o.py().get_type::<PyFloat>()) {
+        return subclass(o, t);
+    }
+    if o.is_exact_instance_of::<PyFloat>() {
+        return Ok(o);
+    }
+    if o.is_exact_instance_of::<PyInt>() {
+        return match o.extract::<f64>() {
+            Ok(x) => Ok(PyFloat::new(o.py(), x).into_any()),
+            Err(_) => Err(mismatch(o.py(), "float (an int too large for a float)", &o)),
+        };
+    }
+    Err(mismatch(o.py(), "float", &o))
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(structure_exact, m)?)?;
+    m.add_function(wrap_pyfunction!(structure_float, m)?)?;
     m.add_class::<PyArchive>()?;
     m.add_function(wrap_pyfunction!(format_save, m)?)?;
     m.add_function(wrap_pyfunction!(format_dumps, m)?)?;

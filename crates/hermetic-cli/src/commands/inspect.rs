@@ -5,7 +5,7 @@
 use super::CliError;
 use crate::args::InspectArgs;
 use crate::ExitStatus;
-use hermetic_format::{index_path, Archive, Node, NodeId, TensorKind, Tree};
+use hermetic_format::{index_path, Archive, NamedRef, Node, NodeId, RefKind, TensorKind, Tree};
 use std::io::{Read, Write};
 use std::path::Path;
 
@@ -123,6 +123,13 @@ fn tensors(ar: &Archive, args: &InspectArgs, out: &mut dyn Write) -> Result<(), 
             } else {
                 serde_json::Value::Null
             },
+            "version": ar.has_tree().then(|| ar.tree().required_version()),
+            "classes": named_refs(ar).iter().map(|r| serde_json::json!({
+                "kind": r.kind.as_str(),
+                "name": r.name,
+                "count": r.count,
+                "fields": r.fields,
+            })).collect::<Vec<_>>(),
         });
         serde_json::to_writer_pretty(&mut *out, &doc)?;
         writeln!(out)?;
@@ -133,9 +140,9 @@ fn tensors(ar: &Archive, args: &InspectArgs, out: &mut dyn Write) -> Result<(), 
         out,
         "  format: {format}{}, {} tensor entries, {} in {} file{}",
         if ar.has_tree() {
-            " tree v1 on safetensors"
+            format!(" tree v{} on safetensors", ar.tree().required_version())
         } else {
-            " (flat)"
+            " (flat)".to_string()
         },
         entries.len(),
         human(total),
@@ -150,6 +157,26 @@ fn tensors(ar: &Archive, args: &InspectArgs, out: &mut dyn Write) -> Result<(), 
             writeln!(out, "    {k}: {v}")?;
         }
     }
+    let refs = named_refs(ar);
+    if !refs.is_empty() {
+        writeln!(
+            out,
+            "  classes (rebuilt only from the loader's type= or allow=):"
+        )?;
+        for r in &refs {
+            let count = if r.count > 1 {
+                format!(" ({}x)", r.count)
+            } else {
+                String::new()
+            };
+            let fields = if r.kind == RefKind::Object {
+                format!(" fields: {}", r.fields.join(", "))
+            } else {
+                String::new()
+            };
+            writeln!(out, "    {:<9} {}{count}{fields}", r.kind.as_str(), r.name)?;
+        }
+    }
     writeln!(out, "  tree:")?;
     let mut p = Printer {
         ar,
@@ -159,6 +186,15 @@ fn tensors(ar: &Archive, args: &InspectArgs, out: &mut dyn Write) -> Result<(), 
     };
     p.node(ar.tree().root, 2, "")?;
     Ok(())
+}
+
+/// The classes, enums and callables a file's tree names.
+fn named_refs(ar: &Archive) -> Vec<NamedRef> {
+    if ar.has_tree() {
+        ar.tree().named_refs(ar.tree().root)
+    } else {
+        Vec::new()
+    }
 }
 
 struct Printer<'a> {
@@ -206,6 +242,21 @@ impl Printer<'_> {
             Node::TorchDevice(d) => format!("torch.device({d:?})"),
             Node::TorchSize(s) => format!("torch.Size({s:?})"),
             Node::NpScalar { dtype, .. } => format!("numpy scalar {dtype}"),
+            Node::Enum { class, value } => {
+                let v = self.scalar(*value).unwrap_or_else(|| "...".into());
+                format!("{class}({v})")
+            }
+            Node::Callable(name) => format!("<function or class {name}>"),
+            Node::Datetime(t) => format!("datetime({t})"),
+            Node::Date(t) => format!("date({t})"),
+            Node::Timedelta {
+                days,
+                seconds,
+                microseconds,
+            } => format!("timedelta(days={days}, seconds={seconds}, microseconds={microseconds})"),
+            Node::Path(t) => format!("Path({t:?})"),
+            Node::Uuid(t) => format!("UUID({t:?})"),
+            Node::Decimal(t) => format!("Decimal({t:?})"),
             Node::Tensor(t) => {
                 let kind = match t.kind {
                     TensorKind::Torch => "tensor",
@@ -257,6 +308,36 @@ impl Printer<'_> {
                     "})",
                     p.iter().map(|&(k, v)| (Some(k), v)).collect(),
                 ),
+                Node::Object { shape, values } => {
+                    return self.fields(
+                        indent,
+                        label,
+                        &format!("{}(", shape.class),
+                        shape
+                            .fields
+                            .iter()
+                            .map(String::as_str)
+                            .zip(values.iter().copied()),
+                    )
+                }
+                Node::Partial {
+                    func,
+                    args,
+                    keywords,
+                } => {
+                    let named: Vec<(String, NodeId)> = args
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &v)| (format!("args[{i}]"), v))
+                        .chain(keywords.iter().cloned())
+                        .collect();
+                    return self.fields(
+                        indent,
+                        label,
+                        &format!("functools.partial({func},"),
+                        named.iter().map(|(k, v)| (k.as_str(), *v)),
+                    );
+                }
                 _ => ("?", "?", Vec::new()),
             };
         if items.is_empty() {
@@ -275,5 +356,29 @@ impl Printer<'_> {
             self.node(*v, indent + 1, &label)?;
         }
         writeln!(self.out, "{pad}{close}")
+    }
+
+    /// A class record or partial: `name(` then `field: value` lines, `)`.
+    fn fields<'n>(
+        &mut self,
+        indent: usize,
+        label: &str,
+        open: &str,
+        items: impl Iterator<Item = (&'n str, NodeId)>,
+    ) -> std::io::Result<()> {
+        let pad = "  ".repeat(indent);
+        let items: Vec<(&str, NodeId)> = items.collect();
+        if items.is_empty() {
+            return writeln!(self.out, "{pad}{label}{open})");
+        }
+        writeln!(self.out, "{pad}{label}{open}")?;
+        for (i, (name, v)) in items.iter().enumerate() {
+            if i == self.limit {
+                writeln!(self.out, "{pad}  ... {} more", items.len() - i)?;
+                break;
+            }
+            self.node(*v, indent + 1, &format!("{name}: "))?;
+        }
+        writeln!(self.out, "{pad})")
     }
 }

@@ -2,33 +2,52 @@
 //! here; each tensor view is handed to a Python `maker` callable with its
 //! entry's location, so all views of one entry share one storage.
 
-use crate::errors::{format_error, FormatError};
-use hermetic_format::{Archive, Node, NodeId, TensorKind, TensorRef, Tree};
+use crate::errors::{format_error, FormatError, HermeticError};
+use hermetic_format::{Archive, Node, NodeId, Shape, TensorKind, TensorRef, Tree};
 use pyo3::exceptions::{PyIndexError, PyKeyError, PyTypeError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{
-    PyBytes, PyComplex, PyDict, PyFloat, PyFrozenSet, PyList, PySet, PyString, PyTuple,
+    PyBool, PyBytes, PyComplex, PyDict, PyFloat, PyFrozenSet, PyList, PySet, PyString, PyTuple,
 };
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::Arc;
 
 /// An opened, validated hermetic or safetensors file (or sharded checkpoint).
 #[pyclass(frozen, name = "Archive", module = "hermetic._hermetic")]
 pub(crate) struct PyArchive {
     inner: Archive,
-    /// Node -> memo number.
-    memo_of: HashMap<NodeId, usize>,
+    /// Node -> memo number (`usize::MAX`: not memoizable).
+    memo_of: Vec<usize>,
+    /// Memo numbers that a `$ref` names (objects that appear more than once).
+    shared: HashSet<usize>,
+    /// Whether the tree has version-2 nodes (class records, callables, ...).
+    typed: bool,
 }
 
 impl PyArchive {
     pub(crate) fn new(inner: Archive) -> Self {
-        let memo_of = inner
-            .tree()
-            .memo
+        let tree = inner.tree();
+        let mut memo_of = vec![usize::MAX; tree.nodes.len()];
+        for (n, &id) in tree.memo.iter().enumerate() {
+            memo_of[id] = n;
+        }
+        let shared = tree
+            .nodes
             .iter()
-            .enumerate()
-            .map(|(n, &id)| (id, n))
+            .filter_map(|n| match n {
+                Node::Ref(n) => Some(*n),
+                _ => None,
+            })
             .collect();
-        PyArchive { inner, memo_of }
+        let typed = tree.required_version() > 1;
+        PyArchive {
+            inner,
+            memo_of,
+            shared,
+            typed,
+        }
     }
 }
 
@@ -40,23 +59,55 @@ fn kind_name(k: TensorKind) -> &'static str {
     }
 }
 
+/// One step of the place being built; rendered only for an error.
+enum Seg<'a, 'py> {
+    Index(usize),
+    /// A dict key (rendered with `repr`).
+    Key(Bound<'py, PyAny>),
+    /// A field of a class record or a keyword of a partial.
+    Field(&'a str),
+    Arg(usize),
+    Text(String),
+}
+
 struct Builder<'a, 'py> {
     py: Python<'py>,
     ar: &'a Archive,
     tree: &'a Tree,
-    memo_of: &'a HashMap<NodeId, usize>,
+    memo_of: &'a [usize],
     maker: &'a Bound<'py, PyAny>,
     helpers: Option<Bound<'py, PyAny>>,
     memo: Vec<Option<Bound<'py, PyAny>>>,
-    path: Vec<String>,
+    path: Vec<Seg<'a, 'py>>,
+    /// What class records, enums and callables become (see `hermetic._typed`).
+    hooks: Option<Bound<'py, PyAny>>,
+    /// The hooks' `record_class` and `enum_class`, when they have them: class
+    /// records and enum members are then made here, without a Python call.
+    direct: Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+    shared: &'a HashSet<usize>,
+    /// Interned Python strings for class and field names.
+    names: HashMap<String, Bound<'py, PyString>>,
+    /// Per shape (by address): its field names as Python strings.
+    shape_names: HashMap<usize, Rc<[Bound<'py, PyString>]>>,
 }
 
-impl<'py> Builder<'_, 'py> {
+impl<'a, 'py> Builder<'a, 'py> {
     fn place(&self) -> String {
-        format!("tree{}", self.path.concat())
+        let mut s = String::from("tree");
+        for seg in &self.path {
+            match seg {
+                Seg::Index(i) => s.push_str(&format!("[{i}]")),
+                Seg::Key(k) => s.push_str(&self.key_repr(k)),
+                Seg::Field(f) => s.push_str(&format!(".{f}")),
+                Seg::Arg(i) => s.push_str(&format!(".args[{i}]")),
+                Seg::Text(t) => s.push_str(t),
+            }
+        }
+        s
     }
 
     /// Wraps an exception raised while building with the file and place.
+    /// hermetic's own errors keep their class.
     fn wrap(&self, e: PyErr) -> PyErr {
         let msg = format!(
             "{}: at {}: {}",
@@ -64,9 +115,189 @@ impl<'py> Builder<'_, 'py> {
             self.place(),
             e.value(self.py)
         );
-        let out = FormatError::new_err(msg);
+        let out = if e.is_instance_of::<HermeticError>(self.py) {
+            match e.get_type(self.py).call1((msg.clone(),)) {
+                Ok(v) => PyErr::from_value(v),
+                Err(_) => FormatError::new_err(msg),
+            }
+        } else {
+            FormatError::new_err(msg)
+        };
         out.set_cause(self.py, Some(e));
         out
+    }
+
+    fn hooks(&self) -> PyResult<&Bound<'py, PyAny>> {
+        self.hooks.as_ref().ok_or_else(|| {
+            FormatError::new_err(format!(
+                "{}: at {}: the file holds class records, enums or callables; load it with \
+                 hermetic.load(path, type=...), allow=[...] or plain=True",
+                self.ar.path.display(),
+                self.place()
+            ))
+        })
+    }
+
+    fn name(&mut self, s: &str) -> Bound<'py, PyString> {
+        if let Some(n) = self.names.get(s) {
+            return n.clone();
+        }
+        let n = PyString::intern(self.py, s);
+        self.names.insert(s.to_string(), n.clone());
+        n
+    }
+
+    /// Calls a hook (`object`, `enum`, `callable`, `partial`) or a helper.
+    fn call(
+        &self,
+        target: &Bound<'py, PyAny>,
+        method: &Bound<'py, PyString>,
+        args: Bound<'py, PyTuple>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        target.call_method1(method, args).map_err(|e| self.wrap(e))
+    }
+
+    /// The interned field names of a shape, made once per shape.
+    fn shape_names(&mut self, shape: &Arc<Shape>) -> Rc<[Bound<'py, PyString>]> {
+        let key = Arc::as_ptr(shape) as usize;
+        if let Some(n) = self.shape_names.get(&key) {
+            return n.clone();
+        }
+        let names: Rc<[Bound<'py, PyString>]> = shape.fields.iter().map(|f| self.name(f)).collect();
+        self.shape_names.insert(key, names.clone());
+        names
+    }
+
+    fn build_fields(&mut self, fields: &'a [(String, NodeId)]) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(self.py);
+        for (name, v) in fields {
+            self.path.push(Seg::Field(name));
+            let value = self.build(*v)?;
+            self.path.pop();
+            d.set_item(self.name(name), value)?;
+        }
+        Ok(d)
+    }
+
+    fn typed(&mut self, id: NodeId) -> PyResult<Bound<'py, PyAny>> {
+        let py = self.py;
+        let tree = self.tree;
+        let helpers = |b: &mut Self| b.helpers();
+        Ok(match &tree.nodes[id] {
+            Node::Object { shape, values } => {
+                let hooks = self.hooks()?.clone();
+                let shared = self
+                    .memo_of
+                    .get(id)
+                    .is_some_and(|n| self.shared.contains(n));
+                if let Some((record, _)) = self.direct.clone() {
+                    // A dict subclass with `cls` and `shared` slots.
+                    let r = record.call0()?;
+                    let names = self.shape_names(shape);
+                    for ((name, v), key) in shape.fields.iter().zip(values).zip(names.iter()) {
+                        self.path.push(Seg::Field(name));
+                        let value = self.build(*v)?;
+                        self.path.pop();
+                        r.set_item(key, value)?;
+                    }
+                    r.setattr(intern!(py, "cls"), self.name(&shape.class))?;
+                    r.setattr(intern!(py, "shared"), PyBool::new(py, shared))?;
+                    return Ok(r);
+                }
+                let d = PyDict::new(py);
+                let names = self.shape_names(shape);
+                for ((name, v), key) in shape.fields.iter().zip(values).zip(names.iter()) {
+                    self.path.push(Seg::Field(name));
+                    let value = self.build(*v)?;
+                    self.path.pop();
+                    d.set_item(key, value)?;
+                }
+                let class = &shape.class;
+                let args = PyTuple::new(
+                    py,
+                    [
+                        self.name(class).into_any(),
+                        d.into_any(),
+                        PyBool::new(py, shared).to_owned().into_any(),
+                    ],
+                )?;
+                self.call(&hooks, intern!(py, "object"), args)?
+            }
+            Node::Enum { class, value } => {
+                let hooks = self.hooks()?.clone();
+                self.path.push(Seg::Text(".value".into()));
+                let v = self.build(*value)?;
+                self.path.pop();
+                let args = PyTuple::new(py, [self.name(class).into_any(), v])?;
+                if let Some((_, enum_ref)) = &self.direct {
+                    // A tuple subclass: (class, value).
+                    return enum_ref.call1((args,));
+                }
+                self.call(&hooks, intern!(py, "enum"), args)?
+            }
+            Node::Callable(name) => {
+                let hooks = self.hooks()?.clone();
+                let args = PyTuple::new(py, [self.name(name)])?;
+                self.call(&hooks, intern!(py, "callable"), args)?
+            }
+            Node::Partial {
+                func,
+                args,
+                keywords,
+            } => {
+                let hooks = self.hooks()?.clone();
+                let mut built = Vec::with_capacity(args.len());
+                for (i, &a) in args.iter().enumerate() {
+                    self.path.push(Seg::Arg(i));
+                    built.push(self.build(a)?);
+                    self.path.pop();
+                }
+                let kw = self.build_fields(keywords)?;
+                let call_args = PyTuple::new(
+                    py,
+                    [
+                        self.name(func).into_any(),
+                        PyTuple::new(py, built)?.into_any(),
+                        kw.into_any(),
+                    ],
+                )?;
+                self.call(&hooks, intern!(py, "partial"), call_args)?
+            }
+            Node::Datetime(t) => {
+                let h = helpers(self)?;
+                self.call(
+                    &h,
+                    intern!(py, "_datetime"),
+                    PyTuple::new(py, [t.as_str()])?,
+                )?
+            }
+            Node::Date(t) => {
+                let h = helpers(self)?;
+                self.call(&h, intern!(py, "_date"), PyTuple::new(py, [t.as_str()])?)?
+            }
+            Node::Timedelta {
+                days,
+                seconds,
+                microseconds,
+            } => {
+                let h = helpers(self)?;
+                let args = PyTuple::new(py, [*days, *seconds, *microseconds])?;
+                self.call(&h, intern!(py, "_timedelta"), args)?
+            }
+            Node::Path(t) => {
+                let h = helpers(self)?;
+                self.call(&h, intern!(py, "_path"), PyTuple::new(py, [t.as_str()])?)?
+            }
+            Node::Uuid(t) => {
+                let h = helpers(self)?;
+                self.call(&h, intern!(py, "_uuid"), PyTuple::new(py, [t.as_str()])?)?
+            }
+            Node::Decimal(t) => {
+                let h = helpers(self)?;
+                self.call(&h, intern!(py, "_decimal"), PyTuple::new(py, [t.as_str()])?)?
+            }
+            _ => unreachable!("typed() is only called on version-2 nodes"),
+        })
     }
 
     fn helpers(&mut self) -> PyResult<Bound<'py, PyAny>> {
@@ -77,7 +308,7 @@ impl<'py> Builder<'_, 'py> {
     }
 
     fn remember(&mut self, id: NodeId, obj: &Bound<'py, PyAny>) {
-        if let Some(&n) = self.memo_of.get(&id) {
+        if let Some(&n) = self.memo_of.get(id).filter(|&&n| n != usize::MAX) {
             self.memo[n] = Some(obj.clone());
         }
     }
@@ -135,7 +366,7 @@ impl<'py> Builder<'_, 'py> {
                 let list = PyList::empty(py);
                 self.remember(id, list.as_any());
                 for (i, &c) in items.iter().enumerate() {
-                    self.path.push(format!("[{i}]"));
+                    self.path.push(Seg::Index(i));
                     let v = self.build(c)?;
                     self.path.pop();
                     list.append(v)?;
@@ -150,10 +381,10 @@ impl<'py> Builder<'_, 'py> {
                 };
                 self.remember(id, &d);
                 for &(k, v) in pairs {
-                    self.path.push("[<key>]".into());
+                    self.path.push(Seg::Text("[<key>]".into()));
                     let key = self.build(k)?;
                     self.path.pop();
-                    self.path.push(self.key_repr(&key));
+                    self.path.push(Seg::Key(key.clone()));
                     let value = self.build(v)?;
                     d.set_item(&key, value).map_err(|e| self.wrap(e))?;
                     self.path.pop();
@@ -163,7 +394,7 @@ impl<'py> Builder<'_, 'py> {
             Node::Tuple(items) | Node::Set(items) | Node::FrozenSet(items) => {
                 let mut out = Vec::with_capacity(items.len());
                 for (i, &c) in items.iter().enumerate() {
-                    self.path.push(format!("[{i}]"));
+                    self.path.push(Seg::Index(i));
                     out.push(self.build(c)?);
                     self.path.pop();
                 }
@@ -200,6 +431,8 @@ impl<'py> Builder<'_, 'py> {
                 .helpers()?
                 .call_method1("_np_scalar", (dtype.to_string(), PyBytes::new(py, data)))
                 .map_err(|e| self.wrap(e))?,
+            node if node.is_typed() => self.typed(id)?,
+            _ => unreachable!("every node kind is handled above"),
         };
         self.remember(id, &obj);
         Ok(obj)
@@ -222,6 +455,17 @@ impl<'py> Builder<'_, 'py> {
                     }
                     found.ok_or_else(|| PyKeyError::new_err((part.clone().unbind(),)))?
                 }
+                Node::Object { shape, values } => {
+                    let name: String = part.extract().map_err(|_| {
+                        PyTypeError::new_err("fields of a class record are named by strings")
+                    })?;
+                    shape
+                        .fields
+                        .iter()
+                        .position(|f| *f == name)
+                        .map(|i| values[i])
+                        .ok_or_else(|| PyKeyError::new_err((part.clone().unbind(),)))?
+                }
                 Node::List(items) | Node::Tuple(items) => {
                     let i: isize = part
                         .extract()
@@ -235,12 +479,12 @@ impl<'py> Builder<'_, 'py> {
                 }
                 _ => {
                     return Err(PyKeyError::new_err(format!(
-                        "{} is not a dict, list or tuple",
+                        "{} is not a dict, list, tuple or class record",
                         self.place()
                     )))
                 }
             };
-            self.path.push(self.key_repr(part));
+            self.path.push(Seg::Key(part.clone()));
             id = next;
         }
         Ok(id)
@@ -266,6 +510,12 @@ impl PyArchive {
     /// Whether the file carries a hermetic tree.
     fn has_tree(&self) -> bool {
         self.inner.has_tree()
+    }
+
+    /// Whether the tree holds class records, enums, callables or
+    /// standard-library values (docs/SPEC.md, section 10).
+    fn is_typed(&self) -> bool {
+        self.typed
     }
 
     /// (name, safetensors dtype, shape, file, start, nbytes) of every entry, in file order.
@@ -302,26 +552,49 @@ impl PyArchive {
         .map_err(format_error)
     }
 
-    /// Builds the subtree at key path `path`, making tensors with `maker`.
+    /// Builds the subtree at key path `path`, making tensors with `maker`
+    /// and class records, enums and callables with `hooks`.
+    #[pyo3(signature = (path, maker, hooks=None))]
     fn build<'py>(
         &self,
         py: Python<'py>,
         path: Vec<Bound<'py, PyAny>>,
         maker: Bound<'py, PyAny>,
+        hooks: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let tree = self.inner.tree();
-        let mut b = Builder {
-            py,
-            ar: &self.inner,
-            tree,
-            memo_of: &self.memo_of,
-            maker: &maker,
-            helpers: None,
-            memo: vec![None; tree.memo.len()],
-            path: Vec::new(),
+        let direct = match &hooks {
+            Some(h) => match (h.getattr_opt("record_class")?, h.getattr_opt("enum_class")?) {
+                (Some(r), Some(e)) if !r.is_none() && !e.is_none() => Some((r, e)),
+                _ => None,
+            },
+            None => None,
         };
+        let mut b = self.builder(py, tree, &maker, hooks);
+        b.direct = direct;
+        b.memo = vec![None; tree.memo.len()];
         let id = b.navigate(&path)?;
         b.build(id)
+    }
+
+    /// The classes, enums and callables the subtree at `path` names:
+    /// (kind, `module:qualname`, count, field names of the first record).
+    #[allow(clippy::type_complexity)]
+    fn named_refs<'py>(
+        &self,
+        py: Python<'py>,
+        path: Vec<Bound<'py, PyAny>>,
+    ) -> PyResult<Vec<(&'static str, String, usize, Vec<String>)>> {
+        let tree = self.inner.tree();
+        let maker = py.None().into_bound(py);
+        let mut b = self.builder(py, tree, &maker, None);
+        b.memo = vec![None; tree.memo.len()];
+        let id = b.navigate(&path)?;
+        Ok(tree
+            .named_refs(id)
+            .into_iter()
+            .map(|r| (r.kind.as_str(), r.name, r.count, r.fields))
+            .collect())
     }
 
     /// The whole entry `name` as one tensor (its own dtype and shape).
@@ -347,16 +620,34 @@ impl PyArchive {
             device: None,
         };
         let tree = self.inner.tree();
-        let mut b = Builder {
+        let mut b = self.builder(py, tree, &maker, None);
+        b.path = vec![Seg::Text(format!("[{:?}]", t.entry))];
+        b.tensor(&t).map_err(|e| b.wrap(e))
+    }
+}
+
+impl PyArchive {
+    fn builder<'a, 'py>(
+        &'a self,
+        py: Python<'py>,
+        tree: &'a Tree,
+        maker: &'a Bound<'py, PyAny>,
+        hooks: Option<Bound<'py, PyAny>>,
+    ) -> Builder<'a, 'py> {
+        Builder {
             py,
             ar: &self.inner,
             tree,
             memo_of: &self.memo_of,
-            maker: &maker,
+            maker,
             helpers: None,
             memo: Vec::new(),
-            path: vec![format!("[{:?}]", t.entry)],
-        };
-        b.tensor(&t).map_err(|e| b.wrap(e))
+            path: Vec::new(),
+            hooks,
+            direct: None,
+            shared: &self.shared,
+            names: HashMap::new(),
+            shape_names: HashMap::new(),
+        }
     }
 }

@@ -5,15 +5,19 @@
 
 use crate::errors::{format_error, FormatError};
 use hermetic_format::{
-    path_name, Dtype, EntryOrigin, EntrySource, Node, NodeId, PathPart, Plan, Planner, TensorKind,
-    ViewSpec, INLINE_BYTES_MAX, MAX_DEPTH,
+    is_class_name, is_date, is_datetime, is_decimal, is_identifier, is_import_name, is_uuid,
+    path_name, Dtype, EntryOrigin, EntrySource, Node, NodeId, PathPart, Plan, Planner, Shape,
+    TensorKind, ViewSpec, INLINE_BYTES_MAX, MAX_DEPTH,
 };
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{
     PyBool, PyBytes, PyComplex, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PySet, PyString,
     PyTuple, PyType,
 };
 use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
 
 struct Types<'py> {
     tensor: Option<Bound<'py, PyType>>,
@@ -71,6 +75,33 @@ pub(crate) enum Storage<'py> {
     Helper(bool, Bound<'py, PyAny>),
 }
 
+/// How instances of one Python class are stored (asked of the helpers once
+/// per class, then cached for the walk).
+enum ClassInfo<'py> {
+    /// A dataclass, attrs class or NamedTuple: a class record of these
+    /// fields (name, and the interned attribute name to read).
+    Object {
+        shape: Arc<Shape>,
+        attrs: Vec<Bound<'py, PyString>>,
+    },
+    /// An enum member, by its value.
+    Enum {
+        name: Arc<str>,
+    },
+    /// The instances are functions or classes, stored by reference.
+    ByRef,
+    /// `functools.partial`.
+    Partial,
+    Datetime,
+    Date,
+    Timedelta,
+    Path,
+    Uuid,
+    Decimal,
+    /// Not storable (the generic error explains).
+    Unsupported,
+}
+
 /// Walks one Python tree.
 pub(crate) struct Encoder<'py> {
     py: Python<'py>,
@@ -85,6 +116,11 @@ pub(crate) struct Encoder<'py> {
     /// Per storage key: where its bytes come from.
     storages: Vec<Storage<'py>>,
     bytes: Vec<Bound<'py, PyBytes>>,
+    /// type pointer -> (the type, kept alive; index into `class_infos`).
+    classes: HashMap<usize, (Bound<'py, PyType>, usize)>,
+    class_infos: Vec<Rc<ClassInfo<'py>>>,
+    /// object pointer -> (the object, kept alive; its `module:qualname`).
+    callables: HashMap<usize, (Bound<'py, PyAny>, String)>,
 }
 
 impl<'py> Encoder<'py> {
@@ -100,6 +136,9 @@ impl<'py> Encoder<'py> {
             storage_keys: HashMap::new(),
             storages: Vec::new(),
             bytes: Vec::new(),
+            classes: HashMap::new(),
+            class_infos: Vec::new(),
+            callables: HashMap::new(),
         })
     }
 
@@ -273,6 +312,9 @@ impl<'py> Encoder<'py> {
         if is(&t, &self.types.size) {
             return Ok(self.push(Node::TorchSize(obj.extract()?)));
         }
+        if let Some(node) = self.typed(obj, &t, depth)? {
+            return Ok(node);
+        }
         let what = if self
             .types
             .torch_base
@@ -284,11 +326,244 @@ impl<'py> Encoder<'py> {
             "an object"
         };
         Err(self.fail(format!(
-            "{what} of type {}.{} cannot be stored (hermetic stores containers, scalars, tensors \
-             and arrays only, and never pickles)",
+            "{what} of type {}.{} cannot be stored (hermetic stores containers, scalars, tensors, \
+             arrays, dataclass, attrs and NamedTuple instances, enums, datetime, pathlib, uuid \
+             and decimal values, and functions and classes by reference; it never pickles)",
             t.module()?.to_cow()?,
             t.qualname()?.to_cow()?
         )))
+    }
+
+    /// Calls a helper, turning its exception into a save error at this place.
+    fn helper(&self, name: &str, obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        self.helpers
+            .call_method1(name, (obj,))
+            .map_err(|e| self.fail(e.value(self.py).to_string()))
+    }
+
+    /// The cached storage rule for instances of `t`.
+    fn class_info(&mut self, t: &Bound<'py, PyType>) -> PyResult<usize> {
+        let key = t.as_ptr() as usize;
+        if let Some((_, i)) = self.classes.get(&key) {
+            return Ok(*i);
+        }
+        let info = self.helper("_class_info", t.as_any())?;
+        let info = if info.is_none() {
+            ClassInfo::Unsupported
+        } else {
+            let kind: String = info.get_item(0)?.extract()?;
+            match kind.as_str() {
+                "object" => {
+                    let name: String = info.get_item(1)?.extract()?;
+                    self.check_name(&name, false)?;
+                    let mut fields = Vec::new();
+                    let mut attrs = Vec::new();
+                    for f in info.get_item(2)?.try_iter()? {
+                        let f = f?;
+                        let s: String = f.extract()?;
+                        if !is_identifier(&s) || fields.contains(&s) {
+                            return Err(self.fail(format!(
+                                "{name}: field {s:?} is not an identifier, or appears twice"
+                            )));
+                        }
+                        fields.push(s);
+                        attrs.push(f.downcast_into::<PyString>()?);
+                    }
+                    ClassInfo::Object {
+                        shape: Shape::new(name, fields),
+                        attrs,
+                    }
+                }
+                "enum" => {
+                    let name: String = info.get_item(1)?.extract()?;
+                    self.check_name(&name, false)?;
+                    ClassInfo::Enum {
+                        name: Arc::from(name),
+                    }
+                }
+                "ref" => ClassInfo::ByRef,
+                "partial" => ClassInfo::Partial,
+                "datetime" => ClassInfo::Datetime,
+                "date" => ClassInfo::Date,
+                "timedelta" => ClassInfo::Timedelta,
+                "path" => ClassInfo::Path,
+                "uuid" => ClassInfo::Uuid,
+                "decimal" => ClassInfo::Decimal,
+                other => return Err(self.fail(format!("unknown class kind {other:?}"))),
+            }
+        };
+        self.class_infos.push(Rc::new(info));
+        let i = self.class_infos.len() - 1;
+        self.classes.insert(key, (t.clone(), i));
+        Ok(i)
+    }
+
+    fn check_name(&self, name: &str, importable: bool) -> PyResult<()> {
+        let ok = if importable {
+            is_import_name(name)
+        } else {
+            is_class_name(name)
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(self.fail(format!(
+                "{name:?} is not a `module:qualname` of identifiers, so it cannot be recorded"
+            )))
+        }
+    }
+
+    /// The `module:qualname` of a function or class stored by reference.
+    fn callable_name(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<String> {
+        let key = obj.as_ptr() as usize;
+        if let Some((_, name)) = self.callables.get(&key) {
+            return Ok(name.clone());
+        }
+        let name: String = self.helper("_callable_name", obj)?.extract()?;
+        self.check_name(&name, true)?;
+        self.callables.insert(key, (obj.clone(), name.clone()));
+        Ok(name)
+    }
+
+    /// Reads the text form of a standard-library value and checks it.
+    fn text(
+        &self,
+        obj: &Bound<'py, PyAny>,
+        helper: Option<&str>,
+        ok: fn(&str) -> bool,
+        what: &str,
+    ) -> PyResult<String> {
+        let s = match helper {
+            Some(h) => self.helper(h, obj)?,
+            None => obj.str()?.into_any(),
+        };
+        let s: String = s
+            .downcast::<PyString>()?
+            .to_str()
+            .map_err(|_| self.fail(format!("the {what} is not valid Unicode")))?
+            .to_string();
+        if !ok(&s) {
+            return Err(self.fail(format!("{what} {s:?} has no representation in the format")));
+        }
+        Ok(s)
+    }
+
+    /// Version-2 values: class records, enums, callables, partials and
+    /// standard-library values. `None` if `obj` is none of those.
+    fn typed(
+        &mut self,
+        obj: &Bound<'py, PyAny>,
+        t: &Bound<'py, PyType>,
+        depth: usize,
+    ) -> PyResult<Option<NodeId>> {
+        let i = self.class_info(t)?;
+        let info = self.class_infos[i].clone();
+        let node = match &*info {
+            ClassInfo::Unsupported => return Ok(None),
+            ClassInfo::Object { shape, attrs } => {
+                if depth >= MAX_DEPTH {
+                    return Err(
+                        self.fail(format!("containers nest deeper than {MAX_DEPTH} levels"))
+                    );
+                }
+                if let Err(r) = self.memoize(obj, true)? {
+                    return Ok(Some(r));
+                }
+                let mut values = Vec::with_capacity(attrs.len());
+                for (f, attr) in shape.fields.iter().zip(attrs) {
+                    let value = obj.getattr(attr).map_err(|e| {
+                        self.fail(format!(
+                            "{}: cannot read field `{f}`: {}",
+                            shape.class,
+                            e.value(self.py)
+                        ))
+                    })?;
+                    self.path.push(PathPart::Key(f.clone()));
+                    let r = self.walk(&value, depth + 1);
+                    self.path.pop();
+                    values.push(r?);
+                }
+                self.close(obj);
+                Node::Object {
+                    shape: shape.clone(),
+                    values,
+                }
+            }
+            ClassInfo::Enum { name } => {
+                if depth >= MAX_DEPTH {
+                    return Err(
+                        self.fail(format!("containers nest deeper than {MAX_DEPTH} levels"))
+                    );
+                }
+                let class = name.clone();
+                let value = obj.getattr(intern!(self.py, "_value_"))?;
+                let value = self.walk(&value, depth + 1)?;
+                Node::Enum { class, value }
+            }
+            ClassInfo::ByRef => Node::Callable(self.callable_name(obj)?),
+            ClassInfo::Partial => {
+                if depth >= MAX_DEPTH {
+                    return Err(
+                        self.fail(format!("containers nest deeper than {MAX_DEPTH} levels"))
+                    );
+                }
+                // Checks the partial has nothing but a function, args and keywords.
+                self.helper("_check_partial", obj)?;
+                let func = self.callable_name(&obj.getattr(intern!(self.py, "func"))?)?;
+                if let Err(r) = self.memoize(obj, true)? {
+                    return Ok(Some(r));
+                }
+                let args = obj.getattr(intern!(self.py, "args"))?;
+                let mut arg_ids = Vec::new();
+                for (i, a) in args.try_iter()?.enumerate() {
+                    self.path.push(PathPart::Other(format!("args[{i}]")));
+                    let r = self.walk(&a?, depth + 1);
+                    self.path.pop();
+                    arg_ids.push(r?);
+                }
+                let kw = obj.getattr(intern!(self.py, "keywords"))?;
+                let kw = kw.downcast::<PyDict>()?;
+                let mut keywords = Vec::with_capacity(kw.len());
+                for (k, v) in kw.iter() {
+                    let k: String = k.extract()?;
+                    if !is_identifier(&k) {
+                        return Err(
+                            self.fail(format!("partial keyword {k:?} is not an identifier"))
+                        );
+                    }
+                    self.path.push(PathPart::Key(k.clone()));
+                    let r = self.walk(&v, depth + 1);
+                    self.path.pop();
+                    keywords.push((k, r?));
+                }
+                self.close(obj);
+                Node::Partial {
+                    func,
+                    args: arg_ids,
+                    keywords,
+                }
+            }
+            ClassInfo::Datetime => {
+                Node::Datetime(self.text(obj, Some("_datetime_text"), is_datetime, "datetime")?)
+            }
+            ClassInfo::Date => Node::Date(self.text(obj, None, is_date, "date")?),
+            ClassInfo::Timedelta => {
+                let (days, seconds, microseconds): (i64, i64, i64) = (
+                    obj.getattr(intern!(self.py, "days"))?.extract()?,
+                    obj.getattr(intern!(self.py, "seconds"))?.extract()?,
+                    obj.getattr(intern!(self.py, "microseconds"))?.extract()?,
+                );
+                Node::Timedelta {
+                    days,
+                    seconds,
+                    microseconds,
+                }
+            }
+            ClassInfo::Path => Node::Path(self.text(obj, None, |_| true, "path")?),
+            ClassInfo::Uuid => Node::Uuid(self.text(obj, None, is_uuid, "UUID")?),
+            ClassInfo::Decimal => Node::Decimal(self.text(obj, None, is_decimal, "Decimal")?),
+        };
+        Ok(Some(self.push(node)))
     }
 
     fn walk_items(&mut self, items: &Bound<'py, PyAny>, depth: usize) -> PyResult<Vec<NodeId>> {

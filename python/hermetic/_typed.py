@@ -1,0 +1,661 @@
+"""Typed trees: class records, enums, callables by reference and standard-library
+values (docs/SPEC.md, section 10).
+
+Saving: the Rust tree walk asks :func:`_class_info` once per class how its
+instances are stored and caches the answer; for class records it then reads the
+named fields itself. Loading: the Rust builder hands every class record, enum
+member and callable reference to one of the hook objects below, which turn them
+into plain tagged dicts (``plain=True``), into markers that the cattrs converter
+of :mod:`hermetic._structure` rebuilds from the caller's annotations
+(``type=``), or into objects of the classes the caller allowed (``allow=``).
+
+Nothing here imports a module because a file names it: a name from a file is
+only ever looked up in the caller's ``allow=`` entries and in
+:func:`register`'s registry; a module is imported only when the caller named
+it there (``"pkg.mod:Name"`` or ``"pkg.mod:*"``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import datetime
+import decimal
+import enum
+import functools
+import importlib
+import os
+import pathlib
+import sys
+import threading
+import types
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
+
+from hermetic._hermetic import FormatError
+
+__all__ = ["ClassNotAllowedError", "FieldInfo", "SchemaError", "field", "register"]
+
+T = TypeVar("T")
+
+
+class SchemaError(FormatError):
+    """The file's data does not fit the type asked for: the message names each
+    place in the tree, the type expected there and what the file holds."""
+
+
+class ClassNotAllowedError(FormatError):
+    """A file names classes, enums or callables that the caller has not allowed
+    (``type=``, ``allow=`` or :func:`hermetic.register`)."""
+
+
+# ------------------------------------------------------------------ saving
+
+_FUNCTIONS = (types.FunctionType, types.BuiltinFunctionType, types.MethodType)
+_STDLIB: dict[type, tuple[str]] = {
+    datetime.datetime: ("datetime",),
+    datetime.date: ("date",),
+    datetime.timedelta: ("timedelta",),
+    pathlib.PosixPath: ("path",),
+    pathlib.WindowsPath: ("path",),
+    uuid.UUID: ("uuid",),
+    decimal.Decimal: ("decimal",),
+}
+
+
+def _record_fields(tp: type) -> tuple[str, ...] | None:
+    """The constructor fields of a dataclass, attrs class or NamedTuple, else None.
+
+    Only fields the constructor takes are recorded (``init=False`` fields are
+    the class's to compute; ``InitVar`` and ``ClassVar`` are not fields)."""
+    if dataclasses.is_dataclass(tp):
+        return tuple(f.name for f in dataclasses.fields(tp) if f.init)
+    attr = sys.modules.get("attr")
+    if attr is not None and attr.has(tp):
+        return tuple(a.name for a in attr.fields(tp) if a.init)
+    if issubclass(tp, tuple) and isinstance(getattr(tp, "_fields", None), tuple):
+        return tuple(tp._fields)
+    return None
+
+
+def _class_name(tp: Any) -> str:
+    module = getattr(tp, "__module__", None)
+    qualname = getattr(tp, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        raise TypeError(f"{tp!r} has no __module__ and __qualname__ to record")
+    return f"{module}:{qualname}"
+
+
+def _class_info(tp: type) -> tuple[Any, ...] | None:
+    """How instances of ``tp`` are stored; None if they cannot be."""
+    hit = _STDLIB.get(tp)
+    if hit is not None:
+        return hit
+    if issubclass(tp, type) or tp in _FUNCTIONS:
+        return ("ref",)
+    if tp is functools.partial:
+        return ("partial",)
+    np = sys.modules.get("numpy")
+    if np is not None and tp is np.ufunc:
+        return ("ref",)
+    if issubclass(tp, enum.Enum):
+        return ("enum", _class_name(tp))
+    fields = _record_fields(tp)
+    if fields is not None:
+        return ("object", _class_name(tp), fields)
+    return None
+
+
+def _callable_name(obj: Any) -> str:
+    """The import path of a function or class stored by reference; raises
+    TypeError saying why when there is none."""
+    if isinstance(obj, types.MethodType) or (
+        isinstance(obj, types.BuiltinFunctionType)
+        and obj.__self__ is not None
+        and not isinstance(obj.__self__, types.ModuleType)
+    ):
+        raise TypeError(
+            f"{obj!r} is a bound method, which has no import path; store the function "
+            "(or a functools.partial of it) instead"
+        )
+    np = sys.modules.get("numpy")
+    if not (
+        isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType))
+        or (np is not None and isinstance(obj, np.ufunc))
+    ):
+        raise TypeError(f"{obj!r} is not a function or class")
+    name = getattr(obj, "__name__", None)
+    qualname = getattr(obj, "__qualname__", None) or name
+    module = getattr(obj, "__module__", None)
+    if np is not None and isinstance(obj, np.ufunc) and module is None:
+        module = "numpy"
+    if name == "<lambda>":
+        raise TypeError(
+            "a lambda function has no import path, so it cannot be stored by reference; "
+            "define it with `def` at module level"
+        )
+    if isinstance(qualname, str) and "<locals>" in qualname:
+        kind = "class" if isinstance(obj, type) else "function"
+        raise TypeError(
+            f"{qualname} is a local {kind} (defined inside a function, a closure if it "
+            f"uses the function's variables), so it has no import path; define it at "
+            f"module level"
+        )
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        raise TypeError(f"{obj!r} has no __module__ and __qualname__ to record")
+    target: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        target = getattr(target, part, None)
+    if target is not obj:
+        raise TypeError(
+            f"{module}:{qualname} does not lead back to {obj!r} (was it replaced, renamed "
+            "or created dynamically?), so it cannot be stored by reference"
+        )
+    return f"{module}:{qualname}"
+
+
+def _check_partial(p: functools.partial[Any]) -> None:
+    if getattr(p, "__dict__", None):
+        raise TypeError("a functools.partial with attributes set cannot be stored")
+
+
+def _datetime_text(dt: datetime.datetime) -> str:
+    tz = dt.tzinfo
+    if tz is None or type(tz) is datetime.timezone:
+        return dt.isoformat()
+    zoneinfo = sys.modules.get("zoneinfo")
+    if zoneinfo is not None and type(tz) is zoneinfo.ZoneInfo:
+        if tz.key is None:
+            raise TypeError("a zoneinfo.ZoneInfo made from a file has no key to record")
+        return f"{dt.isoformat()}[{tz.key}]"
+    raise TypeError(
+        f"a datetime with tzinfo {type(tz).__module__}.{type(tz).__qualname__} cannot be "
+        "stored: only datetime.timezone offsets and zoneinfo.ZoneInfo zones can"
+    )
+
+
+# ------------------------------------------------------------------ loading values
+
+
+def _datetime(text: str) -> datetime.datetime:
+    zone = None
+    if text.endswith("]"):
+        text, _, zone = text[:-1].partition("[")
+    dt = datetime.datetime.fromisoformat(text)
+    if zone is None:
+        return dt
+    import zoneinfo
+
+    # Only the system's time zone database: ZoneInfo would otherwise fall back
+    # to importing the `tzdata` package's modules named after the zone.
+    if not any(os.path.isfile(os.path.join(p, zone)) for p in zoneinfo.TZPATH):
+        raise FormatError(f"time zone {zone!r} is not in the system time zone database")
+    tz = zoneinfo.ZoneInfo(zone)
+    offset = dt.utcoffset()
+    local = dt.replace(tzinfo=tz)
+    if local.utcoffset() != offset:
+        local = local.replace(fold=1)
+        if local.utcoffset() != offset:
+            raise FormatError(f"{text}: time zone {zone} has no UTC offset {offset} then")
+    return local
+
+
+def _date(text: str) -> datetime.date:
+    return datetime.date.fromisoformat(text)
+
+
+def _timedelta(days: int, seconds: int, microseconds: int) -> datetime.timedelta:
+    return datetime.timedelta(days=days, seconds=seconds, microseconds=microseconds)
+
+
+def _path(text: str) -> pathlib.Path:
+    return pathlib.Path(text)
+
+
+def _uuid(text: str) -> uuid.UUID:
+    return uuid.UUID(text)
+
+
+def _decimal(text: str) -> decimal.Decimal:
+    return decimal.Decimal(text)
+
+
+# ------------------------------------------------------------------ field metadata
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldInfo:
+    """hermetic's metadata on a field: the names it had in older files."""
+
+    aliases: tuple[str, ...] = ()
+
+
+def field(*, aliases: Iterable[str] = (), **kwargs: Any) -> Any:
+    """A ``dataclasses.field`` that also declares the field's old names.
+
+    Use it as a dataclass default (``lr: float = hermetic.field(aliases=["learning_rate"],
+    default=1e-3)``) or as ``Annotated`` metadata (``lr: Annotated[float,
+    hermetic.field(aliases=["learning_rate"])]``, which also works for attrs
+    classes, NamedTuples and TypedDicts). When a file has an old name and not the
+    new one, its value loads into this field.
+    """
+    names = (aliases,) if isinstance(aliases, str) else tuple(aliases)
+    for a in names:
+        if not isinstance(a, str) or not a:
+            raise TypeError(f"aliases must be non-empty strings, not {a!r}")
+    metadata = dict(kwargs.pop("metadata", None) or {})
+    metadata["hermetic"] = FieldInfo(names)
+    return dataclasses.field(metadata=metadata, **kwargs)
+
+
+def field_info(meta: Any) -> FieldInfo | None:
+    """hermetic's FieldInfo in one piece of field or Annotated metadata."""
+    if isinstance(meta, FieldInfo):
+        return meta
+    if isinstance(meta, dataclasses.Field):
+        info = meta.metadata.get("hermetic")
+        return info if isinstance(info, FieldInfo) else None
+    if isinstance(meta, dict) or isinstance(meta, types.MappingProxyType):
+        info = meta.get("hermetic")
+        return info if isinstance(info, FieldInfo) else None
+    return None
+
+
+# ------------------------------------------------------------------ registry and allowlist
+
+_REGISTRY: dict[str, Any] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def _object_name(obj: Any) -> str:
+    if not (isinstance(obj, type) or callable(obj)):
+        raise TypeError(
+            f"{obj!r} is not a class or function (allow= and register() take classes, "
+            "functions, and 'module:qualname' or 'module:*' strings)"
+        )
+    return _class_name(obj)
+
+
+def register(obj: T | None = None, /, *, names: Iterable[str] = ()) -> Any:
+    """Allow a class, enum or function in every load of this process.
+
+    ``hermetic.register(Config)``, or as a decorator (``@hermetic.register``).
+    ``names`` adds the other ``module:qualname`` names files may record for it
+    (a class that moved). Registered names resolve in untyped loads as if they
+    were in every ``allow=``; nothing is imported.
+    """
+    extra = (names,) if isinstance(names, str) else tuple(names)
+    for n in extra:
+        if not isinstance(n, str) or n.count(":") != 1:
+            raise ValueError(f"register(names=...): {n!r} is not 'module:qualname'")
+
+    def do(o: T) -> T:
+        name = _object_name(o)
+        with _REGISTRY_LOCK:
+            _REGISTRY[name] = o
+            for n in extra:
+                _REGISTRY[n] = o
+        return o
+
+    return do if obj is None else do(obj)
+
+
+def _split(name: str) -> tuple[str, str]:
+    module, _, qualname = name.partition(":")
+    return module, qualname
+
+
+def _valid_module(module: str) -> bool:
+    return bool(module) and all(p.isidentifier() for p in module.split("."))
+
+
+class Allow:
+    """The caller's ``allow=`` entries plus the registry. ``permits`` answers
+    without importing; ``resolve`` imports only modules an entry names."""
+
+    def __init__(self, allow: Iterable[Any] | None) -> None:
+        self.objects: dict[str, Any] = {}
+        self.exact: set[str] = set()
+        self.modules: set[str] = set()
+        self.pending: list[str] = []
+        if allow is None:
+            return
+        entries = [allow] if isinstance(allow, str) or not isinstance(allow, Iterable) else allow
+        for a in entries:
+            if isinstance(a, str):
+                module, qualname = _split(a)
+                if qualname == "*" and _valid_module(module):
+                    self.modules.add(module)
+                elif _valid_module(module) and all(p.isidentifier() for p in qualname.split(".")):
+                    self.exact.add(a)
+                    self.pending.append(a)
+                else:
+                    raise ValueError(f"allow entry {a!r} is not 'module:qualname' or 'module:*'")
+            else:
+                self.objects[_object_name(a)] = a
+
+    def _lookup(self, name: str) -> Any:
+        hit = self.objects.get(name, _MISSING)
+        if hit is _MISSING:
+            hit = _REGISTRY.get(name, _MISSING)
+        return hit
+
+    def _resolve_pending(self) -> None:
+        """Turns exact string entries into objects, so that a file naming a
+        function by its defining module (``torch._C._nn:gelu``) matches an entry
+        naming it where it is re-exported (``torch.nn.functional:gelu``)."""
+        while self.pending:
+            entry = self.pending.pop()
+            try:
+                obj = _import(*_split(entry))
+            except Exception as e:
+                raise ValueError(f"allow entry {entry!r} cannot be resolved: {e}") from None
+            self.objects.setdefault(_object_name(obj), obj)
+
+    def permits(self, name: str) -> bool:
+        if self._lookup(name) is not _MISSING or name in self.exact:
+            return True
+        module, qualname = _split(name)
+        if module in self.modules and "<locals>" not in qualname:
+            return True
+        if self.pending:
+            self._resolve_pending()
+            return self._lookup(name) is not _MISSING
+        return False
+
+    def resolve(self, name: str, kind: str) -> Any:
+        hit = self._lookup(name)
+        if hit is not _MISSING:
+            return hit
+        module, qualname = _split(name)
+        if name in self.exact or (module in self.modules and "<locals>" not in qualname):
+            obj = _import(module, qualname)
+            if _object_name(obj) != name:
+                raise ClassNotAllowedError(
+                    f"{name} leads to {obj!r}, which is recorded under another name"
+                )
+            self.objects[name] = obj
+            return obj
+        if self.pending:
+            self._resolve_pending()
+            hit = self._lookup(name)
+            if hit is not _MISSING:
+                return hit
+        raise ClassNotAllowedError(
+            f"the file names the {kind} {name}, which is not allowed; pass "
+            f"allow=[{qualname.rsplit('.', 1)[-1]}] (the object) or allow=[{name!r}] "
+            f'or allow=["{module}:*"], or hermetic.register() it'
+        )
+
+
+_MISSING = object()
+
+
+def _import(module: str, qualname: str) -> Any:
+    parts = qualname.split(".")
+    if any(p.startswith("__") and p.endswith("__") for p in parts):
+        raise ClassNotAllowedError(f"{module}:{qualname}: dunder attributes are never followed")
+    obj: Any = importlib.import_module(module)
+    for p in parts:
+        obj = getattr(obj, p)
+    return obj
+
+
+# ------------------------------------------------------------------ markers and hooks
+
+
+class Record(dict):  # type: ignore[type-arg]
+    """A class record's fields, with the class name the file recorded."""
+
+    __slots__ = ("cls", "shared")
+    cls: str
+    shared: bool
+
+    def __repr__(self) -> str:
+        return f"<record {self.cls} {dict.__repr__(self)}>"
+
+
+class EnumRef(tuple):  # type: ignore[type-arg]
+    """An enum member as the file recorded it: (class name, value)."""
+
+    __slots__ = ()
+
+    @property
+    def cls(self) -> str:
+        return self[0]  # type: ignore[no-any-return]
+
+    @property
+    def value(self) -> Any:
+        return self[1]
+
+    def __repr__(self) -> str:
+        return f"<enum {self[0]}({self[1]!r})>"
+
+
+class PlainHooks:
+    """``plain=True``: objects become dicts tagged with their recorded class."""
+
+    @staticmethod
+    def object(cls: str, fields: dict[str, Any], shared: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {"$class": cls}
+        out.update(fields)
+        return out
+
+    @staticmethod
+    def enum(cls: str, value: Any) -> dict[str, Any]:
+        return {"$enum": cls, "value": value}
+
+    @staticmethod
+    def callable(name: str) -> dict[str, Any]:
+        return {"$callable": name}
+
+    @staticmethod
+    def partial(name: str, args: tuple[Any, ...], keywords: dict[str, Any]) -> dict[str, Any]:
+        return {"$partial": name, "args": list(args), "keywords": keywords}
+
+
+class Context:
+    """One typed or allow-list load: its allowlist, extra-field rule and the
+    objects already rebuilt from shared records. Hooks find it in CURRENT."""
+
+    def __init__(self, allow: Iterable[Any] | None, extra: str, has_records: bool) -> None:
+        if extra not in ("forbid", "ignore"):
+            raise ValueError(f"extra must be 'forbid' or 'ignore', not {extra!r}")
+        self.allow = Allow(allow)
+        self.forbid = extra == "forbid"
+        self.has_records = has_records
+        self.memo: dict[tuple[int, Any], Any] = {}
+        self._seen: set[int] = set()
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[Context]:
+        token = CURRENT.set(self)
+        try:
+            yield self
+        finally:
+            CURRENT.reset(token)
+
+    def reset(self) -> None:
+        """Forgets which containers ``any`` walked (before each structuring pass)."""
+        self._seen.clear()
+
+    # -- hooks the Rust builder calls
+    def callable(self, name: str) -> Any:
+        return self.allow.resolve(name, "callable")
+
+    def partial(
+        self, name: str, args: tuple[Any, ...], keywords: dict[str, Any]
+    ) -> functools.partial[Any]:
+        func = self.allow.resolve(name, "callable")
+        args = tuple(self.any(a) for a in args)
+        keywords = {k: self.any(v) for k, v in keywords.items()}
+        return functools.partial(func, *args, **keywords)
+
+    # -- plain data under Any
+    def any(self, o: Any) -> Any:
+        """Rebuilds records under ``Any`` from the allowlist, in place where the
+        container is mutable (so shared lists and dicts stay shared)."""
+        if not self.has_records:
+            return o
+        c = o.__class__
+        if c is Record or c is EnumRef:
+            kind = "object" if c is Record else "enum"
+            try:
+                target = self.allow.resolve(o.cls, kind)
+            except ClassNotAllowedError as e:
+                raise SchemaError(
+                    f"a class record ({o.cls}) where the type says Any, which holds plain "
+                    f"data only: annotate the field with the class, or {e}"
+                ) from None
+            return self.structure(o, target)
+        if c is list:
+            if id(o) not in self._seen:
+                self._seen.add(id(o))
+                for i, x in enumerate(o):
+                    y = self.any(x)
+                    if y is not x:
+                        o[i] = y
+            return o
+        if c is dict or c.__name__ == "OrderedDict":
+            if id(o) not in self._seen:
+                self._seen.add(id(o))
+                for k, x in o.items():
+                    y = self.any(x)
+                    if y is not x:
+                        o[k] = y
+            return o
+        if c is tuple or c is set or c is frozenset:
+            items = [self.any(x) for x in o]
+            if any(a is not b for a, b in zip(items, o, strict=False)):
+                return c(items)
+            return o
+        return o
+
+    def structure(self, o: Any, tp: Any, root: str = "") -> Any:
+        from hermetic import _structure
+
+        return _structure.structure(self, o, tp, root)
+
+
+class TypedHooks:
+    """``type=``: records stay markers for the converter; callables resolve now.
+    The Rust builder makes Records and EnumRefs itself from ``record_class``
+    and ``enum_class``."""
+
+    record_class = Record
+    enum_class = EnumRef
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.callable = ctx.callable
+        self.partial = ctx.partial
+
+    @staticmethod
+    def object(cls: str, fields: dict[str, Any], shared: bool) -> Record:
+        r = Record(fields)
+        r.cls = cls
+        r.shared = shared
+        return r
+
+    @staticmethod
+    def enum(cls: str, value: Any) -> EnumRef:
+        return EnumRef((cls, value))
+
+
+class AllowHooks(TypedHooks):
+    """``allow=`` without ``type=``: each record becomes an object of the class
+    its name resolves to in the allowlist, built from that class's annotations
+    (from the leaves up, so nested records arrive already built)."""
+
+    record_class = None
+    enum_class = None
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        self._targets: dict[str, tuple[Any, Any]] = {}
+
+    def _target(self, cls: str, kind: str) -> tuple[Any, Any]:
+        hit = self._targets.get(cls)
+        if hit is None:
+            from hermetic import _structure
+
+            target = self.ctx.allow.resolve(cls, kind)
+            if kind == "enum":
+                if not (isinstance(target, type) and issubclass(target, enum.Enum)):
+                    raise ClassNotAllowedError(
+                        f"{cls} resolves to {target!r}, which is not an Enum"
+                    )
+            elif not isinstance(target, type) or _record_fields(target) is None:
+                raise ClassNotAllowedError(
+                    f"{cls} resolves to {target!r}, which is not a dataclass, attrs class or "
+                    "NamedTuple"
+                )
+            hook = _structure.converter(self.ctx.forbid, False).get_structure_hook(target)
+            hit = self._targets[cls] = (target, hook)
+        return hit
+
+    def object(self, cls: str, fields: dict[str, Any], shared: bool) -> Any:  # type: ignore[override]
+        target, hook = self._target(cls, "class")
+        r = TypedHooks.object(cls, fields, False)
+        try:
+            return hook(r, target)
+        except Exception:
+            return self.ctx.structure(r, target)  # again, to report every error's place
+
+    def enum(self, cls: str, value: Any) -> Any:  # type: ignore[override]
+        target, hook = self._target(cls, "enum")
+        ref = EnumRef((cls, value))
+        try:
+            return hook(ref, target)
+        except Exception:
+            return self.ctx.structure(ref, target)
+
+
+CURRENT: contextvars.ContextVar[Context] = contextvars.ContextVar("hermetic_load")
+
+PLAIN_HOOKS = PlainHooks()
+
+
+def not_allowed_message(
+    source: str, refs: list[tuple[str, str, int, list[str]]], missing: list[str], allow_given: bool
+) -> str:
+    kinds = {"object": "class", "enum": "enum", "callable": "callable"}
+    lines = [
+        f"{source}: the file records classes or callables that hermetic rebuilds only "
+        "when you say which:"
+    ]
+    for kind, name, count, fields in refs:
+        if name not in missing:
+            continue
+        detail = f"{count}x" if count > 1 else ""
+        if fields:
+            shown = ", ".join(fields[:6]) + (", ..." if len(fields) > 6 else "")
+            detail = f"{detail}{'; ' if detail else ''}fields {shown}"
+        lines.append(f"  {kinds[kind]:<9} {name}" + (f"  ({detail})" if detail else ""))
+    first = missing[0]
+    module, qualname = _split(first)
+    short = qualname.rsplit(".", 1)[-1]
+    lines.append("hermetic never imports a module because a file names it. Either:")
+    lines.append(
+        "  - pass the type you expect, and classes are rebuilt from its annotations: "
+        "hermetic.load(path, type=Checkpoint)"
+        + ("  (callables still need allow=)" if any(k == "callable" for k, *_ in refs) else "")
+    )
+    lines.append(
+        f"  - or allow what the file names: hermetic.load(path, allow=[{short}, "
+        f'"{module}:*"])' + ("  (these are not in your allow=)" if allow_given else "")
+    )
+    lines.append('  - or hermetic.load(path, plain=True) for plain dicts tagged with "$class"')
+    return "\n".join(lines)
+
+
+def callables_not_allowed_message(source: str, missing: list[str]) -> str:
+    module, qualname = _split(missing[0])
+    return (
+        f"{source}: the file stores callables by reference that are not allowed: "
+        f"{', '.join(missing)}. hermetic never imports a module because a file names it; "
+        f"pass allow=[{qualname.rsplit('.', 1)[-1]}] (the function itself), "
+        f'allow=["{missing[0]}"] or allow=["{module}:*"], or hermetic.register() it'
+    )
