@@ -2,39 +2,39 @@ use pyo3::create_exception;
 use pyo3::prelude::*;
 
 create_exception!(
-    _hermetic,
+    hermetic,
     HermeticError,
     pyo3::exceptions::PyException,
     "Base class of every hermetic error."
 );
 create_exception!(
-    _hermetic,
+    hermetic,
     UnsafePickleError,
     HermeticError,
     "A pickle names globals outside the policy."
 );
 create_exception!(
-    _hermetic,
+    hermetic,
     PolicyError,
     HermeticError,
     "A policy file could not be read."
 );
 create_exception!(
-    _hermetic,
+    hermetic,
     ManifestError,
     HermeticError,
     "A pickle manifest could not be read or is invalid."
 );
 
 create_exception!(
-    _hermetic,
+    hermetic,
     FormatError,
     HermeticError,
     "A tensor-tree file is invalid or corrupt, or an object cannot be saved in one."
 );
 
 create_exception!(
-    _hermetic,
+    hermetic,
     CheckpointError,
     HermeticError,
     "A checkpoint or pickle could not be evaluated: malformed, unsupported, or over a limit."

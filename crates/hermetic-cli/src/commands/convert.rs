@@ -98,6 +98,7 @@ pub(crate) fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<ExitStatus,
         arrays,
         bytes,
         tensors,
+        not_carried,
         ..
     } = conv;
     let metadata = vec![(
@@ -125,6 +126,18 @@ pub(crate) fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<ExitStatus,
     }
     if let Some(p) = &source.progress {
         p.finish_and_clear();
+    }
+    if !not_carried.is_empty() {
+        eprintln!(
+            "hermetic: note: {} place(s) had Python attributes the tensor-tree format does not store (torch keeps a per-module `_metadata` version table on state dicts); not carried over:",
+            not_carried.len()
+        );
+        for place in not_carried.iter().take(10) {
+            eprintln!("  {place}");
+        }
+        if not_carried.len() > 10 {
+            eprintln!("  ... and {} more", not_carried.len() - 10);
+        }
     }
     writeln!(
         out,
@@ -243,6 +256,10 @@ struct Converter<'l, 'a> {
     /// Large bytes by slot.
     bytes: Vec<&'l [u8]>,
     tensors: usize,
+    /// Places whose Python attributes (a state dict's `_metadata` version
+    /// table, attributes set on a tensor) the format has no room for; named
+    /// to the user, never dropped silently.
+    not_carried: Vec<String>,
 }
 
 type Res<T> = std::result::Result<T, String>;
@@ -259,6 +276,7 @@ impl<'l, 'a> Converter<'l, 'a> {
             arrays: HashMap::new(),
             bytes: Vec::new(),
             tensors: 0,
+            not_carried: Vec::new(),
         }
     }
 
@@ -473,6 +491,10 @@ impl<'l, 'a> Converter<'l, 'a> {
                 if let Some(r) = self.memo_ref(id)? {
                     return Ok(r);
                 }
+                if d.state.is_some() {
+                    self.not_carried
+                        .push(format!("the attributes of the dict at {}", self.place()));
+                }
                 let node = self.memo_open(id, false);
                 let pairs = self.pairs(&d.items, depth)?;
                 let n = match d.kind {
@@ -568,6 +590,12 @@ impl<'l, 'a> Converter<'l, 'a> {
         };
         if t.metadata.is_some() {
             return self.fail("a lazily conjugated or negated tensor");
+        }
+        if t.state.is_some() {
+            self.not_carried.push(format!(
+                "the Python attributes of the tensor at {}",
+                self.place()
+            ));
         }
         let code = t.dtype.format_code();
         let Some(dtype) = Dtype::parse(code) else {
