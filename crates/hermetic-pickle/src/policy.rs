@@ -2,7 +2,7 @@
 //! of known code-execution primitives, and "suspicious" for everything else.
 
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::Path;
 
@@ -104,7 +104,8 @@ pub struct Classification {
 /// allowlist; a TOML file can add allowed and dangerous globals.
 #[derive(Clone, Debug)]
 pub struct Policy {
-    safe: HashSet<(String, String)>,
+    /// Allowlisted names by module, so a lookup needs no allocation.
+    safe: HashMap<String, HashSet<String>>,
     extra_safe: Vec<GlobalPattern>,
     extra_dangerous: Vec<GlobalPattern>,
 }
@@ -445,16 +446,19 @@ const DANGEROUS_NAMES: &[(&str, &str)] = &[
 
 impl Default for Policy {
     fn default() -> Self {
-        let mut safe: HashSet<(String, String)> = SAFE_GLOBALS
-            .iter()
-            .map(|(m, n)| (m.to_string(), n.to_string()))
-            .collect();
+        let mut safe: HashMap<String, HashSet<String>> = HashMap::new();
+        let mut add = |m: &str, n: String| {
+            safe.entry(m.to_string()).or_default().insert(n);
+        };
+        for (m, n) in SAFE_GLOBALS {
+            add(m, n.to_string());
+        }
         for d in TORCH_DTYPES {
-            safe.insert(("torch".into(), d.to_string()));
+            add("torch", d.to_string());
         }
         for p in TORCH_STORAGE_PREFIXES {
-            safe.insert(("torch".into(), format!("{p}Storage")));
-            safe.insert(("torch.cuda".into(), format!("{p}Storage")));
+            add("torch", format!("{p}Storage"));
+            add("torch.cuda", format!("{p}Storage"));
         }
         Policy {
             safe,
@@ -465,6 +469,12 @@ impl Default for Policy {
 }
 
 impl Policy {
+    /// The built-in policy, built once per process.
+    pub fn builtin() -> &'static Policy {
+        static BUILTIN: std::sync::OnceLock<Policy> = std::sync::OnceLock::new();
+        BUILTIN.get_or_init(Policy::default)
+    }
+
     /// The default policy extended by a TOML policy file.
     pub fn from_file(path: &Path) -> Result<Self, PolicyError> {
         let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io {
@@ -501,6 +511,12 @@ impl Policy {
         self.extra_safe.push(pattern);
     }
 
+    fn is_allowlisted(&self, module: &str, name: &str) -> bool {
+        self.safe
+            .get(module)
+            .is_some_and(|names| names.contains(name))
+    }
+
     /// Whether the global is an allowlisted data constructor.
     pub fn is_safe(&self, module: &str, name: &str) -> bool {
         self.classify(module, name).verdict == Verdict::Safe
@@ -520,7 +536,7 @@ impl Policy {
         if name
             .split('.')
             .any(|part| part.starts_with("__") && part.ends_with("__") && part.len() > 4)
-            && !self.safe.contains(&(module.to_string(), name.to_string()))
+            && !self.is_allowlisted(module, name)
         {
             return Classification {
                 verdict: Verdict::Dangerous,
@@ -528,7 +544,7 @@ impl Policy {
                 reason: format!("name `{name}` walks through dunder attributes"),
             };
         }
-        if self.safe.contains(&(module.to_string(), name.to_string())) {
+        if self.is_allowlisted(module, name) {
             return safe();
         }
         if let Some(reason) = dangerous_reason(module, name) {

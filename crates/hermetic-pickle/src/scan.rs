@@ -27,11 +27,19 @@ pub fn scan_file(path: &Path, policy: &Policy, limits: &Limits) -> FileReport {
     }
     // Mapping and unmapping costs more than reading a small file outright.
     if len <= SMALL_FILE {
-        let mut data = Vec::with_capacity(len as usize);
-        return match (&file).take(SMALL_FILE + 1).read_to_end(&mut data) {
-            Ok(_) => scan_bytes(&data, &display, policy, limits),
-            Err(e) => io_error(display, e),
-        };
+        // One buffer per thread: fresh pages for every small file cost more
+        // (the kernel zeroes them) than the scan itself.
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        return BUF.with(|buf| {
+            let mut data = buf.borrow_mut();
+            data.clear();
+            match (&file).take(SMALL_FILE + 1).read_to_end(&mut data) {
+                Ok(_) => scan_bytes(&data, &display, policy, limits),
+                Err(e) => io_error(display, e),
+            }
+        });
     }
     match map_file(&file) {
         Ok(map) => scan_bytes(&map, &display, policy, limits),
@@ -91,7 +99,7 @@ pub fn looks_like_pickle(data: &[u8]) -> bool {
                 0,
                 0,
                 "probe",
-                &Policy::default(),
+                Policy::builtin(),
                 &Limits {
                     max_opcodes: PROBE_OPCODES as u64,
                     ..Limits::default()
