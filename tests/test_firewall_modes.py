@@ -334,3 +334,35 @@ def test_the_package_ships_the_start_up_hook() -> None:
         pytest.skip("editable install (maturin develop): the hook is not installed")
     assert (package_parent / PTH).is_file(), f"{PTH} missing from {package_parent}"
     assert os.path.basename(str(package_parent)) in ("site-packages", "dist-packages")
+
+
+def test_unlisted_safe_reads_torch_checkpoints_with_the_evaluator(tmp_path: Path) -> None:
+    """A state dict's data.pkl needs torch's persistent_load, so under
+    ``unlisted = "safe"`` torch.load hands the whole file to hermetic.torch.load:
+    plain checkpoints keep loading with no unpickler resolving anything, and a
+    whole pickled model is still refused."""
+    pytest.importorskip("torch")
+    benign = Path(__file__).parent / "fixtures" / "benign"
+    manifest = write_manifest(tmp_path / "m.toml", [], header='unlisted = "safe"\n')
+    proc = run_py(
+        f"""
+        import sys, torch, hermetic
+        resolved = []
+        sys.addaudithook(lambda ev, args: ev == "pickle.find_class" and resolved.append(args))
+        for name in ("mlp_state_zip.pt", "mlp_state_legacy.pt"):
+            sd = torch.load({str(benign)!r} + "/" + name)
+            assert sd["fc1.weight"].shape == (16, 8), sd.keys()
+            print("loaded", name, type(sd).__name__)
+        assert resolved == [], resolved
+        try:
+            torch.load({str(benign / "model_whole.pt")!r}, weights_only=False)
+        except hermetic.NoPickleError as e:
+            print("whole model refused")
+        """,
+        mode="enforce",
+        manifest=manifest,
+    )
+    out = ok(proc)
+    assert "loaded mlp_state_zip.pt OrderedDict" in out
+    assert "loaded mlp_state_legacy.pt OrderedDict" in out
+    assert "whole model refused" in out

@@ -291,6 +291,46 @@ def check(
     raise _refusal(mode, blob_id, size, frames, file, location, entry, scanner, note)
 
 
+def evaluate_checkpoint(f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``torch.load`` under ``unlisted = "safe"``: a checkpoint file none of
+    whose pickle streams the manifest lists, and which the scanner calls
+    data-only, is read by ``hermetic.torch.load`` (the Rust evaluator), so no
+    unpickler runs. Its ``data.pkl`` resolves storages through torch's
+    ``persistent_load``, which the per-blob path cannot evaluate on its own.
+
+    Returns ``RUN`` when the real ``torch.load`` should go ahead (listed
+    blobs, other modes, file objects); every other case is decided there.
+    """
+    st = STATE
+    if st.mode not in ("deny", "enforce") or st.tokens or st.inventory is not None:
+        return RUN
+    m = st.manifest
+    if m.unlisted != "safe" or not isinstance(f, (str, os.PathLike)):
+        return RUN
+    from hermetic import _scan
+
+    try:
+        result = _scan.scan(os.fspath(f), include_clean=True)[0]
+    except (OSError, IndexError):
+        return RUN
+    if result.error is not None or result.verdict != "safe" or not result.streams:
+        return RUN
+    frames, _ = stack()
+    for s in result.streams:
+        if m.decide(st.mode, s.sha256, s.length, frames)[1] != "evaluate":
+            return RUN
+    from hermetic import torch as hermetic_torch
+
+    map_location = kwargs.get("map_location", args[0] if args else None)
+    try:
+        return Evaluated(
+            hermetic_torch.load(f, map_location=map_location, mmap=bool(kwargs.get("mmap")))
+        )
+    except HermeticError:
+        # The per-blob path decides (and explains) what the evaluator refused.
+        return RUN
+
+
 def _refusal(
     mode: str,
     blob_id: str,

@@ -299,6 +299,9 @@ def _wrap_torch_load(orig: Callable[..., Any]) -> Callable[..., Any]:
     def load(f: Any, *args: Any, **kwargs: Any) -> Any:
         if not STATE.active:
             return orig(f, *args, **kwargs)
+        evaluated = _core.evaluate_checkpoint(f, args, kwargs)
+        if isinstance(evaluated, _core.Evaluated):
+            return evaluated.value
         if isinstance(f, (str, os.PathLike)):
             name: str | None = os.path.abspath(os.fspath(f))
         else:
