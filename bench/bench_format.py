@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _common import gpt2_layout, touch
 from safetensors.torch import load_file, save_file
 
 import hermetic
@@ -63,20 +64,6 @@ def peak_extra(fn: Callable[[], Any]) -> tuple[float, int]:
     return dt, max(0, peak - base)
 
 
-def touch(obj: Any) -> None:
-    """Read one byte per page of every tensor (faults in mapped data)."""
-    if isinstance(obj, torch.Tensor):
-        if obj.numel():
-            flat = obj.detach().reshape(-1).view(torch.uint8)
-            flat[::4096].sum()
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            touch(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            touch(v)
-
-
 def nbytes(obj: Any) -> int:
     if isinstance(obj, torch.Tensor):
         return obj.numel() * obj.element_size()
@@ -107,29 +94,10 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, torch.Tensor]:
 def gpt2_like(scale: float) -> dict[str, torch.Tensor]:
     d, vocab, ctx, layers = 768, int(50257 * scale), 1024, max(1, int(12 * scale))
     g = torch.Generator().manual_seed(0)
-    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    sd = {"transformer.wte.weight": r(vocab, d), "transformer.wpe.weight": r(ctx, d)}
-    for i in range(layers):
-        p = f"transformer.h.{i}."
-        sd.update(
-            {
-                p + "ln_1.weight": r(d),
-                p + "ln_1.bias": r(d),
-                p + "attn.c_attn.weight": r(d, 3 * d),
-                p + "attn.c_attn.bias": r(3 * d),
-                p + "attn.c_proj.weight": r(d, d),
-                p + "attn.c_proj.bias": r(d),
-                p + "ln_2.weight": r(d),
-                p + "ln_2.bias": r(d),
-                p + "mlp.c_fc.weight": r(d, 4 * d),
-                p + "mlp.c_fc.bias": r(4 * d),
-                p + "mlp.c_proj.weight": r(4 * d, d),
-                p + "mlp.c_proj.bias": r(d),
-            }
-        )
-    sd["transformer.ln_f.weight"] = r(d)
-    sd["transformer.ln_f.bias"] = r(d)
-    return sd
+    return {
+        name: torch.randn(*shape, generator=g)
+        for name, shape, _ in gpt2_layout(d, vocab, ctx, layers)
+    }
 
 
 def small_tensors(scale: float) -> dict[str, torch.Tensor]:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _common import touch
 
 import hermetic
 from hermetic import _hermetic
@@ -69,17 +70,6 @@ def warm(path: Path) -> None:
     with open(path, "rb") as f:
         while f.read(1 << 24):
             pass
-
-
-def touch(obj: Any) -> None:
-    """Read one byte per page of every tensor (faults mapped data in)."""
-    if isinstance(obj, torch.Tensor):
-        if obj.numel():
-            flat = obj.detach().reshape(-1).view(torch.uint8)
-            flat[::4096].sum()
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            touch(v)
 
 
 def timings(

@@ -43,6 +43,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from _common import gpt2_layout
+
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
 SMALL_DIR = DATA / "small"
@@ -240,39 +242,15 @@ def make_small(out: Path = SMALL_DIR) -> dict[str, dict[str, str]]:
 
 def gpt2_state(torch: Any, d: int, vocab: int, gen: Any) -> dict[str, Any]:
     """A GPT-2-style state dict (HF key names, Conv1D layout): 148 float32 tensors."""
-
-    def w(*shape: int) -> Any:
-        return torch.randn(*shape, generator=gen) * 0.02
-
-    def ones(n: int) -> Any:
-        return torch.ones(n)
-
-    def zeros(n: int) -> Any:
-        return torch.zeros(n)
-
-    sd: dict[str, Any] = {
-        "transformer.wte.weight": w(vocab, d),
-        "transformer.wpe.weight": w(GPT2_POSITIONS, d),
+    make = {
+        "w": lambda *shape: torch.randn(*shape, generator=gen) * 0.02,
+        "ones": lambda *shape: torch.ones(*shape),
+        "zeros": lambda *shape: torch.zeros(*shape),
     }
-    for i in range(GPT2_LAYERS):
-        p = f"transformer.h.{i}."
-        sd |= {
-            p + "ln_1.weight": ones(d),
-            p + "ln_1.bias": zeros(d),
-            p + "attn.c_attn.weight": w(d, 3 * d),
-            p + "attn.c_attn.bias": zeros(3 * d),
-            p + "attn.c_proj.weight": w(d, d),
-            p + "attn.c_proj.bias": zeros(d),
-            p + "ln_2.weight": ones(d),
-            p + "ln_2.bias": zeros(d),
-            p + "mlp.c_fc.weight": w(d, 4 * d),
-            p + "mlp.c_fc.bias": zeros(4 * d),
-            p + "mlp.c_proj.weight": w(4 * d, d),
-            p + "mlp.c_proj.bias": zeros(d),
-        }
-    sd["transformer.ln_f.weight"] = ones(d)
-    sd["transformer.ln_f.bias"] = zeros(d)
-    return sd
+    return {
+        name: make[init](*shape)
+        for name, shape, init in gpt2_layout(d, vocab, GPT2_POSITIONS, GPT2_LAYERS)
+    }
 
 
 def make_big(names: list[str], out: Path = BIG_DIR) -> dict[str, dict[str, Any]]:
