@@ -858,7 +858,7 @@ def hermetic_outcomes(cases: list[tuple[str, bytes]], workdir: Path) -> list[Out
     if not example_path().exists():
         if impl == "example":
             pytest.fail(f"{example_path()} is missing")
-        pytest.skip(
+        pytest.fail(
             "neither hermetic._hermetic.dis nor the example binary; run "
             "`cargo build -p hermetic-pickle --example dis`"
         )
