@@ -184,7 +184,9 @@ def run(loader, path):
         return pandas.read_pickle(path)
     raise SystemExit("unknown loader " + loader)
 
-for job in json.loads(sys.argv[1]):
+with open(sys.argv[1], encoding="utf-8") as f:
+    jobs = json.load(f)
+for job in jobs:
     os.environ["HERMETIC_CANARY"] = job["canary"]
     rec = {"loader": job["loader"], "path": job["path"]}
     try:
@@ -248,12 +250,16 @@ def run_jobs(
         {"loader": ep, "path": os.fspath(p), "canary": str(canary_dir / f"canary-{i}")}
         for i, (ep, p) in enumerate(jobs)
     ]
+    # The job list goes through a file: hundreds of jobs with long paths
+    # exceed the kernel's limit on one argument (128 KiB).
+    spec_file = canary_dir / "jobs.json"
+    spec_file.write_text(json.dumps(spec), encoding="utf-8")
     proc = run_py(
         HARNESS,
         mode=mode,
         manifest=manifest,
         inventory=inventory,
-        args=[json.dumps(spec)],
+        args=[str(spec_file)],
         timeout=timeout,
     )
     lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
