@@ -189,6 +189,10 @@ impl Plan {
     }
 }
 
+/// Data is written in pieces that end on multiples of this many bytes of the
+/// file (see `stream`).
+const WRITE_ALIGN: u64 = 4 << 20;
+
 /// Writes the header placeholder and every entry to `w`; returns the final
 /// header, which the caller writes over the placeholder.
 fn stream<W: Write>(
@@ -208,6 +212,7 @@ fn stream<W: Write>(
     let tree = tree.as_ref().map(|(j, v)| (j.as_str(), *v));
     let placeholder = plan.header(&order, &zero, tree)?;
     w.write_all(&placeholder).map_err(io_err)?;
+    let mut pos = placeholder.len() as u64;
     let mut digests = zero;
     for &i in &order {
         let e = &plan.entries[i];
@@ -219,15 +224,26 @@ fn stream<W: Write>(
             if written > e.nbytes {
                 return Err(std::io::Error::other("more bytes than the entry holds"));
             }
-            // Hash and write in cache-sized pieces so each byte is read from
-            // memory once.
-            for piece in bytes.chunks(1 << 20) {
-                hasher.update(piece);
+            // Writes end on WRITE_ALIGN boundaries of the file: the page cache
+            // then holds the data in large folios, which a later map faults in
+            // many pages at a time (unaligned 1 MiB writes leave 4 KiB pages,
+            // and touching a loaded model's every page took 7x longer). Each
+            // piece is hashed just before it is written, while it is in cache.
+            let mut rest = bytes;
+            while !rest.is_empty() {
+                let to_boundary = WRITE_ALIGN - pos % WRITE_ALIGN;
+                let n = rest.len().min(usize::try_from(to_boundary).unwrap_or(usize::MAX));
+                let (piece, tail) = rest.split_at(n);
+                for part in piece.chunks(1 << 20) {
+                    hasher.update(part);
+                }
                 if let Err(err) = w.write_all(piece) {
                     let kind = err.kind();
                     failed = Some(err);
                     return Err(std::io::Error::new(kind, "write failed"));
                 }
+                pos += n as u64;
+                rest = tail;
             }
             Ok(())
         };
