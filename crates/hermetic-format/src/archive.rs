@@ -1,7 +1,7 @@
 //! Reading: a single file or a sharded checkpoint, memory-mapped, with the
 //! header validated before anything else is looked at.
 
-use crate::digest::digest;
+use crate::digest::{digest, digest_text};
 use crate::error::{FormatError, Result};
 use crate::header::{check_tree, flat_tree, resolve, EntryInfo, Header, Resolved};
 use crate::shard::{read_index, Index, INDEX_NAME};
@@ -96,8 +96,9 @@ pub struct Archive {
     pub files: Vec<DataFile>,
     /// Present for a sharded checkpoint.
     pub index: Option<Index>,
-    /// Entry name -> (file, entry index in that file's header).
-    locations: HashMap<String, (usize, usize)>,
+    /// Entry name -> (file, entry index in that file's header), for a
+    /// sharded checkpoint; a single file looks names up in its header.
+    locations: Option<HashMap<String, (usize, usize)>>,
     tree: Tree,
     has_tree: bool,
 }
@@ -123,13 +124,6 @@ impl Archive {
 
     /// Wraps one validated file.
     pub fn from_file(path: PathBuf, mut file: DataFile) -> Result<Archive> {
-        let locations = file
-            .header
-            .entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.name.clone(), (0, i)))
-            .collect();
         let taken = file.header.doc.as_mut().and_then(|d| d.tree.take());
         let (tree, has_tree) = match taken {
             Some(t) => (t, true),
@@ -145,7 +139,7 @@ impl Archive {
             path,
             files: vec![file],
             index: None,
-            locations,
+            locations: None,
             tree,
             has_tree,
         })
@@ -196,7 +190,7 @@ impl Archive {
             path: path.to_path_buf(),
             files,
             index: Some(index),
-            locations,
+            locations: Some(locations),
             tree,
             has_tree,
         })
@@ -222,9 +216,11 @@ impl Archive {
 
     /// Where an entry lives: (file number, info).
     pub fn locate(&self, entry: &str) -> Option<(usize, &EntryInfo)> {
-        self.locations
-            .get(entry)
-            .map(|&(f, e)| (f, &self.files[f].header.entries[e]))
+        let (f, e) = match &self.locations {
+            Some(l) => *l.get(entry)?,
+            None => (0, *self.files[0].header.by_name.get(entry)?),
+        };
+        Some((f, &self.files[f].header.entries[e]))
     }
 
     /// Resolves a tensor reference of the tree.
@@ -258,12 +254,11 @@ impl Archive {
                     file: f.path.display().to_string(),
                 });
             };
-            for e in &f.header.entries {
+            for (e, &d) in f.header.entries.iter().zip(&doc.digests) {
                 if only.is_some_and(|o| !o.contains(&e.name.as_str())) {
                     continue;
                 }
-                let expected = doc.digests.get(&e.name).cloned().unwrap_or_default();
-                jobs.push((f, e, expected));
+                jobs.push((f, e, digest_text(d)));
             }
         }
         Ok(jobs

@@ -29,6 +29,20 @@ impl Hasher {
     }
 }
 
+/// A digest's 32 lowercase hex digits as a number.
+pub fn parse_digest(s: &str) -> Option<u128> {
+    if is_digest(s) {
+        u128::from_str_radix(s, 16).ok()
+    } else {
+        None
+    }
+}
+
+/// The canonical text of a digest number.
+pub fn digest_text(d: u128) -> String {
+    format!("{d:032x}")
+}
+
 /// Whether `s` has the shape of a digest.
 pub fn is_digest(s: &str) -> bool {
     s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))

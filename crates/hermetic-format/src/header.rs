@@ -1,9 +1,10 @@
-//! The safetensors header: parsing and validating one (with the `safetensors`
-//! crate's checks first, then ours), and building one for the writer.
+//! The safetensors header: parsing and validating one (the safetensors rules
+//! in `st_header`, then hermetic's), and building one for the writer.
 
-use crate::digest::{is_digest, DIGEST_ALGORITHM};
+use crate::digest::{parse_digest, DIGEST_ALGORITHM};
 use crate::dtype::Dtype;
 use crate::error::{FormatError, Result};
+use crate::st_header;
 use crate::tree::{contiguous_strides, view_extent, Node, TensorKind, TensorRef, Tree, View};
 use crate::typed::TYPED_VERSION;
 use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
@@ -16,7 +17,7 @@ pub const HERMETIC_KEY: &str = "__hermetic__";
 /// The spec version this crate writes and reads.
 pub const FORMAT_VERSION: u64 = 1;
 /// The largest header a reader accepts (the `safetensors` crate's limit).
-pub const MAX_HEADER_SIZE: u64 = 100_000_000;
+pub const MAX_HEADER_SIZE: u64 = st_header::MAX_HEADER_SIZE;
 /// The data section starts at a multiple of this.
 pub const DATA_ALIGNMENT: u64 = 64;
 
@@ -43,8 +44,9 @@ impl EntryInfo {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Doc {
     pub version: u64,
-    /// Entry name -> digest.
-    pub digests: BTreeMap<String, String>,
+    /// Each entry's digest, in the order of [`Header::entries`] (a shard
+    /// index's document has none).
+    pub digests: Vec<u128>,
     /// The tree; absent in a shard of a sharded checkpoint (the index holds it).
     pub tree: Option<Tree>,
 }
@@ -75,86 +77,27 @@ pub struct Header {
     pub doc: Option<Doc>,
 }
 
-fn st_err(file: &str, detail: impl Into<String>) -> FormatError {
-    FormatError::Safetensors {
-        file: file.to_string(),
-        detail: detail.into(),
-    }
-}
-
 impl Header {
     /// Parses and validates the header of a whole file held in `buf`.
     pub fn parse(buf: &[u8], file: &str) -> Result<Header> {
-        let len = buf.len() as u64;
-        let Some(prefix) = buf.get(..8) else {
-            return Err(st_err(
-                file,
-                format!("the file is {len} bytes; it must start with an 8-byte header length"),
-            ));
-        };
-        let mut n8 = [0u8; 8];
-        n8.copy_from_slice(prefix);
-        let n = u64::from_le_bytes(n8);
-        if n > MAX_HEADER_SIZE {
-            return Err(FormatError::Limit {
-                file: file.to_string(),
-                place: "header length (bytes 0..8)".into(),
-                what: "header length",
-                limit: MAX_HEADER_SIZE,
-            });
-        }
-        if n.saturating_add(8) > len {
-            return Err(st_err(
-                file,
-                format!(
-                    "the header length is {n} bytes but the file has only {len} bytes (truncated?)"
-                ),
-            ));
-        }
-        let (_, meta) = safetensors::SafeTensors::read_metadata(buf).map_err(|e| {
-            use safetensors::SafeTensorError as E;
-            let detail = match e {
-                E::InvalidOffset(name) => format!(
-                    "entry `{name}`: data_offsets must start where the previous entry ends \
-                     (offsets overlap, leave a hole, or are out of range)"
-                ),
-                E::MetadataIncompleteBuffer => {
-                    "the entries' data does not end where the file ends (truncated, or trailing bytes)"
-                        .to_string()
-                }
-                E::TensorInvalidInfo => {
-                    "an entry's byte length is not its shape times its dtype size".to_string()
-                }
-                other => other.to_string(),
-            };
-            st_err(file, detail)
-        })?;
-        let data_start = 8 + n;
-        let mut entries: Vec<EntryInfo> = meta
-            .tensors()
+        let raw = st_header::parse(buf, file)?;
+        let data_start = 8 + raw.len;
+        let entries: Vec<EntryInfo> = raw
+            .entries
             .into_iter()
-            .map(|(name, info)| EntryInfo {
-                name,
-                st_dtype: info.dtype,
-                shape: info.shape.iter().map(|&d| d as u64).collect(),
-                start: data_start + info.data_offsets.0 as u64,
-                nbytes: (info.data_offsets.1 - info.data_offsets.0) as u64,
+            .map(|e| EntryInfo {
+                name: e.name,
+                st_dtype: e.dtype,
+                shape: e.shape,
+                start: data_start + e.begin,
+                nbytes: e.end - e.begin,
             })
             .collect();
-        entries.sort_by_key(|e| (e.start, e.nbytes));
-        let by_name = entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.name.clone(), i))
-            .collect();
-        let mut metadata: BTreeMap<String, String> = meta
-            .metadata()
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
+        let by_name = raw.by_name;
+        let n = raw.len;
+        let mut metadata: BTreeMap<String, String> = raw.metadata.into_iter().collect();
         let doc = match metadata.remove(HERMETIC_KEY) {
-            Some(json) => Some(parse_doc(&json, file)?),
+            Some(json) => Some(parse_doc(&json, file, &entries, &by_name)?),
             None => None,
         };
         let header = Header {
@@ -165,7 +108,6 @@ impl Header {
             metadata,
             doc,
         };
-        header.validate()?;
         Ok(header)
     }
 
@@ -183,42 +125,6 @@ impl Header {
         self.doc.as_ref().and_then(|d| d.tree.as_ref())
     }
 
-    fn validate(&self) -> Result<()> {
-        let Some(doc) = &self.doc else { return Ok(()) };
-        let file = &self.file;
-        for e in &self.entries {
-            match doc.digests.get(&e.name) {
-                Some(d) if is_digest(d) => {}
-                Some(_) => {
-                    return Err(FormatError::tree(
-                        file,
-                        format!("digests[{:?}]", e.name),
-                        "a digest must be 32 lowercase hex digits",
-                    ))
-                }
-                None => {
-                    return Err(FormatError::tree(
-                        file,
-                        "digests",
-                        format!("no digest for entry `{}`", e.name),
-                    ))
-                }
-            }
-        }
-        if let Some(extra) = doc.digests.keys().find(|k| !self.by_name.contains_key(*k)) {
-            return Err(FormatError::tree(
-                file,
-                "digests",
-                format!("digest for `{extra}`, which is not an entry"),
-            ));
-        }
-        if let Some(tree) = &doc.tree {
-            let lookup = |name: &str| self.entry(name);
-            check_tree(tree, file, &lookup)?;
-        }
-        Ok(())
-    }
-
     /// Resolves a tensor reference against its entry (already validated).
     pub fn resolve(&self, t: &TensorRef) -> Result<Resolved> {
         let e = self.entry(&t.entry).ok_or_else(|| {
@@ -230,8 +136,7 @@ impl Header {
 
 /// Resolves `t` against entry `e`, checking every bound.
 pub fn resolve(t: &TensorRef, e: &EntryInfo, file: &str) -> Result<Resolved> {
-    let place = format!("tensor `{}`", t.entry);
-    let bad = |detail: String| FormatError::tree(file, place.clone(), detail);
+    let bad = |detail: String| FormatError::tree(file, format!("tensor `{}`", t.entry), detail);
     let view = match &t.view {
         Some(v) => v.clone(),
         None => {
@@ -307,7 +212,15 @@ pub fn check_tree<'a>(
                         format!("tensor names a missing entry `{}`", t.entry),
                     )
                 })?;
-                resolve(t, e, file)?;
+                if t.view.is_none() {
+                    // The whole entry, whose size the header check already
+                    // tied to its shape: only the dtype can be wrong.
+                    if e.dtype().is_none() {
+                        resolve(t, e, file)?;
+                    }
+                } else {
+                    resolve(t, e, file)?;
+                }
             }
             Node::BytesEntry(name) => {
                 let e = lookup(name).ok_or_else(|| {
@@ -353,24 +266,90 @@ pub fn flat_tree<'a>(names: impl IntoIterator<Item = &'a str>, kind: TensorKind)
 
 // ------------------------------------------------------------ the document
 
-/// Parses the hermetic document (the value of [`HERMETIC_KEY`]).
-pub fn parse_doc(json: &str, file: &str) -> Result<Doc> {
+/// Parses the hermetic document (the value of [`HERMETIC_KEY`]) of a file
+/// with these entries (`by_name` indexes `entries`), and checks every tensor
+/// reference of its tree against them.
+pub fn parse_doc(
+    json: &str,
+    file: &str,
+    entries: &[EntryInfo],
+    by_name: &HashMap<String, usize>,
+) -> Result<Doc> {
+    let raw = parse_raw_doc(json, file, false)?;
+    let tree_json = raw.tree.map(|t| t.get());
+    let digests_json = raw.digests.map_or("{}", |d| d.get());
+    // The digests and the tree are independent and, for checkpoints of many
+    // tensors, each takes a millisecond or more: read them side by side.
+    let (digests, tree) = rayon::join(
+        || parse_digests(digests_json, file, entries, by_name),
+        || {
+            tree_json
+                .map(|t| {
+                    let tree = parse_tree(t, file, raw.version)?;
+                    let lookup = |name: &str| by_name.get(name).map(|&i| &entries[i]);
+                    check_tree(&tree, file, &lookup)?;
+                    Ok(tree)
+                })
+                .transpose()
+        },
+    );
+    Ok(Doc {
+        version: raw.version,
+        digests: digests?,
+        tree: tree?,
+    })
+}
+
+/// Parses the `hermetic` member of a shard index: `{"version": 1, "tree": ...}`.
+pub fn parse_doc_members(json: &str, file: &str) -> Result<(u64, Option<Tree>)> {
+    let raw = parse_raw_doc(json, file, true)?;
+    let tree = raw
+        .tree
+        .map(|t| parse_tree(t.get(), file, raw.version))
+        .transpose()?;
+    Ok((raw.version, tree))
+}
+
+fn parse_tree(json: &str, file: &str, version: u64) -> Result<Tree> {
+    let tree = Tree::from_json(json, file)?;
+    let needs = tree.required_version();
+    if needs > version {
+        return Err(FormatError::tree(
+            file,
+            "version",
+            format!(
+                "the tree uses version-{needs} nodes (class records, callables or \
+                 standard-library values) in a version-{version} document"
+            ),
+        ));
+    }
+    Ok(tree)
+}
+
+/// The document's members, checked for presence and kind, with the digests
+/// and the tree still as JSON text.
+struct RawDoc<'de> {
+    version: u64,
+    digests: Option<&'de serde_json::value::RawValue>,
+    tree: Option<&'de serde_json::value::RawValue>,
+}
+
+fn parse_raw_doc<'de>(json: &'de str, file: &str, index: bool) -> Result<RawDoc<'de>> {
+    let place = if index { "hermetic" } else { HERMETIC_KEY };
     let mut de = serde_json::Deserializer::from_str(json);
     let mut err = None;
     let doc = DocSeed {
         file,
         err: &mut err,
-        index: false,
+        index,
     }
     .deserialize(&mut de);
     let doc = match doc {
         Ok(d) => d,
-        Err(e) => {
-            return Err(err.unwrap_or_else(|| FormatError::tree(file, HERMETIC_KEY, e.to_string())))
-        }
+        Err(e) => return Err(err.unwrap_or_else(|| FormatError::tree(file, place, e.to_string()))),
     };
     de.end()
-        .map_err(|e| FormatError::tree(file, HERMETIC_KEY, e.to_string()))?;
+        .map_err(|e| FormatError::tree(file, place, e.to_string()))?;
     Ok(doc)
 }
 
@@ -381,52 +360,31 @@ struct DocSeed<'a> {
     index: bool,
 }
 
-/// Parses the `hermetic` member of a shard index: `{"version": 1, "tree": ...}`.
-pub fn parse_doc_members(json: &str, file: &str) -> Result<(u64, Option<Tree>)> {
-    let mut de = serde_json::Deserializer::from_str(json);
-    let mut err = None;
-    let doc = DocSeed {
-        file,
-        err: &mut err,
-        index: true,
-    }
-    .deserialize(&mut de);
-    match doc {
-        Ok(d) => Ok((d.version, d.tree)),
-        Err(e) => Err(err.unwrap_or_else(|| FormatError::tree(file, "hermetic", e.to_string()))),
-    }
-}
-
 impl<'de> DeserializeSeed<'de> for DocSeed<'_> {
-    type Value = Doc;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<Doc, D::Error> {
+    type Value = RawDoc<'de>;
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<RawDoc<'de>, D::Error> {
         d.deserialize_map(self)
     }
 }
 
-/// The tree, parsed with [`Tree::from_json`] from its raw JSON text.
-struct RawTree<'a>(&'a str, &'a mut Option<FormatError>);
-
-impl<'de> DeserializeSeed<'de> for RawTree<'_> {
-    type Value = Tree;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<Tree, D::Error> {
-        let raw: &serde_json::value::RawValue = serde::Deserialize::deserialize(d)?;
-        Tree::from_json(raw.get(), self.0).map_err(|e| {
-            let msg = e.to_string();
-            *self.1 = Some(e);
-            de::Error::custom(msg)
-        })
-    }
-}
-
 impl<'de> Visitor<'de> for DocSeed<'_> {
-    type Value = Doc;
+    type Value = RawDoc<'de>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("the hermetic document object")
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Doc, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<RawDoc<'de>, A::Error> {
         let file = self.file;
-        let mut doc = Doc::default();
+        let mut doc = RawDoc {
+            version: 0,
+            digests: None,
+            tree: None,
+        };
         let mut seen = std::collections::HashSet::new();
         let fail = |err: &mut Option<FormatError>, place: &str, d: String| {
             *err = Some(FormatError::tree(file, place, d.clone()));
@@ -473,18 +431,8 @@ impl<'de> Visitor<'de> for DocSeed<'_> {
                         ));
                     }
                 }
-                "digests" => {
-                    let d: DigestMap = map.next_value()?;
-                    if let Some(dup) = d.1 {
-                        return Err(fail(
-                            self.err,
-                            "digests",
-                            format!("duplicate digest for `{dup}`"),
-                        ));
-                    }
-                    doc.digests = d.0;
-                }
-                "tree" => doc.tree = Some(map.next_value_seed(RawTree(file, self.err))?),
+                "digests" => doc.digests = Some(map.next_value()?),
+                "tree" => doc.tree = Some(map.next_value()?),
                 other => {
                     return Err(fail(
                         self.err,
@@ -508,49 +456,87 @@ impl<'de> Visitor<'de> for DocSeed<'_> {
                 ));
             }
         }
-        if let Some(t) = &doc.tree {
-            let needs = t.required_version();
-            if needs > doc.version {
-                return Err(fail(
-                    self.err,
-                    "version",
-                    format!(
-                        "the tree uses version-{needs} nodes (class records, callables or standard-library values) in a version-{} document",
-                        doc.version
-                    ),
-                ));
-            }
-        }
         Ok(doc)
     }
 }
 
-/// A string map that notices duplicate keys (serde_json's own map keeps the last).
-struct DigestMap(BTreeMap<String, String>, Option<String>);
+/// Reads `digests` into one digest per entry, in entry order.
+fn parse_digests(
+    json: &str,
+    file: &str,
+    entries: &[EntryInfo],
+    by_name: &HashMap<String, usize>,
+) -> Result<Vec<u128>> {
+    let mut de = serde_json::Deserializer::from_str(json);
+    let mut bad = None;
+    let d = DigestsSeed(by_name, &mut bad).deserialize(&mut de);
+    if let Some((place, detail)) = bad {
+        return Err(FormatError::tree(file, place, detail));
+    }
+    let d = d.map_err(|e| FormatError::tree(file, "digests", e.to_string()))?;
+    if let Some(i) = d.iter().position(Option::is_none) {
+        return Err(FormatError::tree(
+            file,
+            "digests",
+            format!("no digest for entry `{}`", entries[i].name),
+        ));
+    }
+    Ok(d.into_iter().flatten().collect())
+}
 
-impl<'de> serde::Deserialize<'de> for DigestMap {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = DigestMap;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object of entry name -> digest")
+/// The `digests` object, read straight into one slot per entry: no
+/// per-digest allocation, and an unknown, repeated or malformed digest is
+/// caught as it is read. Holds the entries by name, and where a
+/// (place, detail) error goes.
+struct DigestsSeed<'a, 'b>(&'a HashMap<String, usize>, &'b mut Option<(String, String)>);
+
+impl<'de> DeserializeSeed<'de> for DigestsSeed<'_, '_> {
+    type Value = Vec<Option<u128>>;
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DigestsSeed<'_, '_> {
+    type Value = Vec<Option<u128>>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object of entry name -> digest")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<Self::Value, A::Error> {
+        let DigestsSeed(by_name, bad) = self;
+        let mut out = vec![None; by_name.len()];
+        let mut fail = |place: String, detail: String| {
+            *bad = Some((place, detail.clone()));
+            <A::Error as de::Error>::custom(detail)
+        };
+        while let Some(crate::st_header::Key(name)) = m.next_key()? {
+            let crate::st_header::Key(value) = m.next_value()?;
+            let Some(&i) = by_name.get(&*name) else {
+                return Err(fail(
+                    "digests".into(),
+                    format!("digest for `{name}`, which is not an entry"),
+                ));
+            };
+            if out[i].is_some() {
+                return Err(fail(
+                    "digests".into(),
+                    format!("duplicate digest for `{name}`"),
+                ));
             }
-            fn visit_map<A: MapAccess<'de>>(
-                self,
-                mut m: A,
-            ) -> std::result::Result<DigestMap, A::Error> {
-                let mut out = BTreeMap::new();
-                let mut dup = None;
-                while let Some((k, v)) = m.next_entry::<String, String>()? {
-                    if out.insert(k.clone(), v).is_some() && dup.is_none() {
-                        dup = Some(k);
-                    }
+            match parse_digest(&value) {
+                Some(d) => out[i] = Some(d),
+                None => {
+                    return Err(fail(
+                        format!("digests[{name:?}]"),
+                        "a digest must be 32 lowercase hex digits".into(),
+                    ))
                 }
-                Ok(DigestMap(out, dup))
             }
         }
-        d.deserialize_map(V)
+        Ok(out)
     }
 }
 

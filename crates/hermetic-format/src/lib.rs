@@ -15,6 +15,7 @@ mod error;
 mod header;
 mod planner;
 mod shard;
+mod st_header;
 mod tree;
 mod typed;
 mod writer;

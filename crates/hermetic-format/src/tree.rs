@@ -948,10 +948,10 @@ impl<'de> Visitor<'de> for NodeSeed<'_, '_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<NodeId, A::Error> {
         let dec = self.dec;
-        let Some(tag) = map.next_key::<String>()? else {
+        let Some(crate::st_header::Key(tag)) = map.next_key()? else {
             return Err(dec.fail("empty object (an object must be a tagged node)"));
         };
-        let kind = match tag.as_str() {
+        let kind = match &*tag {
             "$tuple" => Some(SeqKind::Tuple),
             "$set" => Some(SeqKind::Set),
             "$frozenset" => Some(SeqKind::FrozenSet),

@@ -232,7 +232,9 @@ fn stream<W: Write>(
             let mut rest = bytes;
             while !rest.is_empty() {
                 let to_boundary = WRITE_ALIGN - pos % WRITE_ALIGN;
-                let n = rest.len().min(usize::try_from(to_boundary).unwrap_or(usize::MAX));
+                let n = rest
+                    .len()
+                    .min(usize::try_from(to_boundary).unwrap_or(usize::MAX));
                 let (piece, tail) = rest.split_at(n);
                 for part in piece.chunks(1 << 20) {
                     hasher.update(part);
