@@ -527,6 +527,14 @@ def test_truncated_and_garbage(tmp_path: Path) -> None:
         hermetic.loads(b"\x00" * 7)
 
 
+_U8_EMPTY = '{"dtype":"U8","shape":[0],"data_offsets":[0,0]}'
+
+
+def _raw_header(text: str) -> bytes:
+    h = text.encode()
+    return struct.pack("<Q", len(h)) + h
+
+
 def test_hostile_headers(tmp_path: Path) -> None:
     cases = [
         (struct.pack("<Q", 2**62) + b"{}", "header length exceeds the limit"),
@@ -557,6 +565,9 @@ def test_hostile_headers(tmp_path: Path) -> None:
         ),
         (st_file({"a": {"dtype": "Q7", "shape": [1], "data_offsets": [0, 1]}}, b"\0"), "JSON"),
         (b"\x05\0\0\0\0\0\0\0[1,2]", "JSON"),
+        # safetensors keeps the last of two same-named entries; we refuse.
+        (_raw_header('{"a":%s,"a":%s}' % (_U8_EMPTY, _U8_EMPTY)), "`a` appears twice"),
+        (_raw_header('{"__metadata__":{"k":"1","k":"2"}}'), "key `k` appears twice"),
     ]
     for raw, msg in cases:
         p = make(tmp_path, raw)

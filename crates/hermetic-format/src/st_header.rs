@@ -49,8 +49,13 @@ fn err(file: &str, detail: impl Into<String>) -> FormatError {
     }
 }
 
+/// Called with `__metadata__` as soon as it is read, before the entries
+/// that follow it: the caller may take values out to work on them while
+/// the rest of the header is parsed.
+pub(crate) type OnMetadata<'a> = &'a mut dyn FnMut(&mut Vec<(String, String)>);
+
 /// Parses and validates the header of the whole file `buf`.
-pub(crate) fn parse(buf: &[u8], file: &str) -> Result<RawHeader> {
+pub(crate) fn parse(buf: &[u8], file: &str, on_metadata: OnMetadata<'_>) -> Result<RawHeader> {
     let len = buf.len() as u64;
     let Some(prefix) = buf.get(..8) else {
         return Err(err(
@@ -85,7 +90,12 @@ pub(crate) fn parse(buf: &[u8], file: &str) -> Result<RawHeader> {
     })?;
     let mut de = serde_json::Deserializer::from_str(text);
     let mut dup = None;
-    let parsed = TopSeed { dup: &mut dup }.deserialize(&mut de);
+    let parsed = TopSeed {
+        dup: &mut dup,
+        capacity: (text.len() / 64).min(1 << 16),
+        on_metadata,
+    }
+    .deserialize(&mut de);
     let (mut entries, metadata) = match parsed {
         Ok(v) => v,
         Err(e) => {
@@ -208,24 +218,28 @@ struct Info {
 type Top = (Vec<RawEntry>, Vec<(String, String)>);
 
 /// The header object. `dup` receives the message for a duplicate name.
-struct TopSeed<'a> {
+struct TopSeed<'a, 'h> {
     dup: &'a mut Option<String>,
+    capacity: usize,
+    on_metadata: OnMetadata<'h>,
 }
 
-impl<'de> DeserializeSeed<'de> for TopSeed<'_> {
+impl<'de> DeserializeSeed<'de> for TopSeed<'_, '_> {
     type Value = Top;
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<Top, D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> Visitor<'de> for TopSeed<'_> {
+impl<'de> Visitor<'de> for TopSeed<'_, '_> {
     type Value = Top;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("the header object of tensor name -> info")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Top, A::Error> {
-        let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0));
+        // An entry takes ~50 bytes of JSON or more: reserve for that many (up
+        // to a cap) rather than regrow and copy the vector ~14 times.
+        let mut entries = Vec::with_capacity(self.capacity);
         let mut metadata: Option<Vec<(String, String)>> = None;
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             if key == "__metadata__" {
@@ -242,6 +256,8 @@ impl<'de> Visitor<'de> for TopSeed<'_> {
                         return Err(de::Error::custom(msg));
                     }
                 }
+                let mut m = m;
+                (self.on_metadata)(&mut m);
                 metadata = Some(m);
             } else {
                 let info: Info = map.next_value()?;
@@ -299,12 +315,18 @@ mod tests {
     #[test]
     fn duplicates_are_errors() {
         let two = r#"{"a":{"dtype":"U8","shape":[0],"data_offsets":[0,0]},"a":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}}"#;
-        let e = parse(&file(two, 0), "t").err().unwrap().to_string();
+        let e = parse(&file(two, 0), "t", &mut |_| {})
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("`a` appears twice"), "{e}");
         // The crate keeps the last copy and accepts the file.
         assert!(safetensors::SafeTensors::read_metadata(&file(two, 0)).is_ok());
         let meta = r#"{"__metadata__":{"k":"1","k":"2"}}"#;
-        let e = parse(&file(meta, 0), "t").err().unwrap().to_string();
+        let e = parse(&file(meta, 0), "t", &mut |_| {})
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("key `k` appears twice"), "{e}");
     }
 
@@ -384,7 +406,7 @@ mod tests {
         /// entries; differs only where a name or metadata key repeats.
         #[test]
         fn agrees_with_the_safetensors_crate(bytes in arb_file()) {
-            let ours = parse(&bytes, "t");
+            let ours = parse(&bytes, "t", &mut |_| {});
             let theirs = safetensors::SafeTensors::read_metadata(&bytes);
             match (&ours, &theirs) {
                 (Ok(h), Ok((n, m))) => {
@@ -423,7 +445,7 @@ mod tests {
     #[test]
     fn names_with_escapes_and_null_metadata() {
         let j = r#"{"__metadata__":null,"a\"b\u00e9":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"extra":1}}   "#;
-        let h = parse(&file(j, 4), "t").unwrap();
+        let h = parse(&file(j, 4), "t", &mut |_| {}).unwrap();
         assert_eq!(h.entries[0].name, "a\"bé");
         assert!(h.metadata.is_empty());
     }

@@ -385,7 +385,12 @@ impl Tree {
     /// knowledge of the entries. `file` names the source in errors.
     pub fn from_json(json: &str, file: &str) -> Result<Tree> {
         let mut dec = Decoder {
-            tree: Tree::default(),
+            // Reserving for a node per ~16 bytes of JSON (up to a cap)
+            // avoids regrowing and copying the node vector many times.
+            tree: Tree {
+                nodes: Vec::with_capacity((json.len() / 16).min(1 << 16)),
+                ..Tree::default()
+            },
             path: Vec::new(),
             shapes: Vec::new(),
             open_immutable: Vec::new(),
