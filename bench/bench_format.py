@@ -146,11 +146,6 @@ CASES: dict[str, Callable[[float], Any]] = {
 # ------------------------------------------------------------------ runs
 
 
-def best(fn: Callable[[], Any], repeats: int) -> tuple[float, int]:
-    runs = [peak_extra(fn) for _ in range(repeats)]
-    return min(r[0] for r in runs), max(r[1] for r in runs)
-
-
 def load_time(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
     """(seconds for the call, seconds for the call plus touching every page)."""
     calls, totals = [], []
@@ -174,17 +169,27 @@ def run_case(name: str, obj: Any, tmp: Path, repeats: int) -> dict[str, Any]:
     h_path, hn_path, s_path, t_path = (tmp / f"{name}.{x}" for x in ("h", "hn", "st", "pt"))
     r: dict[str, Any] = {"tensor_bytes": size, "tensors": len(flat)}
 
-    r["save_s"] = {}
-    r["save_peak_extra_bytes"] = {}
-    for label, fn in {
+    # Round-robin over the tools, each save starting with no dirty pages
+    # (sync, untimed): otherwise a save pays for writing back what the one
+    # before it left in the page cache, and the order decides the ratios.
+    # Use --repeats 4 or more so every tool goes first at least once.
+    savers: dict[str, Callable[[], Any]] = {
         "hermetic": lambda: hermetic.save(obj, h_path),
         "hermetic_fsync": lambda: hermetic.save(obj, hn_path, fsync=True),
         "safetensors": lambda: save_file(flat, s_path, metadata=meta),
         "torch": lambda: torch.save(obj, t_path),
-    }.items():
-        t, peak = best(fn, repeats)
-        r["save_s"][label] = t
-        r["save_peak_extra_bytes"][label] = peak
+    }
+    runs: dict[str, list[tuple[float, int]]] = {k: [] for k in savers}
+    labels = list(savers)
+    for i in range(repeats):
+        # Rotate which tool goes first: whoever follows another's save can
+        # pay for reclaiming the memory that save used.
+        for label in labels[i % len(labels) :] + labels[: i % len(labels)]:
+            os.sync()
+            runs[label].append(peak_extra(savers[label]))
+    r["save_s"] = {k: min(t for t, _ in v) for k, v in runs.items()}
+    r["save_median_s"] = {k: statistics.median(t for t, _ in v) for k, v in runs.items()}
+    r["save_peak_extra_bytes"] = {k: max(p for _, p in v) for k, v in runs.items()}
     r["file_bytes"] = {"hermetic": h_path.stat().st_size, "safetensors": s_path.stat().st_size}
 
     r["load_s"], r["load_touch_s"] = {}, {}

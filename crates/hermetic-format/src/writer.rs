@@ -193,9 +193,12 @@ impl Plan {
 /// file (see `stream`).
 const WRITE_ALIGN: u64 = 4 << 20;
 
+/// Pieces at least this big are hashed and written in parallel.
+const PARALLEL_HASH_MIN: usize = 256 << 10;
+
 /// Writes the header placeholder and every entry to `w`; returns the final
 /// header, which the caller writes over the placeholder.
-fn stream<W: Write>(
+fn stream<W: Write + Send>(
     w: &mut W,
     plan: &Plan,
     source: &mut dyn EntrySource,
@@ -227,8 +230,7 @@ fn stream<W: Write>(
             // Writes end on WRITE_ALIGN boundaries of the file: the page cache
             // then holds the data in large folios, which a later map faults in
             // many pages at a time (unaligned 1 MiB writes leave 4 KiB pages,
-            // and touching a loaded model's every page took 7x longer). Each
-            // piece is hashed just before it is written, while it is in cache.
+            // and touching a loaded model's every page took 7x longer).
             let mut rest = bytes;
             while !rest.is_empty() {
                 let to_boundary = WRITE_ALIGN - pos % WRITE_ALIGN;
@@ -236,10 +238,16 @@ fn stream<W: Write>(
                     .len()
                     .min(usize::try_from(to_boundary).unwrap_or(usize::MAX));
                 let (piece, tail) = rest.split_at(n);
-                for part in piece.chunks(1 << 20) {
-                    hasher.update(part);
-                }
-                if let Err(err) = w.write_all(piece) {
+                // Large pieces are hashed on another core while this one
+                // writes them: the digest then costs no time next to a
+                // safetensors writer, which has none to compute.
+                let written = if piece.len() >= PARALLEL_HASH_MIN {
+                    rayon::join(|| hasher.update(piece), || w.write_all(piece)).1
+                } else {
+                    hasher.update(piece);
+                    w.write_all(piece)
+                };
+                if let Err(err) = written {
                     let kind = err.kind();
                     failed = Some(err);
                     return Err(std::io::Error::new(kind, "write failed"));
