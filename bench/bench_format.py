@@ -173,18 +173,25 @@ def run_case(name: str, obj: Any, tmp: Path, repeats: int) -> dict[str, Any]:
     # (sync, untimed): otherwise a save pays for writing back what the one
     # before it left in the page cache, and the order decides the ratios.
     # Use --repeats 4 or more so every tool goes first at least once.
+    # Each save goes to a path that does not exist yet (the last run's file
+    # is removed, untimed). Replacing a file makes ext4 start writing the new
+    # data back inside the rename (hermetic) or the close after truncation
+    # (safetensors, torch): a kernel cost, the same for every tool, that
+    # swamps the writers' own differences on this VM.
     savers: dict[str, Callable[[], Any]] = {
         "hermetic": lambda: hermetic.save(obj, h_path),
         "hermetic_fsync": lambda: hermetic.save(obj, hn_path, fsync=True),
         "safetensors": lambda: save_file(flat, s_path, metadata=meta),
         "torch": lambda: torch.save(obj, t_path),
     }
+    targets = {"hermetic": h_path, "hermetic_fsync": hn_path, "safetensors": s_path, "torch": t_path}
     runs: dict[str, list[tuple[float, int]]] = {k: [] for k in savers}
     labels = list(savers)
     for i in range(repeats):
         # Rotate which tool goes first: whoever follows another's save can
         # pay for reclaiming the memory that save used.
         for label in labels[i % len(labels) :] + labels[: i % len(labels)]:
+            targets[label].unlink(missing_ok=True)
             os.sync()
             runs[label].append(peak_extra(savers[label]))
     r["save_s"] = {k: min(t for t, _ in v) for k, v in runs.items()}
