@@ -184,7 +184,12 @@ def run_case(name: str, obj: Any, tmp: Path, repeats: int) -> dict[str, Any]:
         "safetensors": lambda: save_file(flat, s_path, metadata=meta),
         "torch": lambda: torch.save(obj, t_path),
     }
-    targets = {"hermetic": h_path, "hermetic_fsync": hn_path, "safetensors": s_path, "torch": t_path}
+    targets = {
+        "hermetic": h_path,
+        "hermetic_fsync": hn_path,
+        "safetensors": s_path,
+        "torch": t_path,
+    }
     runs: dict[str, list[tuple[float, int]]] = {k: [] for k in savers}
     labels = list(savers)
     for i in range(repeats):

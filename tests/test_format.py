@@ -566,7 +566,7 @@ def test_hostile_headers(tmp_path: Path) -> None:
         (st_file({"a": {"dtype": "Q7", "shape": [1], "data_offsets": [0, 1]}}, b"\0"), "JSON"),
         (b"\x05\0\0\0\0\0\0\0[1,2]", "JSON"),
         # safetensors keeps the last of two same-named entries; we refuse.
-        (_raw_header('{"a":%s,"a":%s}' % (_U8_EMPTY, _U8_EMPTY)), "`a` appears twice"),
+        (_raw_header(f'{{"a":{_U8_EMPTY},"a":{_U8_EMPTY}}}'), "`a` appears twice"),
         (_raw_header('{"__metadata__":{"k":"1","k":"2"}}'), "key `k` appears twice"),
     ]
     for raw, msg in cases:
