@@ -242,7 +242,9 @@ fn stream<W: Write + Send>(
                 // writes them: the digest then costs no time next to a
                 // safetensors writer, which has none to compute.
                 let written = if piece.len() >= PARALLEL_HASH_MIN {
-                    rayon::join(|| hasher.update(piece), || w.write_all(piece)).1
+                    // The write runs here; the (shorter) hash is the half
+                    // another thread can take while it does.
+                    rayon::join(|| w.write_all(piece), || hasher.update(piece)).0
                 } else {
                     hasher.update(piece);
                     w.write_all(piece)
