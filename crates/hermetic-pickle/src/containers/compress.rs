@@ -25,7 +25,7 @@ pub enum Compression {
     Zlib,
     /// joblib < 0.10 z-files: `ZF`, a hex length padded to 19 bytes, zlib data.
     ZFile,
-    /// An LZ4 frame (joblib with the `lz4` package); recognised, not decoded.
+    /// An LZ4 frame (joblib with the `lz4` package).
     Lz4,
 }
 
@@ -175,7 +175,7 @@ pub fn decompress_gated(
             let body = data.get(start..).unwrap_or(&[]);
             copy(flate2::read::ZlibDecoder::new(body), &mut sink)
         }
-        Compression::Lz4 => Err("LZ4 is not supported".into()),
+        Compression::Lz4 => copy(lz4_flex::frame::FrameDecoder::new(data), &mut sink),
     };
     let error = match result {
         Ok(()) => None,
@@ -210,16 +210,6 @@ pub(crate) fn scan_compressed(
     loc: &Loc,
     sc: &mut Scanner<'_>,
 ) -> Option<String> {
-    if kind == Compression::Lz4 {
-        sc.finding(
-            loc,
-            Verdict::Suspicious,
-            "unscannable_container",
-            0,
-            "LZ4-compressed data (joblib with lz4 installed would decompress and unpickle it); hermetic cannot decompress LZ4",
-        );
-        return Some(kind.name().into());
-    }
     let max = sc.decompress_budget;
     let gate: Gate<'_> = &worth_scanning;
     let out = decompress_gated(data, kind, max, Some(gate));
@@ -307,6 +297,12 @@ mod tests {
         out
     }
 
+    fn lz4(data: &[u8]) -> Vec<u8> {
+        let mut e = lz4_flex::frame::FrameEncoder::new(Vec::new());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
     fn scan(data: &[u8]) -> crate::FileReport {
         scan_bytes(data, "t", &Policy::default(), &Limits::default())
     }
@@ -319,6 +315,7 @@ mod tests {
             ("bz2", bz2),
             ("xz", xz),
             ("lzma", lzma),
+            ("lz4", lz4),
         ] {
             let r = scan(&f(&pickle()));
             assert_eq!(r.format, format!("pickle+{name}"), "{name}");
@@ -327,6 +324,21 @@ mod tests {
             let r = scan(&f(&evil()));
             assert_eq!(r.verdict, Verdict::Dangerous, "{name}");
         }
+    }
+
+    #[test]
+    fn lz4_bomb_stops_at_the_limit() {
+        let c = lz4(&vec![b'N'; 1_000_000]);
+        assert_eq!(Compression::detect(&c), Some(Compression::Lz4));
+        let d = decompress(&c, Compression::Lz4, 1000);
+        assert!(d.limit_hit);
+        assert_eq!(d.data.len(), 1000);
+        let mut broken = lz4(&evil());
+        let n = broken.len();
+        broken[n - 3] ^= 0xff;
+        assert!(decompress(&broken, Compression::Lz4, 1 << 20)
+            .error
+            .is_some());
     }
 
     #[test]
