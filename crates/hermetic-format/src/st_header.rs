@@ -6,10 +6,11 @@
 //! - a tensor name or `__metadata__` key that appears twice is an error. The
 //!   crate reads the header into a `HashMap` and keeps the last copy, so a
 //!   file can show one reader a tensor that another never sees;
-//! - it is about three times faster on headers with many entries, which is
-//!   what lets `hermetic.open` of a 10,000-tensor checkpoint stay under a few
-//!   milliseconds: names are borrowed from the header where JSON allows, and
-//!   entries go straight into the reader's own structures.
+//! - it costs less: names are borrowed from the header where JSON allows and
+//!   entries go straight into the reader's own structures. The crate's
+//!   `read_metadata` alone took 4.7 ms of the 12.7 ms `Archive::open` spent on
+//!   a 10,000-entry file; with this parser and the changes around it the
+//!   whole open takes about 3.7 ms (2-core dev VM).
 
 use crate::error::{FormatError, Result};
 use serde::de::{self, DeserializeSeed, MapAccess, Visitor};

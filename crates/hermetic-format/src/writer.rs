@@ -239,8 +239,8 @@ fn stream<W: Write + Send>(
                     .min(usize::try_from(to_boundary).unwrap_or(usize::MAX));
                 let (piece, tail) = rest.split_at(n);
                 // Large pieces are hashed on another core while this one
-                // writes them: the digest then costs no time next to a
-                // safetensors writer, which has none to compute.
+                // writes them, which hides most of the digest's cost (a
+                // safetensors writer has none to compute).
                 let written = if piece.len() >= PARALLEL_HASH_MIN {
                     // The write runs here; the (shorter) hash is the half
                     // another thread can take while it does.
