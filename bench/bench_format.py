@@ -201,6 +201,7 @@ def run_case(name: str, obj: Any, tmp: Path, repeats: int) -> dict[str, Any]:
             runs[label].append(peak_extra(savers[label]))
     r["save_s"] = {k: min(t for t, _ in v) for k, v in runs.items()}
     r["save_median_s"] = {k: statistics.median(t for t, _ in v) for k, v in runs.items()}
+    r["save_runs_s"] = {k: [t for t, _ in v] for k, v in runs.items()}
     r["save_peak_extra_bytes"] = {k: max(p for _, p in v) for k, v in runs.items()}
     r["file_bytes"] = {"hermetic": h_path.stat().st_size, "safetensors": s_path.stat().st_size}
 

@@ -251,6 +251,72 @@ fn writes_atomically_into_place() {
 }
 
 #[test]
+fn digests_hashed_beside_the_write_match_the_bytes() {
+    // Slices of 256 KiB and more are hashed on another thread while they are
+    // written; a source may hand an entry over in several slices of any size.
+    struct Chunked(Vec<Vec<u8>>);
+    impl EntrySource for Chunked {
+        fn write_entry(
+            &mut self,
+            index: usize,
+            sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+        ) -> Result<()> {
+            let data = &self.0[index];
+            let mut at = 0;
+            for step in [1, 300 << 10, 5 << 10, 9 << 20] {
+                let end = (at + step).min(data.len());
+                sink(&data[at..end]).map_err(|e| FormatError::Source {
+                    entry: index.to_string(),
+                    detail: e.to_string(),
+                })?;
+                at = end;
+            }
+            sink(&data[at..]).map_err(|e| FormatError::Source {
+                entry: index.to_string(),
+                detail: e.to_string(),
+            })
+        }
+    }
+    let sizes = [(10 << 20) + 4, 3 << 10, 20 << 20];
+    let data: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| (0..n).map(|i| (i * 7 + k) as u8).collect())
+        .collect();
+    let plan = Plan {
+        entries: sizes
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| PlannedEntry {
+                name: format!("t{k}"),
+                dtype: safetensors::Dtype::U8,
+                shape: vec![n as u64],
+                nbytes: n as u64,
+                align: 1,
+            })
+            .collect(),
+        tree: None,
+        metadata: vec![],
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.safetensors");
+    write_file(
+        &path,
+        &plan,
+        &mut Chunked(data.clone()),
+        WriteOptions::default(),
+    )
+    .unwrap();
+    let ar = Archive::open(&path).unwrap();
+    ar.verify(None).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for (k, want) in data.iter().enumerate() {
+        assert_eq!(st.tensor(&format!("t{k}")).unwrap().data(), &want[..]);
+    }
+}
+
+#[test]
 fn sharded_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let data: Vec<Vec<u8>> = (0..5).map(|i| vec![i as u8; 100]).collect();
