@@ -190,35 +190,52 @@ impl Plan {
 }
 
 /// Data is written in pieces that end on multiples of this many bytes of the
-/// file (see `write_aligned`).
+/// file (see `write_hashed`).
 const WRITE_ALIGN: u64 = 4 << 20;
 
-/// Slices at least this big are hashed on another thread while written.
+/// Pieces at least this big are hashed on another thread while written.
 const PARALLEL_HASH_MIN: usize = 256 << 10;
 
-/// Writes `bytes` at file position `*pos` so that every write but the last
-/// ends on a `WRITE_ALIGN` boundary of the file. The page cache then holds the
-/// data in large folios, which a later map faults in many pages at a time
-/// (unaligned 1 MiB writes left 4 KiB pages, and touching a loaded model's
-/// every page took 7x longer). Everything up to the slice's last boundary goes
-/// in one write: the kernel picks the same folios as for aligned pieces, with
-/// fewer system calls.
-fn write_aligned<W: Write>(w: &mut W, pos: &mut u64, bytes: &[u8]) -> std::io::Result<()> {
-    let end = *pos + bytes.len() as u64;
-    let last_boundary = end - end % WRITE_ALIGN;
-    let head = if last_boundary > *pos {
-        usize::try_from(last_boundary - *pos).unwrap_or(bytes.len())
-    } else {
-        0
-    };
-    let (aligned, tail) = bytes.split_at(head.min(bytes.len()));
-    if !aligned.is_empty() {
-        w.write_all(aligned)?;
+/// Writes `bytes` at file position `*pos` and feeds them to `hasher`.
+///
+/// Every write but the last ends on a `WRITE_ALIGN` boundary of the file: the
+/// page cache then holds the data in large folios, which a later map faults
+/// in many pages at a time (unaligned 1 MiB writes left 4 KiB pages, and
+/// touching a loaded model's every page took 7x longer).
+///
+/// A large piece is hashed by a pool task while this thread writes it. The
+/// write stays on the calling thread, which is the critical path (the
+/// kernel's copy into the page cache); the faster hash reads the piece just
+/// ahead of the copy, so the copy finds it in cache, and the caller rarely
+/// waits at the end of the scope. (A `rayon::join` per piece from outside the
+/// pool slept the caller on a latch and woke two threads each time: saves
+/// were bimodal, half of them 1.5-4x slower.)
+fn write_hashed<W: Write>(
+    w: &mut W,
+    pos: &mut u64,
+    hasher: &mut Hasher,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let to_boundary = WRITE_ALIGN - *pos % WRITE_ALIGN;
+        let n = rest
+            .len()
+            .min(usize::try_from(to_boundary).unwrap_or(usize::MAX));
+        let (piece, tail) = rest.split_at(n);
+        if piece.len() >= PARALLEL_HASH_MIN {
+            let hasher = &mut *hasher;
+            rayon::in_place_scope(|s| {
+                s.spawn(move |_| hasher.update(piece));
+                w.write_all(piece)
+            })?;
+        } else {
+            hasher.update(piece);
+            w.write_all(piece)?;
+        }
+        *pos += n as u64;
+        rest = tail;
     }
-    if !tail.is_empty() {
-        w.write_all(tail)?;
-    }
-    *pos = end;
     Ok(())
 }
 
@@ -253,23 +270,7 @@ fn stream<W: Write>(
             if written > e.nbytes {
                 return Err(std::io::Error::other("more bytes than the entry holds"));
             }
-            let result = if bytes.len() >= PARALLEL_HASH_MIN {
-                // The hash runs as a task on the pool while this thread
-                // writes: the calling thread stays on the critical path (the
-                // kernel's copy into the page cache) and waits only if the
-                // hash is still running when the write is done, which with
-                // XXH3 it rarely is. One task per slice, not per piece: a
-                // `rayon::join` per 4 MiB piece slept the caller on a latch
-                // and cost two thread wake-ups each time.
-                let hasher = &mut hasher;
-                rayon::in_place_scope(|s| {
-                    s.spawn(move |_| hasher.update(bytes));
-                    write_aligned(w, &mut pos, bytes)
-                })
-            } else {
-                hasher.update(bytes);
-                write_aligned(w, &mut pos, bytes)
-            };
+            let result = write_hashed(w, &mut pos, &mut hasher, bytes);
             if let Err(err) = result {
                 let kind = err.kind();
                 failed = Some(err);
@@ -399,7 +400,7 @@ mod tests {
     }
 
     #[test]
-    fn writes_end_on_boundaries_except_the_last() {
+    fn writes_end_on_boundaries_and_hash_everything() {
         let a = WRITE_ALIGN as usize;
         for (start, len) in [(0, 3 * a), (100, 3 * a), (100, a - 200), (a - 1, 2), (7, 0)] {
             let mut w = Ends {
@@ -408,10 +409,11 @@ mod tests {
             };
             let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             let mut pos = start as u64;
-            write_aligned(&mut w, &mut pos, &bytes).unwrap();
+            let mut hasher = Hasher::new();
+            write_hashed(&mut w, &mut pos, &mut hasher, &bytes).unwrap();
             assert_eq!(pos, (start + len) as u64);
             assert_eq!(&w.data[start..], &bytes[..]);
-            assert!(w.ends.len() <= 2, "{:?}", w.ends);
+            assert_eq!(hasher.finish(), crate::digest::digest(&bytes));
             for end in &w.ends[..w.ends.len().saturating_sub(1)] {
                 assert_eq!(end % WRITE_ALIGN, 0, "{start}+{len}: {:?}", w.ends);
             }
