@@ -236,6 +236,8 @@ def run_case(name: str, obj: Any, tmp: Path, repeats: int) -> dict[str, Any]:
     s, lo, lt = r["save_s"], r["load_s"], r["load_touch_s"]
     r["ratios"] = {
         "save_hermetic/safetensors": s["hermetic"] / s["safetensors"],
+        "save_median_hermetic/safetensors": r["save_median_s"]["hermetic"]
+        / r["save_median_s"]["safetensors"],
         "save_hermetic_fsync/safetensors": s["hermetic_fsync"] / s["safetensors"],
         "load_touch_hermetic/safetensors": lt["hermetic"] / lt["safetensors"],
         "torch_save/hermetic_save": s["torch"] / s["hermetic"],
