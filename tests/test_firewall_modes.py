@@ -350,11 +350,27 @@ def test_unlisted_safe_reads_torch_checkpoints_with_the_evaluator(tmp_path: Path
             sd = torch.load({str(benign)!r} + "/" + name)
             assert sd["fc1.weight"].shape == (16, 8), sd.keys()
             print("loaded", name, type(sd).__name__)
+        # File objects too: read once, from where they stand.
+        import io
+        with open({str(benign)!r} + "/mlp_state_zip.pt", "rb") as fh:
+            sd = torch.load(fh)
+            assert sd["fc1.weight"].shape == (16, 8)
+        raw = open({str(benign)!r} + "/mlp_state_legacy.pt", "rb").read()
+        buf = io.BytesIO(b"junk" + raw)
+        buf.seek(4)
+        sd = torch.load(buf)
+        assert sd["fc1.weight"].shape == (16, 8)
+        print("loaded file objects")
         assert resolved == [], resolved
         try:
             torch.load({str(benign / "model_whole.pt")!r}, weights_only=False)
         except hermetic.NoPickleError as e:
             print("whole model refused")
+        with open({str(benign / "model_whole.pt")!r}, "rb") as fh:
+            try:
+                torch.load(fh, weights_only=False)
+            except hermetic.NoPickleError as e:
+                print("whole model refused from a file object")
         """,
         mode="enforce",
         manifest=manifest,
@@ -362,4 +378,6 @@ def test_unlisted_safe_reads_torch_checkpoints_with_the_evaluator(tmp_path: Path
     out = ok(proc)
     assert "loaded mlp_state_zip.pt OrderedDict" in out
     assert "loaded mlp_state_legacy.pt OrderedDict" in out
+    assert "loaded file objects" in out
     assert "whole model refused" in out
+    assert "whole model refused from a file object" in out

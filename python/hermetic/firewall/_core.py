@@ -23,6 +23,7 @@ from hermetic import _hermetic
 from hermetic._hermetic import HermeticError
 from hermetic.firewall._errors import BadTokenError, NoPickleError, PickleWarning
 from hermetic.firewall._inventory import Inventory
+from hermetic.firewall._streams import file_name
 
 MODES = ("deny", "enforce", "record", "warn")
 
@@ -298,37 +299,90 @@ def evaluate_checkpoint(f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -
     unpickler runs. Its ``data.pkl`` resolves storages through torch's
     ``persistent_load``, which the per-blob path cannot evaluate on its own.
 
+    A seekable binary file object (an open file, ``io.BytesIO``) is read
+    once from its current position and the evaluator reads those bytes; if
+    the evaluator does not take it, the file is put back where it was.
+
     Returns ``RUN`` when the real ``torch.load`` should go ahead (listed
-    blobs, other modes, file objects); every other case is decided there.
+    blobs, other modes, unseekable streams); every other case is decided there.
     """
     st = STATE
     if st.mode not in ("deny", "enforce") or st.tokens or st.inventory is not None:
         return RUN
     m = st.manifest
-    if m.unlisted != "safe" or not isinstance(f, (str, os.PathLike)):
+    if m.unlisted != "safe":
         return RUN
     from hermetic import _scan
 
-    try:
-        result = _scan.scan(os.fspath(f), include_clean=True)[0]
-    except (OSError, IndexError):
-        return RUN
-    if result.error is not None or result.verdict != "safe" or not result.streams:
-        return RUN
-    frames, _ = stack()
-    for s in result.streams:
-        if m.decide(st.mode, s.sha256, s.length, frames)[1] != "evaluate":
+    source: Any
+    rewind: Any = None
+    if isinstance(f, (str, os.PathLike)):
+        source = os.fspath(f)
+        try:
+            result = _scan.scan(source, include_clean=True)[0]
+        except (OSError, IndexError):
             return RUN
-    from hermetic import torch as hermetic_torch
+    else:
+        taken = _read_rest(f)
+        if taken is None:
+            return RUN
+        source, start = taken
 
-    map_location = kwargs.get("map_location", args[0] if args else None)
+        def rewind() -> None:
+            f.seek(start)
+
+        try:
+            result = _scan.scan_bytes(source, name=file_name(f) or "<file object>")
+        except HermeticError:
+            rewind()
+            return RUN
+    verdict = _checkpoint_verdict(result, m, st.mode)
+    if verdict:
+        from hermetic import torch as hermetic_torch
+
+        map_location = kwargs.get("map_location", args[0] if args else None)
+        try:
+            return Evaluated(
+                hermetic_torch.load(
+                    source, map_location=map_location, mmap=bool(kwargs.get("mmap"))
+                )
+            )
+        except HermeticError:
+            # The per-blob path decides (and explains) what the evaluator
+            # refused.
+            pass
+    if rewind is not None:
+        rewind()
+    return RUN
+
+
+def _checkpoint_verdict(result: Any, m: Any, mode: str) -> bool:
+    """Whether a scanned checkpoint goes to the evaluator: the scanner calls
+    it data-only and the manifest has every one of its streams evaluated."""
+    if result.error is not None or result.verdict != "safe" or not result.streams:
+        return False
+    frames, _ = stack()
+    return all(m.decide(mode, s.sha256, s.length, frames)[1] == "evaluate" for s in result.streams)
+
+
+def _read_rest(f: Any) -> tuple[bytes, int] | None:
+    """The bytes from a seekable binary file object's position to its end,
+    and that position; ``None`` for anything else (torch.load then runs
+    and the per-blob path reads the stream itself)."""
     try:
-        return Evaluated(
-            hermetic_torch.load(f, map_location=map_location, mmap=bool(kwargs.get("mmap")))
-        )
-    except HermeticError:
-        # The per-blob path decides (and explains) what the evaluator refused.
-        return RUN
+        if not f.seekable():
+            return None
+        start = f.tell()
+        data = f.read()
+    except (AttributeError, OSError, ValueError, TypeError):
+        return None
+    if not isinstance(data, bytes):
+        try:
+            f.seek(start)
+        except (OSError, ValueError):
+            pass
+        return None
+    return data, start
 
 
 def _refusal(
