@@ -68,6 +68,10 @@ pub struct Opts {
     /// Offsets count from the start of the file (prefix included) rather
     /// than from the start of the archive.
     pub absolute: bool,
+    /// Bytes written after the record of the entry with the same index.
+    pub after: Vec<Vec<u8>>,
+    /// Bytes between the central directory and the end records.
+    pub before_end: Vec<u8>,
 }
 
 fn deflate(data: &[u8]) -> Vec<u8> {
@@ -121,6 +125,9 @@ pub fn zip_with(entries: &[E], o: &Opts) -> Vec<u8> {
             out.extend_from_slice(&(e.data.len() as u32).to_le_bytes());
         }
         packed.push((body.len() as u32, crc));
+        if let Some(extra) = o.after.get(locals.len() - 1) {
+            out.extend_from_slice(extra);
+        }
     }
     let cd_start = out.len() as u64 - shift;
     let order: Vec<usize> = o
@@ -147,6 +154,7 @@ pub fn zip_with(entries: &[E], o: &Opts) -> Vec<u8> {
     let cd_size = out.len() as u64 - shift - cd_start;
     let n = entries.len() as u64;
     let count = o.count.map_or(n, u64::from);
+    out.extend_from_slice(&o.before_end);
     if o.zip64 {
         let rec = out.len() as u64;
         out.extend_from_slice(b"PK\x06\x06");

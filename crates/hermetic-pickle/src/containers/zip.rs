@@ -61,6 +61,10 @@ pub enum ZipRule {
     /// A name with a NUL byte (`zipfile` truncates it there).
     BadName,
     Overlap,
+    /// Bytes between records that no record accounts for: room for a local
+    /// header that a reader walking local headers (a streaming unzipper)
+    /// sees and a central-directory reader does not.
+    Gap,
     /// Local headers not in central directory order.
     OutOfOrder,
     /// Local and central headers disagree (name, method, flags, CRC, sizes).
@@ -95,6 +99,7 @@ impl ZipRule {
             ZipRule::DuplicateName => "duplicate names",
             ZipRule::BadName => "NUL in a name",
             ZipRule::Overlap => "overlapping entries",
+            ZipRule::Gap => "bytes between records",
             ZipRule::OutOfOrder => "entries out of order",
             ZipRule::HeaderMismatch => "local and central headers disagree",
             ZipRule::DataDescriptor => "data descriptor",
@@ -758,7 +763,35 @@ impl ZipArchive {
                 ));
             }
         }
+        // Gaps are measured only between entries whose extent is known (a
+        // broken local header is an issue of its own).
+        let complete = spans.len() == self.entries.len();
+        for w in spans.windows(2) {
+            let ((_, a_end, a), (b_start, _, _)) = (w[0], w[1]);
+            if b_start > a_end {
+                issues.push(issue(
+                    ZipRule::Gap,
+                    a_end,
+                    format!(
+                        "{} bytes after `{}` that no record accounts for",
+                        b_start - a_end,
+                        display_name(&self.entries[a].name)
+                    ),
+                ));
+            }
+        }
         if let Some(&(_, end, i)) = spans.iter().max_by_key(|s| s.1) {
+            if complete && end < self.central_offset {
+                issues.push(issue(
+                    ZipRule::Gap,
+                    end,
+                    format!(
+                        "{} bytes between `{}` and the central directory that no record accounts for",
+                        self.central_offset - end,
+                        display_name(&self.entries[i].name)
+                    ),
+                ));
+            }
             if end > self.central_offset {
                 issues.push(issue(
                     ZipRule::Overlap,
@@ -769,6 +802,19 @@ impl ZipArchive {
                     ),
                 ));
             }
+        }
+        // Without ZIP64 records the end record follows the directory
+        // directly (with them, the ZIP64 records sit in between).
+        let central_end = self.central_offset.saturating_add(self.central_size);
+        if !self.zip64 && self.prefix_len == 0 && central_end < self.eocd_offset {
+            issues.push(issue(
+                ZipRule::Gap,
+                central_end,
+                format!(
+                    "{} bytes between the central directory and its end record",
+                    self.eocd_offset - central_end
+                ),
+            ));
         }
         let first = self
             .entries
@@ -1446,6 +1492,51 @@ mod tests {
             },
         );
         assert_rule(&scan(&d), ZipRule::LeadingData);
+    }
+
+    #[test]
+    fn bytes_between_records() {
+        // A local header hidden between two records: a streaming unzipper
+        // walking local headers reads `hidden.pkl`, torch.load never does.
+        let hidden = zip(&[E::stored("hidden.pkl", b"cos\nsystem\n.")]);
+        let cd = hidden.windows(4).position(|w| w == b"PK\x01\x02").unwrap();
+        let d = zip_with(
+            &torch_like(SAFE),
+            &Opts {
+                after: vec![hidden[..cd].to_vec()],
+                ..Opts::default()
+            },
+        );
+        let r = scan(&d);
+        assert_eq!(r.format, "torch-zip");
+        assert_rule(&r, ZipRule::Gap);
+        // The same bytes after the last record, before the central directory.
+        let n = torch_like(SAFE).len();
+        let mut after = vec![Vec::new(); n];
+        after[n - 1] = b"padding".to_vec();
+        let d = zip_with(
+            &torch_like(SAFE),
+            &Opts {
+                after,
+                ..Opts::default()
+            },
+        );
+        assert_rule(&scan(&d), ZipRule::Gap);
+        let d = zip_with(
+            &torch_like(SAFE),
+            &Opts {
+                before_end: b"hidden".to_vec(),
+                ..Opts::default()
+            },
+        );
+        assert_rule(&scan(&d), ZipRule::Gap);
+        // Records that follow each other, data descriptors included, have none.
+        let r = scan(&zip(&torch_like(SAFE)));
+        assert!(
+            !rules(&r).iter().any(|x| x.contains("between")),
+            "{:?}",
+            rules(&r)
+        );
     }
 
     #[test]
