@@ -110,6 +110,12 @@ def _flip(data: bytes, at: int) -> bytes:
 
 
 # (decompressor factory, compress function) for raw compressed files.
+def _lz4() -> Any:
+    import lz4.frame
+
+    return lz4.frame
+
+
 _CODECS = [
     (b"\x1f\x8b", lambda: zlib.decompressobj(31), gzip.compress),
     (b"BZh", bz2.BZ2Decompressor, bz2.compress),
@@ -122,6 +128,11 @@ _CODECS = [
         b"\x5d\x00\x00",
         lambda: lzma.LZMADecompressor(lzma.FORMAT_ALONE),
         lambda d: lzma.compress(d, lzma.FORMAT_ALONE),
+    ),
+    (
+        b"\x04\x22\x4d\x18",  # an LZ4 frame (joblib compress="lz4")
+        lambda: _lz4().LZ4FrameDecompressor(),
+        lambda d: _lz4().compress(d),
     ),
     (b"\x78", zlib.decompressobj, zlib.compress),
 ]
@@ -202,7 +213,7 @@ def _changed(path: Path, blobs: list[tuple[str, int, int, str]]) -> tuple[bytes,
         if body.startswith(magic):
             d = decompressor()
             plain = d.decompress(body)
-            tail = d.unused_data
+            tail = d.unused_data or b""  # lz4 says None for none
             return prefix + compress(_flip(plain, len(plain) // 2)) + tail, "in the payload"
     return None
 
