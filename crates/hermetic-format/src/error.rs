@@ -49,6 +49,10 @@ pub enum FormatError {
     /// The writer was given something the format cannot hold.
     #[error("cannot save {place}: {detail}")]
     Unsupported { place: String, detail: String },
+    /// An evaluated checkpoint holds something the format cannot (feature
+    /// `pickle`); `detail` names the place in its tree.
+    #[error("cannot convert: {detail}")]
+    Convert { detail: String },
     /// The caller's byte source failed or gave the wrong number of bytes.
     #[error("cannot save tensor entry `{entry}`: {detail}")]
     Source { entry: String, detail: String },
@@ -66,6 +70,7 @@ impl FormatError {
             FormatError::NoDigests { .. } => "no_digests",
             FormatError::Index { .. } => "invalid_index",
             FormatError::Unsupported { .. } => "unsupported_object",
+            FormatError::Convert { .. } => "cannot_convert",
             FormatError::Source { .. } => "source_error",
         }
     }

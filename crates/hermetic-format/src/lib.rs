@@ -12,6 +12,8 @@ mod archive;
 mod digest;
 mod dtype;
 mod error;
+#[cfg(feature = "pickle")]
+mod from_pickle;
 mod header;
 mod planner;
 mod shard;
@@ -24,6 +26,8 @@ pub use archive::{index_path, Archive, Backing, DataFile, EntryCheck};
 pub use digest::{digest, Hasher, DIGEST_ALGORITHM};
 pub use dtype::{Dtype, MAX_RAW_ITEMSIZE};
 pub use error::{FormatError, Result};
+#[cfg(feature = "pickle")]
+pub use from_pickle::{convert, Converted, ConvertedData};
 pub use header::{
     check_tree, flat_tree, parse_doc, resolve, Doc, EntryInfo, Header, Resolved, DATA_ALIGNMENT,
     FORMAT_VERSION, HERMETIC_KEY, MAX_HEADER_SIZE,
