@@ -183,16 +183,19 @@ class Maker:
 
     def _read(self, offset: int, nbytes: int) -> Any:
         """A new storage holding bytes offset..offset+nbytes of the file, read into it."""
+        # storage() reads only from a path: bytes sources are sliced in memory instead.
+        path = self.source
+        assert isinstance(path, str)
         torch = _torch()
         st = torch.UntypedStorage(nbytes)
         view = memoryview(torch.empty(0, dtype=torch.uint8).set_(st).numpy())
         if self._fd is None:
-            self._fd = os.open(self.source, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         got = 0
         while got < nbytes:
             n = os.preadv(self._fd, [view[got:]], offset + got)
             if n <= 0:
-                raise CheckpointError(f"{self.source}: the file shrank while it was read")
+                raise CheckpointError(f"{path}: the file shrank while it was read")
             got += n
         return st
 

@@ -143,10 +143,10 @@ def _torch_info(t: Any) -> tuple[Any, ...]:
     bytes, requires_grad, CPU?); strides and offset in elements."""
     if not _TORCH_BY_DTYPE:
         torch = _torch()
-        for name, code in _TORCH_CODES.items():
+        for name, known in _TORCH_CODES.items():
             dt = getattr(torch, name, None)
             if dt is not None:
-                _TORCH_BY_DTYPE[dt] = code
+                _TORCH_BY_DTYPE[dt] = known
         _TORCH_BY_DTYPE[None] = "strided"  # marks the table as filled
     problem = _torch_unsupported(t)
     if problem is not None:
@@ -195,7 +195,7 @@ def _descr_from(obj: Any) -> Any:
     if isinstance(obj, str):
         return obj
     if isinstance(obj, list):
-        out = []
+        out: list[tuple[Any, ...]] = []
         for field in obj:
             if not isinstance(field, list) or len(field) not in (2, 3):
                 raise FormatError(f"np_dtype: malformed record field {field!r}")

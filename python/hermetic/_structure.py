@@ -813,8 +813,8 @@ def _messages(exc: BaseException, path: str, out: list[tuple[str, str]]) -> None
     elif isinstance(exc, StructureHandlerNotFoundError):
         out.append((path, str(exc)))
     elif isinstance(exc, BaseExceptionGroup):
-        for e in exc.exceptions:
-            _messages(e, path, out)
+        for sub in exc.exceptions:
+            _messages(sub, path, out)
     else:
         out.append((path, f"{type(exc).__name__}: {exc}"))
 

@@ -32,9 +32,12 @@ import threading
 import types
 import uuid
 from collections.abc import Iterable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 from hermetic._hermetic import FormatError
+
+if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
 
 __all__ = ["ClassNotAllowedError", "FieldInfo", "SchemaError", "field", "register"]
 
@@ -75,8 +78,9 @@ def _record_fields(tp: type) -> tuple[str, ...] | None:
     attr = sys.modules.get("attr")
     if attr is not None and attr.has(tp):
         return tuple(a.name for a in attr.fields(tp) if a.init)
-    if issubclass(tp, tuple) and isinstance(getattr(tp, "_fields", None), tuple):
-        return tuple(tp._fields)
+    fields = getattr(tp, "_fields", None) if issubclass(tp, tuple) else None
+    if isinstance(fields, tuple):
+        return tuple(fields)
     return None
 
 
@@ -167,9 +171,11 @@ def _datetime_text(dt: datetime.datetime) -> str:
         return dt.isoformat()
     zoneinfo = sys.modules.get("zoneinfo")
     if zoneinfo is not None and type(tz) is zoneinfo.ZoneInfo:
-        if tz.key is None:
+        # zoneinfo is looked up in sys.modules (never imported here), so mypy cannot narrow.
+        zone = cast("ZoneInfo", tz)
+        if zone.key is None:
             raise TypeError("a zoneinfo.ZoneInfo made from a file has no key to record")
-        return f"{dt.isoformat()}[{tz.key}]"
+        return f"{dt.isoformat()}[{zone.key}]"
     raise TypeError(
         f"a datetime with tzinfo {type(tz).__module__}.{type(tz).__qualname__} cannot be "
         "stored: only datetime.timezone offsets and zoneinfo.ZoneInfo zones can"
@@ -544,8 +550,8 @@ class TypedHooks:
     The Rust builder makes Records and EnumRefs itself from ``record_class``
     and ``enum_class``."""
 
-    record_class = Record
-    enum_class = EnumRef
+    record_class: ClassVar[type[Record] | None] = Record
+    enum_class: ClassVar[type[EnumRef] | None] = EnumRef
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx

@@ -17,13 +17,16 @@ import sys
 import threading
 import warnings
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hermetic import _hermetic
 from hermetic._hermetic import HermeticError
 from hermetic.firewall._errors import BadTokenError, NoPickleError, PickleWarning
 from hermetic.firewall._inventory import Inventory
 from hermetic.firewall._streams import file_name
+
+if TYPE_CHECKING:
+    from types import FrameType
 
 MODES = ("deny", "enforce", "record", "warn")
 
@@ -98,6 +101,7 @@ class PickleToken:
     cannot be constructed, copied or pickled, and compare by identity."""
 
     __slots__ = ("_where", "__weakref__")
+    _where: str  # set once by _issue (the token is otherwise immutable)
 
     def __new__(cls, *args: object, **kwargs: object) -> PickleToken:
         raise TypeError("pickle tokens come only from hermetic.no_pickles()")
@@ -197,7 +201,7 @@ def stack(skip: int = 1) -> tuple[list[str], str | None]:
     cache = STATE.loader_cache
     frames: list[str] = []
     try:
-        f = sys._getframe(skip + 1)
+        f: FrameType | None = sys._getframe(skip + 1)
     except ValueError:
         return frames, None
     while f is not None and len(frames) < _MAX_FRAMES:

@@ -342,8 +342,9 @@ def _patch_torch_serialization(mod: Any) -> None:
     # torch/__init__ binds `load` and `save` after this module ran; when
     # torch is already imported, rebind them there too.
     if torch is not None and hasattr(torch, "load"):
-        torch.load = mod.load
-        torch.save = mod.save
+        # The firewall rebinds torch's load and save on purpose.
+        torch.load = mod.load  # type: ignore[attr-defined]
+        torch.save = mod.save  # type: ignore[attr-defined]
 
 
 def _patch_torch_weights_only(mod: Any) -> None:
@@ -429,14 +430,15 @@ def install(*, writers: bool = False) -> None:
         if not _installed:
             pickle.loads = loads
             pickle.load = load
-            pickle._Unpickler.load = _py_unpickler_load
+            # The firewall replaces pickle's loaders and Unpickler on purpose.
+            pickle._Unpickler.load = _py_unpickler_load  # type: ignore[method-assign]
             if _OrigUnpickler is not pickle._Unpickler:
-                pickle.Unpickler = Unpickler
+                pickle.Unpickler = Unpickler  # type: ignore[misc]
             if _pickle is not None:
                 _pickle.loads = loads
                 _pickle.load = load
                 if _OrigUnpickler is _pickle.Unpickler:
-                    _pickle.Unpickler = Unpickler
+                    _pickle.Unpickler = Unpickler  # type: ignore[misc]  # on purpose, as above
             # A reference taken before now: multiprocessing's pickler keeps
             # its own copy of pickle.loads.
             red = sys.modules.get("multiprocessing.reduction")
@@ -452,9 +454,10 @@ def install(*, writers: bool = False) -> None:
         if writers and not _writers_installed:
             pickle.dumps = dumps
             pickle.dump = dump
-            pickle._Pickler.dump = _py_pickler_dump
+            # The firewall replaces pickle's writers and Pickler on purpose.
+            pickle._Pickler.dump = _py_pickler_dump  # type: ignore[method-assign]
             if _OrigPickler is not pickle._Pickler:
-                pickle.Pickler = Pickler
+                pickle.Pickler = Pickler  # type: ignore[misc]
             _writers_installed = True
 
 

@@ -13,7 +13,7 @@ import io
 import os
 import pickletools
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any, cast
 
 from hermetic import _hermetic
 
@@ -97,6 +97,7 @@ class Source:
                     end = None
             if end is not None:
                 if end < len(data):
+                    assert self.file is not None  # seekable implies a file
                     self.file.seek(self.start + end)
                 return data[:end]
             if eof:
@@ -128,6 +129,7 @@ class Source:
             status, end = _hermetic.stream_extent_of(data)
             if status == _COMPLETE:
                 if end < len(data):
+                    assert self.file is not None  # seekable implies a file
                     self.file.seek(self.start + end)
                 return data[:end]
             if status == _MALFORMED:
@@ -141,7 +143,8 @@ class Source:
         """For pipes and sockets: read opcode by opcode, never past STOP."""
         tee = _Tee(self.read, self.readline)
         try:
-            for op, _arg, _pos in pickletools.genops(tee):
+            # genops needs only read and readline, which _Tee provides.
+            for op, _arg, _pos in pickletools.genops(cast("IO[bytes]", tee)):
                 if op.name == "STOP":
                     break
         except Exception:
@@ -156,6 +159,7 @@ class Source:
     def settle(self, blob_len: int, consumed: int) -> None:
         """Leaves the file just past the ``consumed`` bytes of the blob."""
         if self.seekable and consumed != blob_len:
+            assert self.file is not None  # seekable implies a file
             self.file.seek(self.start + consumed)
 
 
