@@ -181,3 +181,17 @@ def test_random_bytes_never_crash(blob: bytes) -> None:
         hermetic.load_pickle(blob)
     except (hermetic.HermeticError, TypeError, ValueError):
         pass
+
+
+def test_a_bytes_path_is_a_path(tmp_path: Path) -> None:
+    """``os.PathLike[bytes]`` names a file; it is not the file's contents."""
+    import os
+
+    p = tmp_path / "data.pkl"
+    p.write_bytes(pickle.dumps({"a": [1, 2]}, protocol=4))
+
+    class BytesPath:
+        def __fspath__(self) -> bytes:
+            return os.fsencode(p)
+
+    assert hermetic.load_pickle(BytesPath()) == {"a": [1, 2]}  # type: ignore[arg-type]

@@ -308,7 +308,9 @@ def _source(f: Any) -> str | bytes | bytearray:
     if isinstance(f, memoryview):
         return f.tobytes()
     if isinstance(f, (str, os.PathLike)):
-        return os.fspath(f)
+        # A path given as bytes (``PathLike[bytes]``) is still a path, not
+        # the file's contents.
+        return os.fsdecode(os.fspath(f))
     read = getattr(f, "read", None)
     if read is None:
         raise TypeError(f"expected a path, bytes or a binary file object, not {type(f).__name__}")
