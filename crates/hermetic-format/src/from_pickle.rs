@@ -118,15 +118,7 @@ impl<'l, 'a> Converter<'l, 'a> {
     }
 
     fn place(&self) -> String {
-        let mut s = String::from("tree");
-        for p in &self.path {
-            match p {
-                PathPart::Key(k) => s.push_str(&format!("[{k:?}]")),
-                PathPart::Index(i) => s.push_str(&format!("[{i}]")),
-                PathPart::Other(o) => s.push_str(&format!("[{o}]")),
-            }
-        }
-        s
+        crate::path_place(&self.path)
     }
 
     fn fail<T>(&self, what: impl std::fmt::Display) -> Res<T> {

@@ -32,7 +32,7 @@ pub use header::{
     check_tree, flat_tree, parse_doc, resolve, Doc, EntryInfo, Header, Resolved, DATA_ALIGNMENT,
     FORMAT_VERSION, HERMETIC_KEY, MAX_HEADER_SIZE,
 };
-pub use planner::{path_name, EntryOrigin, PathPart, Planner, ViewSpec};
+pub use planner::{path_name, path_place, EntryOrigin, PathPart, Planner, ViewSpec};
 pub use shard::{read_index, shard_name, write_sharded, Index, INDEX_NAME, MAX_INDEX_SIZE};
 pub use tree::{
     contiguous_strides, view_extent, Node, NodeId, Shape, TensorKind, TensorRef, Tree, View,

@@ -46,6 +46,19 @@ pub fn path_name(parts: &[PathPart]) -> String {
     s
 }
 
+/// A path as error messages show it: `tree["model"][0][<key>]`.
+pub fn path_place(parts: &[PathPart]) -> String {
+    let mut s = String::from("tree");
+    for p in parts {
+        match p {
+            PathPart::Key(k) => s.push_str(&format!("[{k:?}]")),
+            PathPart::Index(i) => s.push_str(&format!("[{i}]")),
+            PathPart::Other(o) => s.push_str(&format!("[{o}]")),
+        }
+    }
+    s
+}
+
 /// A tensor view as the caller sees it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ViewSpec {

@@ -143,15 +143,7 @@ impl<'py> Encoder<'py> {
     }
 
     fn place(&self) -> String {
-        let mut s = String::from("tree");
-        for p in &self.path {
-            match p {
-                PathPart::Key(k) => s.push_str(&format!("[{k:?}]")),
-                PathPart::Index(i) => s.push_str(&format!("[{i}]")),
-                PathPart::Other(r) => s.push_str(&format!("[{r}]")),
-            }
-        }
-        s
+        hermetic_format::path_place(&self.path)
     }
 
     fn fail(&self, detail: impl std::fmt::Display) -> PyErr {
