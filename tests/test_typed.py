@@ -608,3 +608,19 @@ if sys.version_info >= (3, 11):
 
     def test_str_enum() -> None:
         assert hermetic.loads(hermetic.dumps(Mode.A), type=Mode) is Mode.A
+
+
+@pytest.mark.parametrize(
+    ("data", "t", "places"),
+    [
+        ([1, "x", 2, "y"], list[int], ["tree[1]", "tree[3]"]),
+        ((1, "x", 2, "y"), tuple[int, ...], ["tree[1]", "tree[3]"]),
+        (("x", 2), tuple[int, str], ["tree[0]", "tree[1]"]),
+    ],
+)
+def test_every_bad_item_is_named(data: Any, t: Any, places: list[str]) -> None:
+    """Sequences report every item that does not fit, each at its index."""
+    with pytest.raises(hermetic.SchemaError) as info:
+        hermetic.loads(hermetic.dumps(data), type=t)
+    lines = [ln.strip().split(":")[0] for ln in str(info.value).splitlines()[1:]]
+    assert lines == places, str(info.value)

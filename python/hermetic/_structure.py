@@ -20,6 +20,7 @@ import dataclasses
 import datetime
 import decimal
 import enum
+import itertools
 import json
 import pathlib
 import sys
@@ -208,6 +209,21 @@ def _note(e: Exception, index: Any, t: Any) -> Exception:
     return e
 
 
+def _each(hooks: Any, items: Any, name: str, t: Any) -> list[Any]:
+    """Each item through its hook (``hooks`` pairs with ``items``), every
+    failure collected with its index, as cattrs' detailed validation does."""
+    out = []
+    errors = []
+    for i, (h, x) in enumerate(zip(hooks, items, strict=False)):
+        try:
+            out.append(h(x))
+        except Exception as e:
+            errors.append(_note(e, i, h.t))
+    if errors:
+        raise IterableValidationError(f"While structuring {name}", errors, t)
+    return out
+
+
 class _Lazy:
     """The hook of a type, looked up on first use (so recursive types resolve)."""
 
@@ -251,15 +267,7 @@ def _sequence_factory(t: Any, conv: cattrs.Converter) -> Hook:
         c = o.__class__
         if c not in accepted:
             raise Mismatch(name, describe(o))
-        out = []
-        errors = []
-        for i, x in enumerate(o):
-            try:
-                out.append(elem(x))
-            except Exception as e:
-                errors.append(_note(e, i, elem.t))
-        if errors:
-            raise IterableValidationError(f"While structuring {name}", errors, t)
+        out = _each(itertools.repeat(elem), o, name, t)
         return out if c is list else c(out)
 
     def fast(o: Any, _: Any) -> Any:
@@ -308,16 +316,7 @@ def _tuple_factory(t: Any, conv: cattrs.Converter) -> Hook:
         def homogeneous(o: Any, _: Any) -> Any:
             if o.__class__ is not tuple:
                 raise Mismatch(name, describe(o))
-            out = []
-            errors = []
-            for i, x in enumerate(o):
-                try:
-                    out.append(elem(x))
-                except Exception as e:
-                    errors.append(_note(e, i, elem.t))
-            if errors:
-                raise IterableValidationError(f"While structuring {name}", errors, t)
-            return tuple(out)
+            return tuple(_each(itertools.repeat(elem), o, name, t))
 
         def homogeneous_fast(o: Any, _: Any) -> Any:
             if o.__class__ is not tuple:
@@ -340,16 +339,7 @@ def _tuple_factory(t: Any, conv: cattrs.Converter) -> Hook:
             raise Mismatch(name, describe(o))
         if len(o) != len(elems):
             raise Mismatch(name, f"a tuple of {len(o)} items")
-        out = []
-        errors = []
-        for i, (h, x) in enumerate(zip(elems, o, strict=False)):
-            try:
-                out.append(h(x))
-            except Exception as e:
-                errors.append(_note(e, i, h.t))
-        if errors:
-            raise IterableValidationError(f"While structuring {name}", errors, t)
-        return tuple(out)
+        return tuple(_each(elems, o, name, t))
 
     return heterogeneous
 
