@@ -10,8 +10,10 @@ from typing import Literal
 
 from hermetic import _hermetic
 
-Verdict = Literal["safe", "suspicious", "dangerous"]
-_ORDER: dict[str, int] = {"safe": 0, "suspicious": 1, "dangerous": 2}
+# "error": the file could not be read or analysed, so nothing is known about
+# what loading it runs; it ranks above "dangerous" and is never clean.
+Verdict = Literal["safe", "suspicious", "dangerous", "error"]
+_ORDER: dict[str, int] = {"safe": 0, "suspicious": 1, "dangerous": 2, "error": 3}
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,8 @@ impl RawStr<'_> {
 }
 
 /// The memo: dense for the small consecutive keys picklers write, a map for
-/// anything else, so a hostile key costs no more than one entry.
+/// anything else, so a hostile key costs no more than one entry. The dense
+/// part never holds more than `2 * len + 1025` slots.
 #[derive(Default)]
 struct Memo {
     dense: Vec<u32>,
@@ -83,24 +84,27 @@ impl Memo {
     fn get(&self, key: u64) -> Option<u32> {
         match usize::try_from(key).ok().and_then(|k| self.dense.get(k)) {
             Some(&v) if v != Self::EMPTY => Some(v),
-            Some(_) => None,
-            None => self.sparse.get(&key).copied(),
+            _ => self.sparse.get(&key).copied(),
         }
     }
 
+    /// Stores `value` under `key`. `len` stays the exact number of distinct
+    /// keys, as `len(memo)` is in CPython: MEMOIZE stores under it, so a
+    /// miscount would make the analysis read a different object than the
+    /// unpickler does.
     fn insert(&mut self, key: u64, value: u32) {
         let k = usize::try_from(key).unwrap_or(usize::MAX);
+        // Growth is bounded by the number of entries stored, not by the dense
+        // part's length: keys that each double the last would otherwise
+        // double the vector with every put (a 99-byte stream asked for 4 GB).
+        if k >= self.dense.len() && k <= self.len.saturating_mul(2).saturating_add(1024) {
+            self.dense.resize(k + 1, Self::EMPTY);
+        }
         if k < self.dense.len() {
-            if self.dense[k] == Self::EMPTY {
+            if self.dense[k] == Self::EMPTY && self.sparse.remove(&key).is_none() {
                 self.len += 1;
             }
             self.dense[k] = value;
-        } else if k <= self.dense.len().saturating_mul(2).saturating_add(1024)
-            && !self.sparse.contains_key(&key)
-        {
-            self.dense.resize(k + 1, Self::EMPTY);
-            self.dense[k] = value;
-            self.len += 1;
         } else if self.sparse.insert(key, value).is_none() {
             self.len += 1;
         }
@@ -880,6 +884,49 @@ mod tests {
         let a = scan(b"\x80\x02}q\x00(X\x01\x00\x00\x00aq\x01K\x01u.");
         assert_eq!(a.report.verdict, Verdict::Safe);
         assert_eq!(a.end, Some(a.report.length as usize));
+    }
+
+    /// Memo puts whose keys each double the last: the memo's size follows
+    /// the number of entries, not the largest key.
+    #[test]
+    fn growing_memo_keys_cost_one_entry_each() {
+        let mut d = b"\x80\x04N".to_vec();
+        let mut key: u32 = 1024;
+        for _ in 0..21 {
+            d.push(b'r'); // LONG_BINPUT
+            d.extend_from_slice(&key.to_le_bytes());
+            key = key.saturating_mul(2).saturating_add(1);
+        }
+        d.push(b'.');
+        let mut m = Memo::default();
+        let mut k: u64 = 1024;
+        for i in 0..64 {
+            m.insert(k, i);
+            k = k.saturating_mul(2).saturating_add(1);
+        }
+        assert!(m.dense.len() <= 2 * 64 + 1025, "{}", m.dense.len());
+        let a = scan(&d);
+        assert_eq!(a.report.verdict, Verdict::Safe);
+    }
+
+    /// MEMOIZE stores under `len(memo)`, so the count must stay exact when
+    /// keys move from the sparse part into a grown dense part.
+    #[test]
+    fn memo_len_is_exact_across_growth() {
+        let mut m = Memo::default();
+        m.insert(3000, 1); // sparse: far past the dense part
+        for k in 0..3001 {
+            m.insert(k, 2);
+        }
+        assert_eq!(m.len(), 3001);
+        assert_eq!(m.get(3000), Some(2));
+        let mut m = Memo::default();
+        m.insert(2000, 7);
+        for k in 0..1500 {
+            m.insert(k, 0);
+        }
+        assert_eq!(m.get(2000), Some(7), "a sparse key under the dense range");
+        assert_eq!(m.len(), 1501);
     }
 
     mod props {

@@ -7,6 +7,7 @@ pub mod analysis;
 pub mod containers;
 pub mod dis;
 pub mod eval;
+pub mod fsio;
 pub mod opcodes;
 pub mod parser;
 pub mod policy;

@@ -6,7 +6,9 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::Path;
 
-/// How bad a stream or file is. Ordered: `Safe < Suspicious < Dangerous`.
+/// How bad a stream or file is. Ordered: `Safe < Suspicious < Dangerous <
+/// Error`: a file that could not be read or analysed is never taken for a
+/// clean one, and fails every `--fail-on` level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
@@ -18,6 +20,9 @@ pub enum Verdict {
     /// Known code-execution or obfuscation primitives, or a stream that is
     /// malformed or ambiguous.
     Dangerous,
+    /// The file could not be read or analysed (unreadable, not a regular
+    /// file, a symlink loop): nothing is known about what loading it runs.
+    Error,
 }
 
 impl Verdict {
@@ -26,6 +31,7 @@ impl Verdict {
             Verdict::Safe => "safe",
             Verdict::Suspicious => "suspicious",
             Verdict::Dangerous => "dangerous",
+            Verdict::Error => "error",
         }
     }
 }

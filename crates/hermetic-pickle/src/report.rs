@@ -86,8 +86,17 @@ impl FileReport {
             .iter()
             .map(|s| s.verdict)
             .chain(self.findings.iter().map(|f| f.severity))
+            .chain(self.error.is_some().then_some(Verdict::Error))
             .max()
             .unwrap_or(Verdict::Safe);
+    }
+
+    /// A file that could not be read or analysed: verdict `error`, never `safe`.
+    pub fn unreadable(path: impl Into<String>, error: impl Into<String>) -> Self {
+        let mut r = FileReport::new(path, "error");
+        r.error = Some(error.into());
+        r.finish();
+        r
     }
 
     /// A container-level finding.

@@ -14,7 +14,7 @@ use std::path::Path;
 /// pickles (a zip's directory and its `.pkl` records) are ever read.
 pub fn scan_file(path: &Path, policy: &Policy, limits: &Limits) -> FileReport {
     let display = path.display().to_string();
-    let file = match std::fs::File::open(path) {
+    let file = match crate::fsio::open_regular(path) {
         Ok(f) => f,
         Err(e) => return io_error(display, e),
     };
@@ -60,9 +60,7 @@ fn map_file(file: &std::fs::File) -> std::io::Result<memmap2::Mmap> {
 }
 
 fn io_error(path: String, e: std::io::Error) -> FileReport {
-    let mut r = FileReport::new(path, "error");
-    r.error = Some(e.to_string());
-    r
+    FileReport::unreadable(path, e.to_string())
 }
 
 /// Scans an in-memory file. `path` only names it in the report.

@@ -27,6 +27,8 @@ fn rule_text(code: &str) -> &'static str {
         "decompression_limit" => "Decompressed data exceeds the bound and was not fully analysed.",
         "out_of_band_buffer" => "The stream takes out-of-band buffers from the loader.",
         "unusual_structure" => "The stream has a structure no pickler writes.",
+        "scan_error" => "The file could not be read or analysed; nothing is known about what loading it runs.",
+        "truncated_container" => "A container (safetensors, zip, tar, npy) ends before the data its header describes.",
         "torchscript_code" => "A TorchScript archive carries code that torch.jit.load compiles and runs.",
         _ => "A finding of the hermetic pickle scanner.",
     }
@@ -34,7 +36,7 @@ fn rule_text(code: &str) -> &'static str {
 
 fn level(v: Verdict) -> &'static str {
     match v {
-        Verdict::Dangerous => "error",
+        Verdict::Dangerous | Verdict::Error => "error",
         Verdict::Suspicious => "warning",
         Verdict::Safe => "note",
     }
@@ -100,7 +102,25 @@ pub(crate) fn report(files: &[&FileReport]) -> Value {
             "properties": props,
         }));
     };
+    let mut notifications = Vec::new();
     for r in files {
+        if let Some(e) = &r.error {
+            let f = Finding {
+                module: String::new(),
+                name: String::new(),
+                offset: 0,
+                called: false,
+                reason: format!("not analysed: {e}"),
+                code: "scan_error".into(),
+                severity: Verdict::Error,
+            };
+            push(r, &f, None);
+            notifications.push(json!({
+                "level": "error",
+                "message": {"text": format!("{}: {e}", r.path)},
+                "locations": [{"physicalLocation": {"artifactLocation": {"uri": uri(&r.path)}}}],
+            }));
+        }
         for f in &r.findings {
             push(r, f, None);
         }
@@ -131,6 +151,10 @@ pub(crate) fn report(files: &[&FileReport]) -> Value {
                 "informationUri": "https://github.com/hermetic-ml/hermetic",
                 "rules": rules,
             }},
+            "invocations": [{
+                "executionSuccessful": notifications.is_empty(),
+                "toolExecutionNotifications": notifications,
+            }],
             "results": results,
         }],
     })

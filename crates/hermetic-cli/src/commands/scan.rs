@@ -34,7 +34,7 @@ pub(crate) fn run(args: &ScanArgs, out: &mut dyn Write) -> Result<ExitStatus, Cl
     let (reports, summary) = scan_paths(&args.paths, &policy, args.jobs)?;
     let shown: Vec<&FileReport> = reports
         .iter()
-        .filter(|r| args.all || r.format != "none" || r.error.is_some())
+        .filter(|r| args.all || r.format != "none" || r.verdict == Verdict::Error)
         .collect();
     match args.format {
         Format::Text => write_text(out, &shown, &summary)?,
@@ -58,14 +58,20 @@ pub(crate) fn run(args: &ScanArgs, out: &mut dyn Write) -> Result<ExitStatus, Cl
         FailOn::Dangerous => Some(Verdict::Dangerous),
         FailOn::Never => None,
     };
-    let failed = threshold.is_some_and(|t| summary.verdict.is_some_and(|v| v >= t));
-    Ok(if failed {
-        ExitStatus::Findings
-    } else if summary.errors > 0 {
-        ExitStatus::Internal
-    } else {
-        ExitStatus::Clean
-    })
+    Ok(exit_status(&summary, threshold))
+}
+
+/// `error` is the worst verdict: a file that could not be analysed fails
+/// every `--fail-on` level, with its own exit status; only `never` passes it.
+fn exit_status(summary: &Summary, threshold: Option<Verdict>) -> ExitStatus {
+    let Some(threshold) = threshold else {
+        return ExitStatus::Clean;
+    };
+    match summary.verdict {
+        Some(Verdict::Error) => ExitStatus::Internal,
+        Some(v) if v >= threshold => ExitStatus::Findings,
+        _ => ExitStatus::Clean,
+    }
 }
 
 /// Scans every file under `paths` in parallel; reports come back sorted by
@@ -75,7 +81,8 @@ pub fn scan_paths(
     policy: &Policy,
     jobs: Option<usize>,
 ) -> Result<(Vec<FileReport>, Summary), CliError> {
-    let (files, walk_errors) = walk::collect(paths);
+    let walk = walk::collect(paths);
+    let files = &walk.files;
     let limits = Limits::default();
     let scan = || -> Vec<FileReport> {
         files
@@ -91,17 +98,32 @@ pub fn scan_paths(
             .install(scan),
         None => scan(),
     };
-    for (path, err) in walk_errors {
-        let mut r = FileReport::new(path.display().to_string(), "error");
-        r.error = Some(err);
-        reports.push(r);
+    // A file reached by several paths was scanned once; each path is reported.
+    let by_path: std::collections::HashMap<&std::path::Path, usize> = files
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.as_path(), i))
+        .collect();
+    let mut aliased = Vec::new();
+    for (alias, scanned) in &walk.aliases {
+        if let Some(&i) = by_path.get(scanned.as_path()) {
+            let mut r = reports[i].clone();
+            r.path = alias.display().to_string();
+            aliased.push(r);
+        }
+    }
+    reports.extend(aliased);
+    reports.sort_by(|a, b| a.path.cmp(&b.path));
+    for (path, err) in walk.errors {
+        reports.push(FileReport::unreadable(path.display().to_string(), err));
     }
     let mut summary = Summary {
-        files_scanned: files.len(),
+        files_scanned: files.len() + walk.aliases.len(),
         ..Summary::default()
     };
     for r in &reports {
-        if r.error.is_some() {
+        summary.verdict = summary.verdict.max(Some(r.verdict));
+        if r.verdict == Verdict::Error {
             summary.errors += 1;
             continue;
         }
@@ -113,9 +135,8 @@ pub fn scan_paths(
         match r.verdict {
             Verdict::Safe => summary.safe += 1,
             Verdict::Suspicious => summary.suspicious += 1,
-            Verdict::Dangerous => summary.dangerous += 1,
+            Verdict::Dangerous | Verdict::Error => summary.dangerous += 1,
         }
-        summary.verdict = summary.verdict.max(Some(r.verdict));
     }
     Ok((reports, summary))
 }
@@ -143,11 +164,7 @@ fn write_text(
         "PATH", "FORMAT", "VERDICT"
     )?;
     for r in reports {
-        let verdict = if r.error.is_some() {
-            "error"
-        } else {
-            r.verdict.as_str()
-        };
+        let verdict = r.verdict.as_str();
         let mut lines: Vec<String> = Vec::new();
         if let Some(e) = &r.error {
             lines.push(e.clone());
@@ -180,7 +197,7 @@ fn write_text(
         summary.suspicious,
         summary.dangerous,
         if summary.errors > 0 {
-            format!(", {} unreadable", summary.errors)
+            format!(", {} error (not analysed)", summary.errors)
         } else {
             String::new()
         }
