@@ -77,53 +77,40 @@ pub fn scan_bytes(data: &[u8], path: &str, policy: &Policy, limits: &Limits) -> 
     report
 }
 
-/// Opcodes a probe reads before deciding.
-const PROBE_OPCODES: usize = 1 << 16;
-
-/// Whether the bytes start the way a pickle the unpickler would act on does:
-/// a PROTO opcode, or a protocol 0/1 stream whose first stream parses or
-/// names an importable-looking global before failing.
+/// Whether `pickle.load` would act on `data` read from its first byte: it
+/// starts with PROTO, or its first stream reaches STOP, or it imports a
+/// global before it fails. A stream that fails before importing anything
+/// ran nothing but data opcodes, so it is not a pickle a loader could be
+/// harmed by.
 ///
-/// Deciding costs time proportional to the stream's first opcodes only: the
-/// probe never hashes or analyses past the point where parsing stops.
+/// The stream is read to its end or to the point where the unpickler
+/// would fail, however long: a probe that gave up after a fixed number of
+/// opcodes let a payload hide behind harmless padding. Only the scan's
+/// limits bound it.
 pub fn looks_like_pickle(data: &[u8]) -> bool {
     match data {
         [0x80, 0..=5, ..] => true,
         [] => false,
-        _ => {
-            let extent = probe_extent(data);
-            let a = analyze_stream(
-                &data[..extent],
-                0,
-                0,
-                "probe",
-                Policy::builtin(),
-                &Limits {
-                    max_opcodes: PROBE_OPCODES as u64,
-                    ..Limits::default()
-                },
-            );
-            a.end.is_some()
-                || a.report
-                    .globals
-                    .iter()
-                    .any(|g| is_dotted_identifier(&g.module) && is_dotted_identifier(&g.name))
-        }
+        _ => is_pickle_reading(&analyze_stream(
+            data,
+            0,
+            0,
+            "probe",
+            Policy::builtin(),
+            &Limits::default(),
+        )),
     }
 }
 
-/// How far the first stream of `data` parses: just past its STOP, or up to
-/// the opcode that fails to parse or exceeds the probe's opcode budget.
-fn probe_extent(data: &[u8]) -> usize {
-    for (i, item) in Parser::new(data, 0).enumerate() {
-        match item {
-            Ok(instr) if i >= PROBE_OPCODES => return instr.offset,
-            Ok(instr) if instr.op == crate::Opcode::STOP => return instr.end,
-            Ok(_) => {}
-            Err(e) => return e.offset.min(data.len()),
-        }
-    }
-    data.len()
+/// Whether an analysed stream is one a loader acts on (see
+/// [`looks_like_pickle`]).
+pub(crate) fn is_pickle_reading(a: &crate::StreamAnalysis) -> bool {
+    a.report.protocol.is_some()
+        || a.end.is_some()
+        || a.report
+            .globals
+            .iter()
+            .any(|g| g.module == "?" || is_importable_name(&g.module, &g.name))
 }
 
 /// Whether every byte of `data` parses as pickle opcodes, so that it could be
@@ -147,13 +134,17 @@ pub(crate) fn opcodes_reach_end(data: &[u8]) -> bool {
     false
 }
 
-fn is_dotted_identifier(s: &str) -> bool {
-    !s.is_empty()
-        && s.split('.').all(|part| {
-            let mut chars = part.chars();
-            chars.next().is_some_and(|c| c.is_alphabetic() || c == '_')
-                && chars.all(|c| c.is_alphanumeric() || c == '_')
-        })
+/// Whether `find_class(module, name)` could import something: names with
+/// control characters, spaces or empty dotted parts cannot name a module or
+/// attribute, so random binary data that happens to parse as GLOBAL is not
+/// taken for an import. Anything else could (`__import__` accepts `a-b`).
+pub(crate) fn is_importable_name(module: &str, name: &str) -> bool {
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s.split('.').all(|part| !part.is_empty())
+            && s.chars().all(|c| !c.is_control() && !c.is_whitespace())
+    };
+    ok(module) && ok(name)
 }
 
 /// Scans consecutive pickle streams starting at `start`, as repeated

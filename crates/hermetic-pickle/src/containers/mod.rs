@@ -16,6 +16,7 @@ pub mod compress;
 pub mod joblib;
 pub mod npy;
 pub mod pyliteral;
+pub mod safetensors;
 pub mod tar;
 pub mod torch_legacy;
 pub mod zip;
@@ -282,6 +283,68 @@ impl<'a> Scanner<'a> {
         Some(a)
     }
 
+    /// Reads the streams at `start` as `pickle.load` would, for data that
+    /// its loader reads otherwise (`format`). Nothing is recorded unless a
+    /// stream imports a global the policy does not allow, or one no earlier
+    /// reading of this file already reported at the same offset: then the
+    /// stream is recorded with those imports only, since its structural
+    /// failures are expected of data that is not a pickle.
+    pub fn possible_streams(
+        &mut self,
+        data: &[u8],
+        start: usize,
+        loc: &Loc,
+        name: &str,
+        format: &str,
+    ) {
+        let mut pos = start;
+        let mut index = 0;
+        while pos < data.len() && self.report.streams.len() < self.limits.max_streams {
+            let a = analyze_stream(data, pos, loc.base, name, self.policy, self.limits);
+            let known: std::collections::HashSet<(u64, String, String)> = self
+                .report
+                .all_findings()
+                .map(|f| (f.offset, f.module.clone(), f.name.clone()))
+                .collect();
+            let mut report = a.report;
+            report.findings.retain(|f| {
+                !f.module.is_empty()
+                    && (f.module == "?" || crate::scan::is_importable_name(&f.module, &f.name))
+                    && !known.contains(&(f.offset, f.module.clone(), f.name.clone()))
+            });
+            report
+                .globals
+                .retain(|g| g.module == "?" || crate::scan::is_importable_name(&g.module, &g.name));
+            if !report.findings.is_empty() {
+                report.verdict = report
+                    .findings
+                    .iter()
+                    .map(|f| f.severity)
+                    .max()
+                    .unwrap_or(Verdict::Safe);
+                if index > 0 {
+                    report.name = format!("{name}[{index}]");
+                }
+                let at = report.offset.saturating_sub(loc.base);
+                self.report.streams.push(report);
+                self.finding(
+                    loc,
+                    Verdict::Dangerous,
+                    "polyglot_pickle",
+                    at,
+                    format!("the file reads as {format}, but pickle.load reads it from byte {at} as a pickle that imports globals"),
+                );
+            }
+            match a.end {
+                Some(end) if end > pos => {
+                    pos = end;
+                    index += 1;
+                }
+                _ => return,
+            }
+        }
+    }
+
     /// Scans consecutive streams as repeated `pickle.load` calls read them.
     pub fn stream_sequence(&mut self, data: &[u8], start: usize, loc: &Loc, name: &str) -> usize {
         scan_pickle_sequence(
@@ -296,8 +359,17 @@ impl<'a> Scanner<'a> {
     }
 }
 
-/// Scans `data` as a whole file (or a member of one): detects its container,
-/// scans every pickle stream in it and returns the format name.
+/// Scans `data` as a whole file (or a member of one) the way every loader
+/// that could be handed it reads it, and returns the format name.
+///
+/// Recognising one format never ends the analysis: `torch.load` reads a zip
+/// at offset 0, else tries `tarfile`, else reads pickles from byte 0;
+/// `numpy.load` reads a zip, a `.npy`, else a pickle; `joblib.load`
+/// decompresses by its own magic prefixes, else unpickles from byte 0;
+/// `pickle.load` always starts at byte 0; `zipfile` finds an archive by its
+/// end record wherever it starts. Each reading that applies is scanned and
+/// the file's verdict is the worst of them. The format named is the first
+/// that applies, in that order.
 pub(crate) fn scan_data(data: &[u8], loc: &Loc, sc: &mut Scanner<'_>) -> String {
     if loc.depth > sc.limits.max_nesting {
         sc.finding(
@@ -312,41 +384,72 @@ pub(crate) fn scan_data(data: &[u8], loc: &Loc, sc: &mut Scanner<'_>) -> String 
         );
         return "none".into();
     }
-    if data.starts_with(zip::LOCAL_SIG) || data.starts_with(zip::EOCD_SIG) {
-        return zip::scan_zip(data, loc, sc);
+    let mut formats: Vec<String> = Vec::new();
+    let zip_at_start = data.starts_with(zip::LOCAL_SIG) || data.starts_with(zip::EOCD_SIG);
+    if zip_at_start {
+        formats.push(zip::scan_zip(data, loc, sc));
     }
     if data.starts_with(npy::MAGIC) {
-        return npy::scan_npy(data, loc, sc);
+        formats.push(npy::scan_npy(data, loc, sc));
     }
-    if is_safetensors(data) {
-        return "safetensors".into();
+    if let Some(f) = safetensors::scan_safetensors(data, loc, sc) {
+        formats.push(f);
     }
     if let Some(kind) = Compression::detect(data) {
-        if let Some(format) = compress::scan_compressed(data, kind, loc, sc) {
-            return format;
+        if let Some(f) = compress::scan_compressed(data, kind, loc, sc) {
+            formats.push(f);
         }
     }
-    if tar::is_tar(data) {
-        return tar::scan_tar(data, loc, sc);
+    // torch.load tries tarfile on everything that is not a zip at offset 0.
+    if !zip_at_start && tar::is_tar(data) {
+        formats.push(tar::scan_tar(data, loc, sc));
     }
-    if looks_like_pickle(data) {
-        return scan_pickle_file(data, loc, sc);
+    // pickle.load, numpy.load's fallback, torch.load's legacy path and
+    // joblib's uncompressed path all unpickle from byte 0.
+    let pickle = if formats.is_empty() {
+        scan_pickle_file(data, loc, sc)
+    } else {
+        if !zip_at_start {
+            alternate_pickle_reading(data, loc, sc, &formats[0]);
+        }
+        None
+    };
+    // zipfile (np.load's npz, a user's ZipFile) reads an archive by its end
+    // record, wherever the archive starts.
+    if !zip_at_start {
+        if let Some(f) = zip::scan_embedded_zip(data, loc, sc, pickle.is_some()) {
+            formats.push(f);
+        }
     }
-    if let Some(format) = zip::scan_embedded_zip(data, loc, sc) {
-        return format;
+    match pickle {
+        Some(p) => p,
+        None => formats.into_iter().next().unwrap_or_else(|| "none".into()),
     }
-    "none".into()
 }
 
-/// Scans data that starts with a pickle: a PyTorch legacy checkpoint, a
-/// joblib dump, or plain pickle streams; then checks that the file is not
-/// also a zip archive.
-pub(crate) fn scan_pickle_file(data: &[u8], loc: &Loc, sc: &mut Scanner<'_>) -> String {
+/// `pickle.load` run on data another loader reads as something else (a tar,
+/// an npy, a safetensors file, compressed data): the streams it would
+/// unpickle from byte 0 are scanned and reported when they import anything
+/// the policy does not allow. A reading that fails before importing
+/// anything ran nothing, and is not reported.
+fn alternate_pickle_reading(data: &[u8], loc: &Loc, sc: &mut Scanner<'_>, format: &str) {
+    sc.possible_streams(data, 0, loc, &loc.named("pickle.load"), format);
+}
+
+/// Scans data that a loader reads as pickles from byte 0: a PyTorch legacy
+/// checkpoint, a joblib dump, or plain pickle streams. `None` when
+/// `pickle.load` would fail on it before doing anything.
+pub(crate) fn scan_pickle_file(data: &[u8], loc: &Loc, sc: &mut Scanner<'_>) -> Option<String> {
+    if !looks_like_pickle(data) {
+        return None;
+    }
     let format = if torch_legacy::magic_stream_end(data, 0).is_some() {
         torch_legacy::scan_legacy(data, loc, sc);
         "torch-legacy"
     } else if joblib::is_joblib(data, 0) {
         if joblib::scan_joblib(data, 0, loc, sc) {
+            // pickle.load reads the array bytes joblib reads raw as opcodes.
+            sc.possible_streams(data, 0, loc, &loc.named("pickle.load"), "joblib");
             "joblib"
         } else {
             "pickle"
@@ -355,8 +458,7 @@ pub(crate) fn scan_pickle_file(data: &[u8], loc: &Loc, sc: &mut Scanner<'_>) -> 
         sc.stream_sequence(data, 0, loc, &loc.stream_name());
         "pickle"
     };
-    zip::check_pickle_zip_polyglot(data, loc, sc);
-    format.into()
+    Some(format.into())
 }
 
 /// Whether a member of a generic archive (zip or tar) is worth reading, from

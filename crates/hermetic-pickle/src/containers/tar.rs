@@ -21,11 +21,9 @@
 
 use super::torch_legacy::pickled_int;
 use super::{
-    display_name, is_interesting_content, is_pickle_name, scan_member, scan_pickle_file,
-    ContainerError, Loc, Scanner,
+    display_name, is_interesting_content, is_pickle_name, scan_member, ContainerError, Loc, Scanner,
 };
 use crate::policy::Verdict;
-use crate::scan::looks_like_pickle;
 use std::collections::HashMap;
 
 const BLOCK: usize = 512;
@@ -352,16 +350,8 @@ pub fn storage_element_size(name: &str) -> Option<u64> {
 /// Scans a tar archive: the members `torch.load` unpickles for a torch tar,
 /// pickle-looking members for any other tar.
 pub(crate) fn scan_tar(data: &[u8], loc: &Loc, sc: &mut Scanner<'_>) -> String {
-    if looks_like_pickle(data) {
-        sc.finding(
-            loc,
-            Verdict::Dangerous,
-            "polyglot_pickle_tar",
-            0,
-            "the file is a tar archive and also starts like a pickle: torch.load reads the tar, pickle.load (and torch.load when the tar turns out broken) runs the pickle",
-        );
-        scan_pickle_file(data, loc, sc);
-    }
+    // pickle.load's reading of the same bytes (and torch.load's, when
+    // tarfile gives up on the archive) is scanned by the caller.
     let archive = match parse_tar(data, sc.limits.max_archive_entries) {
         Ok(a) => a,
         Err(e) => {

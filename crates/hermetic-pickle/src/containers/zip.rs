@@ -22,7 +22,6 @@ use super::{
     scan_member, scan_pickle_file, slice_at, ContainerError, Loc, Scanner,
 };
 use crate::policy::Verdict;
-use crate::scan::looks_like_pickle;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -1026,8 +1025,8 @@ pub(crate) fn scan_zip(data: &[u8], loc: &Loc, sc: &mut Scanner<'_>) -> String {
                 if is_safetensors(data) {
                     return "safetensors".into();
                 }
-                if looks_like_pickle(data) {
-                    return scan_pickle_file(data, loc, sc);
+                if let Some(format) = scan_pickle_file(data, loc, sc) {
+                    return format;
                 }
                 sc.finding(
                     loc,
@@ -1059,15 +1058,34 @@ pub(crate) fn scan_zip(data: &[u8], loc: &Loc, sc: &mut Scanner<'_>) -> String {
 
 /// Scans a zip archive found by its end record in data that does not start
 /// with one (`zipfile` opens it; `torch.load` does not). `None` when there is
-/// no readable archive with entries.
-pub(crate) fn scan_embedded_zip(data: &[u8], loc: &Loc, sc: &mut Scanner<'_>) -> Option<String> {
-    find_eocd(data)?;
+/// no readable archive with entries. `after_pickle`: the data also starts
+/// with a pickle, so `pickle.load` and `zipfile` read two different things.
+pub(crate) fn scan_embedded_zip(
+    data: &[u8],
+    loc: &Loc,
+    sc: &mut Scanner<'_>,
+    after_pickle: bool,
+) -> Option<String> {
+    let eocd = find_eocd(data)?;
+    let polyglot = |sc: &mut Scanner<'_>| {
+        if after_pickle {
+            sc.finding(
+                loc,
+                Verdict::Dangerous,
+                "polyglot_pickle_zip",
+                eocd as u64,
+                "the file starts with a pickle stream (pickle.load runs it; torch.load reads it as a legacy checkpoint) but ends with a zip central directory (zipfile, np.load and joblib users read it as an archive)",
+            );
+        }
+    };
     match ZipArchive::parse(data, sc.limits.max_archive_entries) {
-        Ok(a) if !a.entries.is_empty() => {
-            report_issues(&a.issues, loc, sc, false);
+        Ok(a) if !a.entries.is_empty() || after_pickle => {
+            polyglot(sc);
+            report_issues(&a.issues, loc, sc, after_pickle);
             Some(scan_archive(data, &a, loc, sc))
         }
         Err(e @ ContainerError::LimitExceeded { .. }) => {
+            polyglot(sc);
             sc.finding(
                 loc,
                 Verdict::Dangerous,
@@ -1078,45 +1096,6 @@ pub(crate) fn scan_embedded_zip(data: &[u8], loc: &Loc, sc: &mut Scanner<'_>) ->
             Some("zip".into())
         }
         _ => None,
-    }
-}
-
-/// For data that starts with a pickle: when it also ends with a readable zip
-/// directory, report the polyglot and scan the archive too.
-pub(crate) fn check_pickle_zip_polyglot(data: &[u8], loc: &Loc, sc: &mut Scanner<'_>) {
-    let Some(eocd) = find_eocd(data) else {
-        return;
-    };
-    let reason = "the file starts with a pickle stream (pickle.load runs it; torch.load reads it as a legacy checkpoint) but ends with a zip central directory (zipfile, np.load and joblib users read it as an archive)";
-    match ZipArchive::parse(data, sc.limits.max_archive_entries) {
-        Ok(a) => {
-            sc.finding(
-                loc,
-                Verdict::Dangerous,
-                "polyglot_pickle_zip",
-                eocd as u64,
-                reason,
-            );
-            report_issues(&a.issues, loc, sc, true);
-            scan_archive(data, &a, loc, sc);
-        }
-        Err(e @ ContainerError::LimitExceeded { .. }) => {
-            sc.finding(
-                loc,
-                Verdict::Dangerous,
-                "polyglot_pickle_zip",
-                eocd as u64,
-                reason,
-            );
-            sc.finding(
-                loc,
-                Verdict::Dangerous,
-                "limit_exceeded",
-                e.offset(),
-                format!("zip archive: {e}"),
-            );
-        }
-        Err(_) => {}
     }
 }
 
