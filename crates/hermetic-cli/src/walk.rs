@@ -155,7 +155,7 @@ mod tests {
         std::fs::write(repo.join("blobs/1234"), b"x").unwrap();
         symlink("../../blobs/1234", repo.join("snapshots/abc/model.pt")).unwrap();
         symlink("../../blobs/1234", repo.join("snapshots/def/model.pt")).unwrap();
-        let w = collect(&[d.clone()]);
+        let w = collect(std::slice::from_ref(&d));
         assert_eq!(w.files, vec![repo.join("snapshots/abc/model.pt")]);
         assert_eq!(
             w.aliases,
@@ -177,7 +177,7 @@ mod tests {
         std::fs::create_dir_all(d.join("a")).unwrap();
         symlink("..", d.join("a/up")).unwrap();
         symlink("missing", d.join("gone.pt")).unwrap();
-        let w = collect(&[d.clone()]);
+        let w = collect(std::slice::from_ref(&d));
         let reasons: Vec<&str> = w.errors.iter().map(|(_, r)| r.as_str()).collect();
         assert!(
             reasons.iter().any(|r| r.contains("symlink loop")),

@@ -148,6 +148,73 @@ pub fn escape_decode(bytes: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Whether `c` is whitespace to `str.isspace()` (and so to `str.strip()`
+/// and `int()`), for ASCII characters: space, `\t\n\x0b\x0c\r` and the
+/// separators `\x1c`-`\x1f`.
+pub fn py_ascii_space(c: char) -> bool {
+    matches!(
+        c,
+        ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r' | '\x1c'..='\x1f'
+    )
+}
+
+/// Python's `int(b, base)` for a bytes argument (bases 2-36): surrounding
+/// whitespace (`bytes` strips only space and `\t\n\x0b\x0c\r`), a sign,
+/// the base's `0x`/`0o`/`0b` prefix, and single underscores between digits
+/// or after the prefix. `None` where Python raises `ValueError`.
+pub fn py_int_bytes(b: &[u8], base: u32) -> Option<i128> {
+    let is_space = |c: &u8| matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
+    let start = b.iter().position(|c| !is_space(c))?;
+    let end = b.iter().rposition(|c| !is_space(c))? + 1;
+    let mut s = &b[start..end];
+    let neg = match s.first() {
+        Some(b'-') => {
+            s = &s[1..];
+            true
+        }
+        Some(b'+') => {
+            s = &s[1..];
+            false
+        }
+        _ => false,
+    };
+    let prefix: &[u8] = match base {
+        16 => b"x",
+        8 => b"o",
+        2 => b"b",
+        _ => b"",
+    };
+    let mut after_prefix = false;
+    if !prefix.is_empty() && s.len() >= 2 && s[0] == b'0' && s[1].to_ascii_lowercase() == prefix[0]
+    {
+        s = &s[2..];
+        after_prefix = true;
+    }
+    if after_prefix {
+        s = s.strip_prefix(b"_").unwrap_or(s);
+    }
+    if s.is_empty() || s[0] == b'_' || s[s.len() - 1] == b'_' {
+        return None;
+    }
+    let mut n: i128 = 0;
+    let mut last_underscore = false;
+    for &c in s {
+        if c == b'_' {
+            if last_underscore {
+                return None;
+            }
+            last_underscore = true;
+            continue;
+        }
+        last_underscore = false;
+        let d = (c as char).to_digit(base)?;
+        n = n
+            .checked_mul(i128::from(base))?
+            .checked_add(i128::from(d))?;
+    }
+    Some(if neg { -n } else { n })
+}
+
 /// Code points to a Rust string, or `None` if any is a lone surrogate.
 pub fn code_points_to_string(cps: &[u32]) -> Option<String> {
     cps.iter().map(|&c| char::from_u32(c)).collect()
@@ -181,5 +248,23 @@ mod tests {
     fn escape_decode_forms() {
         assert_eq!(escape_decode(br"a\n\x41\101\q"), Some(b"a\nAA\\q".to_vec()));
         assert_eq!(escape_decode(br"\x4"), None);
+    }
+
+    #[test]
+    fn python_int_of_bytes() {
+        assert_eq!(py_int_bytes(b"  0x1f  ", 16), Some(31));
+        assert_eq!(py_int_bytes(b"\x0b1f\x0c", 16), Some(31));
+        assert_eq!(py_int_bytes(b"+1_f", 16), Some(31));
+        assert_eq!(py_int_bytes(b"0x_1f", 16), Some(31));
+        assert_eq!(py_int_bytes(b"-10", 16), Some(-16));
+        assert_eq!(py_int_bytes(b"1__f", 16), None);
+        assert_eq!(py_int_bytes(b"_1f", 16), None);
+        assert_eq!(
+            py_int_bytes(b"\x1c1f", 16),
+            None,
+            "bytes do not strip \\x1c"
+        );
+        assert_eq!(py_int_bytes(b"", 16), None);
+        assert_eq!(py_int_bytes(b"0o17", 8), Some(15));
     }
 }

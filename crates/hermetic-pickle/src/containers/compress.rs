@@ -36,12 +36,15 @@ impl Compression {
             [0x1f, 0x8b, ..] => Some(Compression::Gzip),
             [b'B', b'Z', b'h', b'1'..=b'9', ..] => Some(Compression::Bz2),
             [0xfd, b'7', b'z', b'X', b'Z', 0x00, ..] => Some(Compression::Xz),
-            [0x5d, 0x00, 0x00, ..] => Some(Compression::Lzma),
+            // joblib's prefix is two bytes; lzma's "alone" header then holds
+            // the rest of the dictionary size, which liblzma accepts whatever
+            // its value.
+            [0x5d, 0x00, ..] => Some(Compression::Lzma),
             [0x78, flg, ..] if (0x7800u16 | *flg as u16) % 31 == 0 && flg & 0x20 == 0 => {
                 Some(Compression::Zlib)
             }
             [b'Z', b'F', rest @ ..]
-                if rest.len() >= ZFILE_LEN_FIELD && is_zfile_length(&rest[..ZFILE_LEN_FIELD]) =>
+                if is_zfile_length(&rest[..rest.len().min(ZFILE_LEN_FIELD)]) =>
             {
                 Some(Compression::ZFile)
             }
@@ -67,13 +70,12 @@ impl Compression {
 /// `len(hex(2**64))`: the width of a z-file's length field.
 const ZFILE_LEN_FIELD: usize = 19;
 
+/// joblib reads the length with `int(field, 16)` and passes it to
+/// `zlib.decompress` as the initial buffer size, so any field Python's
+/// `int` accepts (whitespace, a sign, `0x`, underscores) and that is not
+/// negative makes a z-file.
 fn is_zfile_length(field: &[u8]) -> bool {
-    let text = field.trim_ascii();
-    let digits = text
-        .strip_prefix(b"0x")
-        .or_else(|| text.strip_prefix(b"0X"))
-        .unwrap_or(text);
-    !digits.is_empty() && digits.iter().all(|b| b.is_ascii_hexdigit() || *b == b'_')
+    crate::text::py_int_bytes(field, 16).is_some_and(|n| n >= 0)
 }
 
 /// Decides from the first decompressed bytes whether to go on.
@@ -153,20 +155,7 @@ pub fn decompress_gated(
         Compression::Gzip => copy(flate2::read::MultiGzDecoder::new(data), &mut sink),
         Compression::Zlib => copy(flate2::read::ZlibDecoder::new(data), &mut sink),
         Compression::Bz2 => copy(bzip2::read::MultiBzDecoder::new(data), &mut sink),
-        Compression::Xz => {
-            let mut input = data;
-            lzma_rs::xz_decompress(&mut input, &mut sink).map_err(|e| e.to_string())
-        }
-        Compression::Lzma => {
-            let mut input = data;
-            let options = lzma_rs::decompress::Options {
-                unpacked_size: lzma_rs::decompress::UnpackedSize::ReadFromHeader,
-                memlimit: Some(usize::try_from(max).unwrap_or(usize::MAX).max(1 << 20)),
-                allow_incomplete: false,
-            };
-            lzma_rs::lzma_decompress_with_options(&mut input, &mut sink, &options)
-                .map_err(|e| e.to_string())
-        }
+        Compression::Xz | Compression::Lzma => lzma_streams(data, &mut sink),
         Compression::ZFile => {
             let mut start = 2 + ZFILE_LEN_FIELD;
             if data.get(start) == Some(&b' ') {
@@ -189,6 +178,57 @@ pub fn decompress_gated(
         abandoned: sink.abandoned,
     }
 }
+
+/// `lzma.LZMAFile` (what joblib opens `.xz` and `.lzma` files with) reads
+/// concatenated streams, each in whichever format it starts like
+/// (`FORMAT_AUTO`: xz by its magic, else "alone"), and ignores trailing data
+/// that does not decode. This is the same liblzma, driven the same way.
+fn lzma_streams(data: &[u8], sink: &mut Sink<'_>) -> Result<(), String> {
+    use liblzma::stream::{Action, Error as LzmaError, Status, Stream};
+    let mut input = data;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut first = true;
+    while !input.is_empty() {
+        let mut stream = Stream::new_auto_decoder(LZMA_MEMLIMIT, 0).map_err(|e| e.to_string())?;
+        loop {
+            let (in0, out0) = (stream.total_in(), stream.total_out());
+            let action = if input.is_empty() {
+                Action::Finish
+            } else {
+                Action::Run
+            };
+            let status = stream.process(input, &mut buf, action);
+            let used = (stream.total_in() - in0) as usize;
+            let made = (stream.total_out() - out0) as usize;
+            input = &input[used..];
+            sink.write_all(&buf[..made]).map_err(|e| e.to_string())?;
+            match status {
+                Ok(Status::StreamEnd) => break,
+                Ok(_) if used == 0 && made == 0 && input.is_empty() => {
+                    return Err("the data ends inside an lzma stream".into());
+                }
+                Ok(_) => {}
+                Err(LzmaError::MemLimit) => {
+                    sink.limit_hit = true;
+                    return Err(format!(
+                        "an lzma stream needs more than {LZMA_MEMLIMIT} bytes of memory to decode"
+                    ));
+                }
+                // Python drops a stream after the first that does not decode;
+                // what it produced before failing was read all the same.
+                Err(_) if !first => return Ok(()),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        first = false;
+    }
+    Ok(())
+}
+
+/// What one lzma stream may take to decode (its dictionary, mostly). Python
+/// has no such bound, so a stream over it is reported as a limit, never
+/// taken as clean.
+const LZMA_MEMLIMIT: u64 = 256 << 20;
 
 fn copy<R: Read>(mut reader: R, sink: &mut Sink<'_>) -> Result<(), String> {
     io::copy(&mut reader, sink)
@@ -218,7 +258,14 @@ pub(crate) fn scan_compressed(
     }
     sc.decompress_budget = sc.decompress_budget.saturating_sub(out.data.len() as u64);
     if out.abandoned || (out.data.len() < SNIFF_LEN && !worth_scanning(&out.data)) {
-        return Some(kind.name().into());
+        // Not a pickle container: joblib's unpickler fails within these
+        // bytes, but runs what comes before the failure, so they are read.
+        let inner = scan_data(&out.data, &loc.decompressed(kind.name()), sc);
+        return Some(if inner == "none" {
+            kind.name().to_string()
+        } else {
+            format!("{inner}+{}", kind.name())
+        });
     }
     if out.limit_hit {
         sc.finding(
@@ -286,15 +333,19 @@ mod tests {
     }
 
     fn xz(data: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        lzma_rs::xz_compress(&mut &data[..], &mut out).unwrap();
-        out
+        let stream =
+            liblzma::stream::Stream::new_easy_encoder(6, liblzma::stream::Check::Crc64).unwrap();
+        let mut e = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
     }
 
     fn lzma(data: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        lzma_rs::lzma_compress(&mut &data[..], &mut out).unwrap();
-        out
+        let opts = liblzma::stream::LzmaOptions::new_preset(6).unwrap();
+        let stream = liblzma::stream::Stream::new_lzma_encoder(&opts).unwrap();
+        let mut e = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
     }
 
     fn lz4(data: &[u8]) -> Vec<u8> {
@@ -324,6 +375,62 @@ mod tests {
             let r = scan(&f(&evil()));
             assert_eq!(r.verdict, Verdict::Dangerous, "{name}");
         }
+    }
+
+    /// joblib opens `.xz`/`.lzma` with `lzma.LZMAFile`, which reads every
+    /// concatenated stream: the payload may sit in the second.
+    #[test]
+    fn concatenated_lzma_streams_are_all_read() {
+        let e = evil();
+        let (a, b) = e.split_at(9);
+        for (kind, f) in [("xz", xz as fn(&[u8]) -> Vec<u8>), ("lzma", lzma)] {
+            let mut d = f(a);
+            d.extend(f(b));
+            let out = decompress(&d, Compression::detect(&d).unwrap(), 1 << 20);
+            assert_eq!(out.data, e, "{kind}");
+            let r = scan(&d);
+            assert_eq!(r.verdict, Verdict::Dangerous, "{kind}");
+            assert!(r.all_findings().any(|f| f.module == "os"), "{kind}: {r:?}");
+            // Trailing data that is not a stream is ignored, as Python does.
+            d.extend_from_slice(b"garbage");
+            assert_eq!(decompress(&d, Compression::Lzma, 1 << 20).data, e, "{kind}");
+        }
+        // xz then alone, as FORMAT_AUTO reads them.
+        let mut d = xz(a);
+        d.extend(lzma(b));
+        assert_eq!(decompress(&d, Compression::Xz, 1 << 20).data, e);
+    }
+
+    /// joblib routes any file starting `5d 00` to LZMAFile; the third byte
+    /// belongs to the dictionary size.
+    #[test]
+    fn lzma_prefix_is_as_wide_as_joblibs() {
+        assert_eq!(
+            Compression::detect(b"\x5d\x00\x18\x00\x00"),
+            Some(Compression::Lzma)
+        );
+    }
+
+    /// joblib parses a z-file's length with `int(field, 16)`.
+    #[test]
+    fn zfile_lengths_python_accepts() {
+        for field in [
+            &b"0x1f              "[..],
+            b"\x0b1f               ",
+            b"+1_f               ",
+        ] {
+            let mut d = b"ZF".to_vec();
+            d.extend_from_slice(&field[..17.min(field.len())]);
+            d.resize(2 + ZFILE_LEN_FIELD, b' ');
+            assert_eq!(
+                Compression::detect(&d),
+                Some(Compression::ZFile),
+                "{field:?}"
+            );
+        }
+        let mut d = b"ZF-1".to_vec();
+        d.resize(2 + ZFILE_LEN_FIELD, b' ');
+        assert_eq!(Compression::detect(&d), None);
     }
 
     #[test]

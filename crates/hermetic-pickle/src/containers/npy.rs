@@ -206,14 +206,98 @@ fn descr_object(descr: &PyValue, depth: usize) -> ObjectDtype {
     }
 }
 
-/// `numpy.dtype(s)` holds objects when the string names the object type
-/// anywhere (`O`, `|O`, `O8`, `object`, or a comma-separated `'i4,O'`).
-/// No other dtype string contains a capital `O`.
+/// Whether `numpy.dtype(s).hasobject`, for a string descr: `Yes` when the
+/// string names the object type (`O`, `|O`, `O8`, `object`, `'i4,O'`) or
+/// numpy 2's variable-width string type (`T`, StringDType, which numpy
+/// saves by pickling too); `No` only for the spellings of plain types
+/// numpy writes and reads (`<f8`, `|b1`, `<U5`, `<M8[ns]`, `(2,)<i4`,
+/// comma-separated lists of them, `float32` ...); anything else is
+/// `Unknown`, never taken for a plain array.
 fn str_object(s: &str) -> ObjectDtype {
-    if s.contains('O') || s.to_ascii_lowercase().contains("object") {
+    if s.contains('O') || s.contains('T') || s.to_ascii_lowercase().contains("object") {
         ObjectDtype::Yes
-    } else {
+    } else if top_level_parts(s).iter().all(|p| is_plain_type(p)) {
         ObjectDtype::No
+    } else {
+        ObjectDtype::Unknown
+    }
+}
+
+/// `'i4,(2,3)f8'` split at the commas outside parentheses.
+fn top_level_parts(s: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&s[start..]);
+    parts
+}
+
+/// One plain dtype spelling: `[(shape)][byte order]code[size][[unit]]`, or
+/// a sized alias such as `float64`.
+fn is_plain_type(s: &str) -> bool {
+    let s = s.trim();
+    // An optional sub-array shape: `(2,)`, `(2, 3)`.
+    let s = match s.strip_prefix('(') {
+        Some(rest) => match rest.split_once(')') {
+            Some((dims, tail))
+                if dims.split(',').all(|d| {
+                    d.trim().is_empty() || d.trim().bytes().all(|b| b.is_ascii_digit())
+                }) =>
+            {
+                tail.trim_start()
+            }
+            _ => return false,
+        },
+        None => s,
+    };
+    const ALIASES: &[&str] = &[
+        "bool",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "float16",
+        "float32",
+        "float64",
+        "complex64",
+        "complex128",
+        "bytes",
+        "str",
+    ];
+    if ALIASES.contains(&s) {
+        return true;
+    }
+    let s = s.strip_prefix(['<', '>', '|', '=']).unwrap_or(s);
+    let mut chars = s.chars();
+    let Some(code) = chars.next() else {
+        return false;
+    };
+    if !"?bBhHiIlLqQpPefdgFDGSUVamMcu".contains(code) {
+        return false;
+    }
+    let rest = chars.as_str();
+    let digits = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+    match digits {
+        "" => true,
+        unit if matches!(code, 'M' | 'm') => unit
+            .strip_prefix('[')
+            .and_then(|u| u.strip_suffix(']'))
+            .is_some_and(|u| !u.is_empty() && u.chars().all(|c| c.is_ascii_alphanumeric())),
+        _ => false,
     }
 }
 
@@ -285,6 +369,30 @@ mod tests {
         assert_eq!(r.format, "npy");
         assert!(r.streams.is_empty());
         assert_eq!(r.verdict, Verdict::Safe);
+    }
+
+    /// StringDType (`T`) arrays are saved by pickling, like object arrays;
+    /// a spelling hermetic does not know is never taken for a plain array.
+    #[test]
+    fn string_dtype_and_unknown_spellings_are_not_plain() {
+        for descr in ["'T'", "'<T'", "[('a', 'T')]", "'(2,)O'"] {
+            let r = scan(&npy(descr, EVIL));
+            assert_eq!(r.verdict, Verdict::Dangerous, "{descr}: {r:?}");
+        }
+        for descr in [
+            "'<f8'",
+            "'|b1'",
+            "'<U5'",
+            "'<M8[ns]'",
+            "'(2,3)<i4'",
+            "'i4,f8'",
+            "'float32'",
+        ] {
+            let r = scan(&npy(descr, &[0; 16]));
+            assert_eq!(r.verdict, Verdict::Safe, "{descr}: {r:?}");
+        }
+        let r = scan(&npy("'x9'", &[0; 16]));
+        assert_ne!(r.verdict, Verdict::Safe, "{r:?}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ const MAX_HEADER: u64 = 100_000_000;
 /// package's validation requires. `None` when it does not start like one.
 pub(crate) fn scan_safetensors(data: &[u8], loc: &Loc, sc: &mut Scanner<'_>) -> Option<String> {
     let n = le_u64(data, 0)?;
-    if data.get(8) != Some(&b'{') || n < 2 || n > MAX_HEADER {
+    if data.get(8) != Some(&b'{') || !(2..=MAX_HEADER).contains(&n) {
         return None;
     }
     let end = 8 + n as usize;

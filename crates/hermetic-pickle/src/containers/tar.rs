@@ -87,7 +87,10 @@ fn nti(field: &[u8]) -> Option<i128> {
         }
         _ => {
             let text = std::str::from_utf8(nts(field)).ok()?;
-            let text = text.trim_matches(|c: char| c.is_ascii_whitespace() || c == '\x0b');
+            // `str.strip()` and `int()` strip every character `str.isspace()`
+            // calls whitespace; in ASCII that includes \x0b and \x1c-\x1f,
+            // which Rust's `is_ascii_whitespace` does not.
+            let text = text.trim_matches(crate::text::py_ascii_space);
             if text.is_empty() {
                 return Some(0);
             }

@@ -179,6 +179,35 @@ pub fn find_eocd(data: &[u8]) -> Option<usize> {
     (pos + EOCD_LEN <= len).then_some(pos)
 }
 
+/// The end record miniz finds, which `torch.load` and `torch.jit.load` read
+/// archives through: scanning back from the end in 4 KiB reads, it takes the
+/// last signature with room for a whole record after it, skipping any
+/// closer to the end (where `zipfile` gives up), and stops once a read
+/// starts more than 64 KiB + 22 bytes from the end.
+pub fn find_eocd_miniz(data: &[u8]) -> Option<usize> {
+    const CHUNK: usize = 4096;
+    let size = data.len();
+    if size < EOCD_LEN {
+        return None;
+    }
+    let mut cur = size.saturating_sub(CHUNK);
+    loop {
+        let n = CHUNK.min(size - cur);
+        let chunk = &data[cur..cur + n];
+        if n >= 4 {
+            for i in (0..=n - 4).rev() {
+                if &chunk[i..i + 4] == EOCD_SIG && size - (cur + i) >= EOCD_LEN {
+                    return Some(cur + i);
+                }
+            }
+        }
+        if cur == 0 || size - cur >= usize::from(u16::MAX) + EOCD_LEN {
+            return None;
+        }
+        cur = cur.saturating_sub(CHUNK - 3);
+    }
+}
+
 fn issue(rule: ZipRule, offset: u64, detail: impl Into<String>) -> ZipIssue {
     ZipIssue {
         rule,
@@ -385,6 +414,15 @@ impl ZipArchive {
             what: "end of central directory",
             offset: data.len() as u64,
         })?;
+        Self::parse_at(data, eocd, max_entries)
+    }
+
+    /// Parses the archive whose end of central directory record is at `eocd`.
+    pub fn parse_at(
+        data: &[u8],
+        eocd: usize,
+        max_entries: usize,
+    ) -> Result<ZipArchive, ContainerError> {
         let mut issues = Vec::new();
         let r16 = |o: usize| u64::from(le_u16(data, eocd + o).unwrap_or(0));
         let r32 = |o: usize| u64::from(le_u32(data, eocd + o).unwrap_or(0));
@@ -1006,8 +1044,64 @@ fn record_name(name: &str) -> &str {
     name.split_once('/').map_or(name, |(_, rest)| rest)
 }
 
+/// Archives stored back to back, as `torch.distributed.checkpoint` writes
+/// `.distcp` files (one `torch.save` zip per item, read back by offset):
+/// the `(start, end)` of each, first to last, when the data is exactly a
+/// sequence of two or more. Each archive's central directory gives where it
+/// starts (`zipfile`'s `concat`), and the bytes before it must again end with
+/// a whole archive.
+pub fn concatenated_archives(
+    data: &[u8],
+    max_entries: usize,
+    max_parts: usize,
+) -> Option<Vec<(usize, usize)>> {
+    let mut parts = Vec::new();
+    let mut end = data.len();
+    loop {
+        let a = ZipArchive::parse(&data[..end], max_entries).ok()?;
+        let start = usize::try_from(a.prefix_len).ok().filter(|&s| s < end)?;
+        parts.push((start, end));
+        if start == 0 {
+            break;
+        }
+        if parts.len() >= max_parts || !data[..start].starts_with(LOCAL_SIG) {
+            return None;
+        }
+        end = start;
+    }
+    (parts.len() >= 2).then(|| {
+        parts.reverse();
+        parts
+    })
+}
+
 /// Scans data that starts with a zip local header (or an empty archive).
 pub(crate) fn scan_zip(data: &[u8], loc: &Loc, sc: &mut Scanner<'_>) -> String {
+    if let Some(parts) =
+        concatenated_archives(data, sc.limits.max_archive_entries, sc.limits.max_streams)
+    {
+        let mut first = None;
+        for (start, end) in parts {
+            let member = loc.member(&format!("@{start}"), start as u64);
+            let f = scan_zip(&data[start..end], &member, sc);
+            first.get_or_insert(f);
+        }
+        return format!("{}-sequence", first.unwrap_or_default());
+    }
+    // torch reads the archive miniz finds, numpy's npz the one zipfile finds.
+    if let Some(m) = find_eocd_miniz(data).filter(|&m| Some(m) != find_eocd(data)) {
+        sc.finding(
+            loc,
+            Verdict::Dangerous,
+            "ambiguous_zip",
+            m as u64,
+            "torch.load (miniz) and zipfile find different end of central directory records: each reads another archive",
+        );
+        if let Ok(a) = ZipArchive::parse_at(data, m, sc.limits.max_archive_entries) {
+            report_issues(&a.issues, loc, sc, false);
+            scan_archive(data, &a, loc, sc);
+        }
+    }
     let archive = match ZipArchive::parse(data, sc.limits.max_archive_entries) {
         Ok(a) => a,
         Err(e @ ContainerError::LimitExceeded { .. }) => {
