@@ -65,13 +65,29 @@ def assert_same(a: Any, b: Any, path: str = "tree") -> None:
         assert a == b, f"{path}: {a!r} != {b!r}"
 
 
+def _canon(x: Any) -> str:
+    """A text for a hashable value that does not depend on set iteration order."""
+    if isinstance(x, (set, frozenset)):
+        return type(x).__name__ + "{" + ",".join(sorted(map(_canon, x))) + "}"
+    if isinstance(x, tuple):
+        return "(" + ",".join(map(_canon, x)) + ")"
+    return type(x).__name__ + ":" + repr(x)
+
+
 def _walk(obj: Any, out: list[Any], seen: set[int]) -> None:
     out.append(obj)
     if isinstance(obj, (list, tuple, dict, set, frozenset)):
         if id(obj) in seen:
             return
         seen.add(id(obj))
-        items = list(obj.items()) if isinstance(obj, dict) else list(obj)
+        if isinstance(obj, dict):
+            items: list[Any] = list(obj.items())
+        elif isinstance(obj, (set, frozenset)):
+            # Equal sets built in different orders iterate differently: walk
+            # them in one canonical order, so the patterns compare contents.
+            items = sorted(obj, key=_canon)
+        else:
+            items = list(obj)
         for it in items:
             if isinstance(obj, dict):
                 _walk(it[0], out, seen)

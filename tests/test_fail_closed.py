@@ -125,7 +125,9 @@ def _tar_bytes(members: list[tuple[str | bytes, bytes]]) -> bytes:
 
 def _legacy_tar(first: bytes | str = "sys_info") -> bytes:
     """A torch legacy tar checkpoint whose `storages` member is the payload."""
-    return _tar_bytes([(first, b"N."), ("storages", PAYLOAD), ("tensors", b"N."), ("pickle", b"N.")])
+    return _tar_bytes(
+        [(first, b"N."), ("storages", PAYLOAD), ("tensors", b"N."), ("pickle", b"N.")]
+    )
 
 
 def _retar_header(data: bytes, field: slice, value: bytes) -> bytes:
@@ -390,7 +392,9 @@ TECHNIQUES = [
     Technique("npy_string_dtype", "dtype", npy_string_dtype, "np.load"),
     Technique("npy_structured_string_field", "dtype", npy_structured_string_field, "np.load"),
     Technique("npy_object_subarray", "dtype", npy_object_subarray, "np.load"),
-    Technique("concatenated_torch_zips", "concatenated", concatenated_torch_zips, "torch.load@archives"),
+    Technique(
+        "concatenated_torch_zips", "concatenated", concatenated_torch_zips, "torch.load@archives"
+    ),
 ]
 
 
@@ -545,3 +549,35 @@ def test_adversarial_shapes_stay_within_bounds(make: Callable[[], bytes], tmp_pa
         [sys.executable, "-c", BOUNDED, str(p)], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_no_command_blocks_on_a_fifo_or_reads_a_directory(tmp_path: Path) -> None:
+    fifo = tmp_path / "model.safetensors"
+    os.mkfifo(fifo)
+    for args in (["inspect", fifo], ["verify", fifo], ["convert", fifo, tmp_path / "out.st"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "hermetic", *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode != 0, args
+        assert "not a regular file" in out.stderr + out.stdout, (args, out.stderr)
+    code = (
+        "import hermetic, sys\n"
+        "for f in (hermetic.load, hermetic.torch.load, hermetic.load_pickle):\n"
+        "    for p in sys.argv[1:]:\n"
+        "        try:\n"
+        "            f(p)\n"
+        "        except Exception as e:\n"
+        "            assert 'not a regular file' in str(e), (f, p, e)\n"
+        "        else:\n"
+        "            raise SystemExit(f'{f} loaded {p}')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(fifo), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr

@@ -43,10 +43,34 @@ pub struct DataFile {
     pub backing: Backing,
 }
 
+/// Opens a regular file without blocking: a FIFO named like a checkpoint
+/// would otherwise hang the load until something writes to it. The type is
+/// checked on the open descriptor, so the path cannot be swapped between.
+fn open_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let f = options.open(path)?;
+    let kind = f.metadata()?.file_type();
+    if kind.is_file() {
+        return Ok(f);
+    }
+    let what = if kind.is_dir() {
+        "a directory"
+    } else {
+        "a FIFO, socket or device"
+    };
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("not a regular file ({what}); not read"),
+    ))
+}
+
 impl DataFile {
     /// Maps `path` and validates its header.
     pub fn open(path: &Path) -> Result<DataFile> {
-        let f = std::fs::File::open(path).map_err(|e| FormatError::io(path, e))?;
+        let f = open_file(path).map_err(|e| FormatError::io(path, e))?;
         let len = f.metadata().map_err(|e| FormatError::io(path, e))?.len();
         let backing = if len == 0 {
             Backing::Bytes(Box::new(Vec::<u8>::new()))

@@ -24,7 +24,10 @@ enum Sym<'a> {
     List,
     Dict,
     Set,
-    Tuple(Vec<u32>),
+    /// Only a tuple's first two items matter to the analysis (a forwarded
+    /// call's callable, a persistent id's kind and class), so only they are
+    /// kept: a tuple costs no allocation, however long or deeply nested.
+    Tuple(Head),
     Global(usize),
     /// The result of calling a callable; `callee` is the global it came from.
     Call(Option<usize>),
@@ -32,6 +35,28 @@ enum Sym<'a> {
     /// class as `('module', <class>, file, source)`, which torch's
     /// `persistent_load` turns into that class: `class` keeps its global.
     PersId(Option<usize>),
+}
+
+/// The first items of a tuple.
+#[derive(Clone, Copy, Debug, Default)]
+struct Head {
+    items: [u32; 2],
+    len: u8,
+}
+
+impl Head {
+    fn of(items: &[u32]) -> Head {
+        let mut h = Head::default();
+        for (slot, &i) in h.items.iter_mut().zip(items) {
+            *slot = i;
+            h.len += 1;
+        }
+        h
+    }
+
+    fn items(&self) -> &[u32] {
+        &self.items[..usize::from(self.len)]
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -132,7 +157,9 @@ struct Machine<'p, 'a> {
     base: u64,
     values: Vec<Sym<'a>>,
     stack: Vec<u32>,
-    metastack: Vec<Vec<u32>>,
+    /// Where each open MARK starts in `stack`: one number per MARK, as
+    /// CPython keeps its marks, so deep nesting costs four bytes a level.
+    marks: Vec<u32>,
     memo: Memo,
     globals: Vec<GlobalRef>,
     findings: Vec<Finding>,
@@ -159,6 +186,15 @@ impl<'a> Machine<'_, 'a> {
     }
 
     fn pop(&mut self, op: Opcode) -> Result<u32, Stop> {
+        if self.frame_len() == 0 {
+            return Err(stop(
+                "malformed_stream",
+                format!(
+                    "{} pops from an empty stack (unpickling stack underflow)",
+                    op.name()
+                ),
+            ));
+        }
         self.stack.pop().ok_or_else(|| {
             stop(
                 "malformed_stream",
@@ -171,7 +207,10 @@ impl<'a> Machine<'_, 'a> {
     }
 
     fn top(&self, op: Opcode) -> Result<u32, Stop> {
-        self.stack.last().copied().ok_or_else(|| {
+        let top = (self.frame_len() > 0)
+            .then(|| self.stack.last().copied())
+            .flatten();
+        top.ok_or_else(|| {
             stop(
                 "malformed_stream",
                 format!("{} needs a value on the stack", op.name()),
@@ -180,13 +219,18 @@ impl<'a> Machine<'_, 'a> {
     }
 
     fn pop_mark(&mut self, op: Opcode) -> Result<Vec<u32>, Stop> {
-        let outer = self.metastack.pop().ok_or_else(|| {
+        let mark = self.marks.pop().ok_or_else(|| {
             stop(
                 "malformed_stream",
                 format!("{} needs a MARK, but none is on the stack", op.name()),
             )
         })?;
-        Ok(std::mem::replace(&mut self.stack, outer))
+        Ok(self.stack.split_off(mark as usize))
+    }
+
+    /// Values above the innermost MARK (the unpickler's "fence").
+    fn frame_len(&self) -> usize {
+        self.stack.len() - self.marks.last().map_or(0, |&m| m as usize)
     }
 
     fn finding(&mut self, severity: Verdict, code: &'static str, offset: usize, reason: String) {
@@ -255,8 +299,9 @@ impl<'a> Machine<'_, 'a> {
         if !forwards {
             return;
         }
-        if let Sym::Tuple(items) = &self.values[args as usize] {
-            let targets: Vec<usize> = items
+        if let Sym::Tuple(head) = &self.values[args as usize] {
+            let targets: Vec<usize> = head
+                .items()
                 .iter()
                 .take(2)
                 .filter_map(|i| match &self.values[*i as usize] {
@@ -356,7 +401,7 @@ impl<'a> Machine<'_, 'a> {
             EMPTY_LIST => self.push(Sym::List),
             EMPTY_DICT => self.push(Sym::Dict),
             EMPTY_SET => self.push(Sym::Set),
-            EMPTY_TUPLE => self.push(Sym::Tuple(Vec::new())),
+            EMPTY_TUPLE => self.push(Sym::Tuple(Head::default())),
             APPEND => {
                 self.pop(op)?;
                 let t = self.top(op)?;
@@ -406,7 +451,7 @@ impl<'a> Machine<'_, 'a> {
             }
             TUPLE => {
                 let items = self.pop_mark(op)?;
-                self.push(Sym::Tuple(items))
+                self.push(Sym::Tuple(Head::of(&items)))
             }
             TUPLE1 | TUPLE2 | TUPLE3 => {
                 let n = match op {
@@ -414,17 +459,18 @@ impl<'a> Machine<'_, 'a> {
                     TUPLE2 => 2,
                     _ => 3,
                 };
-                if self.stack.len() < n {
+                if self.frame_len() < n {
                     return Err(stop(
                         "malformed_stream",
                         format!("{} needs {n} values on the stack", op.name()),
                     ));
                 }
-                let items = self.stack.split_off(self.stack.len() - n);
-                self.push(Sym::Tuple(items))
+                let head = Head::of(&self.stack[self.stack.len() - n..]);
+                self.stack.truncate(self.stack.len() - n);
+                self.push(Sym::Tuple(head))
             }
             POP => {
-                if self.stack.is_empty() {
+                if self.frame_len() == 0 {
                     self.pop_mark(op)?;
                 } else {
                     self.stack.pop();
@@ -435,8 +481,7 @@ impl<'a> Machine<'_, 'a> {
                 self.stack.push(t);
             }
             MARK => {
-                let current = std::mem::take(&mut self.stack);
-                self.metastack.push(current);
+                self.marks.push(self.stack.len() as u32);
             }
             POP_MARK => {
                 self.pop_mark(op)?;
@@ -594,10 +639,10 @@ impl<'a> Machine<'_, 'a> {
                 let pid = self.pop(op)?;
                 self.persistent_ids += 1;
                 let class = match &self.values[pid as usize] {
-                    Sym::Tuple(items) if items.len() >= 2 => {
+                    Sym::Tuple(head) if head.len >= 2 => {
                         match (
-                            &self.values[items[0] as usize],
-                            &self.values[items[1] as usize],
+                            &self.values[head.items[0] as usize],
+                            &self.values[head.items[1] as usize],
                         ) {
                             (Sym::Str(Some(kind)), Sym::Global(g)) if kind.is("module") => Some(*g),
                             _ => None,
@@ -609,7 +654,7 @@ impl<'a> Machine<'_, 'a> {
             }
             STOP => {
                 self.pop(op)?;
-                if !self.stack.is_empty() || !self.metastack.is_empty() {
+                if !self.stack.is_empty() || !self.marks.is_empty() {
                     self.finding(
                         Verdict::Suspicious,
                         "unusual_structure",
@@ -674,7 +719,7 @@ pub fn analyze_stream(
         base,
         values: Vec::new(),
         stack: Vec::new(),
-        metastack: Vec::new(),
+        marks: Vec::new(),
         memo: Memo::default(),
         globals: Vec::new(),
         findings: Vec::new(),
@@ -751,7 +796,7 @@ pub fn analyze_stream(
                 protocol = u8::try_from(v).ok();
             }
         }
-        if m.stack.len() + m.metastack.len() > limits.max_stack {
+        if m.stack.len() + m.marks.len() > limits.max_stack {
             m.finding(
                 Verdict::Dangerous,
                 "limit_exceeded",

@@ -447,7 +447,7 @@ fn evaluate<'py>(
     let path: PathBuf = source.extract()?;
     let name = path.display().to_string();
     let io = |e: std::io::Error| PyErr::from(std::io::Error::new(e.kind(), format!("{name}: {e}")));
-    let file = std::fs::File::open(&path).map_err(io)?;
+    let file = hermetic_pickle::fsio::open_regular(&path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
     if len == 0 {
         return run(&[], &name);

@@ -26,7 +26,7 @@ const PROGRESS_MIN_BYTES: u64 = 64 << 20;
 pub(crate) fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<ExitStatus, CliError> {
     let input = &args.input;
     let name = input.display().to_string();
-    let file = match std::fs::File::open(input) {
+    let file = match hermetic_pickle::fsio::open_regular(input) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("hermetic: {name}: {e}");

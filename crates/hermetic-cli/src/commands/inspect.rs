@@ -23,7 +23,7 @@ fn detect(path: &Path) -> std::io::Result<Detected> {
         return Ok(Detected::Tensors);
     }
     let mut head = [0u8; 9];
-    let mut f = std::fs::File::open(path)?;
+    let mut f = hermetic_pickle::fsio::open_regular(path)?;
     let len = f.metadata()?.len();
     let mut got = 0;
     while got < head.len() {

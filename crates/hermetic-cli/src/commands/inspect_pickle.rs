@@ -27,7 +27,7 @@ pub(crate) fn run_file(
     out: &mut dyn Write,
 ) -> Result<ExitStatus, CliError> {
     let name = path.display().to_string();
-    let file = match std::fs::File::open(path) {
+    let file = match hermetic_pickle::fsio::open_regular(path) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("hermetic: {name}: {e}");
