@@ -62,7 +62,7 @@ def dup_fanout() -> bytes:
 
 def long_npy_header() -> bytes:
     descr = "[" + ", ".join(f"('f{i}', '<f8')" for i in range(40_000)) + "]"
-    header = "{'descr': %s, 'fortran_order': False, 'shape': (1,), }" % descr
+    header = "{'descr': " + descr + ", 'fortran_order': False, 'shape': (1,), }"
     header += " " * ((64 - (12 + len(header) + 1) % 64) % 64) + "\n"
     return b"\x93NUMPY\x02\x00" + struct.pack("<I", len(header)) + header.encode() + b"\0" * 64
 
@@ -170,7 +170,7 @@ def main() -> None:
     RESULTS.write_text(
         json.dumps(
             {
-                "command": "python bench/bench_adversarial.py --repeats %d" % args.repeats,
+                "command": f"python bench/bench_adversarial.py --repeats {args.repeats}",
                 "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                 "rows": rows,
             },

@@ -296,7 +296,7 @@ def torch_record_in_upper_case(tmp: Path) -> Path:
 
 
 def _npy(descr: str, payload: bytes) -> bytes:
-    header = "{'descr': %s, 'fortran_order': False, 'shape': (1,), }" % descr
+    header = "{'descr': " + descr + ", 'fortran_order': False, 'shape': (1,), }"
     header += " " * ((64 - (12 + len(header) + 1) % 64) % 64) + "\n"
     if len(header) < 0xFFFF:
         return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + payload

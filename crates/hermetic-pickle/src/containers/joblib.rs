@@ -683,17 +683,9 @@ pub(crate) fn scan_joblib(data: &[u8], start: usize, loc: &Loc, sc: &mut Scanner
         if end >= data.len() {
             return any;
         }
+        // Bytes that a second load would fail on before importing anything
+        // ran nothing (the reading is complete: no opcode cap).
         if !looks_like_pickle(&data[end..]) {
-            sc.finding(
-                loc,
-                Verdict::Dangerous,
-                "trailing_data",
-                end as u64,
-                format!(
-                    "{} bytes after the last STOP are not a pickle; a second load could read them",
-                    data.len() - end
-                ),
-            );
             return any;
         }
         pos = end;
@@ -875,17 +867,20 @@ fn scan_one(
                 ("copyreg", "_reconstructor" | "__newobj__") | ("builtins", "object")
             )
             && matches!(f.code.as_str(), "dangerous_import" | "unknown_import");
-        if wrapper || helper {
+        // joblib's own NumpyArrayWrapper, whose array this walk read (raw
+        // bytes, or a nested pickle scanned as a stream of its own), runs
+        // nothing: it is data. The old wrappers point at companion files
+        // this scan does not read, so they stay findings.
+        let inline_wrapper = f.name == "NumpyArrayWrapper" && f.module == MODULE;
+        if (wrapper && inline_wrapper) || helper {
+            f.code = String::new();
+        } else if wrapper {
             f.code = "joblib_array_wrapper".into();
             f.severity = Verdict::Suspicious;
-            f.reason = if wrapper {
-                "joblib's array placeholder: joblib.load reads the array bytes that follow it in the file"
-            } else {
-                "the protocol 0/1 machinery (copyreg._reconstructor with builtins.object) that rebuilds joblib's array placeholder"
-            }
-            .into();
+            f.reason = "joblib's old array placeholder: joblib.load reads the array from a companion file, which this scan does not read".into();
         }
     }
+    report.findings.retain(|f| !f.code.is_empty());
     for g in &mut report.globals {
         g.offset = to_file(g.offset);
     }
@@ -949,18 +944,17 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn plain_dump_is_suspicious_at_most() {
+    fn plain_dump_is_safe() {
         let d = dump(&[(3, true), (2, false)], b"K\x01");
         let r = scan(&d);
         assert_eq!(r.format, "joblib");
         assert_eq!(r.streams.len(), 1);
         assert_eq!(
             r.verdict,
-            Verdict::Suspicious,
+            Verdict::Safe,
             "{:?}",
             r.all_findings().collect::<Vec<_>>()
         );
-        assert!(r.all_findings().all(|f| f.code == "joblib_array_wrapper"));
         assert_eq!(r.streams[0].length as usize, d.len());
     }
 
@@ -1019,7 +1013,7 @@ pub(crate) mod tests {
         assert_eq!(r.format, "joblib");
         assert_eq!(
             r.verdict,
-            Verdict::Suspicious,
+            Verdict::Safe,
             "{:?}",
             r.all_findings().collect::<Vec<_>>()
         );

@@ -301,10 +301,17 @@ impl<'a> Scanner<'a> {
         let mut index = 0;
         while pos < data.len() && self.report.streams.len() < self.limits.max_streams {
             let a = analyze_stream(data, pos, loc.base, name, self.policy, self.limits);
+            // What an earlier reading of the same bytes already judged: its
+            // findings, and the globals it resolved and found allowed.
             let known: std::collections::HashSet<(u64, String, String)> = self
                 .report
                 .all_findings()
                 .map(|f| (f.offset, f.module.clone(), f.name.clone()))
+                .chain(self.report.streams.iter().flat_map(|s| {
+                    s.globals
+                        .iter()
+                        .map(|g| (g.offset, g.module.clone(), g.name.clone()))
+                }))
                 .collect();
             let mut report = a.report;
             report.findings.retain(|f| {
