@@ -111,6 +111,27 @@ def _torch() -> Any:
     return torch
 
 
+_TORCH_DTYPES: dict[str, Any] = {}
+
+
+def _torch_dtypes() -> dict[str, Any]:
+    """The closed table of torch dtypes by name (``_hermetic.TORCH_DTYPE_NAMES``,
+    docs/SPEC.md 6.2), holding those this torch has. A name from a file is only
+    ever looked up here: ``getattr(torch, name)`` would import torch's lazy
+    submodules (``torch._inductor``, ``torch.onnx``, ...) for the asking."""
+    if not _TORCH_DTYPES:
+        torch = _torch()
+        # vars(), not getattr(): a module-level __getattr__ is never reached.
+        attrs = vars(torch)
+        table = {}
+        for name in _hermetic.TORCH_DTYPE_NAMES:
+            dt = attrs.get(name)
+            if isinstance(dt, torch.dtype):
+                table[name] = dt
+        _TORCH_DTYPES.update(table)
+    return _TORCH_DTYPES
+
+
 def _np() -> Any:
     import numpy
 
@@ -142,9 +163,9 @@ def _torch_info(t: Any) -> tuple[Any, ...]:
     """(code, shape, strides, storage offset, itemsize, device, storage ptr, storage
     bytes, requires_grad, CPU?); strides and offset in elements."""
     if not _TORCH_BY_DTYPE:
-        torch = _torch()
+        dtypes = _torch_dtypes()
         for name, known in _TORCH_CODES.items():
-            dt = getattr(torch, name, None)
+            dt = dtypes.get(name)
             if dt is not None:
                 _TORCH_BY_DTYPE[dt] = known
         _TORCH_BY_DTYPE[None] = "strided"  # marks the table as filled
@@ -295,11 +316,18 @@ def _np_scalar(text: str, data: bytes) -> Any:
 
 
 def _torch_dtype(name: str) -> Any:
-    torch = _torch()
-    dt = getattr(torch, name, None)
-    if not isinstance(dt, torch.dtype):
-        raise FormatError(f"torch has no dtype {name!r}")
-    return dt
+    """A ``$torch_dtype`` node's dtype, from the closed table only."""
+    dt = _torch_dtypes().get(name)
+    if dt is not None:
+        return dt
+    if name in _hermetic.TORCH_DTYPE_NAMES:
+        raise FormatError(
+            f"$torch_dtype {name!r}: this torch ({_torch().__version__}) has no such dtype"
+        )
+    raise FormatError(
+        f"$torch_dtype {name!r} is not a torch dtype: expected one of "
+        + ", ".join(_hermetic.TORCH_DTYPE_NAMES)
+    )
 
 
 def _torch_device(text: str) -> Any:
@@ -436,8 +464,10 @@ class _Maker:
         if np_dtype is not None:
             raise FormatError(f"numpy dtype {np_dtype} has no torch equivalent; load as numpy")
         name = _CODE_TORCH.get(code)
-        dtype = getattr(torch, name, None) if name else None
+        dtype = _torch_dtypes().get(name) if name else None
         if dtype is None:
+            if name:
+                raise FormatError(f"dtype {code}: this torch ({torch.__version__}) has no {name}")
             raise FormatError(f"dtype {code} has no torch equivalent")
         base = self.bases.get(("torch", entry))
         if base is None:
