@@ -12,6 +12,7 @@ import builtins
 import json
 import mmap
 import os
+import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -211,19 +212,57 @@ def _descr_json(dt: Any) -> str:
     return json.dumps(np.lib.format.dtype_to_descr(dt))
 
 
+# The type strings an np_dtype may hold: numpy's ``dtype.str`` of a scalar type,
+# with its byte order, kind and item size (datetimes with their unit). A closed
+# grammar: a numpy type *name* ("float64", "object", "T", "f4,i4") is never
+# handed to numpy, which resolves names through its own tables and modules.
+_NP_TYPESTR = re.compile(r"[<>|][biufcSUV][1-9][0-9]{0,6}")
+_NP_DATETIME = re.compile(
+    r"[<>|][mM]8(\[([1-9][0-9]{0,9})?(Y|M|W|D|h|m|s|ms|us|ns|ps|fs|as|generic)\])?"
+)
+_NP_TYPESTR_EXPECTED = (
+    "a byte order (<, > or |), a kind (b i u f c S U V, or m/M with 8 and an optional "
+    'unit) and an item size, as numpy\'s dtype.str writes it ("<f4", "|S3", "<M8[ns]")'
+)
+
+
+def _typestr(text: str) -> str:
+    if _NP_TYPESTR.fullmatch(text) or _NP_DATETIME.fullmatch(text):
+        return text
+    if re.fullmatch(r"[<>|=]?O[0-9]*", text):
+        raise FormatError(f"np_dtype {text!r}: object dtypes cannot be loaded")
+    raise FormatError(
+        f"np_dtype: {text!r} is not a numpy type string: expected {_NP_TYPESTR_EXPECTED}"
+    )
+
+
+def _field_name(name: Any) -> Any:
+    if isinstance(name, str):
+        return name
+    if isinstance(name, list) and len(name) == 2 and all(isinstance(n, str) for n in name):
+        return tuple(name)  # (title, name)
+    raise FormatError(
+        f"np_dtype: a record field name must be a string or [title, name], not {name!r}"
+    )
+
+
 def _descr_from(obj: Any) -> Any:
-    """JSON lists back into the tuples numpy's descriptors use."""
+    """JSON lists back into the tuples numpy's descriptors use, checking every
+    type string against the closed grammar above."""
     if isinstance(obj, str):
-        return obj
+        return _typestr(obj)
     if isinstance(obj, list):
         out: list[tuple[Any, ...]] = []
         for field in obj:
             if not isinstance(field, list) or len(field) not in (2, 3):
                 raise FormatError(f"np_dtype: malformed record field {field!r}")
-            name = tuple(field[0]) if isinstance(field[0], list) else field[0]
+            name = _field_name(field[0])
             sub = _descr_from(field[1])
             if len(field) == 3:
-                out.append((name, sub, tuple(field[2])))
+                shape = field[2]
+                if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+                    raise FormatError(f"np_dtype: malformed sub-array shape {shape!r}")
+                out.append((name, sub, tuple(shape)))
             else:
                 out.append((name, sub))
         return out
