@@ -377,7 +377,10 @@ class Allow:
             return hit
         module, qualname = _split(name)
         if name in self.exact or (module in self.modules and "<locals>" not in qualname):
-            obj = _import(module, qualname)
+            # Under "module:*" the qualname comes from the file: it is looked
+            # up statically, so no module __getattr__ runs (torch's would
+            # import torch._dynamo for "torch:_dynamo").
+            obj = _import(module, qualname, static=name not in self.exact)
             if _object_name(obj) != name:
                 raise ClassNotAllowedError(
                     f"{name} leads to {obj!r}, which is recorded under another name"
@@ -399,13 +402,30 @@ class Allow:
 _MISSING = object()
 
 
-def _import(module: str, qualname: str) -> Any:
+def _import(module: str, qualname: str, static: bool = False) -> Any:
+    """The object ``module:qualname``. ``module`` is always one the caller
+    named. With ``static``, each part of ``qualname`` is looked up in the
+    ``__dict__`` of the object before it (no ``__getattr__``, no descriptors,
+    no lazy imports), for names that come from a file."""
     parts = qualname.split(".")
     if any(p.startswith("__") and p.endswith("__") for p in parts):
         raise ClassNotAllowedError(f"{module}:{qualname}: dunder attributes are never followed")
     obj: Any = importlib.import_module(module)
     for p in parts:
-        obj = getattr(obj, p)
+        if not static:
+            obj = getattr(obj, p)
+            continue
+        attrs = getattr(obj, "__dict__", None)
+        if not isinstance(attrs, (dict, types.MappingProxyType)) or p not in attrs:
+            where = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+            raise ClassNotAllowedError(
+                f"{module}:{qualname}: `{p}` is not defined in {where or type(obj).__name__} "
+                "(a name from a file is looked up only where it is defined, so nothing is "
+                "imported for it)"
+            )
+        obj = attrs[p]
+        if isinstance(obj, staticmethod):
+            obj = obj.__func__
     return obj
 
 
