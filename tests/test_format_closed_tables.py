@@ -65,18 +65,16 @@ def replace(tree: Any, old: Any, new: Any) -> Any:
     return tree
 
 
-def contains(tree: Any, value: Any) -> bool:
-    return replace(tree, value, object()) != tree
-
-
 def hostile(tmp_path: Path, obj: Any, old: Any, new: Any, name: str) -> str:
-    blob = hermetic.dumps(obj)
-    tree = json.loads(
-        json.loads(blob[8 : 8 + struct.unpack("<Q", blob[:8])[0]])["__metadata__"]["__hermetic__"]
-    )["tree"]
-    assert contains(tree, old), (old, tree)
+    """A file of ``obj`` by the real writer, with ``old`` in its tree replaced by ``new``."""
+
+    def edit(tree: Any) -> Any:
+        out = replace(tree, old, new)
+        assert out != tree, (old, tree)
+        return out
+
     p = tmp_path / f"{name}.safetensors"
-    p.write_bytes(rewrite_tree(blob, lambda t: replace(t, old, new)))
+    p.write_bytes(rewrite_tree(hermetic.dumps(obj), edit))
     return str(p)
 
 
