@@ -615,7 +615,7 @@ def test_hostile_trees(tmp_path: Path) -> None:
         ('{"$ref":3}', "names no earlier object"),
         ('{"$set":[[1]]}', "unhashable"),
         ('{"$dict":[[1],2]}', "unhashable"),
-        ('{"$torch_dtype":"os"}', "no dtype"),
+        ('{"$torch_dtype":"os"}', "is not a torch dtype"),
         ('{"$what":1}', "unknown tag"),
         ('{"$int":"zz"}', "hex"),
         (deep, "depth"),

@@ -44,6 +44,32 @@ _KNOWN_CLASSES = {
 }
 
 
+# The torch attributes the evaluator hands out (dtypes, layouts, memory
+# formats, quantization schemes): a closed table, looked up with vars() so a
+# name never reaches torch's module __getattr__ (which imports submodules).
+_TORCH_ATTRS = frozenset(
+    (
+        *_hermetic.TORCH_DTYPE_NAMES,
+        "strided",
+        "sparse_coo",
+        "sparse_csr",
+        "sparse_csc",
+        "sparse_bsr",
+        "sparse_bsc",
+        "_mkldnn",
+        "contiguous_format",
+        "channels_last",
+        "channels_last_3d",
+        "preserve_format",
+        "per_tensor_affine",
+        "per_tensor_symmetric",
+        "per_channel_affine",
+        "per_channel_symmetric",
+        "per_channel_affine_float_qparams",
+    )
+)
+
+
 def _torch() -> Any:
     import torch
 
@@ -98,15 +124,18 @@ class Maker:
         cls = _KNOWN_CLASSES.get(qualname)
         if cls is not None:
             return cls
-        module, _, name = qualname.rpartition(".")
         if qualname == "torch.Tensor":
             return _torch().Tensor
         if qualname == "torch.nn.parameter.Parameter":
             return _torch().nn.Parameter
-        if qualname in ("torch.Size", "torch.device"):
-            return getattr(_torch(), name)
-        if qualname in ("numpy.ndarray", "numpy.dtype"):
-            return getattr(_np(), name)
+        if qualname == "torch.Size":
+            return _torch().Size
+        if qualname == "torch.device":
+            return _torch().device
+        if qualname == "numpy.ndarray":
+            return _np().ndarray
+        if qualname == "numpy.dtype":
+            return _np().dtype
         raise CheckpointError(
             f"{qualname} appears as a value; hermetic does not hand out functions"
         )
@@ -160,7 +189,12 @@ class Maker:
     def torch_attr(self, name: str) -> Any:
         value = self._dtypes.get(name)
         if value is None:
-            value = self._dtypes[name] = getattr(_torch(), name)
+            if name not in _TORCH_ATTRS:
+                raise CheckpointError(f"torch.{name} is not a torch value hermetic builds")
+            value = vars(_torch()).get(name)
+            if value is None:
+                raise CheckpointError(f"this torch ({_torch().__version__}) has no torch.{name}")
+            self._dtypes[name] = value
         return value
 
     def torch_size(self, dims: list[int]) -> Any:

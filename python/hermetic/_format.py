@@ -12,6 +12,7 @@ import builtins
 import json
 import mmap
 import os
+import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -111,6 +112,27 @@ def _torch() -> Any:
     return torch
 
 
+_TORCH_DTYPES: dict[str, Any] = {}
+
+
+def _torch_dtypes() -> dict[str, Any]:
+    """The closed table of torch dtypes by name (``_hermetic.TORCH_DTYPE_NAMES``,
+    docs/SPEC.md 6.2), holding those this torch has. A name from a file is only
+    ever looked up here: ``getattr(torch, name)`` would import torch's lazy
+    submodules (``torch._inductor``, ``torch.onnx``, ...) for the asking."""
+    if not _TORCH_DTYPES:
+        torch = _torch()
+        # vars(), not getattr(): a module-level __getattr__ is never reached.
+        attrs = vars(torch)
+        table = {}
+        for name in _hermetic.TORCH_DTYPE_NAMES:
+            dt = attrs.get(name)
+            if isinstance(dt, torch.dtype):
+                table[name] = dt
+        _TORCH_DTYPES.update(table)
+    return _TORCH_DTYPES
+
+
 def _np() -> Any:
     import numpy
 
@@ -142,9 +164,9 @@ def _torch_info(t: Any) -> tuple[Any, ...]:
     """(code, shape, strides, storage offset, itemsize, device, storage ptr, storage
     bytes, requires_grad, CPU?); strides and offset in elements."""
     if not _TORCH_BY_DTYPE:
-        torch = _torch()
+        dtypes = _torch_dtypes()
         for name, known in _TORCH_CODES.items():
-            dt = getattr(torch, name, None)
+            dt = dtypes.get(name)
             if dt is not None:
                 _TORCH_BY_DTYPE[dt] = known
         _TORCH_BY_DTYPE[None] = "strided"  # marks the table as filled
@@ -190,19 +212,57 @@ def _descr_json(dt: Any) -> str:
     return json.dumps(np.lib.format.dtype_to_descr(dt))
 
 
+# The type strings an np_dtype may hold: numpy's ``dtype.str`` of a scalar type,
+# with its byte order, kind and item size (datetimes with their unit). A closed
+# grammar: a numpy type *name* ("float64", "object", "T", "f4,i4") is never
+# handed to numpy, which resolves names through its own tables and modules.
+_NP_TYPESTR = re.compile(r"[<>|][biufcSUV][1-9][0-9]{0,6}")
+_NP_DATETIME = re.compile(
+    r"[<>|][mM]8(\[([1-9][0-9]{0,9})?(Y|M|W|D|h|m|s|ms|us|ns|ps|fs|as|generic)\])?"
+)
+_NP_TYPESTR_EXPECTED = (
+    "a byte order (<, > or |), a kind (b i u f c S U V, or m/M with 8 and an optional "
+    'unit) and an item size, as numpy\'s dtype.str writes it ("<f4", "|S3", "<M8[ns]")'
+)
+
+
+def _typestr(text: str) -> str:
+    if _NP_TYPESTR.fullmatch(text) or _NP_DATETIME.fullmatch(text):
+        return text
+    if re.fullmatch(r"[<>|=]?O[0-9]*", text):
+        raise FormatError(f"np_dtype {text!r}: object dtypes cannot be loaded")
+    raise FormatError(
+        f"np_dtype: {text!r} is not a numpy type string: expected {_NP_TYPESTR_EXPECTED}"
+    )
+
+
+def _field_name(name: Any) -> Any:
+    if isinstance(name, str):
+        return name
+    if isinstance(name, list) and len(name) == 2 and all(isinstance(n, str) for n in name):
+        return tuple(name)  # (title, name)
+    raise FormatError(
+        f"np_dtype: a record field name must be a string or [title, name], not {name!r}"
+    )
+
+
 def _descr_from(obj: Any) -> Any:
-    """JSON lists back into the tuples numpy's descriptors use."""
+    """JSON lists back into the tuples numpy's descriptors use, checking every
+    type string against the closed grammar above."""
     if isinstance(obj, str):
-        return obj
+        return _typestr(obj)
     if isinstance(obj, list):
         out: list[tuple[Any, ...]] = []
         for field in obj:
             if not isinstance(field, list) or len(field) not in (2, 3):
                 raise FormatError(f"np_dtype: malformed record field {field!r}")
-            name = tuple(field[0]) if isinstance(field[0], list) else field[0]
+            name = _field_name(field[0])
             sub = _descr_from(field[1])
             if len(field) == 3:
-                out.append((name, sub, tuple(field[2])))
+                shape = field[2]
+                if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+                    raise FormatError(f"np_dtype: malformed sub-array shape {shape!r}")
+                out.append((name, sub, tuple(shape)))
             else:
                 out.append((name, sub))
         return out
@@ -295,11 +355,18 @@ def _np_scalar(text: str, data: bytes) -> Any:
 
 
 def _torch_dtype(name: str) -> Any:
-    torch = _torch()
-    dt = getattr(torch, name, None)
-    if not isinstance(dt, torch.dtype):
-        raise FormatError(f"torch has no dtype {name!r}")
-    return dt
+    """A ``$torch_dtype`` node's dtype, from the closed table only."""
+    dt = _torch_dtypes().get(name)
+    if dt is not None:
+        return dt
+    if name in _hermetic.TORCH_DTYPE_NAMES:
+        raise FormatError(
+            f"$torch_dtype {name!r}: this torch ({_torch().__version__}) has no such dtype"
+        )
+    raise FormatError(
+        f"$torch_dtype {name!r} is not a torch dtype: expected one of "
+        + ", ".join(_hermetic.TORCH_DTYPE_NAMES)
+    )
 
 
 def _torch_device(text: str) -> Any:
@@ -436,8 +503,10 @@ class _Maker:
         if np_dtype is not None:
             raise FormatError(f"numpy dtype {np_dtype} has no torch equivalent; load as numpy")
         name = _CODE_TORCH.get(code)
-        dtype = getattr(torch, name, None) if name else None
+        dtype = _torch_dtypes().get(name) if name else None
         if dtype is None:
+            if name:
+                raise FormatError(f"dtype {code}: this torch ({torch.__version__}) has no {name}")
             raise FormatError(f"dtype {code} has no torch equivalent")
         base = self.bases.get(("torch", entry))
         if base is None:

@@ -197,6 +197,41 @@ def _value_factory(t: Any) -> Hook:
     return hook
 
 
+# ------------------------------------------------------------------ sharing
+
+
+def _shared(hook: Hook) -> Hook:
+    """``hook`` for containers, rebuilding each shared object (one the file
+    references more than once, see ``Context.shared``) once: every reference
+    gets the same result, so ``a.x is a.y`` survives a typed load and a DAG of
+    references is structured in time linear in the file."""
+
+    def memo_hook(o: Any, t: Any) -> Any:
+        ctx = CURRENT.get()
+        if id(o) not in ctx.shared:
+            return hook(o, t)
+        key = _memo_key(o, t, memo_hook)
+        hit = ctx.memo.get(key)
+        if hit is not None and hit[0] is o:
+            return hit[1]
+        out = hook(o, t)
+        ctx.memo[key] = (o, out)
+        return out
+
+    return memo_hook
+
+
+def _memo_key(o: Any, t: Any, hook: Hook) -> tuple[int, Any]:
+    """The memo key of a shared object structured as ``t``: by the type (cattrs
+    makes a hook per field, so two fields annotated ``list[int]`` have two
+    hooks), or by the hook for the rare type that cannot be hashed."""
+    try:
+        hash(t)
+    except TypeError:
+        return (id(o), hook)
+    return (id(o), t)
+
+
 # ------------------------------------------------------------------ containers
 
 
@@ -270,6 +305,18 @@ def _sequence_factory(t: Any, conv: cattrs.Converter) -> Hook:
         out = _each(itertools.repeat(elem), o, name, t)
         return out if c is list else c(out)
 
+    if conv.detailed_validation:
+        return _shared(hook)
+
+    def each(o: Any, _: Any) -> Any:
+        h = elem.resolve()
+        et = elem.t
+        out = [h(x, et) for x in o]
+        return out if o.__class__ is list else o.__class__(out)
+
+    copy = _shared(lambda o, _: list(o))
+    build = _shared(each)
+
     def fast(o: Any, _: Any) -> Any:
         c = o.__class__
         if c not in accepted:
@@ -280,12 +327,11 @@ def _sequence_factory(t: Any, conv: cattrs.Converter) -> Hook:
                 if x.__class__ is not et:
                     break
             else:
-                return o if c is not list else list(o)
-        h = elem.resolve()
-        out = [h(x, et) for x in o]
-        return out if c is list else c(out)
+                # The object itself needs no memo to stay shared; a list is copied.
+                return o if c is not list else copy(o, t)
+        return build(o, t)
 
-    return hook if conv.detailed_validation else fast
+    return fast
 
 
 def _is_sequence(t: Any) -> bool:
@@ -318,6 +364,16 @@ def _tuple_factory(t: Any, conv: cattrs.Converter) -> Hook:
                 raise Mismatch(name, describe(o))
             return tuple(_each(itertools.repeat(elem), o, name, t))
 
+        if conv.detailed_validation:
+            return _shared(homogeneous)
+
+        def each(o: Any, _: Any) -> Any:
+            h = elem.resolve()
+            et = elem.t
+            return tuple([h(x, et) for x in o])
+
+        build = _shared(each)
+
         def homogeneous_fast(o: Any, _: Any) -> Any:
             if o.__class__ is not tuple:
                 raise Mismatch(name, describe(o))
@@ -327,11 +383,10 @@ def _tuple_factory(t: Any, conv: cattrs.Converter) -> Hook:
                     if x.__class__ is not et:
                         break
                 else:
-                    return o
-            h = elem.resolve()
-            return tuple([h(x, et) for x in o])
+                    return o  # the object itself: a shared tuple stays shared
+            return build(o, t)
 
-        return homogeneous if conv.detailed_validation else homogeneous_fast
+        return homogeneous_fast
     elems = [_Lazy(conv, a) for a in args]
 
     def heterogeneous(o: Any, _: Any) -> Any:
@@ -341,7 +396,7 @@ def _tuple_factory(t: Any, conv: cattrs.Converter) -> Hook:
             raise Mismatch(name, f"a tuple of {len(o)} items")
         return tuple(_each(elems, o, name, t))
 
-    return heterogeneous
+    return _shared(heterogeneous)
 
 
 def _is_mapping(t: Any) -> bool:
@@ -394,7 +449,7 @@ def _mapping_factory(t: Any, conv: cattrs.Converter) -> Hook:
             raise IterableValidationError(f"While structuring {name}", errors, t)
         return out
 
-    return hook if conv.detailed_validation else fast
+    return _shared(hook if conv.detailed_validation else fast)
 
 
 # ------------------------------------------------------------------ classes
@@ -476,13 +531,14 @@ def _record_factory(t: Any, conv: cattrs.Converter) -> Hook:
                     extra -= set(aliases)
                 if extra:
                     raise ForbiddenExtraKeysError("", origin, extra)
-            if o.shared:
+            if o.shared:  # see _shared
                 memo = CURRENT.get().memo
-                k = (id(o), t)
+                k = _memo_key(o, t, hook)
                 hit = memo.get(k)
-                if hit is not None:
-                    return hit
-                memo[k] = out = fn(_rename(o, aliases) if aliases else o, target)
+                if hit is not None and hit[0] is o:
+                    return hit[1]
+                out = fn(_rename(o, aliases) if aliases else o, target)
+                memo[k] = (o, out)
                 return out
             return fn(_rename(o, aliases) if aliases else o, target)
         if isinstance(o, origin):
@@ -518,7 +574,7 @@ def _typeddict_factory(t: Any, conv: cattrs.Converter) -> Hook:
             o = {k: v for k, v in o.items() if k in known}  # extra="ignore"
         return fn(o, t)
 
-    return hook
+    return _shared(hook)
 
 
 def _is_typeddict(t: Any) -> bool:
@@ -810,17 +866,24 @@ def _messages(exc: BaseException, path: str, out: list[tuple[str, str]]) -> None
 
 
 def structure(ctx: Context, o: Any, tp: Any, root: str = "tree") -> Any:
-    """Rebuilds ``o`` (built by the Rust builder with TypedHooks) as ``tp``."""
+    """Rebuilds ``o`` (built by the Rust builder with TypedHooks) as ``tp``.
+
+    A call made while structuring (a record under ``Any``) keeps what the
+    outer pass has rebuilt, so shared objects stay shared through it."""
     token = CURRENT.set(ctx)
+    nested = ctx.depth > 0
+    ctx.depth += 1
     try:
         try:
-            ctx.reset()
+            if not nested:
+                ctx.reset()
             return converter(ctx.forbid, False).structure(o, tp)
         except Exception:
             pass
         # Again with the converter that reports every failure with its path.
         try:
-            ctx.reset()
+            if not nested:
+                ctx.reset()
             return converter(ctx.forbid, True).structure(o, tp)
         except Exception as e:
             error = e
@@ -831,6 +894,7 @@ def structure(ctx: Context, o: Any, tp: Any, root: str = "tree") -> Any:
             lines.append(f"  ... and {len(found) - 20} more")
         raise SchemaError(f"the data does not fit {type_name(tp)}:\n" + "\n".join(lines)) from error
     finally:
+        ctx.depth -= 1
         CURRENT.reset(token)
 
 

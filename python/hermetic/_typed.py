@@ -377,7 +377,10 @@ class Allow:
             return hit
         module, qualname = _split(name)
         if name in self.exact or (module in self.modules and "<locals>" not in qualname):
-            obj = _import(module, qualname)
+            # Under "module:*" the qualname comes from the file: it is looked
+            # up statically, so no module __getattr__ runs (torch's would
+            # import torch._dynamo for "torch:_dynamo").
+            obj = _import(module, qualname, static=name not in self.exact)
             if _object_name(obj) != name:
                 raise ClassNotAllowedError(
                     f"{name} leads to {obj!r}, which is recorded under another name"
@@ -399,13 +402,30 @@ class Allow:
 _MISSING = object()
 
 
-def _import(module: str, qualname: str) -> Any:
+def _import(module: str, qualname: str, static: bool = False) -> Any:
+    """The object ``module:qualname``. ``module`` is always one the caller
+    named. With ``static``, each part of ``qualname`` is looked up in the
+    ``__dict__`` of the object before it (no ``__getattr__``, no descriptors,
+    no lazy imports), for names that come from a file."""
     parts = qualname.split(".")
     if any(p.startswith("__") and p.endswith("__") for p in parts):
         raise ClassNotAllowedError(f"{module}:{qualname}: dunder attributes are never followed")
     obj: Any = importlib.import_module(module)
     for p in parts:
-        obj = getattr(obj, p)
+        if not static:
+            obj = getattr(obj, p)
+            continue
+        attrs = getattr(obj, "__dict__", None)
+        if not isinstance(attrs, (dict, types.MappingProxyType)) or p not in attrs:
+            where = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+            raise ClassNotAllowedError(
+                f"{module}:{qualname}: `{p}` is not defined in {where or type(obj).__name__} "
+                "(a name from a file is looked up only where it is defined, so nothing is "
+                "imported for it)"
+            )
+        obj = attrs[p]
+        if isinstance(obj, staticmethod):
+            obj = obj.__func__
     return obj
 
 
@@ -464,7 +484,13 @@ class PlainHooks:
 
 class Context:
     """One typed or allow-list load: its allowlist, extra-field rule and the
-    objects already rebuilt from shared records. Hooks find it in CURRENT."""
+    objects already rebuilt from shared ones. Hooks find it in CURRENT.
+
+    ``shared`` holds ``id()`` of every object the Rust builder made from a node
+    that the file references more than once (``$ref``); structuring rebuilds
+    each of them once per type and hands the same result to every reference
+    (``memo``, by identity), so sharing survives and a DAG of references costs
+    time linear in the file, not in its unfolding."""
 
     def __init__(self, allow: Iterable[Any] | None, extra: str, has_records: bool) -> None:
         if extra not in ("forbid", "ignore"):
@@ -472,8 +498,14 @@ class Context:
         self.allow = Allow(allow)
         self.forbid = extra == "forbid"
         self.has_records = has_records
-        self.memo: dict[tuple[int, Any], Any] = {}
+        self.shared: set[int] = set()
+        # (id of a shared object, the hook) -> (the object, its result); the
+        # object is kept so that its id cannot be reused within the load.
+        self.memo: dict[tuple[int, Any], tuple[Any, Any]] = {}
+        # Nested structure() calls (records under Any) keep the memo.
+        self.depth = 0
         self._seen: set[int] = set()
+        self._any_memo: dict[int, tuple[Any, Any]] = {}
 
     @contextlib.contextmanager
     def active(self) -> Iterator[Context]:
@@ -484,8 +516,10 @@ class Context:
             CURRENT.reset(token)
 
     def reset(self) -> None:
-        """Forgets which containers ``any`` walked (before each structuring pass)."""
+        """Forgets what the last structuring pass walked and rebuilt (before each pass)."""
         self._seen.clear()
+        self._any_memo.clear()
+        self.memo.clear()
 
     # -- hooks the Rust builder calls
     def callable(self, name: str) -> Any:
@@ -533,10 +567,16 @@ class Context:
                         o[k] = y
             return o
         if c is tuple or c is set or c is frozenset:
+            shared = id(o) in self.shared
+            if shared:
+                hit = self._any_memo.get(id(o))
+                if hit is not None and hit[0] is o:
+                    return hit[1]
             items = [self.any(x) for x in o]
-            if any(a is not b for a, b in zip(items, o, strict=False)):
-                return c(items)
-            return o
+            out = c(items) if any(a is not b for a, b in zip(items, o, strict=False)) else o
+            if shared:
+                self._any_memo[id(o)] = (o, out)
+            return out
         return o
 
     def structure(self, o: Any, tp: Any, root: str = "") -> Any:
@@ -557,6 +597,8 @@ class TypedHooks:
         self.ctx = ctx
         self.callable = ctx.callable
         self.partial = ctx.partial
+        # The Rust builder adds the id() of every shared object here.
+        self.shared_ids = ctx.shared
 
     @staticmethod
     def object(cls: str, fields: dict[str, Any], shared: bool) -> Record:

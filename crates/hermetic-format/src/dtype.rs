@@ -77,6 +77,120 @@ const NAMED: &[(Dtype, &str)] = &[
     (Dtype::Bits16, "BITS16"),
 ];
 
+/// The names a `$torch_dtype` node may hold (docs/SPEC.md, 6.2): the
+/// canonical name of every torch dtype (`str(dtype)` without `torch.`), then
+/// the aliases torch also defines. A closed table: a reader resolves a name
+/// only through it, never by looking the name up in `torch`.
+pub const TORCH_DTYPE_NAMES: &[&str] = &[
+    "bool",
+    "uint8",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "bfloat16",
+    "float32",
+    "float64",
+    "complex32",
+    "complex64",
+    "complex128",
+    "bcomplex32",
+    "float8_e4m3fn",
+    "float8_e4m3fnuz",
+    "float8_e5m2",
+    "float8_e5m2fnuz",
+    "float8_e8m0fnu",
+    "float4_e2m1fn_x2",
+    "qint8",
+    "quint8",
+    "qint32",
+    "quint4x2",
+    "quint2x4",
+    "bits1x8",
+    "bits2x4",
+    "bits4x2",
+    "bits8",
+    "bits16",
+    "int1",
+    "int2",
+    "int3",
+    "int4",
+    "int5",
+    "int6",
+    "int7",
+    "uint1",
+    "uint2",
+    "uint3",
+    "uint4",
+    "uint5",
+    "uint6",
+    "uint7",
+    // Aliases (`torch.float is torch.float32`).
+    "half",
+    "float",
+    "double",
+    "chalf",
+    "cfloat",
+    "cdouble",
+    "short",
+    "int",
+    "long",
+];
+
+/// The device types a `$torch_device` node may name (docs/SPEC.md, 6.2):
+/// those torch's own device-string parser accepts, in its order.
+pub const TORCH_DEVICE_TYPES: &[&str] = &[
+    "cpu",
+    "cuda",
+    "ipu",
+    "xpu",
+    "mkldnn",
+    "opengl",
+    "opencl",
+    "ideep",
+    "hip",
+    "ve",
+    "fpga",
+    "maia",
+    "xla",
+    "lazy",
+    "vulkan",
+    "mps",
+    "meta",
+    "hpu",
+    "mtia",
+    "privateuseone",
+];
+
+/// Whether `name` is in [`TORCH_DTYPE_NAMES`].
+pub fn is_torch_dtype_name(name: &str) -> bool {
+    TORCH_DTYPE_NAMES.contains(&name)
+}
+
+/// Whether `text` is a device as `str(torch.device)` writes it: a type from
+/// [`TORCH_DEVICE_TYPES`], optionally `:` and an index (decimal digits, no
+/// sign, no leading zero, below 2^31).
+pub fn is_torch_device(text: &str) -> bool {
+    let (ty, index) = match text.split_once(':') {
+        Some((t, i)) => (t, Some(i)),
+        None => (text, None),
+    };
+    let index_ok = match index {
+        None => true,
+        Some(i) => {
+            !i.is_empty()
+                && i.bytes().all(|b| b.is_ascii_digit())
+                && (i == "0" || !i.starts_with('0'))
+                && i.parse::<i32>().is_ok()
+        }
+    };
+    index_ok && TORCH_DEVICE_TYPES.contains(&ty)
+}
+
 impl Dtype {
     /// Parses a code (`"F32"`, `"RAW12"`, ...). `None` for anything else.
     pub fn parse(code: &str) -> Option<Dtype> {
@@ -217,6 +331,44 @@ mod tests {
             "F32 ",
         ] {
             assert_eq!(Dtype::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn torch_names_are_a_closed_table() {
+        for ok in ["float32", "bfloat16", "float", "long", "uint7"] {
+            assert!(is_torch_dtype_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "_inductor",
+            "_dynamo",
+            "onnx",
+            "nn",
+            "dtype",
+            "__class__",
+            "float32.x",
+            "Float32",
+            "float32 ",
+        ] {
+            assert!(!is_torch_dtype_name(bad), "{bad}");
+        }
+        for ok in ["cpu", "cuda:0", "cuda:12", "meta", "privateuseone:1"] {
+            assert!(is_torch_device(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "cuda:",
+            "cuda:-1",
+            "cuda:01",
+            "cuda:99999999999",
+            "npu:0",
+            "CUDA",
+            "cuda:0:1",
+            "_inductor",
+            "cpu ",
+        ] {
+            assert!(!is_torch_device(bad), "{bad}");
         }
     }
 

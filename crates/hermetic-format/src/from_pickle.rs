@@ -334,7 +334,15 @@ impl<'l, 'a> Converter<'l, 'a> {
             }
             Value::TorchDtype(d) => self.push(Node::TorchDtype(d.name().to_string())),
             Value::TorchSize(d) => self.push(Node::TorchSize(d.clone())),
-            Value::TorchDevice(d) => self.push(Node::TorchDevice(d.to_string())),
+            Value::TorchDevice(d) => {
+                if !crate::dtype::is_torch_device(d) {
+                    return self.fail(format!(
+                        "torch.device({d:?}) has a device type the format does not know \
+                         (docs/SPEC.md, 6.2)"
+                    ));
+                }
+                self.push(Node::TorchDevice(d.to_string()))
+            }
             Value::Tensor(_) => {
                 if let Some(r) = self.memo_ref(id)? {
                     return Ok(r);
@@ -813,6 +821,15 @@ mod tests {
         assert_eq!(big_hex(&[0, 0, 0, 0, 0, 0, 0, 0, 1]), "10000000000000000");
         assert_eq!(big_hex(&[0xff]), "-1");
         assert_eq!(big_hex(&[0]), "0");
+    }
+
+    #[test]
+    fn every_evaluated_torch_dtype_is_a_format_name() {
+        // A converted `$torch_dtype` must read back: the evaluator's dtypes
+        // are a subset of the format's closed table.
+        for d in eval::TorchDtype::ALL {
+            assert!(crate::dtype::is_torch_dtype_name(d.name()), "{}", d.name());
+        }
     }
 
     #[test]

@@ -24,7 +24,10 @@ mod writer;
 
 pub use archive::{index_path, Archive, Backing, DataFile, EntryCheck};
 pub use digest::{digest, Hasher, DIGEST_ALGORITHM};
-pub use dtype::{Dtype, MAX_RAW_ITEMSIZE};
+pub use dtype::{
+    is_torch_device, is_torch_dtype_name, Dtype, MAX_RAW_ITEMSIZE, TORCH_DEVICE_TYPES,
+    TORCH_DTYPE_NAMES,
+};
 pub use error::{FormatError, Result};
 #[cfg(feature = "pickle")]
 pub use from_pickle::{convert, Converted, ConvertedData};

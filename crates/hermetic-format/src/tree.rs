@@ -1423,12 +1423,27 @@ fn leaf<E: de::Error>(dec: &mut Decoder<'_>, tag: &str, v: Value) -> std::result
         }
         "$torch_dtype" => {
             let s = as_str(dec, &v, "$torch_dtype")?;
-            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                return Err(dec.fail("$torch_dtype must be a dtype name such as \"float32\""));
+            // A closed table: the name is never looked up in `torch` itself
+            // (an attribute lookup there imports lazy submodules).
+            if !crate::dtype::is_torch_dtype_name(s) {
+                return Err(dec.fail(format!(
+                    "$torch_dtype {s:?} is not a torch dtype: expected one of {}",
+                    crate::dtype::TORCH_DTYPE_NAMES.join(", ")
+                )));
             }
             Node::TorchDtype(s.to_string())
         }
-        "$torch_device" => Node::TorchDevice(as_str(dec, &v, "$torch_device")?.to_string()),
+        "$torch_device" => {
+            let s = as_str(dec, &v, "$torch_device")?;
+            if !crate::dtype::is_torch_device(s) {
+                return Err(dec.fail(format!(
+                    "$torch_device {s:?} is not a torch device: expected a type ({}), \
+                     optionally followed by `:` and an index",
+                    crate::dtype::TORCH_DEVICE_TYPES.join(", ")
+                )));
+            }
+            Node::TorchDevice(s.to_string())
+        }
         "$torch_size" => {
             let dims: Option<Vec<i64>> = v
                 .as_array()
@@ -1730,6 +1745,34 @@ mod tests {
             r#"[1] [2]"#,
         ] {
             assert!(Tree::from_json(bad, "<t>").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn torch_names_come_from_closed_tables() {
+        round_trip(r#"[{"$torch_dtype":"bfloat16"},{"$torch_device":"cuda:1"}]"#);
+        for (bad, what) in [
+            (
+                r#"[{"$torch_dtype":"_inductor"}]"#,
+                "$torch_dtype \"_inductor\"",
+            ),
+            (r#"[{"$torch_dtype":"onnx"}]"#, "$torch_dtype \"onnx\""),
+            (
+                r#"[{"$torch_dtype":"nn.Module"}]"#,
+                "$torch_dtype \"nn.Module\"",
+            ),
+            (
+                r#"[{"$torch_device":"_dynamo"}]"#,
+                "$torch_device \"_dynamo\"",
+            ),
+        ] {
+            let e = Tree::from_json(bad, "f.safetensors")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("f.safetensors"), "{e}");
+            assert!(e.contains("tree[0]"), "{e}");
+            assert!(e.contains(what), "{e}");
+            assert!(e.contains("expected"), "{e}");
         }
     }
 

@@ -9,7 +9,7 @@ mod encode;
 use crate::errors::format_error;
 use hermetic_format::{write_file, write_sharded, write_to_vec, Archive, DataFile, WriteOptions};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyComplex, PyFloat, PyInt, PyString};
+use pyo3::types::{PyBool, PyBytes, PyComplex, PyFloat, PyInt, PyString, PyTuple};
 use std::path::PathBuf;
 
 pub(crate) use decode::PyArchive;
@@ -160,5 +160,10 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(format_dumps, m)?)?;
     m.add_function(wrap_pyfunction!(format_open, m)?)?;
     m.add_function(wrap_pyfunction!(format_open_buffer, m)?)?;
+    // The closed table `$torch_dtype` names resolve through (docs/SPEC.md, 6.2).
+    m.add(
+        "TORCH_DTYPE_NAMES",
+        PyTuple::new(m.py(), hermetic_format::TORCH_DTYPE_NAMES)?,
+    )?;
     Ok(())
 }

@@ -85,6 +85,10 @@ struct Builder<'a, 'py> {
     /// records and enum members are then made here, without a Python call.
     direct: Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)>,
     shared: &'a HashSet<usize>,
+    /// The hooks' `shared_ids`, when they have it: receives `id()` of every
+    /// object built from a node that a `$ref` names, so that typed
+    /// structuring rebuilds each shared object once and keeps it shared.
+    shared_ids: Option<Bound<'py, PySet>>,
     /// Interned Python strings for class and field names.
     names: HashMap<String, Bound<'py, PyString>>,
     /// Per shape (by address): its field names as Python strings.
@@ -307,10 +311,17 @@ impl<'a, 'py> Builder<'a, 'py> {
         Ok(self.helpers.clone().expect("set above"))
     }
 
-    fn remember(&mut self, id: NodeId, obj: &Bound<'py, PyAny>) {
+    fn remember(&mut self, id: NodeId, obj: &Bound<'py, PyAny>) -> PyResult<()> {
         if let Some(&n) = self.memo_of.get(id).filter(|&&n| n != usize::MAX) {
             self.memo[n] = Some(obj.clone());
+            if let Some(ids) = &self.shared_ids {
+                if self.shared.contains(&n) {
+                    // `id(obj)` in CPython is the object's address.
+                    ids.add(obj.as_ptr() as usize)?;
+                }
+            }
         }
+        Ok(())
     }
 
     fn key_repr(&self, k: &Bound<'py, PyAny>) -> String {
@@ -364,7 +375,7 @@ impl<'a, 'py> Builder<'a, 'py> {
             }
             Node::List(items) => {
                 let list = PyList::empty(py);
-                self.remember(id, list.as_any());
+                self.remember(id, list.as_any())?;
                 for (i, &c) in items.iter().enumerate() {
                     self.path.push(Seg::Index(i));
                     let v = self.build(c)?;
@@ -379,7 +390,7 @@ impl<'a, 'py> Builder<'a, 'py> {
                 } else {
                     py.import("collections")?.getattr("OrderedDict")?.call0()?
                 };
-                self.remember(id, &d);
+                self.remember(id, &d)?;
                 for &(k, v) in pairs {
                     self.path.push(Seg::Text("[<key>]".into()));
                     let key = self.build(k)?;
@@ -434,7 +445,7 @@ impl<'a, 'py> Builder<'a, 'py> {
             node if node.is_typed() => self.typed(id)?,
             _ => unreachable!("every node kind is handled above"),
         };
-        self.remember(id, &obj);
+        self.remember(id, &obj)?;
         Ok(obj)
     }
 
@@ -570,8 +581,16 @@ impl PyArchive {
             },
             None => None,
         };
+        let shared_ids = match &hooks {
+            Some(h) => match h.getattr_opt("shared_ids")? {
+                Some(s) if !s.is_none() => Some(s.downcast_into::<PySet>()?),
+                _ => None,
+            },
+            None => None,
+        };
         let mut b = self.builder(py, tree, &maker, hooks);
         b.direct = direct;
+        b.shared_ids = shared_ids;
         b.memo = vec![None; tree.memo.len()];
         let id = b.navigate(&path)?;
         b.build(id)
@@ -646,6 +665,7 @@ impl PyArchive {
             hooks,
             direct: None,
             shared: &self.shared,
+            shared_ids: None,
             names: HashMap::new(),
             shape_names: HashMap::new(),
         }

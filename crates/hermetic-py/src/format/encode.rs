@@ -294,12 +294,23 @@ impl<'py> Encoder<'py> {
         }
         if is(&t, &self.types.dtype) {
             let s: String = obj.str()?.extract()?;
-            return Ok(self.push(Node::TorchDtype(
-                s.strip_prefix("torch.").unwrap_or(&s).to_string(),
-            )));
+            let name = s.strip_prefix("torch.").unwrap_or(&s);
+            if !hermetic_format::is_torch_dtype_name(name) {
+                return Err(self.fail(format!(
+                    "{s} is not a torch dtype the format knows (docs/SPEC.md, 6.2)"
+                )));
+            }
+            return Ok(self.push(Node::TorchDtype(name.to_string())));
         }
         if is(&t, &self.types.device) {
-            return Ok(self.push(Node::TorchDevice(obj.str()?.extract()?)));
+            let s: String = obj.str()?.extract()?;
+            if !hermetic_format::is_torch_device(&s) {
+                return Err(self.fail(format!(
+                    "torch.device({s:?}) has a device type the format does not know \
+                     (docs/SPEC.md, 6.2)"
+                )));
+            }
+            return Ok(self.push(Node::TorchDevice(s)));
         }
         if is(&t, &self.types.size) {
             return Ok(self.push(Node::TorchSize(obj.extract()?)));
