@@ -7,6 +7,10 @@
 //! finds, opcodes and inline arrays together, through the final `STOP`:
 //! every byte that unpickler consumes. (The scanner's own id for such a
 //! stream hashes the opcodes only.)
+//!
+//! A TorchScript archive is loaded by torch's C++ code, which runs the
+//! TorchScript it carries, so the firewall decides on the whole file: its
+//! blob is every byte of the file, listed in addition to its streams.
 
 use crate::blob::BlobId;
 use hermetic_pickle::containers::compress::{decompress, Compression};
@@ -24,6 +28,21 @@ pub struct FileBlob<'r> {
     /// Whether the id covers a joblib span (opcodes and inline arrays)
     /// rather than the scanner's stream id.
     pub whole_payload: bool,
+    /// Whether the id covers the whole file (a TorchScript archive); then
+    /// `stream` is the archive's first stream, for its verdict.
+    pub whole_file: bool,
+}
+
+/// Whether the scanner calls the file a TorchScript archive (or found
+/// TorchScript code in it): torch.jit.load, and torch.load, which hands
+/// such archives to it, run its code, so its blob is the whole file.
+pub fn is_torchscript(report: &FileReport) -> bool {
+    report.format == "torchscript"
+        || report
+            .findings
+            .iter()
+            .chain(report.streams.iter().flat_map(|s| s.findings.iter()))
+            .any(|f| f.code == "torchscript_code")
 }
 
 fn joblib_payload(path: &Path, format: &str) -> Option<Vec<u8>> {
@@ -65,7 +84,7 @@ pub fn file_blobs<'r>(path: &Path, report: &'r FileReport) -> Vec<FileBlob<'r>> 
     } else {
         None
     };
-    report
+    let mut blobs: Vec<FileBlob<'r>> = report
         .streams
         .iter()
         .filter_map(|s| {
@@ -81,14 +100,29 @@ pub fn file_blobs<'r>(path: &Path, report: &'r FileReport) -> Vec<FileBlob<'r>> 
                     size: bytes.len() as u64,
                     stream: s,
                     whole_payload: true,
+                    whole_file: false,
                 }),
                 _ => BlobId::parse(&s.sha256).ok().map(|id| FileBlob {
                     id,
                     size: s.length,
                     stream: s,
                     whole_payload: false,
+                    whole_file: false,
                 }),
             }
         })
-        .collect()
+        .collect();
+    if is_torchscript(report) {
+        let first = report.streams.first();
+        if let (Some(stream), Ok(data)) = (first, std::fs::read(path)) {
+            blobs.push(FileBlob {
+                id: BlobId::of(&data),
+                size: data.len() as u64,
+                stream,
+                whole_payload: false,
+                whole_file: true,
+            });
+        }
+    }
+    blobs
 }
