@@ -485,8 +485,14 @@ def test_an_ambiguous_zip_is_decided_as_a_whole_file(fx: Fixtures, tmp_path: Pat
     )
     assert proc.returncode == 1, proc.stderr
     assert "cannot rule out" in proc.stderr and "ambiguous_zip" in proc.stderr, proc.stderr
-    assert hermetic.blob_id(odd.read_bytes()) in proc.stderr
-    whole = write_manifest(tmp_path / "whole.toml", [*streams, blob_line(odd.read_bytes())])
+    odd_id = hermetic.blob_id(odd.read_bytes())
+    assert odd_id in proc.stderr
+    assert f"hermetic manifest add {odd}" in proc.stderr
+    # manifest add lists such a file whole too, and then it loads.
+    whole = tmp_path / "whole.toml"
+    added = hermetic_cli("manifest", "add", "--force", str(odd), "--to", str(whole))
+    assert added.returncode == 0, added.stderr
+    assert odd_id in whole.read_text()
     ok(run_py(f"import torch; torch.load({str(odd)!r})", mode="enforce", manifest=whole))
 
 

@@ -10,7 +10,9 @@
 //!
 //! A TorchScript archive is loaded by torch's C++ code, which runs the
 //! TorchScript it carries, so the firewall decides on the whole file: its
-//! blob is every byte of the file, listed in addition to its streams.
+//! blob is every byte of the file, listed in addition to its streams. So is
+//! a zip the scanner cannot vouch for (see [`UNCERTAIN_ZIP_FINDINGS`]), which
+//! the firewall's `torch.load` gate also decides on as a whole file.
 
 use crate::blob::BlobId;
 use hermetic_pickle::containers::compress::{decompress, Compression};
@@ -37,12 +39,26 @@ pub struct FileBlob<'r> {
 /// TorchScript code in it): torch.jit.load, and torch.load, which hands
 /// such archives to it, run its code, so its blob is the whole file.
 pub fn is_torchscript(report: &FileReport) -> bool {
-    report.format == "torchscript"
-        || report
-            .findings
-            .iter()
-            .chain(report.streams.iter().flat_map(|s| s.findings.iter()))
-            .any(|f| f.code == "torchscript_code")
+    report.format == "torchscript" || report.all_findings().any(|f| f.code == "torchscript_code")
+}
+
+/// Findings after which the scanner cannot rule out that torch's zip
+/// reader (miniz) sees records it does not, a `constants.pkl` among them:
+/// `torch.load` of such a zip is decided as a TorchScript archive, the
+/// whole file (the Python gate, `hermetic.firewall._code`, keeps the same
+/// list).
+pub const UNCERTAIN_ZIP_FINDINGS: &[&str] =
+    &["ambiguous_zip", "polyglot_pickle_zip", "limit_exceeded"];
+
+/// Whether the firewall decides on the whole file when torch loads it: a
+/// TorchScript archive, or a file starting with a zip local header
+/// (torch.serialization's `_is_zipfile`) the scanner cannot vouch for.
+fn whole_file_blob(report: &FileReport, data: &[u8]) -> bool {
+    is_torchscript(report)
+        || (data.starts_with(b"PK\x03\x04")
+            && report
+                .all_findings()
+                .any(|f| UNCERTAIN_ZIP_FINDINGS.contains(&f.code.as_str())))
 }
 
 fn joblib_payload(path: &Path, format: &str) -> Option<Vec<u8>> {
@@ -112,16 +128,21 @@ pub fn file_blobs<'r>(path: &Path, report: &'r FileReport) -> Vec<FileBlob<'r>> 
             }
         })
         .collect();
-    if is_torchscript(report) {
-        let first = report.streams.first();
-        if let (Some(stream), Ok(data)) = (first, std::fs::read(path)) {
-            blobs.push(FileBlob {
-                id: BlobId::of(&data),
-                size: data.len() as u64,
-                stream,
-                whole_payload: false,
-                whole_file: true,
-            });
+    let candidate = is_torchscript(report)
+        || report
+            .all_findings()
+            .any(|f| UNCERTAIN_ZIP_FINDINGS.contains(&f.code.as_str()));
+    if let (true, Some(stream)) = (candidate, report.streams.first()) {
+        if let Ok(data) = std::fs::read(path) {
+            if whole_file_blob(report, &data) {
+                blobs.push(FileBlob {
+                    id: BlobId::of(&data),
+                    size: data.len() as u64,
+                    stream,
+                    whole_payload: false,
+                    whole_file: true,
+                });
+            }
         }
     }
     blobs

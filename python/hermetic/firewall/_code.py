@@ -62,9 +62,7 @@ PT2 = CodeArchive(
 )
 
 _ZIP_MAGIC = b"PK\x03\x04"
-# Scanner findings after which it cannot rule out that miniz (what torch
-# reads archives with) sees records the scanner does not.
-_UNCERTAIN = frozenset({"ambiguous_zip", "polyglot_pickle_zip", "limit_exceeded"})
+_UNCERTAIN = _core.UNCERTAIN_ZIP_FINDINGS
 
 
 def _strict() -> bool:

@@ -535,6 +535,12 @@ def _record_load(
 # --------------------------------------------------------------------------
 # Code archives: files whose loader runs code without the pickle machinery
 
+#: Scanner findings after which it cannot rule out that torch's zip reader
+#: (miniz) sees records it does not (a ``constants.pkl``): ``torch.load`` of
+#: such a zip is decided as a TorchScript archive. The same list as
+#: ``hermetic_manifest::UNCERTAIN_ZIP_FINDINGS``, which ``manifest add`` uses.
+UNCERTAIN_ZIP_FINDINGS = frozenset({"ambiguous_zip", "polyglot_pickle_zip", "limit_exceeded"})
+
 
 class CodeArchive:
     """A kind of file whose loader runs code it carries (TorchScript,
@@ -549,7 +555,7 @@ class CodeArchive:
         self.article = "an" if title[:1].lower() in "aeiou" else "a"
         self.runs = runs
         #: Whether ``hermetic manifest add`` lists the whole file's id (for
-        #: files the scanner calls TorchScript, finding ``torchscript_code``).
+        #: files the scanner calls TorchScript, or zips it cannot vouch for).
         self.listed_by_add = listed_by_add
 
 
@@ -654,7 +660,11 @@ def check_archive(
             )
     if action == "allow":
         return blob_id
-    listable = archive.listed_by_add and "torchscript_code" in scanner()[2]
+    # manifest add lists the whole file for what the scanner calls
+    # TorchScript, and for zips it cannot vouch for (files.rs).
+    listable = archive.listed_by_add and bool(
+        {"torchscript_code", *UNCERTAIN_ZIP_FINDINGS} & set(scanner()[2])
+    )
     message, line, site = _archive_message(
         mode, archive, listable, blob_id, size, frames, file, location, entry, scanner()[3]
     )
