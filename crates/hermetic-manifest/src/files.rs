@@ -7,6 +7,12 @@
 //! finds, opcodes and inline arrays together, through the final `STOP`:
 //! every byte that unpickler consumes. (The scanner's own id for such a
 //! stream hashes the opcodes only.)
+//!
+//! A TorchScript archive is loaded by torch's C++ code, which runs the
+//! TorchScript it carries, so the firewall decides on the whole file: its
+//! blob is every byte of the file, listed in addition to its streams. So is
+//! a zip the scanner cannot vouch for (see [`UNCERTAIN_ZIP_FINDINGS`]), which
+//! the firewall's `torch.load` gate also decides on as a whole file.
 
 use crate::blob::BlobId;
 use hermetic_pickle::containers::compress::{decompress, Compression};
@@ -24,6 +30,35 @@ pub struct FileBlob<'r> {
     /// Whether the id covers a joblib span (opcodes and inline arrays)
     /// rather than the scanner's stream id.
     pub whole_payload: bool,
+    /// Whether the id covers the whole file (a TorchScript archive); then
+    /// `stream` is the archive's first stream, for its verdict.
+    pub whole_file: bool,
+}
+
+/// Whether the scanner calls the file a TorchScript archive (or found
+/// TorchScript code in it): torch.jit.load, and torch.load, which hands
+/// such archives to it, run its code, so its blob is the whole file.
+pub fn is_torchscript(report: &FileReport) -> bool {
+    report.format == "torchscript" || report.all_findings().any(|f| f.code == "torchscript_code")
+}
+
+/// Findings after which the scanner cannot rule out that torch's zip
+/// reader (miniz) sees records it does not, a `constants.pkl` among them:
+/// `torch.load` of such a zip is decided as a TorchScript archive, the
+/// whole file (the Python gate, `hermetic.firewall._code`, keeps the same
+/// list).
+pub const UNCERTAIN_ZIP_FINDINGS: &[&str] =
+    &["ambiguous_zip", "polyglot_pickle_zip", "limit_exceeded"];
+
+/// Whether the firewall decides on the whole file when torch loads it: a
+/// TorchScript archive, or a file starting with a zip local header
+/// (torch.serialization's `_is_zipfile`) the scanner cannot vouch for.
+fn whole_file_blob(report: &FileReport, data: &[u8]) -> bool {
+    is_torchscript(report)
+        || (data.starts_with(b"PK\x03\x04")
+            && report
+                .all_findings()
+                .any(|f| UNCERTAIN_ZIP_FINDINGS.contains(&f.code.as_str())))
 }
 
 fn joblib_payload(path: &Path, format: &str) -> Option<Vec<u8>> {
@@ -65,7 +100,7 @@ pub fn file_blobs<'r>(path: &Path, report: &'r FileReport) -> Vec<FileBlob<'r>> 
     } else {
         None
     };
-    report
+    let mut blobs: Vec<FileBlob<'r>> = report
         .streams
         .iter()
         .filter_map(|s| {
@@ -81,14 +116,34 @@ pub fn file_blobs<'r>(path: &Path, report: &'r FileReport) -> Vec<FileBlob<'r>> 
                     size: bytes.len() as u64,
                     stream: s,
                     whole_payload: true,
+                    whole_file: false,
                 }),
                 _ => BlobId::parse(&s.sha256).ok().map(|id| FileBlob {
                     id,
                     size: s.length,
                     stream: s,
                     whole_payload: false,
+                    whole_file: false,
                 }),
             }
         })
-        .collect()
+        .collect();
+    let candidate = is_torchscript(report)
+        || report
+            .all_findings()
+            .any(|f| UNCERTAIN_ZIP_FINDINGS.contains(&f.code.as_str()));
+    if let (true, Some(stream)) = (candidate, report.streams.first()) {
+        if let Ok(data) = std::fs::read(path) {
+            if whole_file_blob(report, &data) {
+                blobs.push(FileBlob {
+                    id: BlobId::of(&data),
+                    size: data.len() as u64,
+                    stream,
+                    whole_payload: false,
+                    whole_file: true,
+                });
+            }
+        }
+    }
+    blobs
 }

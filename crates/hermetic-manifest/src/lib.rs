@@ -17,7 +17,7 @@ pub mod summary;
 
 pub use blob::{first_blob, stream_extent, BlobId, Extent};
 pub use decide::{Action, Judgement, LoadContext, Mode, Query, Refusal, Why};
-pub use files::{file_blobs, joblib_span, FileBlob};
+pub use files::{file_blobs, is_torchscript, joblib_span, FileBlob, UNCERTAIN_ZIP_FINDINGS};
 pub use glob::CallerPattern;
 pub use inventory::{freeze, read_inventory, Event, FreezeOptions, Frozen, Record};
 pub use manifest::{add_entries, entry_line, Entry, Manifest, Rule, Unlisted};

@@ -46,6 +46,16 @@ pub const DEFAULT_LOADER_MODULES: &[&str] = &[
     "hermetic.*",
     "torch.serialization",
     "torch._weights_only_unpickler",
+    // Loaders of archives that carry code (TorchScript, torch.package, PT2),
+    // which the firewall decides on as whole files.
+    "torch.jit._serialization",
+    "torch.jit.mobile",
+    "torch.package.*",
+    "torch.export",
+    "torch.export.pt2_archive.*",
+    "torch._export.serde.*",
+    "torch._inductor",
+    "torch._inductor.package.*",
     "numpy.lib.format",
     "numpy.lib._format_impl",
     "numpy.lib.npyio",
@@ -546,6 +556,11 @@ note = "our own worker pool"
         assert_eq!(e.callers.as_ref().unwrap()[0].as_str(), "app.train:load_*");
         assert!(m.is_loader_module("mylib.io.zip"));
         assert!(m.is_loader_module("torch.serialization"));
+        assert!(m.is_loader_module("torch.jit._serialization"));
+        assert!(m.is_loader_module("torch.package.package_importer"));
+        // Modules a torch.package imports get mangled names: never loaders.
+        assert!(!m.is_loader_module("<torch_package_0>.model"));
+        assert!(!m.is_loader_module("torch._inductor.codecache"));
         assert!(m.is_loader_module("hermetic.firewall._hooks"));
         assert!(!m.is_loader_module("app.train"));
         // Canonical rendering parses back to the same content.

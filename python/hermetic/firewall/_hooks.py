@@ -1,6 +1,7 @@
 """Where the firewall plugs into Python: the pickle module's entry points,
 the unpickler classes (C and pure-Python, including subclasses defined
-earlier), PyTorch's loaders, and an audit hook as the backstop.
+earlier), PyTorch's loaders (those of code archives are in ``_code``), and an
+audit hook as the backstop.
 
 Everything here is installed once per process and stays: the audit hook
 cannot be removed, and the wrappers cost one attribute test when no mode or
@@ -18,8 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from hermetic import _hermetic
-from hermetic.firewall import _core, _streams
-from hermetic.firewall._core import APPROVED, CURRENT, RUN, STATE
+from hermetic.firewall import _code, _core, _streams
+from hermetic.firewall._core import APPROVED, ARCHIVE_APPROVED, CURRENT, RUN, STATE
 
 try:
     import _pickle
@@ -299,7 +300,10 @@ def _wrap_torch_load(orig: Callable[..., Any]) -> Callable[..., Any]:
     def load(f: Any, *args: Any, **kwargs: Any) -> Any:
         if not STATE.active:
             return orig(f, *args, **kwargs)
-        evaluated = _core.evaluate_checkpoint(f, args, kwargs)
+        # A TorchScript archive, which torch.load hands to torch.jit.load,
+        # is decided as a whole file before torch reads a byte of it.
+        approved = _code.gate_torch_load(f)
+        evaluated = None if approved is not None else _core.evaluate_checkpoint(f, args, kwargs)
         if isinstance(evaluated, _core.Evaluated):
             return evaluated.value
         if isinstance(f, (str, os.PathLike)):
@@ -307,9 +311,11 @@ def _wrap_torch_load(orig: Callable[..., Any]) -> Callable[..., Any]:
         else:
             name = _streams.file_name(f)
         token = CURRENT.set((name, "torch.load"))
+        ok = ARCHIVE_APPROVED.set(approved)
         try:
             return orig(f, *args, **kwargs)
         finally:
+            ARCHIVE_APPROVED.reset(ok)
             CURRENT.reset(token)
 
     load._hermetic_wrapped = True  # type: ignore[attr-defined]
@@ -363,6 +369,9 @@ def _patch_torch_weights_only(mod: Any) -> None:
 _POST_IMPORT: dict[str, Callable[[Any], None]] = {
     "torch.serialization": _patch_torch_serialization,
     "torch._weights_only_unpickler": _patch_torch_weights_only,
+    # Loaders that run code from a file without pickle (TorchScript,
+    # torch.package, PT2): see _code.
+    **_code.POST_IMPORT,
 }
 
 
