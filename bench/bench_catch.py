@@ -1,11 +1,11 @@
 """What hermetic, picklescan and fickling catch: the attack corpus and real package files.
 
-    python bench/bench_catch.py ROOT...   # ROOT: a folder pip installed corpus packages into
-    python bench/bench_catch.py "$(python -c 'import site; print(site.getsitepackages()[0])')"
+    python tests/real_corpus.py install /tmp/corpus    # the corpus packages, from PyPI
+    python bench/bench_catch.py /tmp/corpus/old /tmp/corpus/current [--hermetic LABEL=BIN ...]
 
 Build the native binary first: `cargo build --release -p hermetic-cli` (or pass --hermetic).
 
-Two sets of files, each scanned by every tool once, as its users run it on a folder:
+Two sets of files, each scanned by every tool once, on the whole folder:
 
 1. tests/fixtures/attacks: every file in its EXPECTED.json is an exploit that runs code when its
    loader opens it. A tool catches it when it flags it (hermetic: suspicious or dangerous;
@@ -17,8 +17,11 @@ Two sets of files, each scanned by every tool once, as its users run it on a fol
    by file extension see the real one. For the files the real loaders show to be data only
    (truth `data` or `none`), a flag or an error is a false positive.
 
-The tools' outputs are parsed as bench/bench_scan.py parses them. Markdown goes to stdout and
-everything to bench/results/catch.json.
+hermetic runs as `hermetic scan --format json --fail-on never --all FOLDER`, fickling through
+bench/_fickling_driver.py (as in bench_scan.py) and picklescan through
+bench/_picklescan_driver.py: its API on every file `picklescan -p FOLDER` opens, because the
+command line stops at the first file its scanner raises on (the run notes when it does).
+Markdown goes to stdout and everything to bench/results/catch.json.
 """
 
 from __future__ import annotations
@@ -49,20 +52,46 @@ from bench_scan import (  # noqa: E402
     FileVerdict,
     parse_fickling_driver,
     parse_hermetic,
-    parse_picklescan,
 )
 
 import real_corpus  # noqa: E402
 
 ATTACKS = REPO / "tests" / "fixtures" / "attacks"
 DRIVER = HERE / "_fickling_driver.py"
+PICKLESCAN_DRIVER = HERE / "_picklescan_driver.py"
 DEFAULT_OUTPUT = HERE / "results" / "catch.json"
 VENV_BIN = Path(sys.executable).parent
 # What a file a tool's output does not mention means.
 ABSENT = {"hermetic": SAFE, "picklescan": NOT_SCANNED, "fickling": NOT_SCANNED}
+
+
+def parse_picklescan_driver(stdout: str, _rcs: list[int], root: Path) -> dict[str, FileVerdict]:
+    status = {"dangerous": FLAGGED, "error": ERROR, "safe": SAFE, "skipped": NOT_SCANNED}
+    out: dict[str, FileVerdict] = {}
+    for f in json.loads(stdout)["files"]:
+        detail = ", ".join(f["globals"]) or f["error"] or f["status"]
+        out[str(Path(f["path"]).relative_to(root))] = FileVerdict(status[f["status"]], detail)
+    return out
+
+
+def picklescan_cli_problem(target: Path) -> str:
+    """Whether `picklescan -p target` itself gets through the folder (it stops at the first
+    file its scanner raises on); '' when it does."""
+    argv = [str(VENV_BIN / "picklescan"), "-p", str(target)]
+    p = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, check=False)
+    text = p.stdout + p.stderr
+    if "Traceback (most recent call last)" not in text:
+        return ""
+    last = text.strip().splitlines()[-1]
+    return (
+        f"`picklescan -p` stops with a traceback ({last}) part way through this folder; "
+        "the numbers come from bench/_picklescan_driver.py, which scans the same files one by one"
+    )
+
+
 PARSERS = {
     "hermetic": parse_hermetic,
-    "picklescan": parse_picklescan,
+    "picklescan": parse_picklescan_driver,
     "fickling": parse_fickling_driver,
 }
 
@@ -79,7 +108,7 @@ class Tool:
             t = str(target)
             return [str(self.binary), "scan", "--format", "json", "--fail-on", "never", "--all", t]
         if self.kind == "picklescan":
-            return [str(VENV_BIN / "picklescan"), "-p", str(target)]
+            return [sys.executable, str(PICKLESCAN_DRIVER), str(target)]
         return [sys.executable, str(DRIVER), str(target)]
 
 
@@ -95,32 +124,8 @@ def run_tool(tool: Tool, target: Path) -> tuple[dict[str, FileVerdict], float, s
     return verdicts, wall, ""
 
 
-def _picklescan_extensions() -> frozenset[str]:
-    """The extensions `picklescan -p FOLDER` opens (scanner.scan_directory_path); it skips the
-    rest, .npy included, without a word."""
-    try:
-        from picklescan import scanner
-
-        return frozenset(
-            scanner._zip_file_extensions
-            | scanner._pickle_file_extensions
-            | scanner._pytorch_file_extensions
-        )
-    except (ImportError, AttributeError):  # the sets of picklescan 1.0
-        return frozenset(
-            ".zip .npz .7z .pkl .pickle .joblib .dat .data .bin .pt .pth .ckpt".split()
-        )
-
-
-PICKLESCAN_EXTENSIONS = _picklescan_extensions()
-
-
 def _status(verdicts: dict[str, FileVerdict], name: str, tool: Tool) -> FileVerdict:
-    if name in verdicts:
-        return verdicts[name]
-    if tool.kind == "picklescan" and os.path.splitext(name)[1] in PICKLESCAN_EXTENSIONS:
-        return FileVerdict(SAFE, "scanned, no dangerous global")
-    return FileVerdict(ABSENT[tool.kind], "not in the output")
+    return verdicts.get(name) or FileVerdict(ABSENT[tool.kind], "not in the output")
 
 
 def attack_rows(tools: list[Tool]) -> dict[str, dict[str, Any]]:
@@ -128,6 +133,8 @@ def attack_rows(tools: list[Tool]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for tool in tools:
         verdicts, wall, problem = run_tool(tool, ATTACKS)
+        if tool.kind == "picklescan" and not problem:
+            problem = picklescan_cli_problem(ATTACKS)
         files = {n: _status(verdicts, n, tool) for n in sorted(expected)}
         out[tool.label] = {
             "wall_s": round(wall, 2),
@@ -168,12 +175,15 @@ def real_rows(tools: list[Tool], roots: list[Path], manifest: Path) -> dict[str,
         out["code"] = len(code)
         for tool in tools:
             verdicts, wall, problem = run_tool(tool, folder)
+            if tool.kind == "picklescan" and not problem:
+                problem = picklescan_cli_problem(folder)
             st = {n: _status(verdicts, n, tool) for n in names}
             fp = [n for n in data_only if st[n].status == FLAGGED]
             err = [n for n in data_only if st[n].status == ERROR]
             out["tools"][tool.label] = {
                 "wall_s": round(wall, 2),
                 "problem": problem,
+                "opened": sum(st[n].status != NOT_SCANNED for n in names),
                 "data_only_flagged": len(fp),
                 "data_only_errors": len(err),
                 "code_flagged_or_error": sum(st[n].status in (FLAGGED, ERROR) for n in code),
@@ -213,6 +223,7 @@ def render(results: dict[str, Any]) -> str:
                 str(len(a["missed"])),
                 str(len(a["errored"])),
                 str(len(a["skipped"])),
+                f"{r['opened']} / {real['files']}",
                 f"{fp} / {d} ({_pct(fp, d)})",
                 f"{r['data_only_flagged']} / {r['data_only_errors']}",
                 f"{r['code_flagged_or_error']} / {real['code']}",
@@ -224,6 +235,7 @@ def render(results: dict[str, Any]) -> str:
         "missed (said safe)",
         "errored",
         "not scanned",
+        "real files opened",
         "real data-only files: false positives",
         "of which flagged / errors",
         "real files importing non-data classes: flagged",
@@ -242,8 +254,10 @@ def render(results: dict[str, Any]) -> str:
             if a[what]:
                 word = "not scanned" if what == "skipped" else what
                 out.append(f"- {tool} {word}: {', '.join(a[what])}")
-        if a["problem"] or real["tools"][tool]["problem"]:
-            out.append(f"- {tool}: {a['problem'] or real['tools'][tool]['problem']}")
+        if a["problem"]:
+            out.append(f"- {tool}, attack corpus: {a['problem']}")
+        if real["tools"][tool]["problem"]:
+            out.append(f"- {tool}, real files: {real['tools'][tool]['problem']}")
     return "\n".join(out) + "\n"
 
 
