@@ -17,14 +17,15 @@ The dispatch uses the standard library's zip check and the NumPy magic bytes rat
 zip from a pickle. `fickling.pytorch.PyTorchModelWrapper` was not used for the same reason:
 it also imports torch, and its `.pickled` reads the same `*/data.pkl` member.
 
-Prints one JSON object: {"files": [{"path", "status", "severity", "errors"}]}, where status
-is "safe", "unsafe" (severity above LIKELY_SAFE), "error" (fickling could not parse it) or
+Prints one JSON object: {"files": [{"path", "status", "severity", "errors"}]}, where status is
+"safe", "unsafe" (severity above LIKELY_SAFE), "error" (fickling could not parse it) or
 "unsupported". A file counts as flagged when it is unsafe or an error, as fickling's
-`ScanResult.__bool__` has it.
+`ScanResult.__bool__` has it. fickling's own warnings go to stderr.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -75,7 +76,10 @@ def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__, file=sys.stderr)
         return 2
-    report = {"files": [scan_one(p) for p in _files(argv)]}
+    # fickling prints its warnings ("Warning: malformed pickle file ...") to stdout, which
+    # carries the JSON report: send them to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        report = {"files": [scan_one(p) for p in _files(argv)]}
     json.dump(report, sys.stdout)
     sys.stdout.write("\n")
     return 0
