@@ -26,16 +26,10 @@ for _e in ENTRIES:
     BY_DIST[_e["dist"]].append(_e)
 
 # Data-only files hermetic does not call safe yet: (dist, path) -> the finding code it gives.
-# Each is checked on its own below and expected to fail; when the scanner is fixed the test
-# passes unexpectedly and fails the run, so the entry can go.
-KNOWN_FALSE_NON_SAFE: dict[tuple[str, str], str] = {
-    # joblib dumps of plain float arrays (lz4): scanned as joblib_array_wrapper (suspicious)
-    ("mtcnn", "mtcnn/assets/weights/onet.lz4"): "joblib_array_wrapper",
-    ("mtcnn", "mtcnn/assets/weights/pnet.lz4"): "joblib_array_wrapper",
-    ("mtcnn", "mtcnn/assets/weights/rnet.lz4"): "joblib_array_wrapper",
-    # an array pickle followed by one b"\n", which pickle.load never reads
-    ("numpy", "numpy/core/tests/data/numpy_2_0_array.pkl"): "trailing_data",
-}
+# Empty since the scanner reads joblib's inline arrays as data and ignores bytes after the
+# last stream that a second load would fail on (the mtcnn lz4 dumps and numpy's
+# numpy_2_0_array.pkl were the four).
+KNOWN_FALSE_NON_SAFE: dict[tuple[str, str], str] = {}
 
 
 def installed(dist: str) -> list[tuple[dict[str, Any], Path]]:
@@ -94,19 +88,6 @@ def test_hermetic_agrees_with_the_loaders(dist: str) -> None:
                 false_non_safe.append(f"{e['path']} -> {verdict} {_codes(r)}")
     assert not false_safe, f"called safe, but loading imports non-data classes: {false_safe}"
     assert not false_non_safe, f"data only, but not called safe: {false_non_safe}"
-
-
-@pytest.mark.parametrize(
-    ("dist", "path"),
-    [pytest.param(d, p, marks=pytest.mark.xfail(strict=True)) for d, p in KNOWN_FALSE_NON_SAFE],
-)
-def test_known_false_non_safe(dist: str, path: str) -> None:
-    files = [(e, p) for e, p in installed(dist) if e["path"] == path]
-    if not files:
-        pytest.skip(f"{path} is not installed with the manifest's bytes")
-    ((_, p),) = files
-    (r,) = hermetic.scan(p, include_clean=True)
-    assert r.verdict == "safe", _codes(r)
 
 
 @pytest.mark.parametrize("dist", ["numpy", "joblib"])
