@@ -104,7 +104,10 @@ INPUTS: dict[str, Callable[[], bytes]] = {
     "many_streams": many_streams,
 }
 
-LOAD_PICKLE = "import hermetic, sys\ntry:\n    hermetic.load_pickle(sys.argv[1])\nexcept Exception:\n    pass\n"
+LOAD_PICKLE = (
+    "import hermetic, sys\ntry:\n"
+    "    hermetic.load_pickle(sys.argv[1])\nexcept Exception:\n    pass\n"
+)
 FIREWALL = (
     "import pickle, sys\ndata = open(sys.argv[1], 'rb').read()\n"
     "try:\n    pickle.loads(data)\nexcept Exception:\n    pass\n"
