@@ -16,10 +16,12 @@ use std::collections::HashMap;
 const MAX_NAME_LEN: usize = 1024;
 
 #[derive(Clone, Debug)]
-enum Sym<'a> {
+enum Sym {
     /// A string constant, kept as its raw bytes and decoded only where a
     /// name is needed (`None` when too long to be a name).
-    Str(Option<RawStr<'a>>),
+    /// Index into the machine's `strs`: kept out of line, so that the
+    /// values that are not strings (most of them) stay small.
+    Str(Option<u32>),
     Other,
     List,
     Dict,
@@ -155,7 +157,8 @@ pub fn blob_id(bytes: &[u8]) -> String {
 struct Machine<'p, 'a> {
     policy: &'p Policy,
     base: u64,
-    values: Vec<Sym<'a>>,
+    values: Vec<Sym>,
+    strs: Vec<RawStr<'a>>,
     stack: Vec<u32>,
     /// Where each open MARK starts in `stack`: one number per MARK, as
     /// CPython keeps its marks, so deep nesting costs four bytes a level.
@@ -180,7 +183,12 @@ fn stop(code: &'static str, reason: impl Into<String>) -> Stop {
 }
 
 impl<'a> Machine<'_, 'a> {
-    fn push(&mut self, v: Sym<'a>) {
+    fn intern(&mut self, s: RawStr<'a>) -> u32 {
+        self.strs.push(s);
+        (self.strs.len() - 1) as u32
+    }
+
+    fn push(&mut self, v: Sym) {
         self.values.push(v);
         self.stack.push((self.values.len() - 1) as u32);
     }
@@ -374,6 +382,7 @@ impl<'a> Machine<'_, 'a> {
                     Arg::Latin1(b) if b.len() <= MAX_NAME_LEN => Some(RawStr::Latin1(b)),
                     _ => None,
                 };
+                let s = s.map(|s| self.intern(s));
                 self.push(Sym::Str(s))
             }
             UNICODE | SHORT_BINUNICODE | BINUNICODE | BINUNICODE8 => {
@@ -384,6 +393,7 @@ impl<'a> Machine<'_, 'a> {
                     }
                     _ => None,
                 };
+                let s = s.map(|s| self.intern(s));
                 self.push(Sym::Str(s))
             }
             NEXT_BUFFER => {
@@ -531,7 +541,9 @@ impl<'a> Machine<'_, 'a> {
                 let name = self.pop(op)?;
                 let module = self.pop(op)?;
                 let names = match (&self.values[module as usize], &self.values[name as usize]) {
-                    (Sym::Str(Some(m)), Sym::Str(Some(n))) => m.decode().zip(n.decode()),
+                    (Sym::Str(Some(m)), Sym::Str(Some(n))) => self.strs[*m as usize]
+                        .decode()
+                        .zip(self.strs[*n as usize].decode()),
                     _ => None,
                 };
                 match (
@@ -644,7 +656,11 @@ impl<'a> Machine<'_, 'a> {
                             &self.values[head.items[0] as usize],
                             &self.values[head.items[1] as usize],
                         ) {
-                            (Sym::Str(Some(kind)), Sym::Global(g)) if kind.is("module") => Some(*g),
+                            (Sym::Str(Some(kind)), Sym::Global(g))
+                                if self.strs[*kind as usize].is("module") =>
+                            {
+                                Some(*g)
+                            }
                             _ => None,
                         }
                     }
@@ -718,6 +734,7 @@ pub fn analyze_stream(
         policy,
         base,
         values: Vec::new(),
+        strs: Vec::new(),
         stack: Vec::new(),
         marks: Vec::new(),
         memo: Memo::default(),
@@ -929,6 +946,17 @@ mod tests {
         let a = scan(b"\x80\x02}q\x00(X\x01\x00\x00\x00aq\x01K\x01u.");
         assert_eq!(a.report.verdict, Verdict::Safe);
         assert_eq!(a.end, Some(a.report.length as usize));
+    }
+
+    /// Every opcode leaves a value behind, so the value type's size is the
+    /// analysis's memory per opcode (a 40 KB gzip holds 8 M opcodes).
+    #[test]
+    fn values_stay_small() {
+        assert!(
+            std::mem::size_of::<Sym>() <= 24,
+            "{}",
+            std::mem::size_of::<Sym>()
+        );
     }
 
     /// Memo puts whose keys each double the last: the memo's size follows
