@@ -47,7 +47,28 @@ pub enum FailOn {
     Never,
 }
 
+/// What `hermetic scan --help` says after the options: the verdicts and the
+/// exit statuses, which scripts and CI depend on.
+const SCAN_AFTER_HELP: &str = "\
+Verdicts (per file, the worst of its pickle streams):
+  safe        only allowlisted data constructors: loading runs no code
+  suspicious  imports outside the allowlist that are not known code-execution
+              primitives (typically a model's own classes): loading imports and
+              runs that module's code
+  dangerous   known code-execution, file, process or network primitives, or a
+              stream that is malformed or read differently by different loaders
+  error       the file could not be read or analysed (unreadable, not a regular
+              file, a symlink loop): nothing is known about what loading it runs
+
+Exit status:
+  0  nothing at or above --fail-on (or --fail-on never)
+  1  a file at or above --fail-on (default: suspicious)
+  2  usage error (bad option, unreadable policy file)
+  3  a file could not be read or analysed (verdict error); fails every
+     --fail-on level except never";
+
 #[derive(Debug, Args)]
+#[command(after_help = SCAN_AFTER_HELP)]
 pub struct ScanArgs {
     /// Files or folders to scan (folders recursively).
     #[arg(default_value = ".")]
