@@ -88,6 +88,11 @@ pub struct ScanArgs {
     /// Worker threads (default: one per core).
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// SARIF only: the folder result paths are made relative to (reported as
+    /// `%SRCROOT%`); code scanning wants the repository root (default: the
+    /// current directory).
+    #[arg(long, value_name = "DIR")]
+    pub sarif_root: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -49,7 +49,8 @@ pub(crate) fn run(args: &ScanArgs, out: &mut dyn Write) -> Result<ExitStatus, Cl
             writeln!(out)?;
         }
         Format::Sarif => {
-            serde_json::to_writer_pretty(&mut *out, &sarif::report(&shown))?;
+            let root = sarif::Root::new(args.sarif_root.as_deref())?;
+            serde_json::to_writer_pretty(&mut *out, &sarif::report(&shown, &root))?;
             writeln!(out)?;
         }
     }
