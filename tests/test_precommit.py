@@ -68,7 +68,9 @@ def commit(env: dict[str, str], repo: Path, message: str, *, verify: bool = Fals
     sh(env, repo, "git", "commit", "-q", "-m", message, *([] if verify else ["--no-verify"]))
 
 
-def precommit(env: dict[str, str], cwd: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+def precommit(
+    env: dict[str, str], cwd: Path, *args: str | Path
+) -> subprocess.CompletedProcess[str]:
     return sh(env, cwd, sys.executable, "-m", "pre_commit", *args, check=False)
 
 
@@ -97,7 +99,8 @@ def head(env: dict[str, str], repo: Path) -> str:
 
 
 def test_manifest_hook_shape() -> None:
-    from pre_commit.clientlib import load_manifest  # validates it as pre-commit does
+    # pre-commit's own loader validates the manifest as `pre-commit` reads it.
+    from pre_commit.clientlib import load_manifest  # type: ignore[import-untyped]
 
     (hook,) = load_manifest(str(ROOT / ".pre-commit-hooks.yaml"))
     assert hook["id"] == "hermetic-scan"

@@ -55,9 +55,7 @@ def results(log: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def uris(log: dict[str, Any]) -> set[str]:
-    return {
-        r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for r in results(log)
-    }
+    return {r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for r in results(log)}
 
 
 def check_github_rules(log: dict[str, Any]) -> None:
@@ -136,8 +134,7 @@ def test_uris_are_relative_to_the_current_directory(tree: Path) -> None:
     run = log["runs"][0]
     assert run["originalUriBaseIds"]["%SRCROOT%"]["uri"] == tree.resolve().as_uri() + "/"
     assert {
-        r["locations"][0]["physicalLocation"]["artifactLocation"]["uriBaseId"]
-        for r in results(log)
+        r["locations"][0]["physicalLocation"]["artifactLocation"]["uriBaseId"] for r in results(log)
     } == {"%SRCROOT%"}
 
 
@@ -169,6 +166,7 @@ def test_fingerprints_are_stable_and_distinct(tree: Path, tmp_path: Path) -> Non
     (tree / "models" / "evil2.bin").write_bytes(EVIL)
     second = fingerprints(sarif(".", cwd=tree))
     assert len({fp["primaryLocationLineHash"] for fp in second.values()}) == len(second)
-    assert second[("dangerous_import", "models/evil.bin")] == first[
-        ("dangerous_import", "models/evil.bin")
-    ]
+    assert (
+        second[("dangerous_import", "models/evil.bin")]
+        == first[("dangerous_import", "models/evil.bin")]
+    )
