@@ -70,9 +70,13 @@ Exit status:
 #[derive(Debug, Args)]
 #[command(after_help = SCAN_AFTER_HELP)]
 pub struct ScanArgs {
-    /// Files or folders to scan (folders recursively).
-    #[arg(default_value = ".")]
+    /// Files or folders to scan (folders recursively; default: the current folder).
     pub paths: Vec<PathBuf>,
+    /// Scan a Hugging Face hub cache and report each `org/name@revision` with its files
+    /// (default: the cache huggingface_hub uses: $HF_HUB_CACHE, else $HF_HOME/hub, else
+    /// ~/.cache/huggingface/hub).
+    #[arg(long, value_name = "DIR", num_args = 0..=1, conflicts_with = "paths")]
+    pub hf_cache: Option<Option<PathBuf>>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
