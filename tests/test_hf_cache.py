@@ -127,3 +127,27 @@ def test_missing_cache_is_an_error(tmp_path: Path) -> None:
 
 def test_hf_cache_and_paths_conflict(cache: Path) -> None:
     assert scan("--hf-cache", cache, cache).returncode == 2
+
+
+def test_the_layout_is_the_one_huggingface_hub_reads(cache: Path) -> None:
+    """huggingface_hub's own cache reader sees the repos and revisions hermetic reports."""
+    hub = pytest.importorskip("huggingface_hub")
+    info = hub.scan_cache_dir(cache)
+    theirs = {
+        (r.repo_type, r.repo_id, rev.commit_hash, tuple(sorted(f.file_name for f in rev.files)))
+        for r in info.repos
+        for rev in r.revisions
+    }
+    doc = json.loads(scan("--hf-cache", cache, "--format", "json", "--all").stdout)
+    ours = {
+        (
+            r["repo_type"],
+            r["repo_id"],
+            r["revision"],
+            tuple(sorted(Path(f["file"]).name for f in r["files"])),
+        )
+        for r in doc["repos"]
+    }
+    assert ours == theirs
+    refs = {(r.repo_id, tuple(sorted(rev.refs))) for r in info.repos for rev in r.revisions}
+    assert {(r["repo_id"], tuple(r["refs"])) for r in doc["repos"]} == refs
