@@ -174,3 +174,17 @@ def test_examples_scan_as_documented() -> None:
     assert "research.models.TinyClassifier" in whole.imports()
     assert results["tampered_checkpoint.pt"].verdict == "dangerous"
     assert "notes.txt" not in results
+
+
+def test_scan_help_states_verdicts_and_exit_codes() -> None:
+    p = run("scan", "--help")
+    assert p.returncode == 0, p.stderr
+    text = p.stdout
+    for verdict in ("safe", "suspicious", "dangerous", "error"):
+        assert f"\n  {verdict} " in text, verdict
+    assert "loading runs no code" in text
+    assert "Exit status:" in text
+    for code in ("0", "1", "2", "3"):
+        assert f"\n  {code}  " in text, code
+    assert "a file could not be read or analysed (verdict error)" in text
+    assert run("scan", "-h").stdout.count("Exit status:") == 1, "short help shows it too"

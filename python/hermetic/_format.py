@@ -572,10 +572,13 @@ def save(
     (docs/SPEC.md, section 10; load them with ``type=``, ``allow=`` or
     ``plain=True``). Anything the format cannot represent (a lambda, a closure,
     an arbitrary object) raises :class:`FormatError` naming its place in the
-    tree and the reason.
+    tree and the reason. A missing parent folder is created.
     """
     md = _metadata(metadata)
     shard = _size(max_shard_size) if max_shard_size is not None else None
+    # Like torch.save via Lightning's IO: a missing folder is created.
+    parent = os.path.dirname(os.path.abspath(os.fspath(path)))
+    os.makedirs(parent, exist_ok=True)
     _hermetic.format_save(obj, os.fspath(path), md, shard, fsync, sys.modules[__name__])
 
 
@@ -667,8 +670,49 @@ def open_archive(path: PathLike) -> Handle:
     ``handle.tree`` shows the structure with :class:`TensorInfo` in place of
     tensors; ``handle["model", "layer.weight"]`` loads just that subtree.
     """
-    ar = _hermetic.format_open(os.fspath(path))
+    try:
+        ar = _hermetic.format_open(os.fspath(path))
+    except FormatError as e:
+        hint = not_hermetic_hint(path)
+        if hint is None:
+            raise
+        raise FormatError(f"{e}\n{hint}") from e
     return Handle(ar, [None] * len(ar.paths()), os.fspath(path))
+
+
+# What reads a file in each pickle-bearing format the scanner recognises.
+_READERS = {
+    "torch-zip": "a PyTorch pickle checkpoint (torch.save's zip)",
+    "torch-legacy": "a PyTorch pickle checkpoint (the legacy format)",
+    "torch-tar": "a PyTorch pickle checkpoint (the old tar format)",
+    "pickle": "a pickle (a torch.save checkpoint of the legacy format is one too)",
+    "joblib": "a joblib dump (a pickle)",
+    "npy": "a numpy .npy file",
+    "npz": "a numpy .npz archive",
+}
+
+
+def not_hermetic_hint(path: PathLike) -> str | None:
+    """What to do with a file that is not in hermetic's format, judged by its
+    content (a zip with ``data.pkl``, a pickle, a legacy torch file ...), or
+    ``None`` when it is not one hermetic knows another reader for."""
+    if os.path.isdir(path):
+        return None
+    from hermetic._scan import scan
+
+    try:
+        found = scan(path, include_clean=True)
+    except Exception:  # noqa: BLE001 - a hint must never hide the real error
+        return None
+    if len(found) != 1 or found[0].error is not None:
+        return None
+    what = _READERS.get(found[0].format)
+    if what is None:
+        return None
+    return (
+        f"this is {what}, not a hermetic/safetensors file: use hermetic.torch.load to read "
+        "its tensors without running it, or `hermetic convert IN OUT` to convert it"
+    )
 
 
 def _index(part: Any) -> str:

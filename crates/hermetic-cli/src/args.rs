@@ -47,11 +47,36 @@ pub enum FailOn {
     Never,
 }
 
+/// What `hermetic scan --help` says after the options: the verdicts and the
+/// exit statuses, which scripts and CI depend on.
+const SCAN_AFTER_HELP: &str = "\
+Verdicts (per file, the worst of its pickle streams):
+  safe        only allowlisted data constructors: loading runs no code
+  suspicious  imports outside the allowlist that are not known code-execution
+              primitives (typically a model's own classes): loading imports and
+              runs that module's code
+  dangerous   known code-execution, file, process or network primitives, or a
+              stream that is malformed or read differently by different loaders
+  error       the file could not be read or analysed (unreadable, not a regular
+              file, a symlink loop): nothing is known about what loading it runs
+
+Exit status:
+  0  nothing at or above --fail-on (or --fail-on never)
+  1  a file at or above --fail-on (default: suspicious)
+  2  usage error (bad option, unreadable policy file)
+  3  a file could not be read or analysed (verdict error); fails every
+     --fail-on level except never";
+
 #[derive(Debug, Args)]
+#[command(after_help = SCAN_AFTER_HELP)]
 pub struct ScanArgs {
-    /// Files or folders to scan (folders recursively).
-    #[arg(default_value = ".")]
+    /// Files or folders to scan (folders recursively; default: the current folder).
     pub paths: Vec<PathBuf>,
+    /// Scan a Hugging Face hub cache and report each `org/name@revision` with its files
+    /// (default: the cache huggingface_hub uses: $HF_HUB_CACHE, else $HF_HOME/hub, else
+    /// ~/.cache/huggingface/hub).
+    #[arg(long, value_name = "DIR", num_args = 0..=1, conflicts_with = "paths")]
+    pub hf_cache: Option<Option<PathBuf>>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -67,6 +92,11 @@ pub struct ScanArgs {
     /// Worker threads (default: one per core).
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// SARIF only: the folder result paths are made relative to (reported as
+    /// `%SRCROOT%`); code scanning wants the repository root (default: the
+    /// current directory).
+    #[arg(long, value_name = "DIR")]
+    pub sarif_root: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,7 @@
 
 mod args;
 mod commands;
+mod hf;
 mod walk;
 
 use clap::Parser;

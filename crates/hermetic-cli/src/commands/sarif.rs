@@ -1,36 +1,216 @@
-//! SARIF 2.1.0 output, for code-scanning dashboards.
+//! SARIF 2.1.0 output, in the subset GitHub code scanning ingests
+//! (docs.github.com, "SARIF support for code scanning"): every rule has a
+//! short and a full description, help text and markdown, a
+//! `security-severity` and tags; every result has a level, one location
+//! whose URI is relative to the source root (`%SRCROOT%`), and
+//! `partialFingerprints` that stay the same from run to run.
 
-use hermetic_pickle::{FileReport, Finding, Verdict};
+use hermetic_pickle::{blob_id, FileReport, Finding, Verdict};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
 
-/// Rule descriptions, one per stable finding code.
-fn rule_text(code: &str) -> &'static str {
+/// What a finding code means, for the rule metadata.
+struct RuleDoc {
+    /// One line (code scanning: at most 1024 characters).
+    short: &'static str,
+    /// What the finding is and why it matters (at most 1024 characters).
+    full: &'static str,
+    /// What to do about it.
+    help: &'static str,
+    /// Code scanning's 0.1-10.0 score for the worst reading of the code:
+    /// over 9.0 critical, 7.0-8.9 high, 4.0-6.9 medium, 0.1-3.9 low.
+    security_severity: &'static str,
+}
+
+const DO_NOT_LOAD: &str = "Do not load the file with pickle, torch.load(weights_only=False) or \
+    joblib.load. If you produced it, re-save the tensors in a data-only format \
+    (`hermetic convert IN OUT`, or safetensors).";
+const NOT_ANALYSED: &str = "Treat the file as unknown: do not load it until it scans cleanly.";
+
+fn rule_doc(code: &str) -> RuleDoc {
+    let d = |short, full, help, security_severity| RuleDoc {
+        short,
+        full,
+        help,
+        security_severity,
+    };
     match code {
-        "dangerous_import" => "The pickle imports a known code-execution, file, process or network primitive.",
-        "unknown_import" => "The pickle imports a global outside the allowlist of data constructors; loading it runs that module's code.",
-        "denied_import" => "The pickle imports a global the policy file denies.",
-        "attribute_traversal" => "The pickle resolves a dotted name through dunder attributes to reach interpreter internals.",
-        "dynamic_global" => "STACK_GLOBAL takes a module or name computed at load time.",
-        "indirect_call" => "The pickle calls a value that is not a named global.",
-        "method_call" => "The pickle makes the unpickler call a method of an imported object by name.",
-        "build_on_global" => "BUILD sets attributes on an imported module, class or function.",
-        "extension_code" => "The pickle names a global through the copyreg extension registry.",
-        "proto_mid_stream" => "A PROTO opcode after the start changes how later names resolve.",
-        "frame_violation" => "FRAME boundaries that the C and pure-Python unpicklers read differently.",
-        "truncated_stream" => "The stream ends early; the unpickler runs everything before the end.",
-        "malformed_stream" => "The stream is malformed; the unpickler runs everything before the error.",
-        "trailing_data" => "Bytes after the last pickle that a second load could read.",
-        "limit_exceeded" => "The input exceeds a scanning bound and was not fully analysed.",
-        "polyglot_pickle_zip" => "The file is both a pickle and a zip; torch and zipfile read different things.",
-        "ambiguous_zip" => "A zip archive that strict and tolerant readers read differently.",
-        "decompression_limit" => "Decompressed data exceeds the bound and was not fully analysed.",
-        "out_of_band_buffer" => "The stream takes out-of-band buffers from the loader.",
-        "unusual_structure" => "The stream has a structure no pickler writes.",
-        "scan_error" => "The file could not be read or analysed; nothing is known about what loading it runs.",
-        "truncated_container" => "A container (safetensors, zip, tar, npy) ends before the data its header describes.",
-        "torchscript_code" => "A TorchScript archive carries code that torch.jit.load compiles and runs.",
-        _ => "A finding of the hermetic pickle scanner.",
+        "dangerous_import" => d(
+            "The pickle imports a known code-execution, file, process or network primitive.",
+            "Loading this pickle imports a global such as os.system, subprocess.Popen, eval, \
+             exec or builtins.getattr that lets the file run arbitrary code when it is \
+             unpickled. Model checkpoints never need these.",
+            DO_NOT_LOAD,
+            "9.8",
+        ),
+        "unknown_import" => d(
+            "The pickle imports a global outside the allowlist of data constructors.",
+            "Loading this pickle imports a module that is not one of the data constructors \
+             hermetic allows (tensors, arrays, containers). Importing it runs that module's \
+             code, and the unpickler may call the object; typically it is a model's own class, \
+             saved with torch.save(model) instead of its state dict.",
+            "Prefer saving the state dict (torch.save(model.state_dict())) or converting the \
+             file (`hermetic convert --salvage IN OUT`). If you trust the class, allow it in a \
+             policy file (`[allow] globals = [\"pkg.module:Class\"]`) and pass `--policy`.",
+            "5.0",
+        ),
+        "denied_import" => d(
+            "The pickle imports a global the policy file denies.",
+            "Loading this pickle imports a global that the policy passed with --policy \
+             explicitly denies.",
+            DO_NOT_LOAD,
+            "8.0",
+        ),
+        "attribute_traversal" => d(
+            "The pickle reaches interpreter internals through dunder attributes.",
+            "The pickle resolves a dotted name through attributes such as __globals__ or \
+             __builtins__, a way to reach code-execution primitives without naming them.",
+            DO_NOT_LOAD,
+            "9.8",
+        ),
+        "dynamic_global" => d(
+            "STACK_GLOBAL takes a module or name computed at load time.",
+            "The module or name the pickle imports is computed while it loads, so what it \
+             imports cannot be known statically; an obfuscation technique.",
+            DO_NOT_LOAD,
+            "9.0",
+        ),
+        "indirect_call" => d(
+            "The pickle calls a value that is not a named global.",
+            "REDUCE is applied to something other than an imported global (for example the \
+             result of another call), a way to call functions without naming them.",
+            DO_NOT_LOAD,
+            "9.0",
+        ),
+        "method_call" => d(
+            "The pickle calls a method of an imported object by name.",
+            "The unpickler is made to look up and call a method of an imported object, which \
+             reaches code the import alone would not.",
+            DO_NOT_LOAD,
+            "8.5",
+        ),
+        "build_on_global" => d(
+            "BUILD sets attributes on an imported module, class or function.",
+            "The pickle changes the state of an imported module, class or function while it \
+             loads, which can replace code that runs later.",
+            DO_NOT_LOAD,
+            "8.5",
+        ),
+        "extension_code" => d(
+            "The pickle names a global through the copyreg extension registry.",
+            "EXT1/EXT2/EXT4 name a global by a number registered in copyreg at load time, so \
+             what is imported depends on the loading process, not on the file.",
+            DO_NOT_LOAD,
+            "8.0",
+        ),
+        "proto_mid_stream" => d(
+            "A PROTO opcode after the start changes how later names resolve.",
+            "A PROTO opcode in the middle of a stream switches the protocol, which changes how \
+             later names are resolved; no pickler writes this.",
+            DO_NOT_LOAD,
+            "7.5",
+        ),
+        "frame_violation" => d(
+            "FRAME boundaries that the C and pure-Python unpicklers read differently.",
+            "The FRAME opcodes of the stream do not match its contents, so the C and the \
+             pure-Python unpicklers read different opcodes; a way to hide imports from scanners.",
+            DO_NOT_LOAD,
+            "8.0",
+        ),
+        "truncated_stream" => d(
+            "The stream ends early; the unpickler runs everything before the end.",
+            "The pickle stream ends before STOP. The unpickler executes every opcode up to the \
+             point where it fails, so a truncated stream can still run code.",
+            DO_NOT_LOAD,
+            "7.5",
+        ),
+        "malformed_stream" => d(
+            "The stream is malformed; the unpickler runs everything before the error.",
+            "The pickle stream has an invalid opcode or argument. The unpickler executes \
+             everything before the error, and different unpicklers disagree about malformed \
+             input.",
+            DO_NOT_LOAD,
+            "7.5",
+        ),
+        "trailing_data" => d(
+            "Bytes after the last pickle that a second load could read.",
+            "The file continues after its last pickle stream; a loader that calls load() again \
+             reads and runs what follows.",
+            DO_NOT_LOAD,
+            "7.0",
+        ),
+        "limit_exceeded" => d(
+            "The input exceeds a scanning bound and was not fully analysed.",
+            "Part of the file was not analysed because it exceeds one of the scanner's bounds \
+             (depth, size, opcode count); what that part does is unknown.",
+            NOT_ANALYSED,
+            "7.0",
+        ),
+        "polyglot_pickle_zip" => d(
+            "The file is both a pickle and a zip; torch and zipfile read different things.",
+            "The file is a valid pickle and a valid zip archive at once, so torch.load and \
+             other readers see different contents; a way to show a scanner one file and a \
+             loader another.",
+            DO_NOT_LOAD,
+            "9.0",
+        ),
+        "ambiguous_zip" => d(
+            "A zip archive that strict and tolerant readers read differently.",
+            "The zip archive has overlapping, duplicate or inconsistent entries, so different \
+             zip readers extract different contents.",
+            DO_NOT_LOAD,
+            "8.0",
+        ),
+        "decompression_limit" => d(
+            "Decompressed data exceeds the bound and was not fully analysed.",
+            "A compressed member decompresses beyond the scanner's bound (a possible \
+             decompression bomb); the rest was not analysed.",
+            NOT_ANALYSED,
+            "7.0",
+        ),
+        "out_of_band_buffer" => d(
+            "The stream takes out-of-band buffers from the loader.",
+            "The pickle reads protocol 5 out-of-band buffers, whose contents come from the \
+             loading code, not from the file.",
+            "Check that the code loading the file supplies the buffers it expects.",
+            "4.0",
+        ),
+        "unusual_structure" => d(
+            "The stream has a structure no pickler writes.",
+            "The stream is valid but shaped in a way no Python pickler produces, which \
+             suggests it was crafted by hand.",
+            "Find out where the file came from before loading it.",
+            "5.0",
+        ),
+        "scan_error" => d(
+            "The file could not be read or analysed.",
+            "The file could not be read or analysed (unreadable, not a regular file, a symlink \
+             loop, an error in its container); nothing is known about what loading it runs.",
+            NOT_ANALYSED,
+            "7.0",
+        ),
+        "truncated_container" => d(
+            "A container ends before the data its header describes.",
+            "A safetensors, zip, tar or npy container ends before the data its header \
+             describes; readers differ on what they do with the missing part.",
+            NOT_ANALYSED,
+            "5.0",
+        ),
+        "torchscript_code" => d(
+            "A TorchScript archive carries code that torch.jit.load compiles and runs.",
+            "The archive holds TorchScript code; torch.jit.load compiles and runs it, so \
+             loading the file runs code of the file's author.",
+            "Load only TorchScript archives from authors you trust, or export the weights \
+             (`hermetic convert IN OUT`).",
+            "7.5",
+        ),
+        _ => d(
+            "A finding of the hermetic pickle scanner.",
+            "A finding of the hermetic pickle scanner; see `hermetic scan --help`.",
+            DO_NOT_LOAD,
+            "5.0",
+        ),
     }
 }
 
@@ -55,11 +235,109 @@ fn uri(path: &str) -> String {
     s
 }
 
-pub(crate) fn report(files: &[&FileReport]) -> Value {
-    let mut rules: BTreeMap<String, Verdict> = BTreeMap::new();
+/// `path` made absolute against `cwd` and with `.` and `..` removed, without
+/// touching the file system (a symlinked snapshot keeps the name it has).
+fn absolute(path: &Path, cwd: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in cwd.join(path).components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// An absolute `file:` URI for an absolute path (`file:///C:/x` on Windows).
+fn file_uri(abs: &Path) -> String {
+    let s = uri(&abs.display().to_string());
+    if s.starts_with('/') {
+        format!("file://{s}")
+    } else {
+        format!("file:///{s}")
+    }
+}
+
+/// Where results' paths are resolved from: the source root, reported as
+/// `%SRCROOT%`; code scanning resolves relative URIs against the repository root.
+pub(crate) struct Root {
+    cwd: PathBuf,
+    root: PathBuf,
+}
+
+impl Root {
+    /// `root` (relative to `cwd`), or `cwd` itself.
+    pub(crate) fn new(root: Option<&Path>) -> std::io::Result<Self> {
+        let cwd = std::env::current_dir()?;
+        let root = absolute(root.unwrap_or(Path::new(".")), &cwd);
+        Ok(Root { cwd, root })
+    }
+
+    /// The artifact location of a reported path: relative to the root when
+    /// it lies under it, an absolute `file:` URI otherwise.
+    fn location(&self, path: &str) -> Value {
+        let mut abs = absolute(Path::new(path), &self.cwd);
+        if !abs.starts_with(&self.root) {
+            // The same folder by another spelling (a symlinked /tmp): compare
+            // real folders, keeping the file's own name (a hub snapshot link).
+            if let (Some(dir), Some(name), Ok(root)) = (
+                abs.parent().and_then(|d| d.canonicalize().ok()),
+                abs.file_name(),
+                self.root.canonicalize(),
+            ) {
+                if dir.starts_with(&root) {
+                    abs = self
+                        .root
+                        .join(dir.strip_prefix(&root).unwrap_or(&dir))
+                        .join(name);
+                }
+            }
+        }
+        match abs.strip_prefix(&self.root) {
+            Ok(rel) if !rel.as_os_str().is_empty() => {
+                let parts: Vec<String> = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect();
+                json!({"uri": uri(&parts.join("/")), "uriBaseId": "%SRCROOT%"})
+            }
+            _ => json!({"uri": file_uri(&abs)}),
+        }
+    }
+
+    fn base_uri(&self) -> String {
+        let u = file_uri(&self.root);
+        if u.ends_with('/') {
+            u
+        } else {
+            u + "/"
+        }
+    }
+}
+
+/// The identity of a result from run to run: what was found (code, global)
+/// and where (file, stream, offset), never the message wording.
+fn fingerprint(location: &Value, f: &Finding, stream: Option<&str>) -> String {
+    let key = [
+        location["uri"].as_str().unwrap_or(""),
+        &f.code,
+        stream.unwrap_or(""),
+        &f.offset.to_string(),
+        &f.module,
+        &f.name,
+    ]
+    .join("\0");
+    blob_id(key.as_bytes())["sha256:".len()..].to_string()
+}
+
+pub(crate) fn report(files: &[&FileReport], root: &Root) -> Value {
+    let mut used: BTreeMap<String, Verdict> = BTreeMap::new();
     let mut results = Vec::new();
     let mut push = |r: &FileReport, f: &Finding, stream: Option<(&str, &str)>| {
-        let sev = rules.entry(f.code.clone()).or_insert(f.severity);
+        let sev = used.entry(f.code.clone()).or_insert(f.severity);
         *sev = (*sev).max(f.severity);
         let what = if f.module.is_empty() {
             f.reason.clone()
@@ -89,16 +367,30 @@ pub(crate) fn report(files: &[&FileReport]) -> Value {
             props["stream"] = json!(name);
             props["blobId"] = json!(sha);
         }
+        let artifact = root.location(&r.path);
+        let id = fingerprint(&artifact, f, stream.map(|s| s.0));
         results.push(json!({
             "ruleId": f.code,
             "level": level(f.severity),
             "message": {"text": what},
             "locations": [{
                 "physicalLocation": {
-                    "artifactLocation": {"uri": uri(&r.path)},
-                    "region": {"byteOffset": f.offset}
+                    "artifactLocation": artifact,
+                    // Code scanning needs a line; a binary file has none, so
+                    // the text region is the file's first character and the
+                    // place itself is the byte offset.
+                    "region": {
+                        "startLine": 1, "startColumn": 1, "endLine": 1, "endColumn": 2,
+                        "byteOffset": f.offset,
+                    }
                 }
             }],
+            "partialFingerprints": {
+                // The one key code scanning reads; upload-sarif would
+                // otherwise hash the "lines" of a binary file.
+                "primaryLocationLineHash": format!("{}:1", &id[..16]),
+                "hermetic/v1": id,
+            },
             "properties": props,
         }));
     };
@@ -118,7 +410,7 @@ pub(crate) fn report(files: &[&FileReport]) -> Value {
             notifications.push(json!({
                 "level": "error",
                 "message": {"text": format!("{}: {e}", r.path)},
-                "locations": [{"physicalLocation": {"artifactLocation": {"uri": uri(&r.path)}}}],
+                "locations": [{"physicalLocation": {"artifactLocation": root.location(&r.path)}}],
             }));
         }
         for f in &r.findings {
@@ -130,32 +422,125 @@ pub(crate) fn report(files: &[&FileReport]) -> Value {
             }
         }
     }
-    let rules: Vec<Value> = rules
-        .iter()
-        .map(|(code, sev)| {
-            json!({
-                "id": code,
-                "name": code,
-                "shortDescription": {"text": rule_text(code)},
-                "defaultConfiguration": {"level": level(*sev)},
-            })
-        })
+    let rules: Vec<Value> = used.iter().map(|(code, sev)| rule(code, *sev)).collect();
+    let index: BTreeMap<&str, usize> = used
+        .keys()
+        .enumerate()
+        .map(|(i, c)| (c.as_str(), i))
         .collect();
+    for r in &mut results {
+        let i = index[r["ruleId"].as_str().unwrap_or_default()];
+        r["ruleIndex"] = json!(i);
+    }
     json!({
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
         "version": "2.1.0",
         "runs": [{
             "tool": {"driver": {
                 "name": "hermetic",
+                "semanticVersion": env!("CARGO_PKG_VERSION"),
                 "version": env!("CARGO_PKG_VERSION"),
                 "informationUri": "https://github.com/hermetic-ml/hermetic",
                 "rules": rules,
             }},
+            "originalUriBaseIds": {
+                "%SRCROOT%": {
+                    "uri": root.base_uri(),
+                    "description": {"text": "The source root: the current directory or --sarif-root."},
+                },
+            },
             "invocations": [{
                 "executionSuccessful": notifications.is_empty(),
+                "workingDirectory": {"uri": root.base_uri()},
                 "toolExecutionNotifications": notifications,
             }],
+            "columnKind": "unicodeCodePoints",
             "results": results,
         }],
     })
+}
+
+/// A rule's reporting descriptor: `sev` is the worst severity it was reported
+/// with in this run, its default level.
+fn rule(code: &str, sev: Verdict) -> Value {
+    let doc = rule_doc(code);
+    let markdown = format!(
+        "**{short}**\n\n{full}\n\n**What to do.** {help}\n\n\
+         Finding code `{code}` of [hermetic](https://github.com/hermetic-ml/hermetic); \
+         `hermetic scan --help` lists the verdicts.",
+        short = doc.short,
+        full = doc.full,
+        help = doc.help,
+    );
+    json!({
+        "id": code,
+        "name": code,
+        "shortDescription": {"text": doc.short},
+        "fullDescription": {"text": doc.full},
+        "help": {"text": format!("{} {}", doc.full, doc.help), "markdown": markdown},
+        "defaultConfiguration": {"level": level(sev)},
+        "properties": {
+            "tags": ["security", "deserialization", "external/cwe/cwe-502"],
+            "precision": "high",
+            "security-severity": doc.security_severity,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stable finding codes (README), plus `scan_error` and
+    /// `truncated_container`.
+    const CODES: &[&str] = &[
+        "dangerous_import",
+        "unknown_import",
+        "denied_import",
+        "attribute_traversal",
+        "dynamic_global",
+        "indirect_call",
+        "method_call",
+        "build_on_global",
+        "extension_code",
+        "proto_mid_stream",
+        "frame_violation",
+        "truncated_stream",
+        "malformed_stream",
+        "trailing_data",
+        "limit_exceeded",
+        "polyglot_pickle_zip",
+        "ambiguous_zip",
+        "decompression_limit",
+        "out_of_band_buffer",
+        "unusual_structure",
+        "torchscript_code",
+        "scan_error",
+        "truncated_container",
+    ];
+
+    #[test]
+    fn every_code_has_its_own_rule_text_within_github_limits() {
+        let generic = rule_doc("no_such_code");
+        for code in CODES {
+            let d = rule_doc(code);
+            assert_ne!(d.short, generic.short, "{code}");
+            assert!(!d.short.is_empty() && d.short.len() <= 1024, "{code}");
+            assert!(!d.full.is_empty() && d.full.len() <= 1024, "{code}");
+            assert!(!d.help.is_empty(), "{code}");
+            let sev: f64 = d.security_severity.parse().unwrap();
+            assert!(sev > 0.0 && sev <= 10.0, "{code}");
+        }
+    }
+
+    #[test]
+    fn paths_are_normalised_without_the_file_system() {
+        let cwd = Path::new("/work/repo");
+        assert_eq!(
+            absolute(Path::new("./a/../b/c.pt"), cwd),
+            PathBuf::from("/work/repo/b/c.pt")
+        );
+        assert_eq!(absolute(Path::new("/x/y"), cwd), PathBuf::from("/x/y"));
+        assert_eq!(file_uri(Path::new("/a b/c")), "file:///a%20b/c");
+    }
 }

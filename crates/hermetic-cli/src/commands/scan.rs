@@ -1,7 +1,7 @@
 use super::{sarif, CliError};
 use crate::args::{FailOn, Format, ScanArgs};
-use crate::walk;
 use crate::ExitStatus;
+use crate::{hf, walk};
 use hermetic_pickle::{scan_file, FileReport, Limits, Policy, Verdict};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -31,11 +31,26 @@ pub(crate) fn run(args: &ScanArgs, out: &mut dyn Write) -> Result<ExitStatus, Cl
         Some(p) => Policy::from_file(p).map_err(|e| CliError::Usage(e.to_string()))?,
         None => Policy::default(),
     };
-    let (reports, summary) = scan_paths(&args.paths, &policy, args.jobs)?;
+    let cache = args
+        .hf_cache
+        .as_ref()
+        .map(|d| d.clone().unwrap_or_else(hf::default_cache));
+    let paths = match (&cache, args.paths.is_empty()) {
+        (Some(c), _) => vec![c.clone()],
+        (None, true) => vec![std::path::PathBuf::from(".")],
+        (None, false) => args.paths.clone(),
+    };
+    let (reports, summary) = scan_paths(&paths, &policy, args.jobs)?;
     let shown: Vec<&FileReport> = reports
         .iter()
         .filter(|r| args.all || r.format != "none" || r.verdict == Verdict::Error)
         .collect();
+    if let Some(cache) = &cache {
+        if args.format != Format::Sarif {
+            write_hub(out, args.format, cache, &shown, &summary)?;
+            return Ok(exit_status(&summary, threshold(args.fail_on)));
+        }
+    }
     match args.format {
         Format::Text => write_text(out, &shown, &summary)?,
         Format::Json => {
@@ -49,16 +64,105 @@ pub(crate) fn run(args: &ScanArgs, out: &mut dyn Write) -> Result<ExitStatus, Cl
             writeln!(out)?;
         }
         Format::Sarif => {
-            serde_json::to_writer_pretty(&mut *out, &sarif::report(&shown))?;
+            let root = sarif::Root::new(args.sarif_root.as_deref())?;
+            serde_json::to_writer_pretty(&mut *out, &sarif::report(&shown, &root))?;
             writeln!(out)?;
         }
     }
-    let threshold = match args.fail_on {
+    Ok(exit_status(&summary, threshold(args.fail_on)))
+}
+
+fn threshold(fail_on: FailOn) -> Option<Verdict> {
+    match fail_on {
         FailOn::Suspicious => Some(Verdict::Suspicious),
         FailOn::Dangerous => Some(Verdict::Dangerous),
         FailOn::Never => None,
-    };
-    Ok(exit_status(&summary, threshold))
+    }
+}
+
+#[derive(Serialize)]
+struct HubReport<'a> {
+    cache: String,
+    /// Distinct files read: a blob shared by several snapshots counts once.
+    blobs_scanned: usize,
+    repos: Vec<hf::HubRevision>,
+    files: &'a [&'a FileReport],
+    summary: &'a Summary,
+}
+
+/// A hub cache's report: each `org/name@revision` with its files' verdicts
+/// (text), or the same in JSON beside the usual `files` and `summary`.
+fn write_hub(
+    out: &mut dyn Write,
+    format: Format,
+    cache: &std::path::Path,
+    shown: &[&FileReport],
+    summary: &Summary,
+) -> Result<(), CliError> {
+    let repos = hf::group(cache, shown);
+    let blobs: std::collections::BTreeSet<std::path::PathBuf> = shown
+        .iter()
+        .map(|r| std::fs::canonicalize(&r.path).unwrap_or_else(|_| r.path.clone().into()))
+        .collect();
+    if format == Format::Json {
+        serde_json::to_writer_pretty(
+            &mut *out,
+            &HubReport {
+                cache: cache.display().to_string(),
+                blobs_scanned: blobs.len(),
+                repos,
+                files: shown,
+                summary,
+            },
+        )?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(out, "Hugging Face cache {}", cache.display())?;
+    for repo in &repos {
+        let refs = if repo.refs.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", repo.refs.join(", "))
+        };
+        writeln!(
+            out,
+            "\n{} {}{refs}: {}",
+            repo.repo_type,
+            repo.name(),
+            repo.verdict
+        )?;
+        let mine: Vec<FileReport> = shown
+            .iter()
+            .filter(|r| repo.files.iter().any(|f| f.path == r.path))
+            .map(|r| {
+                let mut r = (*r).clone();
+                if let Some(f) = repo.files.iter().find(|f| f.path == r.path) {
+                    r.path = format!("  {}", f.file);
+                }
+                r
+            })
+            .collect();
+        let mine: Vec<&FileReport> = mine.iter().collect();
+        write_rows(out, &mine)?;
+    }
+    // What is in no snapshot (a path that could not be read, a stray file).
+    let others: Vec<&FileReport> = shown
+        .iter()
+        .filter(|r| {
+            !repos
+                .iter()
+                .any(|h| h.files.iter().any(|f| f.path == r.path))
+        })
+        .copied()
+        .collect();
+    if !others.is_empty() {
+        writeln!(out, "\nnot in any repository snapshot:")?;
+        write_rows(out, &others)?;
+    }
+    writeln!(out)?;
+    write_footer(out, summary)?;
+    Ok(())
 }
 
 /// `error` is the worst verdict: a file that could not be analysed fails
@@ -146,6 +250,12 @@ fn write_text(
     reports: &[&FileReport],
     summary: &Summary,
 ) -> std::io::Result<()> {
+    write_rows(out, reports)?;
+    writeln!(out)?;
+    write_footer(out, summary)
+}
+
+fn write_rows(out: &mut dyn Write, reports: &[&FileReport]) -> std::io::Result<()> {
     let path_w = reports
         .iter()
         .map(|r| r.path.chars().count())
@@ -187,9 +297,13 @@ fn write_text(
             writeln!(out, "{:<path_w$}  {:<fmt_w$}  {:<10}  {line}", "", "", "")?;
         }
     }
+    Ok(())
+}
+
+fn write_footer(out: &mut dyn Write, summary: &Summary) -> std::io::Result<()> {
     writeln!(
         out,
-        "\n{} files scanned, {} recognised, {} with pickles: {} safe, {} suspicious, {} dangerous{}",
+        "{} files scanned, {} recognised, {} with pickles: {} safe, {} suspicious, {} dangerous{}",
         summary.files_scanned,
         summary.files_recognised,
         summary.files_with_pickles,

@@ -6,6 +6,32 @@ use crate::args::VerifyArgs;
 use crate::ExitStatus;
 use hermetic_format::{Archive, EntryCheck, FormatError};
 use std::io::Write;
+use std::path::Path;
+
+/// What to do with a file that is not in hermetic's format, judged by its
+/// content as the scanner reads it (a zip with `data.pkl`, a pickle, a legacy
+/// torch file, npy ...); `None` for anything else.
+fn not_hermetic_hint(path: &Path) -> Option<String> {
+    if path.is_dir() {
+        return None;
+    }
+    let r = hermetic_pickle::scan_file(
+        path,
+        &hermetic_pickle::Policy::default(),
+        &hermetic_pickle::Limits::default(),
+    );
+    let what = match r.format.as_str() {
+        "torch-zip" | "torch-legacy" | "torch-tar" => "a PyTorch pickle checkpoint",
+        "pickle" => "a pickle (a legacy torch.save checkpoint is one too)",
+        "joblib" => "a joblib dump (a pickle)",
+        "npy" | "npz" => "a numpy file",
+        _ => return None,
+    };
+    Some(format!(
+        "this is {what}, not a hermetic/safetensors file: use hermetic.torch.load to read its \
+         tensors without running it, or `hermetic convert IN OUT` to convert it"
+    ))
+}
 
 pub(crate) fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<ExitStatus, CliError> {
     let mut status = ExitStatus::Clean;
@@ -42,7 +68,11 @@ pub(crate) fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<ExitStatus, 
                 } else {
                     "invalid"
                 };
-                (v, e.to_string(), Vec::new())
+                let detail = match not_hermetic_hint(path) {
+                    Some(hint) => format!("{e}; {hint}"),
+                    None => e.to_string(),
+                };
+                (v, detail, Vec::new())
             }
         };
         report.push((shown, verdict, detail, bad));
