@@ -88,3 +88,54 @@ def attack_files() -> list[tuple[Path, dict[str, Any]]]:
 def corpus_members(folder: Path) -> set[str]:
     """Names of the corpus files actually present in `folder`."""
     return {p.name for p in folder.iterdir() if p.is_file() and p.name not in META_FILES}
+
+
+# Runs in a subprocess: open one file with one real loader (`python -c HARNESS LOADER PATH
+# [ARCHIVE_OFFSETS]`). Exceptions after the load starts are expected (several attacks leave a
+# broken stream behind the payload) and are only reported. Never run it without
+# HERMETIC_CANARY pointing into a fresh temporary folder.
+HARNESS = r"""
+import io, os, pickle, sys
+loader, path = sys.argv[1], sys.argv[2]
+try:
+    if loader == "pickle.load":
+        with open(path, "rb") as f:
+            pickle.load(f)
+    elif loader == "pickle.load_all":
+        with open(path, "rb") as f:
+            while True:
+                try:
+                    pickle.load(f)
+                except EOFError:
+                    break
+    elif loader == "torch.load":
+        import torch
+        torch.load(path, weights_only=False)
+    elif loader == "torch.load@archives":
+        # torch.distributed.checkpoint reads each item of a .distcp file by
+        # handing its byte range to torch.load.
+        import torch, zipfile
+        data = open(path, "rb").read()
+        for start in [int(s) for s in sys.argv[3].split(",")]:
+            try:
+                torch.load(io.BytesIO(data[start:]), weights_only=False)
+            except Exception as exc:
+                print("archive at", start, "raised", exc, file=sys.stderr)
+    elif loader == "dcp.load":
+        import torch.distributed.checkpoint as dcp
+        state = {"x": None, "w": __import__("torch").zeros(2)}
+        dcp.load(state, checkpoint_id=path)
+    elif loader == "np.load":
+        import numpy as np
+        loaded = np.load(path, allow_pickle=True)
+        if hasattr(loaded, "files"):
+            for key in loaded.files:
+                loaded[key]
+    elif loader == "joblib.load":
+        import joblib
+        joblib.load(path)
+    else:
+        sys.exit("unknown loader " + loader)
+except BaseException as exc:
+    print("loader raised", type(exc).__name__, exc, file=sys.stderr)
+"""

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from corpus import (
+    HARNESS,
     ATTACKS_DIR,
     BENIGN_DIR,
     FINDING_CODES,
@@ -36,40 +37,6 @@ from corpus import (
     corpus_members,
 )
 
-# Runs in the subprocess: open one file with one real loader. Exceptions after
-# the load starts are expected (several attacks leave a broken stream behind
-# the payload) and are only reported.
-HARNESS = r"""
-import pickle, sys
-loader, path = sys.argv[1], sys.argv[2]
-try:
-    if loader == "pickle.load":
-        with open(path, "rb") as f:
-            pickle.load(f)
-    elif loader == "pickle.load_all":
-        with open(path, "rb") as f:
-            while True:
-                try:
-                    pickle.load(f)
-                except EOFError:
-                    break
-    elif loader == "torch.load":
-        import torch
-        torch.load(path, weights_only=False)
-    elif loader == "np.load":
-        import numpy as np
-        loaded = np.load(path, allow_pickle=True)
-        if hasattr(loaded, "files"):
-            for key in loaded.files:
-                loaded[key]
-    elif loader == "joblib.load":
-        import joblib
-        joblib.load(path)
-    else:
-        sys.exit("unknown loader " + loader)
-except BaseException as exc:
-    print("loader raised", type(exc).__name__, exc, file=sys.stderr)
-"""
 
 CANARY_WAIT_S = 15.0  # a few payloads start a child process that touches the canary later
 

@@ -33,57 +33,12 @@ from pathlib import Path
 import pytest
 
 import hermetic
+from corpus import HARNESS
 
 PYSRC = b"open(__import__('os').environ['HERMETIC_CANARY'], 'w').write('x')"
 # Protocol 0: builtins.exec(PYSRC). Text opcodes only, so it can sit in
 # headers and array bytes.
 PAYLOAD = b"cbuiltins\nexec\n(V" + PYSRC + b"\ntR."
-
-HARNESS = r"""
-import io, os, pickle, sys
-loader, path = sys.argv[1], sys.argv[2]
-try:
-    if loader == "pickle.load":
-        with open(path, "rb") as f:
-            pickle.load(f)
-    elif loader == "pickle.load_all":
-        with open(path, "rb") as f:
-            while True:
-                try:
-                    pickle.load(f)
-                except EOFError:
-                    break
-    elif loader == "torch.load":
-        import torch
-        torch.load(path, weights_only=False)
-    elif loader == "torch.load@archives":
-        # torch.distributed.checkpoint reads each item of a .distcp file by
-        # handing its byte range to torch.load.
-        import torch, zipfile
-        data = open(path, "rb").read()
-        for start in [int(s) for s in sys.argv[3].split(",")]:
-            try:
-                torch.load(io.BytesIO(data[start:]), weights_only=False)
-            except Exception as exc:
-                print("archive at", start, "raised", exc, file=sys.stderr)
-    elif loader == "dcp.load":
-        import torch.distributed.checkpoint as dcp
-        state = {"x": None, "w": __import__("torch").zeros(2)}
-        dcp.load(state, checkpoint_id=path)
-    elif loader == "np.load":
-        import numpy as np
-        loaded = np.load(path, allow_pickle=True)
-        if hasattr(loaded, "files"):
-            for key in loaded.files:
-                loaded[key]
-    elif loader == "joblib.load":
-        import joblib
-        joblib.load(path)
-    else:
-        sys.exit("unknown loader " + loader)
-except BaseException as exc:
-    print("loader raised", type(exc).__name__, exc, file=sys.stderr)
-"""
 
 
 def fires(loader: str, path: Path, tmp: Path, *extra: str) -> bool:
@@ -522,26 +477,17 @@ print(r.verdict)
 """
 
 
-def _memo_doubling() -> bytes:
-    out = b"\x80\x04N"
-    key = 1024
-    for _ in range(22):
-        out += b"r" + struct.pack("<I", min(key, 0xFFFFFFFF))
-        key = key * 2 + 1
-    return out + b"."
-
-
-def _nested_tuples_gzip() -> bytes:
-    return gzip.compress(b"\x80\x04" + b"(" * 4_000_000 + b"t" * 4_000_000 + b".", 9)
-
-
-def _long_npy_header() -> bytes:
-    descr = "[" + ", ".join(f"('f{i}', '<f8')" for i in range(20_000)) + "]"
-    return _npy(descr, b"\0" * 8)
+# The hostile shapes bench/bench_adversarial.py times; here only their bounds are checked.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from bench_adversarial import (  # noqa: E402
+    long_npy_header,
+    memo_doubling,
+    nested_tuples_gzip,
+)
 
 
 @pytest.mark.parametrize(
-    "make", [_memo_doubling, _nested_tuples_gzip, _long_npy_header], ids=lambda f: f.__name__
+    "make", [memo_doubling, nested_tuples_gzip, long_npy_header], ids=lambda f: f.__name__
 )
 def test_adversarial_shapes_stay_within_bounds(make: Callable[[], bytes], tmp_path: Path) -> None:
     p = tmp_path / "input"
