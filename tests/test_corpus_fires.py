@@ -23,11 +23,11 @@ from typing import Any
 import pytest
 
 from corpus import (
-    HARNESS,
     ATTACKS_DIR,
     BENIGN_DIR,
     FINDING_CODES,
     FIXTURES,
+    HARNESS,
     LOADERS,
     VERDICTS,
     attack_expected,
@@ -36,7 +36,6 @@ from corpus import (
     benign_files,
     corpus_members,
 )
-
 
 CANARY_WAIT_S = 15.0  # a few payloads start a child process that touches the canary later
 
