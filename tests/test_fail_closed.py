@@ -312,6 +312,26 @@ def _starts_archive(data: bytes, i: int) -> bool:
         return False
 
 
+def npz_named_like_torchscript(tmp: Path) -> Path:
+    # A `constants.pkl` member makes it look like a TorchScript archive;
+    # numpy.load still reads it as an npz and unpickles the object member.
+    p = tmp / "arrays.npz"
+    with zipfile.ZipFile(p, "w") as z:
+        z.writestr("constants.pkl", pickle.dumps(1))
+        z.writestr("a.npy", _npy("'|O'", PAYLOAD))
+    return p
+
+
+def lz4_payload_in_a_later_frame(tmp: Path) -> Path:
+    import lz4.frame
+
+    skippable = struct.pack("<II", 0x184D2A5A, 3) + b"xyz"
+    data = lz4.frame.compress(b"") + lz4.frame.compress(PAYLOAD[:20]) + skippable
+    p = tmp / "frames.lz4"
+    p.write_bytes(data + lz4.frame.compress(PAYLOAD[20:]))
+    return p
+
+
 @dataclass(frozen=True)
 class Technique:
     name: str

@@ -164,7 +164,7 @@ pub fn decompress_gated(
             let body = data.get(start..).unwrap_or(&[]);
             copy(flate2::read::ZlibDecoder::new(body), &mut sink)
         }
-        Compression::Lz4 => copy(lz4_flex::frame::FrameDecoder::new(data), &mut sink),
+        Compression::Lz4 => lz4_frames(data, &mut sink),
     };
     let error = match result {
         Ok(()) => None,
@@ -229,6 +229,36 @@ fn lzma_streams(data: &[u8], sink: &mut Sink<'_>) -> Result<(), String> {
 /// has no such bound, so a stream over it is reported as a limit, never
 /// taken as clean.
 const LZMA_MEMLIMIT: u64 = 256 << 20;
+
+/// python-lz4's `LZ4FrameFile` (joblib's lz4 reader) reads concatenated
+/// frames, skipping skippable frames (magic `0x184D2A50`-`5F`, a length,
+/// that many bytes), and ignores trailing data that does not decode: a
+/// payload in a second frame, after an empty or skippable one, is read.
+fn lz4_frames(data: &[u8], sink: &mut Sink<'_>) -> Result<(), String> {
+    let mut input = data;
+    let mut first = true;
+    while !input.is_empty() {
+        if let Some(magic) = super::le_u32(input, 0).filter(|m| m & 0xFFFF_FFF0 == 0x184D_2A50) {
+            let _ = magic;
+            let Some(len) = super::le_u32(input, 4) else {
+                return Ok(());
+            };
+            let skip = 8usize.saturating_add(len as usize);
+            input = input.get(skip..).unwrap_or(&[]);
+            continue;
+        }
+        let before = input.len();
+        let mut reader = &mut input;
+        let result = copy(lz4_flex::frame::FrameDecoder::new(&mut reader), sink);
+        match result {
+            Ok(()) if input.len() < before => first = false,
+            Ok(()) => return Ok(()),
+            Err(e) if first || sink.limit_hit || sink.abandoned => return Err(e),
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
+}
 
 fn copy<R: Read>(mut reader: R, sink: &mut Sink<'_>) -> Result<(), String> {
     io::copy(&mut reader, sink)
@@ -399,6 +429,23 @@ mod tests {
         let mut d = xz(a);
         d.extend(lzma(b));
         assert_eq!(decompress(&d, Compression::Xz, 1 << 20).data, e);
+    }
+
+    /// python-lz4 reads every frame, skipping skippable ones.
+    #[test]
+    fn every_lz4_frame_is_read() {
+        let e = evil();
+        let (a, b) = e.split_at(9);
+        let mut d = lz4(b"");
+        d.extend(lz4(a));
+        d.extend_from_slice(&0x184D_2A5Au32.to_le_bytes());
+        d.extend_from_slice(&3u32.to_le_bytes());
+        d.extend_from_slice(b"xyz");
+        d.extend(lz4(b));
+        assert_eq!(decompress(&d, Compression::Lz4, 1 << 20).data, e);
+        assert_eq!(scan(&d).verdict, Verdict::Dangerous);
+        d.extend_from_slice(b"trailing garbage");
+        assert_eq!(decompress(&d, Compression::Lz4, 1 << 20).data, e);
     }
 
     /// joblib routes any file starting `5d 00` to LZMAFile; the third byte

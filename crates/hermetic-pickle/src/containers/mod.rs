@@ -314,9 +314,14 @@ impl<'a> Scanner<'a> {
                 }))
                 .collect();
             let mut report = a.report;
+            // A STACK_GLOBAL whose names were computed (by an allowed call
+            // such as `_codecs.encode`) imports whatever they spell; random
+            // bytes that fail first resolve no global to compute them with.
+            let computes = report.globals.iter().any(|g| g.module != "?");
             report.findings.retain(|f| {
-                !f.module.is_empty()
-                    && (f.module == "?" || crate::scan::is_importable_name(&f.module, &f.name))
+                let import = !f.module.is_empty()
+                    && (f.module == "?" || crate::scan::is_importable_name(&f.module, &f.name));
+                (import || (computes && f.code == "dynamic_global"))
                     && !known.contains(&(f.offset, f.module.clone(), f.name.clone()))
             });
             report

@@ -1232,8 +1232,11 @@ fn scan_archive(data: &[u8], archive: &ZipArchive, loc: &Loc, sc: &mut Scanner<'
     // each of them would let one archive multiply the work.
     let mut scanned: BTreeMap<u64, u64> = BTreeMap::new();
     for (e, name) in archive.entries.iter().zip(&names) {
+        // numpy.load reads the same archive as an npz whatever torch makes of
+        // it, so `.npy` members are read even in a torch-looking archive.
+        let lower_name = name.to_ascii_lowercase();
         let selected = if torch {
-            name.to_ascii_lowercase().ends_with(".pkl")
+            lower_name.ends_with(".pkl") || lower_name.ends_with(".npy")
         } else {
             is_pickle_name(name)
                 || name.to_ascii_lowercase().ends_with(".npy")
@@ -1326,7 +1329,7 @@ fn scan_archive(data: &[u8], archive: &ZipArchive, loc: &Loc, sc: &mut Scanner<'
         } else {
             loc.member(name, e.data_offset.unwrap_or(0))
         };
-        if torch {
+        if torch && lower_name.ends_with(".pkl") {
             sc.stream_sequence(&content.data, 0, &child, &child.stream_name());
         } else {
             scan_member(&content.data, name, &child, sc);
