@@ -11,7 +11,9 @@
 use crate::dtype::Dtype;
 use crate::error::{FormatError, Result};
 use crate::header::entry_form;
-use crate::tree::{is_dense, view_extent, Node, NodeId, TensorKind, TensorRef, Tree, View};
+use crate::tree::{
+    contiguous_strides, is_dense, view_extent, Node, NodeId, TensorKind, TensorRef, Tree, View,
+};
 use crate::writer::{Plan, PlannedEntry};
 use std::collections::{HashMap, HashSet};
 
@@ -328,12 +330,22 @@ impl Planner {
             };
             for (m, &j) in lay.members.iter().enumerate() {
                 let (id, vname, s) = &views[j];
-                let short =
-                    base.is_none() && s.dtype.safetensors().is_some() && s.np_dtype.is_none();
+                let canonical =
+                    contiguous_strides(&s.shape, s.dtype.itemsize()).as_ref() == Some(&s.strides);
+                let short = base.is_none()
+                    && (canonical || !lay.dense)
+                    && s.dtype.safetensors().is_some()
+                    && s.np_dtype.is_none();
                 let view = (!short).then(|| View {
                     dtype: s.dtype,
                     shape: s.shape.clone(),
-                    strides: (base.is_some() && !lay.dense).then(|| s.strides.clone()),
+                    // Exact strides wherever they address the bytes the
+                    // tensor views: through its base, or in its own entry
+                    // when that is dense (a size-1 dimension may have any).
+                    strides: ((base.is_some() || lay.dense)
+                        && contiguous_strides(&s.shape, s.dtype.itemsize()).as_ref()
+                            != Some(&s.strides))
+                    .then(|| s.strides.clone()),
                     offset: if base.is_some() {
                         in_run.unwrap_or(0)
                     } else {
