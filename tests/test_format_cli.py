@@ -28,13 +28,13 @@ def test_inspect_text_and_json(tmp_path: Path) -> None:
     hermetic.save({"model": {"w": w, "wT": w.T}, "step": 3, "cfg": {"lr": 0.1}}, p)
     out = run("inspect", p)
     assert out.returncode == 0, out.stderr
-    assert "format: hermetic tree v1" in out.stdout
+    assert "format: hermetic tree v3" in out.stdout
     assert '"w": tensor F32 [4, 8] 128 B' in out.stdout
-    assert '"wT": tensor F32 [8, 4] 128 B (view of entry "model.w")' in out.stdout
+    assert '"wT": tensor F32 [8, 4] 128 B (entry "model.wT", a view of "model.w")' in out.stdout
     assert '"step": 3' in out.stdout
     doc = json.loads(run("inspect", "--json", p).stdout)
     assert doc["format"] == "hermetic"
-    assert [e["name"] for e in doc["entries"]] == ["model.w"]
+    assert [e["name"] for e in doc["entries"]] == ["model.w", "model.wT"]
     assert doc["tree"]["$dict"][0] == "model"
 
 

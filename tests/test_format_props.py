@@ -185,3 +185,134 @@ def test_random_bytes_raise_format_error(data: bytes) -> None:
         hermetic.loads(data, verify=True)
     except hermetic.FormatError:
         pass
+
+
+PLAIN_DTYPES = [
+    torch.bool,
+    torch.uint8,
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+]
+
+
+@st.composite
+def storage_views(draw: st.DrawFn, base: torch.Tensor) -> torch.Tensor:
+    """Any storable view of a base: slices, chunks, narrows, transposes and
+    permutes, strided slices, flat windows (expand is not storable)."""
+    kind = draw(st.sampled_from(["same", "slice", "chunk", "T", "step", "window", "twice"]))
+    n = base.shape[0]
+    if kind == "same":
+        return base
+    if kind == "slice":
+        lo = draw(st.integers(0, n - 1))
+        return base[lo : draw(st.integers(lo + 1, n))]
+    if kind == "chunk":
+        parts = base.chunk(draw(st.integers(1, n)))
+        return parts[draw(st.integers(0, len(parts) - 1))]
+    if kind == "T":
+        dims = draw(st.permutations(list(range(base.dim()))))
+        return base.permute(*dims)
+    if kind == "step":
+        return base[:: draw(st.integers(2, 3))]
+    if kind == "window":
+        flat = base.reshape(-1)
+        lo = draw(st.integers(0, flat.numel() - 1))
+        return flat[lo : draw(st.integers(lo + 1, flat.numel()))]
+    inner = draw(storage_views(base))
+    return draw(storage_views(inner)) if inner.dim() and min(inner.shape) > 0 else inner
+
+
+@st.composite
+def view_dicts(draw: st.DrawFn) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A flat dict of views of one or two storages; and, for each storage
+    saved whole, the views of it (name -> the base's name)."""
+    out: dict[str, torch.Tensor] = {}
+    of_base: dict[str, str] = {}
+    for b in range(draw(st.integers(1, 2))):
+        dtype = draw(st.sampled_from(PLAIN_DTYPES))
+        shape = tuple(draw(st.lists(st.integers(1, 4), min_size=1, max_size=3)))
+        n = int(np.prod(shape)) * dtype.itemsize
+        raw = torch.tensor(list(draw(st.binary(min_size=n, max_size=n))), dtype=torch.uint8)
+        base = (raw % 2 if dtype == torch.bool else raw).view(dtype).reshape(shape)
+        whole = draw(st.booleans())
+        if whole:
+            out[f"base{b}"] = base
+        for i in range(draw(st.integers(1, 4))):
+            name = f"v{b}_{i}"
+            out[name] = draw(storage_views(base))
+            if whole:
+                of_base[name] = f"base{b}"
+    return out, of_base
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(view_dicts())
+def test_views_read_exactly_in_plain_readers_and_share_in_hermetic(
+    case: tuple[dict[str, torch.Tensor], dict[str, str]],
+) -> None:
+    from safetensors.torch import load
+
+    tree, of_base = case
+    data = hermetic.dumps(tree)
+
+    def bits(t: torch.Tensor) -> bytes:
+        # A fresh row-major copy: a size-1 dimension may have any stride.
+        return tensor_bytes(torch.empty(t.shape, dtype=t.dtype).copy_(t))
+
+    def layout(t: torch.Tensor) -> tuple[Any, ...]:
+        ptr = t.untyped_storage().data_ptr()
+        return (ptr, t.dtype, t.shape, t.stride(), t.storage_offset())
+
+    # Every name a plain reader sees is exactly that tensor; only exact
+    # aliases of an earlier name are left out (recorded as metadata).
+    firsts: dict[tuple[Any, ...], str] = {}
+    expect_names = set()
+    for k, v in tree.items():
+        if firsts.setdefault(layout(v), k) == k:
+            expect_names.add(k)
+    plain = load(data)
+    assert set(plain) == expect_names
+    for k in expect_names:
+        v = tree[k]
+        assert plain[k].dtype == v.dtype and plain[k].shape == v.shape, k
+        assert bits(plain[k]) == bits(v), k
+    # hermetic gives the same values, and rebuilds sharing with each saved base.
+    out = hermetic.loads(data, verify=True)
+    assert list(out) == list(tree)
+    for k, v in tree.items():
+        assert out[k].dtype == v.dtype and out[k].shape == v.shape, k
+        assert bits(out[k]) == bits(v), k
+    for k, b in of_base.items():
+        assert out[k].untyped_storage().data_ptr() == out[b].untyped_storage().data_ptr(), k
+        assert out[k].stride() == tree[k].stride(), k
+        assert out[k].storage_offset() == tree[k].storage_offset(), k
+    # ... and never invents sharing.
+    for a in tree:
+        for b in tree:
+            if out[a].untyped_storage().data_ptr() == out[b].untyped_storage().data_ptr():
+                ptr = tree[a].untyped_storage().data_ptr()
+                assert ptr == tree[b].untyped_storage().data_ptr(), (a, b)
+
+
+def test_numpy_views_read_exactly_in_safetensors_numpy(tmp_path: Any) -> None:
+    from safetensors.numpy import load_file
+
+    base = np.arange(24.0).reshape(4, 6)
+    tree = {"a": base[:2], "b": base[2:], "t": base.T, "s": base[::2, ::-1], "w": base[1, 2:5]}
+    path = tmp_path / "np.safetensors"
+    hermetic.save(tree, path)
+    plain = load_file(str(path))
+    assert sorted(plain) == sorted(tree)
+    for k, v in tree.items():
+        assert plain[k].dtype == v.dtype and plain[k].shape == v.shape, k
+        assert np.array_equal(plain[k], v), k
+    out = hermetic.load(path, verify=True)
+    for k, v in tree.items():
+        assert np.array_equal(out[k], v) and out[k].strides == v.strides, k
+        assert np.shares_memory(out[k], out["t"]), k  # t covers the whole buffer

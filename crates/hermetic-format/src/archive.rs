@@ -3,9 +3,9 @@
 
 use crate::digest::{digest, digest_text};
 use crate::error::{FormatError, Result};
-use crate::header::{check_tree, flat_tree, resolve, EntryInfo, Header, Resolved};
+use crate::header::{check_tree, flat_tree, resolve, resolve_based, EntryInfo, Header, Resolved};
 use crate::shard::{read_index, Index, INDEX_NAME};
-use crate::tree::{TensorKind, TensorRef, Tree};
+use crate::tree::{gather, view_extent, Node, TensorKind, TensorRef, Tree};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -125,6 +125,9 @@ pub struct Archive {
     locations: Option<HashMap<String, (usize, usize)>>,
     tree: Tree,
     has_tree: bool,
+    /// Entry name -> the length of the storage that starts at it, for
+    /// entries that tensors name as `base` (at least the entry's length).
+    storage_len: HashMap<String, u64>,
 }
 
 /// How a path is laid out.
@@ -159,14 +162,17 @@ impl Archive {
                 false,
             ),
         };
-        Ok(Archive {
+        let mut ar = Archive {
             path,
             files: vec![file],
             index: None,
             locations: None,
             tree,
             has_tree,
-        })
+            storage_len: HashMap::new(),
+        };
+        ar.storage_len = ar.storage_lens()?;
+        Ok(ar)
     }
 
     fn open_sharded(path: &Path, ix_path: &Path) -> Result<Archive> {
@@ -210,14 +216,17 @@ impl Archive {
                 )
             }
         };
-        Ok(Archive {
+        let mut ar = Archive {
             path: path.to_path_buf(),
             files,
             index: Some(index),
             locations: Some(locations),
             tree,
             has_tree,
-        })
+            storage_len: HashMap::new(),
+        };
+        ar.storage_len = ar.storage_lens()?;
+        Ok(ar)
     }
 
     /// The tree; for a file without one, a flat dict of its entries.
@@ -247,17 +256,106 @@ impl Archive {
         Some((f, &self.files[f].header.entries[e]))
     }
 
-    /// Resolves a tensor reference of the tree.
-    pub fn resolve(&self, t: &TensorRef) -> Result<(usize, &EntryInfo, Resolved)> {
-        let (f, e) = self.locate(&t.entry).ok_or_else(|| {
+    fn locate_or_fail(&self, name: &str) -> Result<(usize, &EntryInfo)> {
+        self.locate(name).ok_or_else(|| {
             FormatError::tree(
                 &self.path.display().to_string(),
                 "tree",
-                format!("no entry `{}`", t.entry),
+                format!("no entry `{name}`"),
             )
-        })?;
-        let r = resolve(t, e, &self.files[f].path.display().to_string())?;
-        Ok((f, e, r))
+        })
+    }
+
+    /// Resolves a tensor with a `base` against its base's file: the file
+    /// number, the base entry, and the view relative to the base's first byte.
+    fn resolve_base(&self, t: &TensorRef, base: &str) -> Result<(usize, &EntryInfo, Resolved)> {
+        let (f, e) = self.locate_or_fail(&t.entry)?;
+        let (fb, be) = self.locate_or_fail(base)?;
+        let file = self.files[fb].path.display().to_string();
+        if f != fb {
+            return Err(FormatError::tree(
+                &file,
+                format!("tensor `{}`", t.entry),
+                format!("its base `{base}` lies in another shard"),
+            ));
+        }
+        let room = (self.files[fb].backing.bytes().len() as u64).saturating_sub(be.start);
+        Ok((fb, be, resolve_based(t, e, be, room, &file)?))
+    }
+
+    /// The storage lengths of every entry named as a `base`: the furthest
+    /// byte any tensor on it reaches.
+    fn storage_lens(&self) -> Result<HashMap<String, u64>> {
+        let mut out: HashMap<String, u64> = HashMap::new();
+        for n in &self.tree.nodes {
+            let Node::Tensor(t) = n else { continue };
+            let Some(b) = &t.base else { continue };
+            let (_, be, r) = self.resolve_base(t, b)?;
+            let reach = view_extent(&crate::tree::View {
+                dtype: r.dtype,
+                shape: r.shape.clone(),
+                strides: Some(r.strides.clone()),
+                offset: r.offset,
+            })
+            .flatten()
+            .map_or(0, |(_, hi)| hi as u64);
+            let len = out.entry(b.clone()).or_insert(be.nbytes);
+            *len = (*len).max(reach).max(r.offset);
+        }
+        Ok(out)
+    }
+
+    /// Resolves a tensor reference of the tree: the file number, the
+    /// storage it views (an entry, or the bytes from its `base` on), and the
+    /// view relative to the storage's first byte.
+    pub fn resolve(&self, t: &TensorRef) -> Result<(usize, EntryInfo, Resolved)> {
+        let (f, e, r) = match &t.base {
+            Some(b) => self.resolve_base(t, b)?,
+            None => {
+                let (f, e) = self.locate_or_fail(&t.entry)?;
+                let r = resolve(t, e, &self.files[f].path.display().to_string())?;
+                (f, e, r)
+            }
+        };
+        let mut storage = e.clone();
+        if let Some(&len) = self.storage_len.get(&e.name) {
+            storage.nbytes = storage.nbytes.max(len);
+        }
+        Ok((f, storage, r))
+    }
+
+    /// Checks that every tensor with a `base` reads, through its base, the
+    /// same bytes its own entry holds (what a plain safetensors reader sees).
+    pub fn verify_views(&self) -> Result<()> {
+        for n in &self.tree.nodes {
+            let Node::Tensor(t) = n else { continue };
+            if t.base.is_none() {
+                continue;
+            }
+            let (f, storage, r) = self.resolve(t)?;
+            let bytes = self.files[f].backing.bytes();
+            let start = storage.start as usize;
+            let region = &bytes[start..start + storage.nbytes as usize];
+            let got = gather(
+                region,
+                r.dtype.itemsize(),
+                &r.shape,
+                &r.strides,
+                r.offset as i64,
+            );
+            let (fe, e) = self.locate_or_fail(&t.entry)?;
+            if got.as_deref() != Some(self.files[fe].entry_bytes(e)) {
+                return Err(FormatError::tree(
+                    &self.files[f].path.display().to_string(),
+                    format!("tensor `{}`", t.entry),
+                    format!(
+                        "its view of `{}` differs from its own entry's bytes",
+                        storage.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Entry names in file order.
@@ -301,6 +399,8 @@ impl Archive {
     }
 
     /// Like [`Archive::check`], but fails on the first corrupt entry.
+    /// With every entry checked (`only` is `None`), also checks tensors
+    /// with a `base` against their own entries ([`Archive::verify_views`]).
     pub fn verify(&self, only: Option<&[&str]>) -> Result<()> {
         for c in self.check(only)? {
             if !c.ok {
@@ -311,6 +411,9 @@ impl Archive {
                     actual: c.actual,
                 });
             }
+        }
+        if only.is_none() {
+            self.verify_views()?;
         }
         Ok(())
     }

@@ -784,21 +784,37 @@ impl EntrySource for ConvertedData<'_, '_> {
             entry: index.to_string(),
             detail,
         };
+        let whole = |key: u64| -> crate::Result<&[u8]> {
+            if key & ARRAY_KEY != 0 {
+                return Ok(self.arrays.get(&key).map(|c| &**c).unwrap_or(&[]));
+            }
+            let i = u32::try_from(key).map_err(|_| err("bad storage key".into()))?;
+            if i as usize >= self.loaded.storages.len() {
+                return Err(err("bad storage key".into()));
+            }
+            Ok(self.loaded.storage_bytes(i))
+        };
+        let copy;
         let data: &[u8] = match self.origins.get(index) {
             Some(EntryOrigin::Storage { lo, hi, .. }) if lo == hi => &[],
-            Some(EntryOrigin::Storage { key, lo, hi }) => {
-                let whole: &[u8] = if *key & ARRAY_KEY != 0 {
-                    self.arrays.get(key).map(|c| &**c).unwrap_or(&[])
-                } else {
-                    let i = u32::try_from(*key).map_err(|_| err("bad storage key".into()))?;
-                    if i as usize >= self.loaded.storages.len() {
-                        return Err(err("bad storage key".into()));
-                    }
-                    self.loaded.storage_bytes(i)
-                };
-                whole
+            Some(EntryOrigin::Storage { key, lo, hi }) => whole(*key)?
+                .get(*lo as usize..*hi as usize)
+                .ok_or_else(|| err(format!("bytes {lo}..{hi} lie outside the storage")))?,
+            Some(EntryOrigin::Gather {
+                key,
+                lo,
+                hi,
+                itemsize,
+                shape,
+                strides,
+                offset,
+            }) => {
+                let span = whole(*key)?
                     .get(*lo as usize..*hi as usize)
-                    .ok_or_else(|| err(format!("bytes {lo}..{hi} lie outside the storage")))?
+                    .ok_or_else(|| err(format!("bytes {lo}..{hi} lie outside the storage")))?;
+                copy = crate::tree::gather(span, *itemsize, shape, strides, *offset)
+                    .ok_or_else(|| err("the view reaches outside its bytes".into()))?;
+                &copy
             }
             Some(EntryOrigin::Bytes { slot }) => self.bytes.get(*slot).copied().unwrap_or(&[]),
             None => return Err(err("no origin".into())),

@@ -6,7 +6,7 @@ use crate::dtype::Dtype;
 use crate::error::{FormatError, Result};
 use crate::st_header;
 use crate::tree::{contiguous_strides, view_extent, Node, TensorKind, TensorRef, Tree, View};
-use crate::typed::TYPED_VERSION;
+use crate::typed::VIEWS_VERSION;
 use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -150,6 +150,49 @@ impl Header {
     }
 }
 
+/// The safetensors dtype and shape of the entry holding a view's own
+/// row-major bytes: the view's, or `U8` with the element size appended.
+pub fn entry_form(dtype: Dtype, shape: &[u64]) -> (safetensors::Dtype, Vec<u64>) {
+    match dtype.safetensors() {
+        Some(d) => (d, shape.to_vec()),
+        None => {
+            let mut s = shape.to_vec();
+            s.push(dtype.itemsize());
+            (safetensors::Dtype::U8, s)
+        }
+    }
+}
+
+/// Resolves `t`, which has a `base`, against the storage of entry `base`
+/// (`room` bytes from its first byte), and checks that its own entry `e`
+/// holds exactly its dtype and shape.
+pub fn resolve_based(
+    t: &TensorRef,
+    e: &EntryInfo,
+    base: &EntryInfo,
+    room: u64,
+    file: &str,
+) -> Result<Resolved> {
+    let bad = |detail: String| FormatError::tree(file, format!("tensor `{}`", t.entry), detail);
+    let Some(v) = &t.view else {
+        return Err(bad("a tensor with `base` needs dtype and shape".into()));
+    };
+    if entry_form(v.dtype, &v.shape) != (e.st_dtype, e.shape.clone()) {
+        return Err(bad(format!(
+            "its entry is {:?} {:?}, not the view's own {} {:?}",
+            e.st_dtype,
+            e.shape,
+            v.dtype.code(),
+            v.shape
+        )));
+    }
+    let storage = EntryInfo {
+        nbytes: room,
+        ..base.clone()
+    };
+    resolve(t, &storage, file)
+}
+
 /// Resolves `t` against entry `e`, checking every bound.
 pub fn resolve(t: &TensorRef, e: &EntryInfo, file: &str) -> Result<Resolved> {
     let bad = |detail: String| FormatError::tree(file, format!("tensor `{}`", t.entry), detail);
@@ -228,7 +271,18 @@ pub fn check_tree<'a>(
                         format!("tensor names a missing entry `{}`", t.entry),
                     )
                 })?;
-                if t.view.is_none() {
+                if let Some(b) = &t.base {
+                    let be = lookup(b).ok_or_else(|| {
+                        FormatError::tree(
+                            file,
+                            "tree",
+                            format!("tensor names a missing base entry `{b}`"),
+                        )
+                    })?;
+                    // The bound that matters (the base's file) is checked
+                    // by the archive; here the view must fit any file.
+                    resolve_based(t, e, be, u64::MAX >> 2, file)?;
+                } else if t.view.is_none() {
                     // The whole entry, whose size the header check already
                     // tied to its shape: only the dtype can be wrong.
                     if e.dtype().is_none() {
@@ -272,6 +326,7 @@ pub fn flat_tree<'a>(names: impl IntoIterator<Item = &'a str>, kind: TensorKind)
             requires_grad: None,
             np_dtype: None,
             device: None,
+            base: None,
         }));
         pairs.push((k, v));
     }
@@ -369,7 +424,8 @@ fn parse_tree(json: &str, file: &str, version: u64) -> Result<Tree> {
             "version",
             format!(
                 "the tree uses version-{needs} nodes (class records, callables or \
-                 standard-library values) in a version-{version} document"
+                 standard-library values for 2, tensors with `base` for 3) in a \
+                 version-{version} document"
             ),
         ));
     }
@@ -458,12 +514,12 @@ impl<'de> Visitor<'de> for DocSeed<'_> {
             match key.as_str() {
                 "version" => {
                     doc.version = map.next_value()?;
-                    if !(FORMAT_VERSION..=TYPED_VERSION).contains(&doc.version) {
+                    if !(FORMAT_VERSION..=VIEWS_VERSION).contains(&doc.version) {
                         return Err(fail(
                             self.err,
                             "version",
                             format!(
-                                "version {} is not supported (this reader knows versions {FORMAT_VERSION} to {TYPED_VERSION})",
+                                "version {} is not supported (this reader knows versions {FORMAT_VERSION} to {VIEWS_VERSION})",
                                 doc.version
                             ),
                         ));

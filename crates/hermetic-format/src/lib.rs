@@ -38,12 +38,12 @@ pub use header::{
 pub use planner::{path_name, path_place, EntryOrigin, PathPart, Planner, ViewSpec};
 pub use shard::{read_index, shard_name, write_sharded, Index, INDEX_NAME, MAX_INDEX_SIZE};
 pub use tree::{
-    contiguous_strides, view_extent, Node, NodeId, Shape, TensorKind, TensorRef, Tree, View,
-    INLINE_BYTES_MAX, MAX_DEPTH, MAX_NDIM,
+    contiguous_strides, gather, is_dense, view_extent, Node, NodeId, Shape, TensorKind, TensorRef,
+    Tree, View, INLINE_BYTES_MAX, MAX_DEPTH, MAX_NDIM,
 };
 pub use typed::{
     is_class_name, is_date, is_datetime, is_decimal, is_identifier, is_import_name, is_timedelta,
-    is_uuid, NamedRef, RefKind, TYPED_VERSION,
+    is_uuid, NamedRef, RefKind, TYPED_VERSION, VIEWS_VERSION,
 };
 pub use writer::{
     write_file, write_to_vec, EntrySource, Plan, PlannedEntry, SliceSource, WriteOptions,
@@ -110,7 +110,8 @@ fn flat_plan<'a>(
                 let b = tensors[*key as usize].3;
                 b.get(*lo as usize..*hi as usize).unwrap_or(&[])
             }
-            EntryOrigin::Bytes { .. } => &[][..],
+            // Never planned here: every tensor is dense in a storage of its own.
+            EntryOrigin::Bytes { .. } | EntryOrigin::Gather { .. } => &[][..],
         })
         .collect();
     Ok((plan, data))

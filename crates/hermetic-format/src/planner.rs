@@ -10,8 +10,9 @@
 
 use crate::dtype::Dtype;
 use crate::error::{FormatError, Result};
+use crate::header::entry_form;
 use crate::tree::{
-    contiguous_strides, view_extent, Node, NodeId, TensorKind, TensorRef, Tree, View,
+    contiguous_strides, is_dense, view_extent, Node, NodeId, TensorKind, TensorRef, Tree, View,
 };
 use crate::writer::{Plan, PlannedEntry};
 use std::collections::{HashMap, HashSet};
@@ -79,13 +80,34 @@ pub struct ViewSpec {
 pub enum EntryOrigin {
     /// Bytes `lo..hi` of the storage the caller keyed `key`.
     Storage { key: u64, lo: u64, hi: u64 },
+    /// The row-major copy of a view of bytes `lo..hi` of storage `key`:
+    /// element 0 at byte `offset` of that range, byte `strides`.
+    Gather {
+        key: u64,
+        lo: u64,
+        hi: u64,
+        itemsize: u64,
+        shape: Vec<u64>,
+        strides: Vec<i64>,
+        offset: i64,
+    },
     /// The bytes object the caller registered with this number.
     Bytes { slot: usize },
 }
 
 struct Group {
-    region_len: u64,
     views: Vec<(NodeId, String)>,
+}
+
+/// One distinct layout of a storage's views: exact aliases share one.
+struct Layout {
+    /// Indices into the group's views; the first names the entry.
+    members: Vec<usize>,
+    nbytes: u64,
+    dense: bool,
+    /// The bytes it reaches in its storage.
+    lo: u64,
+    hi: u64,
 }
 
 /// Builds a [`Plan`] while the caller walks its objects.
@@ -163,17 +185,12 @@ impl Planner {
             requires_grad: None,
             np_dtype: None,
             device: None,
+            base: None,
         }));
         let g = match self.group_of.get(&key) {
             Some(&g) => g,
             None => {
-                self.groups.push((
-                    key,
-                    Group {
-                        region_len,
-                        views: Vec::new(),
-                    },
-                ));
+                self.groups.push((key, Group { views: Vec::new() }));
                 self.group_of.insert(key, self.groups.len() - 1);
                 self.order.push((false, self.groups.len() - 1));
                 self.groups.len() - 1
@@ -190,6 +207,192 @@ impl Planner {
         self.bytes.push((id, name, len));
         self.order.push((true, self.bytes.len() - 1));
         (id, self.bytes.len() - 1)
+    }
+
+    /// Plans one storage's entries: each distinct layout gets an entry of
+    /// its own row-major bytes. Dense layouts that overlap no earlier one (by
+    /// position) are read in place and written back to back in storage order
+    /// (a run, which a reader maps as one storage); the others are copies,
+    /// and name the run's first entry as `base` when the bytes they view lie
+    /// in one stretch of the run without gaps.
+    #[allow(clippy::too_many_arguments)]
+    fn plan_group(
+        &mut self,
+        key: u64,
+        group: &Group,
+        alloc: &dyn Fn(&str, &mut HashSet<String>) -> String,
+        used: &mut HashSet<String>,
+        entries: &mut Vec<PlannedEntry>,
+        origins: &mut Vec<EntryOrigin>,
+        aliases: &mut Vec<(String, String)>,
+    ) {
+        let views: Vec<(NodeId, String, ViewSpec)> = group
+            .views
+            .iter()
+            .map(|(id, n)| (*id, n.clone(), self.specs[id].clone()))
+            .collect();
+        let mut layouts: Vec<Layout> = Vec::new();
+        for (j, (_, _, s)) in views.iter().enumerate() {
+            let same = |l: &Layout| {
+                let o = &views[l.members[0]].2;
+                o.dtype == s.dtype
+                    && o.shape == s.shape
+                    && o.strides == s.strides
+                    && o.pos == s.pos
+                    && o.np_dtype == s.np_dtype
+            };
+            if let Some(l) = layouts.iter_mut().find(|l| same(l)) {
+                l.members.push(j);
+                continue;
+            }
+            let nbytes = s
+                .shape
+                .iter()
+                .fold(s.dtype.itemsize(), |a, &d| a.saturating_mul(d));
+            let extent = view_extent(&View {
+                dtype: s.dtype,
+                shape: s.shape.clone(),
+                strides: Some(s.strides.clone()),
+                offset: 0,
+            });
+            // add_view checked the extent lies inside the storage.
+            let (lo, hi) = match extent {
+                Some(Some((a, b))) => (
+                    (i128::from(s.pos) + a) as u64,
+                    (i128::from(s.pos) + b) as u64,
+                ),
+                _ => (0, 0),
+            };
+            layouts.push(Layout {
+                members: vec![j],
+                nbytes: if hi == lo { 0 } else { nbytes },
+                dense: is_dense(&s.shape, &s.strides, s.dtype.itemsize()),
+                lo,
+                hi,
+            });
+        }
+        // Names in order of first appearance, so collisions resolve as before.
+        let names: Vec<String> = layouts
+            .iter()
+            .map(|l| alloc(&views[l.members[0]].1, used))
+            .collect();
+        // Dense layouts read in place: by position, larger first, each
+        // accepted when it begins at or after the end of the one before.
+        let mut cand: Vec<usize> = (0..layouts.len())
+            .filter(|&l| layouts[l].dense && layouts[l].nbytes > 0)
+            .collect();
+        cand.sort_by_key(|&l| (layouts[l].lo, std::cmp::Reverse(layouts[l].nbytes), l));
+        let mut run: Vec<usize> = Vec::new();
+        let mut end = 0u64;
+        for l in cand {
+            if run.is_empty() || layouts[l].lo >= end {
+                end = layouts[l].hi;
+                run.push(l);
+            }
+        }
+        // Stretches of the run without gaps: (storage lo, hi, offset in the run).
+        let mut stretches: Vec<(u64, u64, u64)> = Vec::new();
+        let mut at = 0u64;
+        let mut run_offset = HashMap::new();
+        for &l in &run {
+            let (lo, hi) = (layouts[l].lo, layouts[l].hi);
+            match stretches.last_mut() {
+                Some(st) if st.1 == lo => st.1 = hi,
+                _ => stretches.push((lo, hi, at)),
+            }
+            run_offset.insert(l, at);
+            at += hi - lo;
+        }
+        let head = run.first().map(|&l| names[l].clone());
+        let order: Vec<usize> = run
+            .iter()
+            .copied()
+            .chain((0..layouts.len()).filter(|l| !run.contains(l)))
+            .collect();
+        for (k, &l) in order.iter().enumerate() {
+            let lay = &layouts[l];
+            let owner = &views[lay.members[0]].2;
+            let name = names[l].clone();
+            // Where this layout lies in the run's storage, if it does.
+            let in_run = match run_offset.get(&l) {
+                Some(&off) => Some(off),
+                None => stretches
+                    .iter()
+                    .find(|st| lay.nbytes > 0 && st.0 <= lay.lo && lay.hi <= st.1)
+                    .map(|st| (owner.pos as u64) - st.0 + st.2),
+            }
+            .filter(|&off| owner.kind == TensorKind::Numpy || off % owner.dtype.itemsize() == 0);
+            let is_head = k == 0 && !run.is_empty();
+            let base = if is_head {
+                None
+            } else {
+                in_run.and(head.clone())
+            };
+            for (m, &j) in lay.members.iter().enumerate() {
+                let (id, vname, s) = &views[j];
+                let canonical =
+                    contiguous_strides(&s.shape, s.dtype.itemsize()).as_ref() == Some(&s.strides);
+                let short = base.is_none()
+                    && (canonical || !lay.dense)
+                    && s.dtype.safetensors().is_some()
+                    && s.np_dtype.is_none();
+                let view = (!short).then(|| View {
+                    dtype: s.dtype,
+                    shape: s.shape.clone(),
+                    // Exact strides wherever they address the bytes the
+                    // tensor views: through its base, or in its own entry
+                    // when that is dense (a size-1 dimension may have any).
+                    strides: ((base.is_some() || lay.dense)
+                        && contiguous_strides(&s.shape, s.dtype.itemsize()).as_ref()
+                            != Some(&s.strides))
+                    .then(|| s.strides.clone()),
+                    offset: if base.is_some() {
+                        in_run.unwrap_or(0)
+                    } else {
+                        0
+                    },
+                });
+                if m > 0 && s.kind != TensorKind::Numpy {
+                    // A tied weight: recorded the way safetensors.torch.save_model does.
+                    aliases.push((vname.clone(), name.clone()));
+                }
+                self.tree.nodes[*id] = Node::Tensor(TensorRef {
+                    kind: s.kind,
+                    entry: name.clone(),
+                    view,
+                    requires_grad: s.requires_grad,
+                    np_dtype: s.np_dtype.clone(),
+                    device: s.device.clone(),
+                    base: base.clone(),
+                });
+            }
+            let (dtype, shape) = entry_form(owner.dtype, &owner.shape);
+            entries.push(PlannedEntry {
+                name,
+                dtype,
+                shape,
+                nbytes: lay.nbytes,
+                align: owner.dtype.alignment(),
+                follows: k > 0 && k < run.len(),
+            });
+            origins.push(if lay.nbytes == 0 || lay.dense {
+                EntryOrigin::Storage {
+                    key,
+                    lo: lay.lo,
+                    hi: if lay.nbytes == 0 { lay.lo } else { lay.hi },
+                }
+            } else {
+                EntryOrigin::Gather {
+                    key,
+                    lo: lay.lo,
+                    hi: lay.hi,
+                    itemsize: owner.dtype.itemsize(),
+                    shape: owner.shape.clone(),
+                    strides: owner.strides.clone(),
+                    offset: owner.pos - lay.lo as i64,
+                }
+            });
+        }
     }
 
     /// Decides entries and names, fills in every tensor node, and returns
@@ -214,7 +417,9 @@ impl Planner {
         let mut entries = Vec::new();
         let mut origins = Vec::new();
         let mut aliases: Vec<(String, String)> = Vec::new();
-        for &(is_bytes, i) in &self.order {
+        let order = std::mem::take(&mut self.order);
+        let groups = std::mem::take(&mut self.groups);
+        for &(is_bytes, i) in &order {
             if is_bytes {
                 let (id, name, len) = &self.bytes[i];
                 let name = alloc(name, &mut used);
@@ -225,126 +430,21 @@ impl Planner {
                     shape: vec![*len],
                     nbytes: *len,
                     align: 1,
+                    follows: false,
                 });
                 origins.push(EntryOrigin::Bytes { slot: i });
                 continue;
             }
-            let (key, group) = &self.groups[i];
-            let views: Vec<(NodeId, &str, &ViewSpec)> = group
-                .views
-                .iter()
-                .map(|(id, n)| (*id, n.as_str(), &self.specs[id]))
-                .collect();
-            // The span of bytes the views reach, widened to the largest
-            // alignment they need (within the region).
-            let align = views
-                .iter()
-                .map(|v| v.2.dtype.alignment())
-                .max()
-                .unwrap_or(1);
-            let mut lo = i128::MAX;
-            let mut hi = i128::MIN;
-            for (_, _, s) in &views {
-                let v = View {
-                    dtype: s.dtype,
-                    shape: s.shape.clone(),
-                    strides: Some(s.strides.clone()),
-                    offset: 0,
-                };
-                if let Some(Some((a, b))) = view_extent(&v) {
-                    lo = lo.min(i128::from(s.pos) + a);
-                    hi = hi.max(i128::from(s.pos) + b);
-                }
-            }
-            if lo > hi {
-                lo = 0;
-                hi = 0;
-            }
-            let a = i128::from(align);
-            let lo = lo.div_euclid(a) * a;
-            let widened = (hi + a - 1).div_euclid(a) * a;
-            let hi = if widened <= i128::from(group.region_len) {
-                widened
-            } else {
-                hi
-            };
-            let (lo, hi) = (lo as u64, hi as u64);
-            let len = hi - lo;
-            // The first view that covers the span exactly, contiguously,
-            // names the entry and gives it its dtype and shape.
-            let exact = |s: &ViewSpec| {
-                s.pos as u64 == lo
-                    && contiguous_strides(&s.shape, s.dtype.itemsize()).as_deref()
-                        == Some(s.strides.as_slice())
-                    && s.shape
-                        .iter()
-                        .try_fold(s.dtype.itemsize(), |acc, &d| acc.checked_mul(d))
-                        == Some(len)
-            };
-            let owner = views.iter().position(|v| exact(v.2));
-            let (name_hint, dtype, shape) = match owner {
-                Some(o) => {
-                    let s = views[o].2;
-                    match s.dtype.safetensors() {
-                        Some(d) => (views[o].1, d, s.shape.clone()),
-                        None => {
-                            let mut shape = s.shape.clone();
-                            shape.push(s.dtype.itemsize());
-                            (views[o].1, safetensors::Dtype::U8, shape)
-                        }
-                    }
-                }
-                None => {
-                    let first = views[0].2.dtype;
-                    let same = views.iter().all(|v| v.2.dtype == first);
-                    match first.safetensors() {
-                        Some(d) if same && len % first.itemsize() == 0 => {
-                            (views[0].1, d, vec![len / first.itemsize()])
-                        }
-                        _ => (views[0].1, safetensors::Dtype::U8, vec![len]),
-                    }
-                }
-            };
-            let name = alloc(name_hint, &mut used);
-            for (j, (id, vname, s)) in views.iter().enumerate() {
-                let contiguous = contiguous_strides(&s.shape, s.dtype.itemsize()).as_deref()
-                    == Some(s.strides.as_slice());
-                let is_owner_layout = owner.is_some_and(|o| {
-                    let os = views[o].2;
-                    os.dtype == s.dtype
-                        && os.shape == s.shape
-                        && os.strides == s.strides
-                        && os.pos == s.pos
-                });
-                let short =
-                    is_owner_layout && s.dtype.safetensors().is_some() && s.np_dtype.is_none();
-                if is_owner_layout && owner != Some(j) && s.kind != TensorKind::Numpy {
-                    // A tied weight: recorded the way safetensors.torch.save_model does.
-                    aliases.push((vname.to_string(), name.clone()));
-                }
-                let view = (!short).then(|| View {
-                    dtype: s.dtype,
-                    shape: s.shape.clone(),
-                    strides: (!contiguous).then(|| s.strides.clone()),
-                    offset: s.pos as u64 - lo,
-                });
-                self.tree.nodes[*id] = Node::Tensor(TensorRef {
-                    kind: s.kind,
-                    entry: name.clone(),
-                    view,
-                    requires_grad: s.requires_grad,
-                    np_dtype: s.np_dtype.clone(),
-                    device: s.device.clone(),
-                });
-            }
-            entries.push(PlannedEntry {
-                name,
-                dtype,
-                shape,
-                nbytes: len,
-                align,
-            });
-            origins.push(EntryOrigin::Storage { key: *key, lo, hi });
+            let (key, group) = &groups[i];
+            self.plan_group(
+                *key,
+                group,
+                &alloc,
+                &mut used,
+                &mut entries,
+                &mut origins,
+                &mut aliases,
+            );
         }
         // Alias names that are entry names, user metadata or repeated are dropped.
         let user: HashSet<&str> = metadata.iter().map(|(k, _)| k.as_str()).collect();
@@ -433,38 +533,78 @@ mod tests {
     }
 
     #[test]
-    fn views_share_one_span_entry() {
+    fn views_get_entries_of_their_own_and_a_base() {
         let mut p = Planner::new();
-        // base[1:] then base.T of a 4x4 int32 storage of 64 bytes.
-        let t = p
-            .add_view("t".into(), 7, 64, spec(Dtype::I32, &[3, 4], &[16, 4], 16))
-            .unwrap();
-        let tt = p
-            .add_view("tt".into(), 7, 64, spec(Dtype::I32, &[4, 4], &[4, 16], 0))
-            .unwrap();
-        let root = dict(&mut p, vec![("t", t), ("tt", tt)]);
+        // q, k, v = rows 0..4, 4..8, 8..12 of a 12x4 float32 storage, and its
+        // transpose.
+        let mut ids = Vec::new();
+        for (n, pos) in [("q", 0), ("k", 64), ("v", 128)] {
+            let s = spec(Dtype::F32, &[4, 4], &[16, 4], pos);
+            ids.push((n, p.add_view(n.into(), 7, 192, s).unwrap()));
+        }
+        let s = spec(Dtype::F32, &[4, 12], &[4, 16], 0);
+        ids.push(("wt", p.add_view("wt".into(), 7, 192, s).unwrap()));
+        let root = dict(&mut p, ids);
         let (plan, origins) = p.finish(root, vec![]).unwrap();
-        assert_eq!(plan.entries.len(), 1);
-        assert_eq!(plan.entries[0].name, "t");
-        assert_eq!(plan.entries[0].shape, vec![16]);
+        plan.validate().unwrap();
+        let names: Vec<&str> = plan.entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["q", "k", "v", "wt"]);
+        let follows: Vec<bool> = plan.entries.iter().map(|e| e.follows).collect();
+        assert_eq!(follows, [false, true, true, false]);
+        assert_eq!(plan.entries[3].shape, vec![4, 12]);
         assert_eq!(
-            origins[0],
+            origins[1],
             EntryOrigin::Storage {
                 key: 7,
-                lo: 0,
-                hi: 64
+                lo: 64,
+                hi: 128
             }
         );
+        assert!(matches!(
+            origins[3],
+            EntryOrigin::Gather { lo: 0, hi: 192, .. }
+        ));
         let tree = plan.tree.unwrap();
-        let v = tree.tensors()[0].view.clone().unwrap();
-        assert_eq!((v.offset, v.strides), (16, None));
-        plan_ok(&plan_with(tree));
+        let t = tree.tensors();
+        assert_eq!((t[0].base.as_deref(), t[0].view.is_none()), (None, true));
+        assert_eq!(t[1].base.as_deref(), Some("q"));
+        assert_eq!(t[1].view.as_ref().map(|v| v.offset), Some(64));
+        assert_eq!(t[3].base.as_deref(), Some("q"));
+        assert_eq!(
+            t[3].view.as_ref().and_then(|v| v.strides.clone()),
+            Some(vec![4, 16])
+        );
+        assert_eq!(tree.required_version(), crate::typed::VIEWS_VERSION);
     }
 
-    fn plan_with(tree: Tree) -> Tree {
-        tree
+    #[test]
+    fn overlapping_views_are_copies_and_aliases_stay_one_entry() {
+        let mut p = Planner::new();
+        let w = spec(Dtype::I32, &[4, 4], &[16, 4], 0);
+        let a = p.add_view("w".into(), 1, 64, w.clone()).unwrap();
+        let b = p.add_view("tied".into(), 1, 64, w).unwrap();
+        let row = spec(Dtype::I32, &[4], &[4], 16);
+        let c = p.add_view("row".into(), 1, 64, row).unwrap();
+        let root = dict(&mut p, vec![("w", a), ("tied", b), ("row", c)]);
+        let (plan, origins) = p.finish(root, vec![]).unwrap();
+        let names: Vec<&str> = plan.entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["w", "row"]);
+        assert_eq!(plan.metadata, vec![("tied".to_string(), "w".to_string())]);
+        // row is dense but overlaps w: a copy of its 16 bytes, based on w.
+        assert_eq!(
+            origins[1],
+            EntryOrigin::Storage {
+                key: 1,
+                lo: 16,
+                hi: 32
+            }
+        );
+        assert!(!plan.entries[1].follows);
+        let tree = plan.tree.unwrap();
+        let t = tree.tensors();
+        assert_eq!(t[2].base.as_deref(), Some("w"));
+        assert_eq!(t[2].view.as_ref().map(|v| v.offset), Some(16));
     }
-    fn plan_ok(_t: &Tree) {}
 
     #[test]
     fn names_never_collide() {

@@ -5,7 +5,7 @@
 use crate::error::{FormatError, Result};
 use crate::header::{parse_doc_members, FORMAT_VERSION};
 use crate::tree::Tree;
-use crate::typed::TYPED_VERSION;
+use crate::typed::VIEWS_VERSION;
 use crate::writer::{persist, write_temp, EntrySource, Plan, WriteOptions};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -56,15 +56,17 @@ pub fn write_sharded(
     std::fs::create_dir_all(dir).map_err(|e| FormatError::io(dir, e))?;
     let mut groups: Vec<Vec<usize>> = Vec::new();
     let mut size = 0u64;
-    for (i, e) in plan.entries.iter().enumerate() {
-        if groups.is_empty() || (size > 0 && size.saturating_add(e.nbytes) > max_shard_size) {
+    // A run of entries of one storage (see `Plan::units`) stays in one shard.
+    for unit in plan.units() {
+        let n: u64 = plan.entries[unit.clone()].iter().map(|e| e.nbytes).sum();
+        if groups.is_empty() || (size > 0 && size.saturating_add(n) > max_shard_size) {
             groups.push(Vec::new());
             size = 0;
         }
         if let Some(g) = groups.last_mut() {
-            g.push(i);
+            g.extend(unit);
         }
-        size += e.nbytes;
+        size += n;
     }
     if groups.is_empty() {
         groups.push(Vec::new());
@@ -216,7 +218,7 @@ pub fn read_index(path: &Path) -> Result<Index> {
     }
     if let Some(h) = raw.hermetic {
         let (version, tree) = parse_doc_members(h.get(), &file)?;
-        if !(FORMAT_VERSION..=TYPED_VERSION).contains(&version) {
+        if !(FORMAT_VERSION..=VIEWS_VERSION).contains(&version) {
             return Err(bad(format!("hermetic version {version} is not supported")));
         }
         index.tree = tree;

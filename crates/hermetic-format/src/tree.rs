@@ -214,6 +214,10 @@ pub struct TensorRef {
     pub np_dtype: Option<Value>,
     /// The device the tensor was saved from (informational).
     pub device: Option<String>,
+    /// Version 3: the entry whose storage this tensor views. `entry` then
+    /// holds the tensor's own row-major bytes (what a plain safetensors
+    /// reader sees), and `view` is relative to the first byte of `base`.
+    pub base: Option<String>,
 }
 
 impl TensorRef {
@@ -257,6 +261,80 @@ pub fn view_extent(view: &View) -> Option<Option<(i128, i128)>> {
         }
     }
     Some(Some((lo, hi)))
+}
+
+/// True when `strides` (bytes) lay `shape` out row-major without gaps
+/// (dimensions of size 1 may have any stride).
+pub fn is_dense(shape: &[u64], strides: &[i64], itemsize: u64) -> bool {
+    let mut acc = itemsize;
+    for (&n, &s) in shape.iter().zip(strides).rev() {
+        if n != 1 && i64::try_from(acc).ok() != Some(s) {
+            return false;
+        }
+        acc = match acc.checked_mul(n) {
+            Some(a) => a,
+            None => return false,
+        };
+    }
+    true
+}
+
+/// The row-major bytes of a view of `bytes`: element 0 at byte `offset`,
+/// byte `strides`. `None` when the view reaches outside `bytes` or overflows.
+pub fn gather(
+    bytes: &[u8],
+    itemsize: u64,
+    shape: &[u64],
+    strides: &[i64],
+    offset: i64,
+) -> Option<Vec<u8>> {
+    if shape.contains(&0) {
+        return Some(Vec::new());
+    }
+    let mut lo = i128::from(offset);
+    let mut hi = lo + i128::from(itemsize);
+    for (&n, &s) in shape.iter().zip(strides) {
+        let span = (i128::from(n) - 1).checked_mul(i128::from(s))?;
+        if span < 0 {
+            lo += span;
+        } else {
+            hi += span;
+        }
+    }
+    if lo < 0 || hi > bytes.len() as i128 {
+        return None;
+    }
+    // Trailing dimensions laid out densely are copied as one run.
+    let mut k = shape.len();
+    let mut run = itemsize;
+    while k > 0 && (shape[k - 1] == 1 || i64::try_from(run).ok() == Some(strides[k - 1])) {
+        run = run.checked_mul(shape[k - 1])?;
+        k -= 1;
+    }
+    let total = shape.iter().try_fold(itemsize, |a, &n| a.checked_mul(n))?;
+    let mut out = Vec::with_capacity(usize::try_from(total).ok()?);
+    let run = usize::try_from(run).ok()?;
+    let mut index = vec![0u64; k];
+    let mut pos = offset;
+    loop {
+        let p = usize::try_from(pos).ok()?;
+        out.extend_from_slice(bytes.get(p..p + run)?);
+        // The next index of the outer `k` dimensions, odometer style.
+        let mut d = k;
+        loop {
+            if d == 0 {
+                return Some(out);
+            }
+            d -= 1;
+            index[d] += 1;
+            pos += strides[d];
+            if index[d] < shape[d] {
+                break;
+            }
+            pos -= strides[d] * shape[d] as i64;
+            index[d] = 0;
+        }
+    }
 }
 
 /// The tree: an arena of nodes and its root.
@@ -600,6 +678,7 @@ fn tagged<S: Serializer, T: Serialize + ?Sized>(
 
 fn tensor_value(t: &TensorRef) -> Value {
     let short = t.view.is_none()
+        && t.base.is_none()
         && t.np_dtype.is_none()
         && t.device.is_none()
         && t.requires_grad
@@ -609,6 +688,9 @@ fn tensor_value(t: &TensorRef) -> Value {
     }
     let mut m = serde_json::Map::new();
     m.insert("entry".into(), Value::String(t.entry.clone()));
+    if let Some(b) = &t.base {
+        m.insert("base".into(), Value::String(b.clone()));
+    }
     if let Some(v) = &t.view {
         m.insert("dtype".into(), Value::String(v.dtype.code()));
         m.insert("shape".into(), Value::from(v.shape.clone()));
@@ -1565,6 +1647,7 @@ fn tensor_ref<E: de::Error>(
                 requires_grad: None,
                 np_dtype: None,
                 device: None,
+                base: None,
             })
         }
         Value::Object(m) => m,
@@ -1574,6 +1657,7 @@ fn tensor_ref<E: de::Error>(
         if !matches!(
             k.as_str(),
             "entry"
+                | "base"
                 | "dtype"
                 | "shape"
                 | "strides"
@@ -1588,6 +1672,11 @@ fn tensor_ref<E: de::Error>(
     let entry = match m.get("entry") {
         Some(Value::String(s)) => s.clone(),
         _ => return Err(dec.fail("tensor member `entry` must be a string")),
+    };
+    let base = match m.get("base") {
+        None => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(dec.fail("tensor member `base` must be a string")),
     };
     let view = match (m.get("dtype"), m.get("shape")) {
         (None, None) => {
@@ -1631,6 +1720,9 @@ fn tensor_ref<E: de::Error>(
         }
         _ => return Err(dec.fail("dtype and shape come together")),
     };
+    if base.is_some() && view.is_none() {
+        return Err(dec.fail("a tensor with `base` needs dtype and shape"));
+    }
     let requires_grad = match m.get("requires_grad") {
         None => None,
         Some(Value::Bool(b)) => Some(*b),
@@ -1670,6 +1762,7 @@ fn tensor_ref<E: de::Error>(
         requires_grad,
         np_dtype,
         device,
+        base,
     })
 }
 

@@ -10,6 +10,9 @@ use std::collections::HashMap;
 
 /// The spec version a tree that uses any section-10 node needs.
 pub const TYPED_VERSION: u64 = 2;
+/// The spec version that adds tensors viewing another entry's storage
+/// (`base`, SPEC section 3.1).
+pub const VIEWS_VERSION: u64 = 3;
 
 /// Whether `s` is an identifier: a letter or `_`, then letters, digits or `_`
 /// (Unicode letters and digits count).
@@ -234,7 +237,10 @@ impl Tree {
     /// The version a document holding this tree must declare: 2 if any node
     /// is a section-10 node, else 1.
     pub fn required_version(&self) -> u64 {
-        if self.nodes.iter().any(Node::is_typed) {
+        let based = |n: &Node| matches!(n, Node::Tensor(t) if t.base.is_some());
+        if self.nodes.iter().any(based) {
+            VIEWS_VERSION
+        } else if self.nodes.iter().any(Node::is_typed) {
             TYPED_VERSION
         } else {
             1

@@ -24,6 +24,9 @@ pub struct PlannedEntry {
     pub nbytes: u64,
     /// The alignment (a power of two) its start needs in the data section.
     pub align: u64,
+    /// Placed right after the entry before it in the plan (one storage's
+    /// entries, which a reader views as one run of bytes).
+    pub follows: bool,
 }
 
 /// Everything the writer needs except the bytes.
@@ -146,11 +149,43 @@ impl Plan {
         Ok(())
     }
 
-    /// Entry indices in file order: by alignment, largest first, then plan order.
+    /// Runs of entries that stay together: an entry and those that follow it.
+    pub fn units(&self) -> Vec<std::ops::Range<usize>> {
+        let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+        for (i, e) in self.entries.iter().enumerate() {
+            match out.last_mut() {
+                Some(r) if e.follows => r.end = i + 1,
+                _ => out.push(i..i + 1),
+            }
+        }
+        out
+    }
+
+    /// Entry indices in file order: runs (see [`Plan::units`]) by alignment,
+    /// largest first, then plan order. A run's alignment is the largest that
+    /// its entries' alignments, their offsets in the run and its length allow.
     pub fn file_order(&self) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.entries.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(effective_align(&self.entries[i])));
-        order
+        let mut units: Vec<(u64, std::ops::Range<usize>)> = self
+            .units()
+            .into_iter()
+            .map(|r| {
+                let mut a = 64u64;
+                let mut off = 0u64;
+                for e in &self.entries[r.clone()] {
+                    a = a.min(effective_align(e));
+                    while a > 1 && off % a != 0 {
+                        a /= 2;
+                    }
+                    off += e.nbytes;
+                }
+                while a > 1 && off % a != 0 {
+                    a /= 2;
+                }
+                (a, r)
+            })
+            .collect();
+        units.sort_by_key(|u| std::cmp::Reverse(u.0));
+        units.into_iter().flat_map(|u| u.1).collect()
     }
 
     fn header(

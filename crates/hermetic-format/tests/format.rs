@@ -236,6 +236,7 @@ fn writes_atomically_into_place() {
             shape: vec![1],
             nbytes: 4,
             align: 4,
+            follows: false,
         }],
         tree: None,
         metadata: vec![],
@@ -293,6 +294,7 @@ fn digests_hashed_beside_the_write_match_the_bytes() {
                 shape: vec![n as u64],
                 nbytes: n as u64,
                 align: 1,
+                follows: false,
             })
             .collect(),
         tree: None,
@@ -452,4 +454,142 @@ fn arb_tree() -> impl Strategy<Value = String> {
             }),
         ]
     })
+}
+
+/// A view of a storage: name, dtype, shape, byte strides, byte position.
+type ViewOf<'a> = (&'a str, Dtype, &'a [u64], &'a [i64], i64);
+
+/// Plans views of one storage and writes them, materializing each entry from
+/// its origin the way a binding does.
+fn write_views(storage: &[u8], views: &[ViewOf<'_>]) -> Vec<u8> {
+    let mut p = Planner::new();
+    let mut pairs = Vec::new();
+    for (name, dtype, shape, strides, pos) in views {
+        let spec = ViewSpec {
+            kind: TensorKind::Torch,
+            dtype: *dtype,
+            shape: shape.to_vec(),
+            strides: strides.to_vec(),
+            pos: *pos,
+            requires_grad: None,
+            np_dtype: None,
+            device: None,
+        };
+        let id = p
+            .add_view(name.to_string(), 1, storage.len() as u64, spec)
+            .unwrap();
+        let k = p.tree.push(Node::Str(name.to_string()));
+        pairs.push((k, id));
+    }
+    let root = p.tree.push(Node::Dict(pairs));
+    let (plan, origins) = p.finish(root, vec![]).unwrap();
+    let data: Vec<Vec<u8>> = origins
+        .iter()
+        .map(|o| match o {
+            EntryOrigin::Storage { lo, hi, .. } => storage[*lo as usize..*hi as usize].to_vec(),
+            EntryOrigin::Gather {
+                lo,
+                hi,
+                itemsize,
+                shape,
+                strides,
+                offset,
+                ..
+            } => gather(
+                &storage[*lo as usize..*hi as usize],
+                *itemsize,
+                shape,
+                strides,
+                *offset,
+            )
+            .unwrap(),
+            EntryOrigin::Bytes { .. } => unreachable!(),
+        })
+        .collect();
+    write_to_vec(
+        &plan,
+        &mut SliceSource(data.iter().map(|d| &d[..]).collect()),
+    )
+    .unwrap()
+}
+
+#[test]
+fn views_of_one_storage_read_exactly_in_the_safetensors_crate() {
+    // W = 12x4 int32 0..48; q, k, v its row blocks; W.T; a strided slice
+    // W[::2, 1::2]; two overlapping windows of the flat storage.
+    let storage: Vec<u8> = (0..48i32).flat_map(|x| x.to_le_bytes()).collect();
+    let views: &[ViewOf<'_>] = &[
+        ("q", Dtype::I32, &[4, 4], &[16, 4], 0),
+        ("k", Dtype::I32, &[4, 4], &[16, 4], 64),
+        ("v", Dtype::I32, &[4, 4], &[16, 4], 128),
+        ("wt", Dtype::I32, &[4, 12], &[4, 16], 0),
+        ("strided", Dtype::I32, &[6, 2], &[32, 8], 4),
+        ("win1", Dtype::I32, &[10], &[4], 8),
+        ("win2", Dtype::I32, &[10], &[4], 20),
+    ];
+    let file = write_views(&storage, views);
+    let st = safetensors::SafeTensors::deserialize(&file).unwrap();
+    let mut names = st.names();
+    names.sort();
+    assert_eq!(
+        names,
+        ["k", "q", "strided", "v", "win1", "win2", "wt"]
+            .map(String::from)
+            .iter()
+            .collect::<Vec<_>>()
+    );
+    let ar = open_bytes(file.clone()).unwrap();
+    ar.verify(None).unwrap();
+    for (name, dtype, shape, strides, pos) in views {
+        let want = gather(&storage, dtype.itemsize(), shape, strides, *pos).unwrap();
+        let t = st.tensor(name).unwrap();
+        assert_eq!(t.dtype(), safetensors::Dtype::I32, "{name}");
+        assert_eq!(
+            t.shape(),
+            shape.iter().map(|&d| d as usize).collect::<Vec<_>>()
+        );
+        assert_eq!(t.data(), &want[..], "{name}");
+        // hermetic reads the same values through the shared storage.
+        let tr = ar
+            .tree()
+            .tensors()
+            .into_iter()
+            .find(|t| t.entry == *name)
+            .unwrap()
+            .clone();
+        let (f, storage_e, r) = ar.resolve(&tr).unwrap();
+        let start = storage_e.start as usize;
+        let region = &ar.files[f].backing.bytes()[start..start + storage_e.nbytes as usize];
+        let got = gather(
+            region,
+            r.dtype.itemsize(),
+            &r.shape,
+            &r.strides,
+            r.offset as i64,
+        );
+        assert_eq!(got.as_deref(), Some(&want[..]), "{name}");
+        assert_eq!(storage_e.name, "q", "{name} shares q's storage");
+    }
+    // q, k, v cost no extra bytes: 48 storage bytes... plus the copies.
+    let q = st.tensor("q").unwrap().data().as_ptr() as usize;
+    let k = st.tensor("k").unwrap().data().as_ptr() as usize;
+    assert_eq!(k - q, 64);
+}
+
+#[test]
+fn a_based_view_that_disagrees_with_its_entry_fails_verify() {
+    let storage: Vec<u8> = (0..16i32).flat_map(|x| x.to_le_bytes()).collect();
+    let views: &[ViewOf<'_>] = &[
+        ("w", Dtype::I32, &[4, 4], &[16, 4], 0),
+        ("wt", Dtype::I32, &[4, 4], &[4, 16], 0),
+    ];
+    let mut file = write_views(&storage, views);
+    let st = safetensors::SafeTensors::deserialize(&file).unwrap();
+    let wt = st.tensor("wt").unwrap().data().as_ptr() as usize - file.as_ptr() as usize;
+    drop(st);
+    // Change a byte of wt (verify_views looks at views, not digests).
+    file[wt + 4] ^= 1;
+    let ar = open_bytes(file.clone()).unwrap();
+    let err = ar.verify_views().unwrap_err().to_string();
+    assert!(err.contains("differs from its own entry"), "{err}");
 }

@@ -272,7 +272,13 @@ impl Printer<'_> {
                             r.shape,
                             human(numel * r.dtype.itemsize())
                         );
-                        if e.name != t.entry || t.view.is_some() {
+                        if let Some(b) = &t.base {
+                            s.push_str(&format!(" (entry {:?}, a view of {b:?}", t.entry));
+                            if r.offset != 0 {
+                                s.push_str(&format!(" at byte {}", r.offset));
+                            }
+                            s.push(')');
+                        } else if e.name != t.entry || t.view.is_some() {
                             s.push_str(&format!(" (view of entry {:?}", e.name));
                             if r.offset != 0 {
                                 s.push_str(&format!(" at byte {}", r.offset));

@@ -637,6 +637,7 @@ impl PyArchive {
             requires_grad: None,
             np_dtype: None,
             device: None,
+            base: None,
         };
         let tree = self.inner.tree();
         let mut b = self.builder(py, tree, &maker, None);

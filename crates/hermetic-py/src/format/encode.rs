@@ -5,9 +5,9 @@
 
 use crate::errors::{format_error, FormatError};
 use hermetic_format::{
-    is_class_name, is_date, is_datetime, is_decimal, is_identifier, is_import_name, is_uuid,
-    path_name, Dtype, EntryOrigin, EntrySource, Node, NodeId, PathPart, Plan, Planner, Shape,
-    TensorKind, ViewSpec, INLINE_BYTES_MAX, MAX_DEPTH,
+    gather, is_class_name, is_date, is_datetime, is_decimal, is_identifier, is_import_name,
+    is_uuid, path_name, Dtype, EntryOrigin, EntrySource, Node, NodeId, PathPart, Plan, Planner,
+    Shape, TensorKind, ViewSpec, INLINE_BYTES_MAX, MAX_DEPTH,
 };
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -795,37 +795,78 @@ impl EntrySource for PySource<'_> {
                 sink(self.bytes[*slot].as_bytes()).map_err(|e| fail(e.to_string()))
             }
             EntryOrigin::Storage { lo, hi, .. } if lo == hi => Ok(()),
+            EntryOrigin::Gather {
+                key,
+                lo,
+                hi,
+                itemsize,
+                shape,
+                strides,
+                offset,
+            } => {
+                // A view that is not one run of its storage: its row-major copy.
+                let (key, lo, hi) = (*key, *lo, *hi);
+                let (itemsize, offset) = (*itemsize, *offset);
+                let (shape, strides) = (shape.clone(), strides.clone());
+                let mut copy = None;
+                self.span(index, key, lo, hi, &mut |bytes| {
+                    copy = gather(bytes, itemsize, &shape, &strides, offset);
+                    Ok(())
+                })?;
+                let copy = copy.ok_or_else(|| fail("the view reaches outside its bytes".into()))?;
+                sink(&copy).map_err(|e| fail(e.to_string()))
+            }
             EntryOrigin::Storage { key, lo, hi } => {
-                let (numpy, obj) = match self.storages.get(*key as usize) {
-                    Some(Storage::Helper(numpy, obj)) => (numpy, obj),
-                    Some(Storage::Cpu(owner, ptr, len)) => {
-                        if *hi as usize > *len {
-                            return Err(fail(format!("bytes {lo}..{hi} outside the storage")));
-                        }
-                        let all = array_bytes(owner, *ptr, *len);
-                        return sink(&all[*lo as usize..*hi as usize])
-                            .map_err(|e| fail(e.to_string()));
-                    }
-                    None => return Err(fail(format!("no storage numbered {key}"))),
-                };
-                let helper = if *numpy { "_np_span" } else { "_torch_span" };
-                let got = self
-                    .helpers
-                    .call_method1(helper, (obj, *lo, *hi))
-                    .and_then(|r| r.extract::<(Bound<'_, PyAny>, usize, usize)>());
-                let (arr, ptr, len) = match got {
-                    Ok(b) => b,
-                    Err(e) => {
-                        let msg = e.value(self.py).to_string();
-                        self.error = Some(e);
-                        return Err(fail(msg));
-                    }
-                };
-                if len as u64 != hi - lo {
-                    return Err(fail(format!("got {len} bytes, expected {}", hi - lo)));
-                }
-                sink(array_bytes(&arr, ptr, len)).map_err(|e| fail(e.to_string()))
+                let (key, lo, hi) = (*key, *lo, *hi);
+                self.span(index, key, lo, hi, sink)
             }
         }
+    }
+}
+
+impl PySource<'_> {
+    /// Calls `sink` with bytes `lo..hi` of storage `key`.
+    fn span(
+        &mut self,
+        index: usize,
+        key: u64,
+        lo: u64,
+        hi: u64,
+        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> hermetic_format::Result<()> {
+        let name = self.names[index].clone();
+        let fail = |detail: String| hermetic_format::FormatError::Source {
+            entry: name.clone(),
+            detail,
+        };
+        let (key, lo, hi) = (&key, &lo, &hi);
+        let (numpy, obj) = match self.storages.get(*key as usize) {
+            Some(Storage::Helper(numpy, obj)) => (numpy, obj),
+            Some(Storage::Cpu(owner, ptr, len)) => {
+                if *hi as usize > *len {
+                    return Err(fail(format!("bytes {lo}..{hi} outside the storage")));
+                }
+                let all = array_bytes(owner, *ptr, *len);
+                return sink(&all[*lo as usize..*hi as usize]).map_err(|e| fail(e.to_string()));
+            }
+            None => return Err(fail(format!("no storage numbered {key}"))),
+        };
+        let helper = if *numpy { "_np_span" } else { "_torch_span" };
+        let got = self
+            .helpers
+            .call_method1(helper, (obj, *lo, *hi))
+            .and_then(|r| r.extract::<(Bound<'_, PyAny>, usize, usize)>());
+        let (arr, ptr, len) = match got {
+            Ok(b) => b,
+            Err(e) => {
+                let msg = e.value(self.py).to_string();
+                self.error = Some(e);
+                return Err(fail(msg));
+            }
+        };
+        if len as u64 != hi - lo {
+            return Err(fail(format!("got {len} bytes, expected {}", hi - lo)));
+        }
+        sink(array_bytes(&arr, ptr, len)).map_err(|e| fail(e.to_string()))
     }
 }
