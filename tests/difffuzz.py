@@ -678,6 +678,7 @@ class ZEntry:
     extra: bytes = b""
     prefix: bytes = b""  # raw bytes before the local header
     in_central: bool = True
+    local_sizes: tuple[int, int] | None = None  # sizes in the local header, if not the real
 
 
 def _deflate(data: bytes) -> bytes:
@@ -685,17 +686,25 @@ def _deflate(data: bytes) -> bytes:
     return c.compress(data) + c.flush()
 
 
-def build_zip(entries: list[ZEntry], comment: bytes = b"", eocd_tweak: int = 0) -> bytes:
-    """A zip written field by field (the same layout as make_attacks.build_zip, with
-    flags, methods, extra fields and the archive comment under control)."""
-    out = bytearray()
-    central = bytearray()
-    count = 0
+@dataclass
+class ZRecord:
+    """A written local entry, as a central directory record will describe it."""
+
+    entry: ZEntry
+    offset: int
+    crc: int
+    csize: int
+    usize: int
+
+
+def write_locals(entries: list[ZEntry], out: bytearray) -> list[ZRecord]:
+    records = []
     for e in entries:
         out += e.prefix
         body = _deflate(e.data) if e.method == 8 else e.data
         crc = zlib.crc32(e.data) if e.crc is None else e.crc
         local = (e.local_name if e.local_name is not None else e.name).encode()
+        csize, usize = e.local_sizes if e.local_sizes else (len(body), len(e.data))
         offset = len(out)
         out += struct.pack(
             "<IHHHHHIIIHH",
@@ -706,12 +715,21 @@ def build_zip(entries: list[ZEntry], comment: bytes = b"", eocd_tweak: int = 0) 
             0,
             0x21,
             crc,
-            len(body),
-            len(e.data),
+            csize,
+            usize,
             len(local),
             len(e.extra),
         )
         out += local + e.extra + body
+        records.append(ZRecord(e, offset, crc, len(body), len(e.data)))
+    return records
+
+
+def central_directory(records: list[ZRecord]) -> tuple[bytes, int]:
+    central = bytearray()
+    count = 0
+    for r in records:
+        e = r.entry
         if not e.in_central:
             continue
         name = e.name.encode()
@@ -724,24 +742,75 @@ def build_zip(entries: list[ZEntry], comment: bytes = b"", eocd_tweak: int = 0) 
             e.method,
             0,
             0x21,
-            crc,
-            len(body),
-            len(e.data),
+            r.crc,
+            r.csize,
+            r.usize,
             len(name),
             0,
             0,
             0,
             0,
             0,
-            offset,
+            r.offset,
         )
         central += name
         count += 1
-    cd_offset = len(out) + eocd_tweak
-    eocd = struct.pack(
-        "<IHHHHIIH", 0x06054B50, 0, 0, count, count, len(central), cd_offset, len(comment)
+    return bytes(central), count
+
+
+def eocd(count: int, cd_size: int, cd_offset: int, comment: bytes = b"") -> bytes:
+    head = struct.pack(
+        "<IHHHHIIH", 0x06054B50, 0, 0, count, count, cd_size, cd_offset, len(comment)
     )
-    return bytes(out + central + eocd + comment)
+    return head + comment
+
+
+def build_zip(entries: list[ZEntry], comment: bytes = b"", eocd_tweak: int = 0) -> bytes:
+    """A zip written field by field (the same layout as make_attacks.build_zip, with
+    flags, methods, sizes, extra fields and the archive comment under control)."""
+    out = bytearray()
+    records = write_locals(entries, out)
+    central, count = central_directory(records)
+    cd_offset = len(out) + eocd_tweak
+    return bytes(out + central + eocd(count, len(central), cd_offset, comment))
+
+
+def build_zip_two_directories(
+    shared: list[ZEntry], benign: ZEntry, evil: ZEntry, how: str
+) -> bytes:
+    """One zip, two central directories: one lists the benign pickle member, the other
+    the malicious one, both the shared members. `how` says how the second directory
+    is reached: 'comment' (an EOCD inside the first EOCD's comment; readers that
+    search backwards for the signature find it first) or 'zip64' (a zip64 end record
+    and locator before the classic EOCD)."""
+    out = bytearray()
+    recs = write_locals([*shared, benign, evil], out)
+    shared_recs, benign_rec, evil_rec = recs[:-2], recs[-2], recs[-1]
+    cd_a, n_a = central_directory([*shared_recs, evil_rec])
+    cd_b, n_b = central_directory([*shared_recs, benign_rec])
+    if how.startswith("comment"):
+        # zipfile takes the last EOCD signature in the tail and expects the central
+        # directory right before it, so the second directory goes in the comment too.
+        if how == "comment_swapped":
+            cd_a, n_a, cd_b, n_b = cd_b, n_b, cd_a, n_a
+        at_b = len(out)
+        out += cd_b
+        at_a = len(out) + 22
+        inner = cd_a + eocd(n_a, len(cd_a), at_a)
+        return bytes(out + eocd(n_b, len(cd_b), at_b, inner))
+    at_b = len(out)
+    out += cd_b
+    at_a = len(out)
+    out += cd_a
+    z64_at = len(out)
+    out += struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, n_a, n_a, len(cd_a), at_a)
+    out += struct.pack("<IIQI", 0x07064B50, 0, z64_at, 1)
+    if how == "zip64_proper":  # the classic record defers to the zip64 one
+        return bytes(
+            out
+            + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+        )
+    return bytes(out + eocd(n_b, len(cd_b), at_b))
 
 
 def zip_members(data: bytes) -> list[tuple[str, bytes]] | None:
@@ -1069,12 +1138,27 @@ def mutator(fn: Mutator) -> Mutator:
     return fn
 
 
-PADS = (b"N0", b"(0", b"(1", b"}0", b"]0", b")0", b"\x88\x30", b"K\x000", b"\x80\x02")
+# Balanced pairs, then units that leave marks, values or memo entries behind.
+PADS = (
+    b"N0",
+    b"(0",
+    b"(1",
+    b"}0",
+    b"]0",
+    b")0",
+    b"\x88\x30",
+    b"K\x000",
+    b"\x80\x02",
+    b"(",
+    b"N",
+    b"]",
+    b"N\x94",
+)
 
 
 def padding(ctx: Ctx) -> bytes:
     unit = ctx.rng.choice(PADS)
-    count = ctx.rng.choice([1, 16, 1000, 100_000, 300_000])
+    count = ctx.rng.choice([1, 16, 1000, 100_000, 300_000, 2_000_000])
     ctx.notes.append(f"pad={unit!r}x{count}")
     return unit * count
 
@@ -1311,13 +1395,18 @@ def m_magic(data: bytes, ctx: Ctx) -> bytes:
 
 
 @mutator
-def m_rename_ext(data: bytes, ctx: Ctx) -> bytes:
-    """The same bytes under another file name (torch.load dispatches on '.safetensors')."""
-    ctx.notes.append("ext=" + ctx.rng.choice(EXTENSIONS))
+def m_rename(data: bytes, ctx: Ctx) -> bytes:
+    """The same bytes under another file name: torch.load dispatches on '.safetensors',
+    and a scanner must not skip a file for its name (hidden, odd characters)."""
+    if ctx.rng.random() < 0.6:
+        ctx.notes.append("ext=" + ctx.rng.choice(EXTENSIONS))
+    else:
+        ctx.notes.append("stem=" + ctx.rng.choice(STEMS))
     return data
 
 
 EXTENSIONS = (".safetensors", ".pt", ".bin", ".npy", ".npz", ".joblib", ".pkl", ".tar", "")
+STEMS = (".mutant", "MUTANT", "m u t", "m\u00fct", "-mutant", "mutant~", "#mutant#", "x" * 200)
 
 
 # --- zip (torch checkpoints, TorchScript archives, .npz) -------------------------
@@ -1346,6 +1435,8 @@ def _zip_rebuild(members: list[tuple[str, bytes]], ctx: Ctx, hit: int, new: byte
             "comment",
             "prefix_junk",
             "eocd_offset",
+            "extra_decoy",
+            "local_sizes",
         ]
     )
     ctx.notes.append(f"zip={twist}")
@@ -1382,6 +1473,14 @@ def _zip_rebuild(members: list[tuple[str, bytes]], ctx: Ctx, hit: int, new: byte
         e.prefix = bytes(rng.randrange(256) for _ in range(rng.randint(1, 40)))
     elif twist == "eocd_offset":
         eocd_tweak = rng.choice([-1, 1, 4])
+    elif twist == "extra_decoy":
+        # A benign pickle in the local extra field: data starts after it (the local
+        # header's lengths say so), a reader using the central lengths lands on it.
+        benign = pickle.dumps({"decoy": 1}, protocol=2)
+        e.extra = struct.pack("<HH", 0xCAFE, len(benign)) + benign
+    elif twist == "local_sizes":
+        size = rng.choice([0, 1, len(members[hit][1]), 0xFFFFFFFF])
+        e.local_sizes = (size, size)
     return build_zip(entries, comment=comment, eocd_tweak=eocd_tweak)
 
 
@@ -1502,6 +1601,24 @@ def m_zip_two_archives(data: bytes, ctx: Ctx) -> bytes | None:
     del target
     ctx.notes.append(f"second archive {other}, evil {'first' if evil_first else 'last'}")
     return _zip_rebuild(joined, ctx, hit, _inner_mutant(joined[hit][1], ctx))
+
+
+@mutator
+def m_zip_two_directories(data: bytes, ctx: Ctx) -> bytes | None:
+    """Two central directories in one zip, each reaching a different pickle member of
+    the same name: through an EOCD in the archive comment, or a zip64 end record."""
+    members = zip_members(data)
+    if not members:
+        return None
+    hit = pickle_member(members, ctx.rng)
+    if hit is None:
+        return None
+    name, content = members[hit]
+    how = ctx.rng.choice(["comment", "comment_swapped", "zip64", "zip64_proper"])
+    ctx.notes.append(f"directories={how} member={name}")
+    shared = [ZEntry(n, d) for i, (n, d) in enumerate(members) if i != hit]
+    evil = ZEntry(name, _inner_mutant(content, ctx))
+    return build_zip_two_directories(shared, ZEntry(name, content), evil, how)
 
 
 @mutator
@@ -1704,6 +1821,105 @@ def m_compress_whole(data: bytes, ctx: Ctx) -> bytes:
     return compress(kind, body, ctx.rng)
 
 
+@dataclass
+class JoblibLayout:
+    """Where things are in an uncompressed joblib dump of one float64 array."""
+
+    data: bytes
+    pad_at: int  # the padding-length byte joblib reads before the array bytes
+    start: int  # first array byte
+    end: int  # one past the last array byte
+    count: int  # array length
+
+
+def joblib_layout(count: int) -> JoblibLayout | None:
+    import joblib
+    import numpy as np
+
+    marker = bytes(range(0x41, 0x49)) * count  # distinctive array bytes
+    arr = np.frombuffer(marker, dtype="<f8").copy()
+    buf = io.BytesIO()
+    joblib.dump({"coef": arr, "n": count}, buf)
+    data = buf.getvalue()
+    start = data.find(marker)
+    if start < 0:
+        return None
+    pad_at = start - 1
+    while pad_at > 0 and data[pad_at] == 0xFF:
+        pad_at -= 1
+    if start - pad_at - 1 != data[pad_at]:  # the byte must count the 0xff padding
+        return None
+    return JoblibLayout(data, pad_at, start, start + len(marker), count)
+
+
+def _stack_neutral_fill(frag: bytes, size: int) -> bytes | None:
+    """`frag` then harmless opcodes, exactly `size` bytes long."""
+    rest = size - len(frag)
+    if rest < 0:
+        return None
+    fill = b""
+    if rest % 2:
+        if rest < 3:
+            return None
+        fill, rest = b"K\x010", rest - 3
+    return frag + fill + b"N0" * (rest // 2)
+
+
+@mutator
+def m_joblib_array(data: bytes, ctx: Ctx) -> bytes | None:
+    """joblib writes a NumpyArrayWrapper, then the raw array bytes, then the rest of
+    the pickle; its unpickler skips exactly shape x itemsize bytes (after a padding
+    byte and padding). Change what it skips: a smaller shape (the array's tail is
+    then read as opcodes), an object dtype (a nested pickle is read from the padding
+    byte on), a different padding byte."""
+    rng = ctx.rng
+    count = rng.choice([8, 16, 32])
+    lay = joblib_layout(count)
+    if lay is None:
+        return None
+    d = lay.data
+    how = rng.randrange(3)
+    ctx.notes.append(f"joblib array how={how} count={count}")
+    shape = b"K" + bytes([count]) + pickle.TUPLE1
+    if how == 0 and d.count(shape) == 1:
+        frag = ctx.frag()
+        skip = (len(frag) + 2 + 7) // 8 + rng.randint(0, 2)
+        if skip >= count:
+            return None
+        tail = _stack_neutral_fill(frag, 8 * skip)
+        if tail is None:
+            return None
+        d = d.replace(shape, b"K" + bytes([count - skip]) + pickle.TUPLE1)
+        shift = 0  # the shape edit keeps every length
+        out = d[: lay.end - 8 * skip + shift] + tail + d[lay.end + shift :]
+    elif how == 1:
+        f8 = d.find(b"\x8c\x02f8")
+        if f8 < 0 or f8 > lay.pad_at:
+            return None
+        d = d[:f8] + b"\x8c\x02O8" + d[f8 + 4 :]
+        # The dtype's BUILD state carries its flags: 63 (NPY_OBJECT_DTYPE_FLAGS) makes
+        # hasobject true, 0 keeps it false whatever the type code says.
+        flags = d.find(b"J\xff\xff\xff\xffK\x00t", f8)
+        if flags < 0:
+            return None
+        d = d[:flags] + b"J\xff\xff\xff\xffK\x3ft" + d[flags + 8 :]
+        d = d.replace(b"\x8c\x01<", b"\x8c\x01|", 1)
+        out = d[: lay.pad_at] + ctx.payload() + d[lay.end :]
+    else:
+        # A padding length other than the one alignment implies: joblib skips what the
+        # byte says, reads the array, and unpickles on from there.
+        old = d[lay.pad_at]
+        new = rng.choice([0, 1, max(0, old - 1), old + 8, 255])
+        filler = rng.choice([b"\xff", b"N", b"."]) * new
+        out = d[: lay.pad_at] + bytes([new]) + filler + d[lay.start : lay.end]
+        out += ctx.frag() + d[lay.end :]
+    if rng.random() < 0.4:
+        kind = rng.choice(["zlib", "gzip", "bz2", "xz", "lzma", "lz4"])
+        ctx.notes.append(f"compress={kind}")
+        return compress(kind, out, rng)
+    return out
+
+
 # --- tar (torch's oldest format) ----------------------------------------------------
 
 
@@ -1803,6 +2019,7 @@ class Mutant:
     chain: list[str]
     notes: list[str]
     ext: str
+    stem: str = "mutant"
 
 
 @dataclass
@@ -1953,10 +2170,13 @@ class MutantSource:
         if len(out) > MAX_MUTANT_BYTES:
             return None
         ext = _suffix(seed.name)
+        stem = "mutant"
         for note in ctx.notes:
             if note.startswith("ext="):
                 ext = note[4:]
-        return Mutant(out, seed.name, chain, ctx.notes, ext)
+            if note.startswith("stem="):
+                stem = note[5:]
+        return Mutant(out, seed.name, chain, ctx.notes, ext, stem)
 
 
 class Campaign:
@@ -2072,6 +2292,7 @@ class Campaign:
             "hermetic_stderr": v.scan.stderr,
             "hermetic_report": v.scan.report,
             "file": path.name,
+            "scanned_as": m.stem + m.ext,
         }
         if kind == "failures" and self.cfg.minimize and self.kept[klass] == 1:
             small = self.minimize(m, v)
@@ -2087,7 +2308,7 @@ class Campaign:
         if len(m.data) > (256 << 10):
             return None
         loader = v.fired[0]
-        name = "min" + m.ext
+        name = m.stem + m.ext
 
         def bad(data: bytes) -> bool:
             w = self.evaluate(data, name, (loader,))
@@ -2165,7 +2386,7 @@ class Campaign:
         return Result(self.stats, self.failures, self.soft)
 
     def one(self, m: Mutant) -> None:
-        v = self.evaluate(m.data, "mutant" + m.ext)
+        v = self.evaluate(m.data, m.stem + m.ext)
         s = self.stats
         s.mutants += 1
         top = m.chain[-1] if len(m.chain) == 1 else "+".join(m.chain)
