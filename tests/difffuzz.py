@@ -101,6 +101,7 @@ LOADER_MEMORY = 2 << 30  # address space a loader child may add to the server's
 LOADER_FILE_SIZE = 256 << 20
 HERMETIC_TIMEOUT_S = 60.0
 MAX_MUTANT_BYTES = 8 << 20
+BATCH = 16  # mutants per `hermetic scan` process
 DECOMPRESS_LIMIT = 16 << 20
 
 # --------------------------------------------------------------------------
@@ -395,6 +396,29 @@ def scan(cmd: list[str], path: Path, cwd: Path) -> ScanResult:
                 entry.get("verdict"), entry.get("format"), doc, proc.returncode, problem, stderr
             )
     return ScanResult(None, None, doc, proc.returncode, problem, stderr)
+
+
+def scan_many(cmd: list[str], paths: list[Path], cwd: Path) -> dict[Path, ScanResult] | None:
+    """One `hermetic scan` over several files; None when it gave no usable report."""
+    args = [*cmd, "scan", "--format", "json", "--fail-on", "never", *map(str, paths)]
+    try:
+        proc = subprocess.run(
+            args, capture_output=True, timeout=HERMETIC_TIMEOUT_S * 4, cwd=cwd, check=False
+        )
+        doc = json.loads(proc.stdout)
+    except (subprocess.TimeoutExpired, ValueError):
+        return None
+    if proc.returncode not in (0, 3):
+        return None
+    entries = {os.path.realpath(str(e.get("path", ""))): e for e in doc.get("files", [])}
+    out = {}
+    for path in paths:
+        entry = entries.get(os.path.realpath(path))
+        report = {"files": [entry] if entry else [], "summary": doc.get("summary")}
+        verdict = entry.get("verdict") if entry else None
+        fmt = entry.get("format") if entry else None
+        out[path] = ScanResult(verdict, fmt, report, proc.returncode, None)
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -2224,46 +2248,71 @@ class Campaign:
 
     # -- the oracle
 
+    def _run_loaders(
+        self, d: Path, path: Path, loaders: tuple[str, ...]
+    ) -> tuple[list[str], dict[str, str]]:
+        groups: dict[str, list[tuple[int, str]]] = defaultdict(list)
+        for i, loader in enumerate(loaders):
+            groups[LOADER_SERVER[loader]].append((i, loader))
+        replies: dict[str, tuple[dict[str, Any], float, bool]] = {}
+
+        def run_group(group: str) -> None:
+            # One thread per server; the servers are separate processes.
+            for i, loader in groups[group]:
+                cwd = d / f"cwd{i}"
+                cwd.mkdir()
+                canary = d / f"canary{i}"
+                t0 = time.monotonic()
+                reply = self.servers[group].load(loader, path, canary, cwd)
+                took = time.monotonic() - t0
+                replies[loader] = (reply, took, bool(reply["fired"]) or canary.exists())
+
+        with ThreadPoolExecutor(max_workers=len(groups)) as pool:
+            list(pool.map(run_group, list(groups)))
+        fired: list[str] = []
+        status: dict[str, str] = {}
+        for loader in loaders:
+            reply, took, did_fire = replies[loader]
+            status[loader] = f"{reply['status']}: {reply['outcome']}"[:300]
+            self.stats.seconds_by_step[loader] += took
+            if took > 2.0:
+                self.log(f"slow: {loader} {took:.1f} s on {path.name}: {status[loader]}")
+            if did_fire:
+                fired.append(loader)
+        return fired, status
+
     def evaluate(self, data: bytes, name: str, loaders: tuple[str, ...] = LOADERS) -> Verdict:
-        d = self._run_dir()
+        return self.evaluate_many([(data, name)], loaders)[0]
+
+    def evaluate_many(
+        self, items: list[tuple[bytes, str]], loaders: tuple[str, ...] = LOADERS
+    ) -> list[Verdict]:
+        """Each file through every loader, then all of them through one `hermetic scan`
+        (several FILE arguments, one process); any file that fired and did not scan
+        `dangerous` is scanned again on its own, and that report is the one kept."""
+        dirs = [self._run_dir() for _ in items]
         try:
-            path = d / name
-            path.write_bytes(data)
-            path.chmod(0o444)
-            groups: dict[str, list[tuple[int, str]]] = defaultdict(list)
-            for i, loader in enumerate(loaders):
-                groups[LOADER_SERVER[loader]].append((i, loader))
-            replies: dict[str, tuple[dict[str, Any], float, bool]] = {}
-
-            def run_group(group: str) -> None:
-                # One thread per server; the servers are separate processes.
-                for i, loader in groups[group]:
-                    cwd = d / f"cwd{i}"
-                    cwd.mkdir()
-                    canary = d / f"canary{i}"
-                    t0 = time.monotonic()
-                    reply = self.servers[group].load(loader, path, canary, cwd)
-                    took = time.monotonic() - t0
-                    replies[loader] = (reply, took, bool(reply["fired"]) or canary.exists())
-
-            with ThreadPoolExecutor(max_workers=len(groups)) as pool:
-                list(pool.map(run_group, list(groups)))
-            fired: list[str] = []
-            status: dict[str, str] = {}
-            for loader in loaders:
-                reply, took, did_fire = replies[loader]
-                status[loader] = f"{reply['status']}: {reply['outcome']}"[:300]
-                self.stats.seconds_by_step[loader] += took
-                if took > 2.0:
-                    self.log(f"slow: {loader} {took:.1f} s on {name}: {status[loader]}")
-                if did_fire:
-                    fired.append(loader)
+            paths = []
+            outcomes = []
+            for (data, name), d in zip(items, dirs, strict=True):
+                path = d / name
+                path.write_bytes(data)
+                path.chmod(0o444)
+                paths.append(path)
+                outcomes.append(self._run_loaders(d, path, loaders))
             t0 = time.monotonic()
-            result = scan(self.cfg.hermetic, path, d)
+            scans = scan_many(self.cfg.hermetic, paths, self.root)
             self.stats.seconds_by_step["hermetic"] += time.monotonic() - t0
-            return Verdict(fired, status, result)
+            verdicts = []
+            for path, (fired, status) in zip(paths, outcomes, strict=True):
+                result = scans.get(path) if scans is not None else None
+                if result is None or (fired and result.verdict != "dangerous"):
+                    result = scan(self.cfg.hermetic, path, path.parent)
+                verdicts.append(Verdict(fired, status, result))
+            return verdicts
         finally:
-            self._remove(d)
+            for d in dirs:
+                self._remove(d)
 
     # -- mutation
 
@@ -2362,31 +2411,42 @@ class Campaign:
         index = 0
         try:
             # Every seed as it is, first: benign ones must not fire, attacks must be caught.
-            for seed in self.seeds:
-                self.one(Mutant(seed.data, seed.name, ["identity"], [], _suffix(seed.name)))
+            identity = [
+                Mutant(seed.data, seed.name, ["identity"], [], _suffix(seed.name))
+                for seed in self.seeds
+            ]
+            for i in range(0, len(identity), BATCH):
+                self.process(identity[i : i + BATCH])
             baseline = self.stats.mutants
+            batch: list[Mutant] = []
             while True:
-                done = self.stats.mutants - baseline
-                if self.cfg.max_mutants is not None and done >= self.cfg.max_mutants:
-                    break
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
-                index += 1
-                m = self.source.mutate(index)
-                if m is None:
-                    continue
-                self.one(m)
-                if self.stats.mutants % 100 == 0:
+                done = self.stats.mutants - baseline + len(batch)
+                out_of_mutants = self.cfg.max_mutants is not None and done >= self.cfg.max_mutants
+                out_of_time = deadline is not None and time.monotonic() >= deadline
+                if batch and (len(batch) >= BATCH or out_of_mutants or out_of_time):
+                    self.process(batch)
+                    batch = []
                     self.stats.seconds = time.monotonic() - start
                     self.write_summary()
                     self.log(self.progress())
+                    continue
+                if out_of_mutants or out_of_time:
+                    break
+                index += 1
+                m = self.source.mutate(index)
+                if m is not None:
+                    batch.append(m)
         finally:
             self.stats.seconds = time.monotonic() - start
             self.write_summary()
         return Result(self.stats, self.failures, self.soft)
 
-    def one(self, m: Mutant) -> None:
-        v = self.evaluate(m.data, m.stem + m.ext)
+    def process(self, batch: list[Mutant]) -> None:
+        verdicts = self.evaluate_many([(m.data, m.stem + m.ext) for m in batch])
+        for m, v in zip(batch, verdicts, strict=True):
+            self.one(m, v)
+
+    def one(self, m: Mutant, v: Verdict) -> None:
         s = self.stats
         s.mutants += 1
         top = m.chain[-1] if len(m.chain) == 1 else "+".join(m.chain)
