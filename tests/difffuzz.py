@@ -1770,9 +1770,20 @@ def m_compressed_streams(data: bytes, ctx: Ctx) -> bytes | None:
     inner = inner if inner is not None else data
     rng = ctx.rng
     evil = _inner_pickle_mutant(inner, ctx)
-    how = rng.randrange(4)
+    how = rng.randrange(6)
     ctx.notes.append(f"streams={kind}/{how}")
     try:
+        if how == 4:  # something between the streams: zero padding, an lz4 skippable frame
+            k = rng.randint(0, len(evil))
+            gap = bytes(4 * rng.randint(1, 4))
+            if kind == "lz4" and rng.random() < 0.7:
+                junk = pickle.dumps({"decoy": 1}, protocol=2)
+                gap = struct.pack("<II", 0x184D2A50 + rng.randrange(16), len(junk)) + junk
+            return compress(kind, evil[:k], rng) + gap + compress(kind, evil[k:], rng)
+        if how == 5:  # a benign complete pickle, then a second stream holding a payload
+            return compress(kind, pickle.dumps({"a": 1}, protocol=2), rng) + compress(
+                kind, ctx.payload(), rng
+            )
         if how == 0:  # split anywhere
             k = rng.randint(0, len(evil))
             return compress(kind, evil[:k], rng) + compress(kind, evil[k:], rng)
@@ -2204,7 +2215,7 @@ class MutantSource:
 
 
 class Campaign:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, make_seeds_too: bool = True) -> None:
         self.cfg = cfg
         self.root = Path(tempfile.mkdtemp(prefix="difffuzz-"))
         self.cfg.out.mkdir(parents=True, exist_ok=True)
@@ -2214,7 +2225,7 @@ class Campaign:
         self.kept: Counter[str] = Counter()
         self.counter = 0
         self.servers = {g: LoaderServer(self.root, g) for g in SERVER_IMPORTS}
-        self.seeds = make_seeds(cfg.include_attacks)
+        self.seeds = make_seeds(cfg.include_attacks) if make_seeds_too else []
         self.source = MutantSource(self.seeds, cfg.seed, cfg.round_robin, cfg.mutators)
         self.log_file = (cfg.out / "log.txt").open("a")
 
@@ -2502,6 +2513,30 @@ def iter_failure_lines(result: Result) -> Iterator[str]:
         yield rec.describe()
 
 
+def replay(cfg: Config, folder: Path) -> int:
+    """Re-run every saved reproducer under `folder` (its .json files) through the
+    loaders and hermetic; print which still fail. Returns the count still failing."""
+    campaign = Campaign(cfg, make_seeds_too=False)
+    still = 0
+    try:
+        for meta_path in sorted(folder.rglob("*.json")):
+            if meta_path.name == "summary.json":
+                continue
+            meta = json.loads(meta_path.read_text())
+            data = (meta_path.parent / meta["file"]).read_bytes()
+            name = meta.get("scanned_as") or ("mutant" + _suffix(meta["file"]))
+            v = campaign.evaluate(data, name)
+            state = "FAILS" if v.failure else ("soft " + v.soft if v.soft else "ok")
+            still += v.failure
+            print(
+                f"{state:>24}  {meta_path.parent.name}/{meta['file']}: fired {v.fired}, "
+                f"hermetic {v.scan.format} {v.scan.verdict}"
+            )
+    finally:
+        campaign.close()
+    return still
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--serve", choices=sorted(SERVER_IMPORTS), help=argparse.SUPPRESS)
@@ -2515,10 +2550,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-attack-seeds", action="store_true")
     parser.add_argument("--mutators", default=None, help="comma-separated subset")
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--replay", type=Path, default=None, help="re-run saved reproducers")
     args = parser.parse_args(argv)
     if args.serve:
         serve(args.serve)
         return 0
+    if args.replay:
+        cfg = Config(hermetic=hermetic_command(args.hermetic), out=args.out)
+        return 1 if replay(cfg, args.replay) else 0
     if args.minutes is None and args.max_mutants is None:
         parser.error("give --minutes or --max-mutants")
     cfg = Config(
