@@ -2560,6 +2560,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if replay(cfg, args.replay) else 0
     if args.minutes is None and args.max_mutants is None:
         parser.error("give --minutes or --max-mutants")
+    # A terminated campaign still stops its servers and removes its temporary folder.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cfg = Config(
         hermetic=hermetic_command(args.hermetic),
         out=args.out,
