@@ -26,8 +26,16 @@ Run:  python tests/difffuzz.py --minutes 30 --seed 1 --hermetic target/release/h
 
 The payloads are harmless: they create the canary file and do nothing else (they are
 the builders of tests/fixtures/make_attacks.py, and its `pickle.load` attack files).
-Mutations are applied to the host bytes before a payload is spliced in, never to the
-payload's own bytes.
+Random byte edits (havoc) touch only the host, before a payload is spliced in; later
+layers only cut, prefix, wrap, compress or re-frame bytes.
+
+`--replay DIR` re-runs the reproducers saved under DIR against a (fixed) scanner.
+Mutants go to hermetic 16 at a time as FILE arguments of one process; a mutant that
+fired and did not scan `dangerous` is scanned again alone, and that report is kept.
+
+Not covered: a payload that fires later from a process it left running (the loader's
+session is killed when the loader returns), and polyglots that cannot exist (a pickle
+cannot start with the .npy magic: 0x93 is STACK_GLOBAL on an empty stack).
 """
 
 from __future__ import annotations
@@ -2199,7 +2207,8 @@ class MutantSource:
             return None
         if rng.random() < 0.2:  # a second layer, e.g. a spliced zip then compressed
             name2, fn2 = rng.choice(self.mutators)
-            out2 = fn2(out, ctx)
+            # Never havoc over a payload: its bytes stay the corpus' harmless ones.
+            out2 = fn2(out, ctx) if name2 != "havoc" else None
             if out2 is not None:
                 out, chain = out2, [*chain, name2]
         if len(out) > MAX_MUTANT_BYTES:
