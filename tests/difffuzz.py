@@ -26,8 +26,11 @@ Run:  python tests/difffuzz.py --minutes 30 --seed 1 --hermetic target/release/h
 
 The payloads are harmless: they create the canary file and do nothing else (they are
 the builders of tests/fixtures/make_attacks.py, and its `pickle.load` attack files).
-Random byte edits (havoc) touch only the host, before a payload is spliced in; later
-layers only cut, prefix, wrap, compress or re-frame bytes.
+Random byte edits (havoc) run first, on the seed, before any payload is spliced in;
+later layers only cut, prefix, wrap, compress or re-frame bytes. Havoc on an attack
+corpus file can hit its payload (`touch "$HERMETIC_CANARY"`, or Python that opens the
+canary path), which at worst breaks the command; the loaders run as child processes
+with a temporary cwd and HOME, and without network where `unshare -rn` works.
 
 `--replay DIR` re-runs the reproducers saved under DIR against a (fixed) scanner.
 Mutants go to hermetic 16 at a time as FILE arguments of one process; a mutant that
