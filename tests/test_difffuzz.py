@@ -16,7 +16,7 @@ import pytest
 import difffuzz
 
 SEED = 20240611
-MUTANTS = 120  # about 30 s of loader time on two cores
+MUTANTS = 3 * len(difffuzz.MUTATORS)  # every mutator three times: 30-60 s on two cores
 
 
 @pytest.fixture(scope="module")
