@@ -299,7 +299,11 @@ impl<'a> Scanner<'a> {
     ) {
         let mut pos = start;
         let mut index = 0;
-        while pos < data.len() && self.report.streams.len() < self.limits.max_streams {
+        while pos < data.len() {
+            // Hitting the stream limit is a finding, never a quiet stop.
+            if !self.stream_allowed(loc, pos as u64) {
+                return;
+            }
             let a = analyze_stream(data, pos, loc.base, name, self.policy, self.limits);
             // What an earlier reading of the same bytes already judged: its
             // findings, and the globals it resolved and found allowed.
