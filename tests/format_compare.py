@@ -18,9 +18,11 @@ def float_bits(x: float) -> bytes:
 
 def tensor_bytes(t: torch.Tensor) -> bytes:
     """The logical contents of ``t`` as bytes (any dtype, any strides)."""
-    c = t.detach().contiguous()
-    if c.numel() == 0:
+    if t.numel() == 0:
         return b""
+    # A fresh row-major copy: `.contiguous()` keeps any stride of a size-1
+    # dimension, which `view(torch.uint8)` then refuses.
+    c = torch.empty(t.shape, dtype=t.dtype).copy_(t.detach())
     return bytes(c.view(-1).view(torch.uint8).numpy().tobytes())
 
 

@@ -492,7 +492,11 @@ def test_an_ambiguous_zip_is_decided_as_a_whole_file(fx: Fixtures, tmp_path: Pat
     whole = tmp_path / "whole.toml"
     added = hermetic_cli("manifest", "add", "--force", str(odd), "--to", str(whole))
     assert added.returncode == 0, added.stderr
-    assert odd_id in whole.read_text()
+    listed = whole.read_text()
+    assert odd_id in listed
+    # ... under the file's own name, since the id is the whole file's.
+    line = next(ln for ln in listed.splitlines() if odd_id in ln)
+    assert f'source = "{odd}"' in line and "whole file" in line, line
     ok(run_py(f"import torch; torch.load({str(odd)!r})", mode="enforce", manifest=whole))
 
 

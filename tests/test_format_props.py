@@ -135,7 +135,7 @@ def trees(draw: st.DrawFn) -> Any:
     if pool_n:
         leaves = leaves | st.sampled_from(pool_n).flatmap(views)
     leaves = leaves | arrays() | torch_tensors()
-    return draw(
+    tree = draw(
         st.recursive(
             leaves,
             lambda inner: (
@@ -149,6 +149,10 @@ def trees(draw: st.DrawFn) -> Any:
             max_leaves=12,
         )
     )
+    # The pools ride along, so every drawn view has its base in the tree:
+    # then SPEC 3.1 promises the caller's strides and sharing back. A view
+    # saved without its base is a copy (test_lone_views_come_back_contiguous).
+    return [tree, pool_t, pool_n]
 
 
 @pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")  # complex32 on purpose
@@ -157,6 +161,34 @@ def trees(draw: st.DrawFn) -> Any:
 def test_arbitrary_trees_round_trip(tree: Any) -> None:
     data = hermetic.dumps(tree)
     assert_round_trip(tree, hermetic.loads(data, verify=True))
+
+
+def test_lone_views_come_back_contiguous() -> None:
+    """SPEC 3.1: a view whose storage no saved dense view covers is stored as
+    its row-major copy; it loads equal in dtype, shape and values, contiguous,
+    sharing nothing."""
+    base = torch.arange(24, dtype=torch.int16).reshape(4, 6)
+    flags = torch.tensor([False, True, False, True, True])
+    lone = {
+        "T": base.T,
+        "step": base[::2],
+        "cols": base[:, 1:3],
+        "bools": flags[::2],
+        "np_T": np.arange(12.0).reshape(3, 4).T,
+    }
+    for name, v in lone.items():
+        out = hermetic.loads(hermetic.dumps({name: v}), verify=True)[name]
+        assert type(out) is type(v), name
+        if isinstance(v, torch.Tensor):
+            assert out.dtype == v.dtype and out.shape == v.shape and out.is_contiguous(), name
+            assert torch.equal(out, v), name
+        else:
+            assert out.dtype == v.dtype and out.shape == v.shape, name
+            assert out.flags.c_contiguous and np.array_equal(out, v), name
+    # Two copies of one unsaved storage come back as separate tensors.
+    out = hermetic.loads(hermetic.dumps([base.T, base[::2]]), verify=True)
+    assert out[0].untyped_storage().data_ptr() != out[1].untyped_storage().data_ptr()
+    assert torch.equal(out[0], base.T) and torch.equal(out[1], base[::2])
 
 
 @pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")  # complex32 on purpose
@@ -245,8 +277,10 @@ def view_dicts(draw: st.DrawFn) -> tuple[dict[str, torch.Tensor], dict[str, str]
             out[f"base{b}"] = base
         for i in range(draw(st.integers(1, 4))):
             name = f"v{b}_{i}"
-            out[name] = draw(storage_views(base))
-            if whole:
+            out[name] = view = draw(storage_views(base))
+            # `reshape` of a non-contiguous view copies: that one is not a view.
+            shares = view.untyped_storage().data_ptr() == base.untyped_storage().data_ptr()
+            if whole and shares:
                 of_base[name] = f"base{b}"
     return out, of_base
 

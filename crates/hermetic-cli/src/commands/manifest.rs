@@ -186,12 +186,23 @@ fn run_add(args: &AddArgs, out: &mut dyn Write) -> Result<ExitStatus, CliError> 
             if b.whole_payload && args.note.is_none() {
                 note.push_str("; id of the whole joblib payload");
             }
+            if b.whole_file && args.note.is_none() {
+                note.push_str(
+                    "; id of the whole file (torch decides on the archive, not one pickle)",
+                );
+            }
+            // A whole-file id stands for the file, not the stream lent for its verdict.
+            let source = if b.whole_file {
+                r.path.clone()
+            } else {
+                source_of(&r, s)
+            };
             entries.push((
                 b.id,
                 Entry {
                     size: Some(b.size),
                     callers: callers.clone(),
-                    source: Some(source_of(&r, s)),
+                    source: Some(source),
                     note: Some(note),
                 },
             ));
