@@ -14,9 +14,11 @@ import builtins
 import collections
 import mmap
 import os
+import sys
+from collections.abc import Iterable
 from typing import Any
 
-from hermetic import _hermetic
+from hermetic import _hermetic, _typed
 from hermetic._hermetic import CheckpointError, UnsafePickleError
 
 __all__ = ["CheckpointError", "Maker", "UnsafePickleError", "load_pickle"]
@@ -92,9 +94,15 @@ class Maker:
     """
 
     def __init__(
-        self, source: str | bytes | bytearray, *, mmap: bool = True, map_location: Any = None
+        self,
+        source: str | bytes | bytearray,
+        *,
+        mmap: bool = True,
+        map_location: Any = None,
+        allow: _typed.Allow | None = None,
     ) -> None:
         self.source = source
+        self.allow = allow
         self.mmap = mmap
         self.map_location = map_location
         self._file: Any = None  # the whole file as a torch uint8 tensor (mapped or read)
@@ -139,6 +147,69 @@ class Maker:
         raise CheckpointError(
             f"{qualname} appears as a value; hermetic does not hand out functions"
         )
+
+    # ------------------------------------------------- allowed classes
+
+    def foreign(self, module: str, name: str) -> Any:
+        """A class or function the caller's ``allow=`` names (Rust passes only
+        those); resolved against that list again, never imported for the file."""
+        if (module, name) == ("builtins", "object"):
+            return object
+        qualified = f"{module}:{name}"
+        if self.allow is None or not self.allow.permits(qualified):
+            raise UnsafePickleError(f"{qualified} is not in allow=")
+        try:
+            return self.allow.resolve(qualified, "class or function")
+        except _typed.ClassNotAllowedError as e:
+            raise UnsafePickleError(str(e)) from None
+
+    def instance(self, cls: Any, made: str, args: Any, kwargs: Any, base: Any) -> Any:
+        """What CPython's unpickler does for NEWOBJ(_EX), REDUCE and
+        ``copyreg._reconstructor``, with an allowed class or function."""
+        if made == "new":
+            if not isinstance(cls, type):
+                raise CheckpointError(f"NEWOBJ on {cls!r}, which is not a class")
+            return cls.__new__(cls, *args, **(kwargs or {}))
+        if made == "call":
+            return cls(*args)
+        # copyreg._reconstructor(cls, base, state); Rust admits only object
+        # and builtin containers as the base.
+        if base is object:
+            return object.__new__(cls)
+        obj = base.__new__(cls, args)
+        if base.__init__ != object.__init__:
+            base.__init__(obj, args)
+        return obj
+
+    def extend(self, obj: Any, items: list[Any]) -> None:
+        """APPENDS on an instance: ``extend`` if it has one, else ``append``."""
+        if isinstance(obj, list):
+            obj.extend(items)
+            return
+        ext = getattr(obj, "extend", None)
+        if ext is not None:
+            ext(items)
+            return
+        for item in items:
+            obj.append(item)
+
+    def set_state(self, obj: Any, state: Any) -> None:
+        """BUILD, as CPython's ``load_build``: ``__setstate__`` if the object has
+        one, else the instance dict (and slots, for a ``(dict, slots)`` pair)."""
+        setstate = getattr(obj, "__setstate__", None)
+        if setstate is not None:
+            setstate(state)
+            return
+        slots = None
+        if isinstance(state, tuple) and len(state) == 2:
+            state, slots = state
+        if state:
+            d = obj.__dict__
+            for k, v in state.items():
+                d[sys.intern(k) if type(k) is str else k] = v
+        if slots:
+            for k, v in slots.items():
+                setattr(obj, k, v)
 
     def set_dict_state(self, obj: Any, state: Any) -> None:
         """BUILD on an OrderedDict (a state dict's ``_metadata``)."""
@@ -275,11 +346,14 @@ class Maker:
             target = location
         else:
             target = ml
-        device = _torch().device(target)
+        torch = _torch()
+        device = torch.device(target)
         if device.type == "cpu":
             return storage
+        if device.type == "cuda":
+            _check_cuda(torch, device)
         if device.type == "meta":
-            return _torch().UntypedStorage(storage.nbytes(), device="meta")
+            return torch.UntypedStorage(storage.nbytes(), device="meta")
         return storage.to(device=device)
 
     def storage_view(self, storage: Any, byte_offset: int, nbytes: int) -> Any:
@@ -336,6 +410,29 @@ class Maker:
                     setattr(t, k, v)
 
 
+def _check_cuda(torch: Any, device: Any) -> None:
+    """torch.load's own errors for a CUDA location this machine cannot serve."""
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            "Attempting to deserialize object on a CUDA device but "
+            "torch.cuda.is_available() is False. If you are running on a CPU-only "
+            "machine, please use hermetic.torch.load with map_location="
+            "torch.device('cpu') to map your storages to the CPU."
+        )
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise RuntimeError(
+            f"Attempting to deserialize object on CUDA device {device.index} but "
+            f"torch.cuda.device_count() is {count}. Please use hermetic.torch.load with "
+            "map_location to map your storages to an existing device."
+        )
+
+
+def allowlist(allow: Iterable[Any] | None) -> _typed.Allow | None:
+    """The ``allow=`` of the evaluator's loads: the syntax of ``hermetic.load``."""
+    return None if allow is None else _typed.Allow(allow)
+
+
 def _source(f: Any) -> str | bytes | bytearray:
     if isinstance(f, (bytes, bytearray)):
         return f
@@ -354,7 +451,12 @@ def _source(f: Any) -> str | bytes | bytearray:
     return data
 
 
-def load_pickle(source: PathLike | bytes | bytearray | memoryview) -> Any:
+def load_pickle(
+    source: PathLike | bytes | bytearray | memoryview,
+    *,
+    allow: Iterable[Any] | None = None,
+    encoding: str = "ASCII",
+) -> Any:
     """Load a data-only pickle without running it.
 
     ``source`` is a path or the file's bytes: a pickle of any protocol (0-5),
@@ -364,11 +466,25 @@ def load_pickle(source: PathLike | bytes | bytearray | memoryview) -> Any:
     imports anything outside hermetic's data allowlist raises
     :class:`UnsafePickleError` naming every offending import (``.imports``);
     nothing from the file is imported or called, ever.
+
+    ``allow=[Config, "mypkg.models:*", "torch._C._nn:gelu"]`` trusts the
+    classes and functions it names, with the syntax of ``hermetic.load``: a
+    file that needs them is rebuilt as CPython's unpickler would (``__new__``
+    for NEWOBJ, ``__setstate__`` or the instance dict for BUILD, the callable
+    of a REDUCE only when it is itself allowed). Their own code then runs, as
+    it would under ``pickle.load``; nothing else in the file is imported or
+    called, and a dangerous import (``os.system``) is refused whatever
+    ``allow`` says.
+
+    ``encoding`` is ``pickle.load``'s, for the ``str`` of Python 2 pickles:
+    ``"ASCII"`` (the default), ``"utf-8"``, ``"latin1"`` (what numpy arrays
+    pickled by Python 2 need) or ``"bytes"``.
     """
     src = _source(source)
-    maker = Maker(src, mmap=False)
+    trusted = allowlist(allow)
+    maker = Maker(src, mmap=False, allow=trusted)
     try:
-        _, obj = _hermetic.evaluate(src, "any", maker)
+        _, obj = _hermetic.evaluate(src, "any", maker, trusted, encoding)
     finally:
         maker.close()
     return obj

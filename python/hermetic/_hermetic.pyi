@@ -101,5 +101,9 @@ def dis(data: bytes) -> str: ...
 
 # The safe evaluator (hermetic.torch.load, hermetic.load_pickle).
 def evaluate(
-    source: str | os.PathLike[str] | bytes | bytearray, flavor: str, maker: object
+    source: str | os.PathLike[str] | bytes | bytearray,
+    flavor: str,
+    maker: object,
+    allow: object | None = None,
+    encoding: str | None = None,
 ) -> tuple[str, object]: ...

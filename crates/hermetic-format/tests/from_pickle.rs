@@ -23,6 +23,8 @@ fn torch_state_dict_converts_and_verifies() {
             flavor: Flavor::Any,
             policy: &policy,
             limits: Limits::default(),
+            allowed: eval::Allowed::none(),
+            encoding: None,
         };
         let loaded = eval::load(&data, name, &opts).unwrap();
         let mut c = convert(&loaded, false).unwrap();
@@ -49,6 +51,8 @@ fn a_pickled_model_is_refused_unless_salvaged() {
         flavor: Flavor::Any,
         policy: &policy,
         limits: Limits::default(),
+        allowed: eval::Allowed::none(),
+        encoding: None,
     };
     assert!(eval::load(&data, "model_whole.pt", &strict).is_err());
     let salvage = LoadOptions {

@@ -70,7 +70,22 @@ impl GlobalPattern {
         })
     }
 
+    /// A `*` in the name never matches across a dot: `pkg:*` covers what
+    /// `pkg` defines, not `pkg:torch.load` (a dotted name is resolved
+    /// attribute by attribute, so it reaches whatever `pkg` imported).
     pub fn matches(&self, module: &str, name: &str) -> bool {
+        let name_ok = match self.name.strip_suffix('*') {
+            None => self.name == name,
+            Some(prefix) => name
+                .strip_prefix(prefix)
+                .is_some_and(|rest| !rest.contains('.')),
+        };
+        name_ok && glob(&self.module, module)
+    }
+
+    /// For deny lists: `*` matches any suffix, dots included (failing
+    /// closed, `pkg:*` denies `pkg:a.b` too).
+    pub fn covers(&self, module: &str, name: &str) -> bool {
         glob(&self.module, module) && glob(&self.name, name)
     }
 }
@@ -205,6 +220,7 @@ const SAFE_GLOBALS: &[(&str, &str)] = &[
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "scalar"),
     ("numpy._core.numeric", "_frombuffer"),
+    ("numpy.core._internal", "_reconstruct"),
 ];
 
 /// Every `torch.<dtype>` name torch defines (checked against torch 2.x).
@@ -530,7 +546,7 @@ impl Policy {
 
     /// Classifies one resolved global (after Python 2 name mapping).
     pub fn classify(&self, module: &str, name: &str) -> Classification {
-        if self.extra_dangerous.iter().any(|p| p.matches(module, name)) {
+        if self.extra_dangerous.iter().any(|p| p.covers(module, name)) {
             return Classification {
                 verdict: Verdict::Dangerous,
                 code: "denied_import",
@@ -799,6 +815,29 @@ mod tests {
         // An allow pattern never overrides a known primitive.
         let p = Policy::from_toml("[allow]\nglobals = [\"os:*\"]\n").unwrap();
         assert_eq!(p.classify("os", "system").verdict, Verdict::Dangerous);
+    }
+
+    #[test]
+    fn a_name_wildcard_never_walks_through_attributes() {
+        // `mymodel:torch.load` is torch.load (nested unpickling) if mymodel
+        // imported torch: `mymodel:*` must not cover it.
+        let p = Policy::from_toml(
+            "[allow]\nglobals = [\"mymodel:*\", \"other:Net*\"]\n[deny]\nglobals = [\"bad:*\"]\n",
+        )
+        .unwrap();
+        assert_eq!(p.classify("mymodel", "Net").verdict, Verdict::Safe);
+        assert_eq!(
+            p.classify("mymodel", "torch.load").verdict,
+            Verdict::Suspicious
+        );
+        assert_eq!(
+            p.classify("mymodel", "Outer.Inner").verdict,
+            Verdict::Suspicious
+        );
+        assert_eq!(p.classify("other", "NetA").verdict, Verdict::Safe);
+        assert_eq!(p.classify("other", "Net.x").verdict, Verdict::Suspicious);
+        // Deny lists fail closed: their wildcard does cross dots.
+        assert_eq!(p.classify("bad", "a.b").verdict, Verdict::Dangerous);
     }
 
     #[test]

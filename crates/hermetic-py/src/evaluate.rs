@@ -7,8 +7,8 @@
 
 use crate::errors::{CheckpointError, UnsafePickleError};
 use hermetic_pickle::eval::{
-    load, map_file, ArrayData, DictKind, EvalError, Flavor, Format, Global, Id, Known, LoadOptions,
-    Loaded, Mode, NpDtype, StorageData, StorageView, Value,
+    load, map_file, Allowed, ArrayData, DictKind, EvalError, Flavor, Format, Global, Id, Known,
+    LoadOptions, Loaded, Made, Mode, NpDtype, Py2Str, StorageData, StorageView, Value,
 };
 use hermetic_pickle::{Limits, Policy};
 use pyo3::exceptions::PyValueError;
@@ -65,6 +65,11 @@ struct Builder<'l, 'a, 'py> {
     /// Untyped storages by (index, byte offset, bytes).
     storages: HashMap<(u32, u64, u64), Bound<'py, PyAny>>,
     np_dtypes: HashMap<String, Bound<'py, PyAny>>,
+    /// Mutable nodes already filled (some are filled early, before an
+    /// allowed class receives them as arguments).
+    filled: Vec<bool>,
+    /// Nodes [`Builder::prefill`] has walked.
+    walked: Vec<bool>,
 }
 
 fn dtype_spec<'py>(py: Python<'py>, d: &NpDtype) -> PyResult<Bound<'py, PyAny>> {
@@ -224,10 +229,10 @@ impl<'py> Builder<'_, '_, 'py> {
             Value::Range(r) => self.maker.call_method1("range", (r[0], r[1], r[2]))?,
             Value::Global(g) => match &**g {
                 Global::Known(k) => self.maker.call_method1("known", (known_name(*k),))?,
+                // Only globals the caller's allow= trusts reach here; the
+                // maker resolves them against that list again.
                 Global::Foreign { module, name } => {
-                    return Err(CheckpointError::new_err(format!(
-                        "{file}: {module}.{name} cannot be built"
-                    )))
+                    self.maker.call_method1("foreign", (module, name))?
                 }
             },
             Value::TorchDtype(d) => self.maker.call_method1("torch_attr", (d.name(),))?,
@@ -284,10 +289,28 @@ impl<'py> Builder<'_, '_, 'py> {
                 self.maker
                     .call_method1("np_scalar", (dt, PyBytes::new(py, &s.data)))?
             }
-            Value::Object(_) => {
-                return Err(CheckpointError::new_err(format!(
-                    "{file}: an opaque object cannot be built"
-                )))
+            Value::Object(o) => {
+                let opt = |id: Option<Id>| -> PyResult<Bound<'py, PyAny>> {
+                    match id {
+                        Some(i) => self.obj(i),
+                        None => Ok(py.None().into_bound(py)),
+                    }
+                };
+                let made = match o.made {
+                    Made::Call => "call",
+                    Made::New => "new",
+                    Made::Reconstructor => "reconstructor",
+                };
+                self.maker.call_method1(
+                    "instance",
+                    (
+                        self.obj(o.class)?,
+                        made,
+                        opt(o.args)?,
+                        opt(o.kwargs)?,
+                        opt(o.base)?,
+                    ),
+                )?
             }
             Value::List(_) | Value::Set(_) | Value::Dict(_) => {
                 return Err(CheckpointError::new_err(format!(
@@ -298,7 +321,39 @@ impl<'py> Builder<'_, '_, 'py> {
         })
     }
 
+    /// Fills the containers an allowed object's arguments reach, before it
+    /// is made: the unpickler filled them before the call (APPENDS and
+    /// SETITEMS come before REDUCE), so the class sees them full. Each node
+    /// is walked once over the whole load.
+    fn prefill(&mut self, roots: &[Id]) -> PyResult<()> {
+        let arena = &self.loaded.arena;
+        let mut stack: Vec<Id> = roots.to_vec();
+        let mut mutable = Vec::new();
+        while let Some(id) = stack.pop() {
+            if std::mem::replace(&mut self.walked[id as usize], true) {
+                continue;
+            }
+            if Self::is_mutable(arena.get(id)) {
+                mutable.push(id);
+            }
+            arena.for_each_child(id, |c| stack.push(c));
+        }
+        for id in mutable {
+            let ready = arena
+                .children(id)
+                .iter()
+                .all(|&c| self.objs[c as usize].is_some());
+            if ready && !self.filled[id as usize] {
+                self.fill(id)?;
+            }
+        }
+        Ok(())
+    }
+
     fn fill(&mut self, id: Id) -> PyResult<()> {
+        if std::mem::replace(&mut self.filled[id as usize], true) {
+            return Ok(());
+        }
         let arena = &self.loaded.arena;
         let obj = self.obj(id)?;
         match arena.get(id) {
@@ -324,6 +379,15 @@ impl<'py> Builder<'_, '_, 'py> {
                     let items = PyList::new(self.py, self.objs_of(items)?)?;
                     self.maker
                         .call_method1("fill_object_array", (&obj, items))?;
+                }
+            }
+            Value::Object(o) => {
+                if !o.list_items.is_empty() {
+                    let items = PyList::new(self.py, self.objs_of(&o.list_items)?)?;
+                    self.maker.call_method1("extend", (&obj, items))?;
+                }
+                for &(k, v) in &o.dict_items {
+                    obj.set_item(self.obj(k)?, self.obj(v)?)?;
                 }
             }
             _ => {}
@@ -369,15 +433,54 @@ impl<'py> Builder<'_, '_, 'py> {
         }
         for &id in &order {
             if self.objs[id as usize].is_none() {
-                let o = self.build(arena.get(id))?;
+                let v = arena.get(id);
+                if let Value::Object(o) = v {
+                    let roots: Vec<Id> = [o.args, o.kwargs, o.base].into_iter().flatten().collect();
+                    self.prefill(&roots)?;
+                }
+                let o = self.build(v)?;
                 self.objs[id as usize] = Some(o);
+            }
+        }
+        // Dicts and sets keyed by allowed objects (or tuples of them) are
+        // filled after those objects have their state, as the unpickler
+        // inserts them after BUILD: a class hashing its fields needs them.
+        let mut hashes_object = vec![false; arena.len()];
+        for &id in &order {
+            hashes_object[id as usize] = match arena.get(id) {
+                Value::Object(_) => true,
+                Value::Tuple(items) | Value::FrozenSet(items) => {
+                    items.iter().any(|&c| hashes_object[c as usize])
+                }
+                _ => false,
+            };
+        }
+        let keyed_by_object = |v: &Value<'_>| match v {
+            Value::Dict(d) => d.items.iter().any(|&(k, _)| hashes_object[k as usize]),
+            Value::Set(items) => items.iter().any(|&c| hashes_object[c as usize]),
+            _ => false,
+        };
+        for &id in &order {
+            if !keyed_by_object(arena.get(id)) {
+                self.fill(id)?;
+            }
+        }
+        for &id in &order {
+            self.finish(id)?;
+        }
+        // BUILD runs once an object's state exists, and the state of an
+        // object nested in it was built (and BUILT) before: inner objects,
+        // made later, get their state first.
+        for &id in order.iter().rev() {
+            if let Value::Object(o) = arena.get(id) {
+                if let Some(s) = o.state {
+                    self.maker
+                        .call_method1("set_state", (self.obj(id)?, self.obj(s)?))?;
+                }
             }
         }
         for &id in &order {
             self.fill(id)?;
-        }
-        for &id in &order {
-            self.finish(id)?;
         }
         self.obj(self.loaded.root)
     }
@@ -399,6 +502,8 @@ fn build_python<'py>(
         objs: vec![None; loaded.arena.len()],
         storages: HashMap::new(),
         np_dtypes: HashMap::new(),
+        filled: vec![false; loaded.arena.len()],
+        walked: vec![false; loaded.arena.len()],
     };
     b.run()
 }
@@ -406,14 +511,28 @@ fn build_python<'py>(
 /// Scans, evaluates and builds `source` (a path, or the file's bytes).
 /// `flavor` is `"torch"` (torch.load: zip and legacy checkpoints only) or
 /// `"any"` (also raw pickles, .npy and .npz). Returns `(format, object)`.
+///
+/// `allow`, when given, has a `permits(name)` method (`hermetic._typed.Allow`):
+/// a file refused only for `unknown_import`s is loaded again trusting the
+/// names it permits, and the maker rebuilds those classes.
 #[pyfunction]
-#[pyo3(signature = (source, flavor, maker))]
+#[pyo3(signature = (source, flavor, maker, allow=None, encoding=None))]
 fn evaluate<'py>(
     py: Python<'py>,
     source: &Bound<'py, PyAny>,
     flavor: &str,
     maker: &Bound<'py, PyAny>,
+    allow: Option<&Bound<'py, PyAny>>,
+    encoding: Option<&str>,
 ) -> PyResult<(String, Bound<'py, PyAny>)> {
+    let encoding = match encoding {
+        None => None,
+        Some(e) => Some(Py2Str::from_name(e).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "encoding={e:?}: hermetic reads Python 2 strs as 'ASCII', 'utf-8', 'latin1' or 'bytes'"
+            ))
+        })?),
+    };
     let flavor = match flavor {
         "torch" => Flavor::Torch,
         "any" => Flavor::Any,
@@ -423,17 +542,35 @@ fn evaluate<'py>(
             )))
         }
     };
-    let policy = Policy::default();
-    let opts = LoadOptions {
-        mode: Mode::Strict,
-        flavor,
-        policy: &policy,
-        limits: Limits::default(),
-    };
+    let policy = Policy::builtin();
     let run = |data: &[u8], name: &str| -> PyResult<(String, Bound<'py, PyAny>)> {
-        let loaded = py
-            .allow_threads(|| load(data, name, &opts))
-            .map_err(|e| eval_error(py, e))?;
+        let mut opts = LoadOptions {
+            mode: Mode::Strict,
+            flavor,
+            policy,
+            limits: Limits::default(),
+            allowed: Allowed::none(),
+            encoding,
+        };
+        let mut result = py.allow_threads(|| load(data, name, &opts));
+        let trusted;
+        if let (Err(EvalError::Unsafe(u)), Some(allow)) = (&result, allow) {
+            let mut names = Vec::new();
+            for o in &u.offenders {
+                if o.code == "unknown_import"
+                    && !o.global.is_empty()
+                    && allow.call_method1("permits", (&o.global,))?.is_truthy()?
+                {
+                    names.push(o.global.clone());
+                }
+            }
+            if !names.is_empty() {
+                trusted = Allowed::new(names);
+                opts.allowed = &trusted;
+                result = py.allow_threads(|| load(data, name, &opts));
+            }
+        }
+        let loaded = result.map_err(|e| eval_error(py, e))?;
         let obj = build_python(py, &loaded, maker)?;
         Ok((loaded.format.as_str().to_string(), obj))
     };

@@ -59,6 +59,8 @@ pub(crate) fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<ExitStatus,
         flavor: Flavor::Any,
         policy: &policy,
         limits: Limits::default(),
+        allowed: eval::Allowed::none(),
+        encoding: None,
     };
     let loaded = match eval::load(data, &name, &opts) {
         Ok(l) => l,

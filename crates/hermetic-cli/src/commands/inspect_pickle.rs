@@ -53,6 +53,8 @@ pub(crate) fn run_file(
         flavor: Flavor::Any,
         policy: &policy,
         limits: Limits::default(),
+        allowed: eval::Allowed::none(),
+        encoding: None,
     };
     let loaded = match eval::load(&map, &name, &opts) {
         Ok(l) => l,

@@ -5,7 +5,7 @@
 use super::error::{malformed, unsupported, Problem};
 use super::machine::{decimal_to_twos, long_value, Machine};
 use super::value::{Dict, DictKind, Global, Id, Known, Str, TorchDtype, Value, FALSE, NONE, TRUE};
-use super::{numpy, torch};
+use super::{numpy, torch, Mode};
 use std::borrow::Cow;
 
 /// torch's layouts, which `torch.serialization._get_layout` names.
@@ -94,9 +94,12 @@ pub(crate) fn resolve(module: &str, name: &str, torch_names: bool) -> Option<Kno
         ("torch", n) if TORCH_ENUMS.contains(&n) => {
             Known::TorchEnum(TORCH_ENUMS.iter().copied().find(|e| *e == n)?)
         }
-        ("numpy.core.multiarray" | "numpy._core.multiarray", "_reconstruct") => {
-            Known::NpReconstruct
-        }
+        // numpy.core._internal._reconstruct is what numpy before 1.0 pickled:
+        // `ndarray.__new__(subtype, shape, dtype)`, the same as the C one.
+        (
+            "numpy.core.multiarray" | "numpy._core.multiarray" | "numpy.core._internal",
+            "_reconstruct",
+        ) => Known::NpReconstruct,
         ("numpy.core.multiarray" | "numpy._core.multiarray", "scalar") => Known::NpScalar,
         ("numpy.core.numeric" | "numpy._core.numeric", "_frombuffer") => Known::NpFromBuffer,
         ("numpy", "ndarray") => Known::NpNdarray,
@@ -606,7 +609,12 @@ pub(crate) fn check_attr_state(m: &Machine<'_, '_>, state: Id) -> Result<(), Pro
 /// BUILD: hand `state` to the object on top of the stack.
 pub(crate) fn build(m: &mut Machine<'_, '_>, obj: Id, state: Id) -> Result<(), Problem> {
     match m.arena.get(obj) {
-        Value::Object(_) => {
+        Value::Object(o) => {
+            if o.state.is_some() && m.ctx.mode == Mode::Strict {
+                // Each BUILD is a `__setstate__` call of its own; one record
+                // keeps only the last, so a rebuilt object would differ.
+                return Err(unsupported("a second BUILD on one object"));
+            }
             if let Value::Object(o) = m.arena.get_mut(obj) {
                 o.state = Some(state);
             }

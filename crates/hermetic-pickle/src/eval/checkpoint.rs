@@ -109,9 +109,12 @@ impl<'o> Reader<'o> {
         let utf8 = torch || opts.flavor == Flavor::Torch;
         Ctx {
             mode: opts.mode,
-            py2_str: if utf8 { Py2Str::Utf8 } else { Py2Str::Ascii },
+            py2_str: opts
+                .encoding
+                .unwrap_or(if utf8 { Py2Str::Utf8 } else { Py2Str::Ascii }),
             limits: &opts.limits,
             torch_names: torch,
+            allowed: opts.allowed,
         }
     }
 

@@ -7,6 +7,8 @@ use std::fmt;
 pub struct Offender {
     /// `module.name`, or empty for a structural problem.
     pub qualname: String,
+    /// `module:name`, as an `allow=` entry names it (empty likewise).
+    pub global: String,
     /// The scanner's finding code (`dangerous_import`, `ambiguous_zip`, ...).
     pub code: String,
     /// Byte offset in the file.
@@ -57,7 +59,36 @@ impl fmt::Display for Unsafe {
             f,
             "\nNothing was imported or run. See what it holds with `hermetic inspect {0}` and `hermetic scan {0}`.",
             self.file
-        )
+        )?;
+        // Only classes and functions the scanner merely does not know can be
+        // trusted; a dangerous import or a structural problem never can.
+        // `builtins.object` (the base protocols 0 and 1 name) needs no entry.
+        let needed = || {
+            self.offenders
+                .iter()
+                .filter(|o| o.global != "builtins:object")
+        };
+        let trustable = needed().all(|o| {
+            o.code == "unknown_import"
+                && o.global
+                    .split_once(':')
+                    .is_some_and(|(m, n)| super::Allowed::trustable(m, n))
+        });
+        if trustable && needed().next().is_some() {
+            let mut names: Vec<&str> = Vec::new();
+            for o in needed() {
+                if !names.contains(&o.global.as_str()) {
+                    names.push(&o.global);
+                }
+            }
+            let list: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+            write!(
+                f,
+                "\nIf you trust these classes and functions (loading then runs their code, as pickle would), pass allow=[{}].",
+                list.join(", ")
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -121,8 +152,8 @@ pub(crate) enum Problem {
     Malformed(String),
     Unsupported(String),
     Limit(String),
-    /// A global outside the evaluator's meanings, in strict mode.
-    Foreign(String),
+    /// A global outside the evaluator's meanings, in strict mode: module, name.
+    Foreign(String, String),
 }
 
 impl Problem {
@@ -132,11 +163,12 @@ impl Problem {
             Problem::Malformed(what) => EvalError::Malformed { file, offset, what },
             Problem::Unsupported(what) => EvalError::Unsupported { file, offset, what },
             Problem::Limit(what) => EvalError::Limit { file, offset, what },
-            Problem::Foreign(qualname) => EvalError::Unsafe(Box::new(Unsafe {
+            Problem::Foreign(module, name) => EvalError::Unsafe(Box::new(Unsafe {
                 file: file.clone(),
-                imports: vec![qualname.clone()],
+                imports: vec![format!("{module}.{name}")],
                 offenders: vec![Offender {
-                    qualname,
+                    qualname: format!("{module}.{name}"),
+                    global: format!("{module}:{name}"),
                     code: "unknown_import".into(),
                     offset,
                     called: false,

@@ -19,11 +19,31 @@ use std::collections::HashMap;
 const MAX_DECIMAL_DIGITS: usize = 4300;
 
 /// How Python 2 `str` opcodes (STRING, BINSTRING, SHORT_BINSTRING) decode:
-/// `pickle.load` uses ASCII, `torch.load` UTF-8.
+/// the unpickler's `encoding=` (`pickle.load` defaults to ASCII, `torch.load`
+/// to UTF-8).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Py2Str {
+pub enum Py2Str {
     Ascii,
     Utf8,
+    Latin1,
+    /// `encoding="bytes"`: each such str loads as `bytes`.
+    Bytes,
+}
+
+impl Py2Str {
+    /// The encodings `pickle.load(encoding=...)` takes that hermetic reads,
+    /// by any of the names Python's codec registry knows them by.
+    pub fn from_name(name: &str) -> Option<Py2Str> {
+        let n = name.to_ascii_lowercase().replace(['-', ' '], "_");
+        Some(match n.as_str() {
+            "ascii" | "us_ascii" | "646" => Py2Str::Ascii,
+            "utf_8" | "utf8" | "u8" | "utf" => Py2Str::Utf8,
+            "latin1" | "latin_1" | "iso_8859_1" | "iso8859_1" | "8859" | "cp819" | "l1"
+            | "latin" => Py2Str::Latin1,
+            "bytes" => Py2Str::Bytes,
+            _ => return None,
+        })
+    }
 }
 
 /// What a stream is evaluated with.
@@ -34,6 +54,8 @@ pub(crate) struct Ctx<'c> {
     /// Apply `torch.load`'s renames (`torch.tensor` -> `torch._tensor`, any
     /// `*Storage` name -> a storage type).
     pub torch_names: bool,
+    /// Foreign globals the caller trusts in strict mode.
+    pub allowed: &'c super::Allowed,
 }
 
 /// Resolves persistent ids (`BINPERSID`/`PERSID`) for the container.
@@ -206,14 +228,24 @@ impl<'a> Machine<'a, '_> {
         match self.ctx.py2_str {
             Py2Str::Ascii if raw.is_ascii() => {}
             Py2Str::Ascii => return Err(malformed(
-                "a Python 2 str with non-ASCII bytes (pickle.load decodes them as ASCII and fails)",
+                "a Python 2 str with non-ASCII bytes (pickle.load decodes them as ASCII and fails; pass encoding=\"latin1\" or \"bytes\")",
             )),
             Py2Str::Utf8 => {
                 if std::str::from_utf8(&raw).is_err() {
                     return Err(malformed(
-                        "a Python 2 str that is not UTF-8 (torch.load decodes them as UTF-8 and fails)",
+                        "a Python 2 str that is not UTF-8 (torch.load decodes them as UTF-8 and fails; pass encoding=\"latin1\" or \"bytes\")",
                     ));
                 }
+            }
+            Py2Str::Bytes => return Ok(Value::Bytes(raw)),
+            Py2Str::Latin1 if raw.is_ascii() => {}
+            Py2Str::Latin1 => {
+                let text: String = raw.iter().map(|&b| char::from(b)).collect();
+                self.budget.charge_problem(text.len() as u64)?;
+                return Ok(Value::Str(Str {
+                    bytes: Cow::Owned(text.into_bytes()),
+                    utf8: true,
+                }));
             }
         }
         Ok(Value::Str(Str {
@@ -231,12 +263,20 @@ impl<'a> Machine<'a, '_> {
         match calls::resolve(&module, &name, self.ctx.torch_names) {
             Some(k) => Ok(calls::known_value(k)),
             None if self.ctx.mode == Mode::Strict => {
-                if crate::policy::Policy::default().is_safe(&module, &name) {
+                let trusted = self.ctx.allowed.permits(&module, &name)
+                    && (crate::policy::Policy::builtin()
+                        .classify(&module, &name)
+                        .verdict
+                        != crate::policy::Verdict::Dangerous
+                        || (module == "builtins" && name == "object"));
+                if trusted {
+                    Ok(Value::Global(Box::new(Global::Foreign { module, name })))
+                } else if crate::policy::Policy::builtin().is_safe(&module, &name) {
                     Err(unsupported(format!(
                         "{module}.{name}: the scanner allows it, but it has no meaning in hermetic's evaluator (quantized, sparse and subclassed tensors are not built)"
                     )))
                 } else {
-                    Err(Problem::Foreign(format!("{module}.{name}")))
+                    Err(Problem::Foreign(module, name))
                 }
             }
             None => Ok(Value::Global(Box::new(Global::Foreign { module, name }))),
@@ -638,12 +678,23 @@ impl<'a> Machine<'a, '_> {
                             self.arena.seq_of(args).and_then(|s| s.split_first())
                         {
                             let rest = rest.to_vec();
-                            if matches!(self.arena.get(cls), Value::Global(_)) {
-                                let rest = if name == "_reconstructor" {
-                                    rest.get(1).copied()
-                                } else {
-                                    Some(self.push_value(Value::Tuple(rest))?)
-                                };
+                            if let Value::Global(g) = self.arena.get(cls) {
+                                if let (Global::Known(k), Mode::Strict, false) =
+                                    (&**g, self.ctx.mode, name == "_reconstructor")
+                                {
+                                    // copyreg.__newobj__(dict, ...) is dict.__new__(dict, ...).
+                                    let k = *k;
+                                    let rest = self.push_value(Value::Tuple(rest))?;
+                                    return calls::new_known(self, k, rest);
+                                }
+                                if name == "_reconstructor" {
+                                    return self.reconstructed(
+                                        cls,
+                                        rest.first().copied(),
+                                        rest.get(1).copied(),
+                                    );
+                                }
+                                let rest = Some(self.push_value(Value::Tuple(rest))?);
                                 return self.opaque(cls, rest, None, forwarded_made);
                             }
                         }
@@ -695,14 +746,70 @@ impl<'a> Machine<'a, '_> {
         kwargs: Option<Id>,
         made: Made,
     ) -> Result<Id, Problem> {
+        self.object(class, made, args, kwargs, None)
+    }
+
+    /// `copyreg._reconstructor(cls, base, state)`.
+    fn reconstructed(
+        &mut self,
+        class: Id,
+        base: Option<Id>,
+        state: Option<Id>,
+    ) -> Result<Id, Problem> {
         if self.ctx.mode == Mode::Strict {
-            return Err(malformed("an opaque object in strict mode"));
+            // The base's `__new__` and `__init__` run too: only `object`'s
+            // (which run nothing) or a builtin container's are taken.
+            let plain_base = base.is_some_and(|b| match self.arena.get(b) {
+                Value::Global(g) => match &**g {
+                    Global::Foreign { module, name } => module == "builtins" && name == "object",
+                    Global::Known(k) => matches!(
+                        k.qualname().as_str(),
+                        "builtins.dict" | "builtins.list" | "builtins.set" | "builtins.tuple"
+                    ),
+                },
+                _ => false,
+            });
+            if !plain_base {
+                return Err(unsupported(
+                    "copyreg._reconstructor with a base other than object or a builtin container",
+                ));
+            }
+        }
+        self.object(class, Made::Reconstructor, state, None, base)
+    }
+
+    fn object(
+        &mut self,
+        class: Id,
+        made: Made,
+        args: Option<Id>,
+        kwargs: Option<Id>,
+        base: Option<Id>,
+    ) -> Result<Id, Problem> {
+        if self.ctx.mode == Mode::Strict {
+            // Only a class the caller trusts is ever rebuilt (by the caller):
+            // not a computed callable, not a known data constructor, not a
+            // copyreg helper called any other way than as a forwarder.
+            let trusted = match self.arena.get(class) {
+                Value::Global(g) => match &**g {
+                    Global::Foreign { module, name } => !super::Allowed::is_forwarder(module, name),
+                    Global::Known(_) => false,
+                },
+                _ => false,
+            };
+            if !trusted {
+                return Err(malformed(format!(
+                    "an object made by {} in strict mode",
+                    self.arena.get(class).describe()
+                )));
+            }
         }
         self.push_value(Value::Object(Box::new(Object {
             class,
             made,
             args,
             kwargs,
+            base,
             state: None,
             list_items: Vec::new(),
             dict_items: Vec::new(),

@@ -27,6 +27,7 @@ mod value;
 
 pub use checkpoint::{byteswap, Format, Loaded, Storage, StorageData};
 pub use error::{Budget, EvalError, Offender, Unsafe};
+pub use machine::Py2Str;
 pub use numpy::{array_nbytes, parse_typestr};
 pub use torch::check_extent;
 pub use value::{
@@ -69,6 +70,83 @@ pub struct LoadOptions<'p> {
     pub flavor: Flavor,
     pub policy: &'p Policy,
     pub limits: Limits,
+    /// Foreign globals the caller trusts (`allow=`); see [`Allowed`].
+    pub allowed: &'p Allowed,
+    /// `encoding=` for Python 2 strs; `None` is the flavor's loader's default.
+    pub encoding: Option<Py2Str>,
+}
+
+/// Foreign globals the caller trusts, by the exact `module:name` the file
+/// uses. In [`Mode::Strict`] a file that imports only data constructors and
+/// these loads: each allowed global becomes an inert [`Global::Foreign`] and
+/// each object made from one an [`Object`] record, which the caller (not
+/// this crate) rebuilds from its own allowlist. Matching is exact, never a
+/// pattern, so a name in the file cannot widen what the caller listed; a
+/// dangerous import is refused whatever this set holds.
+#[derive(Clone, Debug, Default)]
+pub struct Allowed {
+    names: std::collections::HashSet<String>,
+}
+
+/// The helpers protocols 0-2 wrap an object's creation in. They call only
+/// their first argument (checked when they are called: an allowed class),
+/// so a file that uses them needs no allow entry of its own for them.
+const FORWARDERS: &[(&str, &str)] = &[
+    ("copyreg", "_reconstructor"),
+    ("copyreg", "__newobj__"),
+    ("copyreg", "__newobj_ex__"),
+    ("builtins", "object"),
+];
+
+/// Callables no `allow=` trusts: each unpickles bytes from the file with a
+/// real unpickler (`torch.storage._load_from_bytes` is
+/// `torch.load(weights_only=False)`), so trusting it trusts everything.
+const NEVER_TRUSTED: &[(&str, &str)] = &[("torch.storage", "_load_from_bytes")];
+
+impl Allowed {
+    /// Nothing foreign is trusted.
+    pub fn none() -> &'static Allowed {
+        static NONE: std::sync::OnceLock<Allowed> = std::sync::OnceLock::new();
+        NONE.get_or_init(Allowed::default)
+    }
+
+    /// Trusts each `module:name`.
+    pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(names: I) -> Self {
+        Allowed {
+            names: names.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Whether the resolved global `module.name` may appear in the file.
+    pub fn permits(&self, module: &str, name: &str) -> bool {
+        if self.names.is_empty() || !Self::trustable(module, name) {
+            return false;
+        }
+        FORWARDERS.contains(&(module, name)) || self.names.contains(&format!("{module}:{name}"))
+    }
+
+    /// A forwarder that [`Allowed::permits`] lets in for every non-empty set.
+    pub(crate) fn is_forwarder(module: &str, name: &str) -> bool {
+        FORWARDERS.contains(&(module, name))
+    }
+
+    /// Whether an `allow=` entry can ever trust the global.
+    pub fn trustable(module: &str, name: &str) -> bool {
+        !NEVER_TRUSTED.contains(&(module, name))
+    }
+
+    /// Whether a finding of the scan does not stop a load trusting `self`:
+    /// an unknown class or function it lists, or `builtins.object`, which
+    /// the scanner counts as dangerous but which is inert as a base or value
+    /// (the evaluator never calls it).
+    fn covers(&self, f: &crate::report::Finding) -> bool {
+        let object = f.module == "builtins" && f.name == "object";
+        (f.code == "unknown_import" || object) && self.permits(&f.module, &f.name)
+    }
 }
 
 /// Finding codes that mean a stream or container cannot be evaluated
@@ -87,8 +165,10 @@ const STRUCTURAL: &[&str] = &[
     "proto_mid_stream",
 ];
 
-/// Refuses a file whose scan forbids evaluating it in `mode`.
-pub fn gate(report: &FileReport, mode: Mode) -> Result<(), EvalError> {
+/// Refuses a file whose scan forbids evaluating it in `mode`. In strict
+/// mode an `unknown_import` of a global in `allowed` does not refuse it (a
+/// dangerous or denied import always does).
+pub fn gate(report: &FileReport, mode: Mode, allowed: &Allowed) -> Result<(), EvalError> {
     let container = report.findings.iter().map(|f| (f, true));
     let streams = report
         .streams
@@ -97,7 +177,7 @@ pub fn gate(report: &FileReport, mode: Mode) -> Result<(), EvalError> {
     let refused = container
         .chain(streams)
         .any(|(f, is_container)| match mode {
-            Mode::Strict => f.severity > Verdict::Safe,
+            Mode::Strict => f.severity > Verdict::Safe && !allowed.covers(f),
             Mode::Salvage => f.severity == Verdict::Dangerous,
             Mode::Inspect => {
                 f.severity == Verdict::Dangerous
@@ -117,11 +197,17 @@ pub fn gate(report: &FileReport, mode: Mode) -> Result<(), EvalError> {
     let mut offenders: Vec<Offender> = report
         .all_findings()
         .filter(|f| f.severity > Verdict::Safe)
+        .filter(|f| mode != Mode::Strict || !allowed.covers(f))
         .map(|f| Offender {
             qualname: if f.module.is_empty() {
                 String::new()
             } else {
                 format!("{}.{}", f.module, f.name)
+            },
+            global: if f.module.is_empty() {
+                String::new()
+            } else {
+                format!("{}:{}", f.module, f.name)
             },
             code: f.code.clone(),
             offset: f.offset,
@@ -151,7 +237,7 @@ pub fn load<'a>(
     opts: &LoadOptions<'_>,
 ) -> Result<Loaded<'a>, EvalError> {
     let report = crate::scan_bytes(data, file, opts.policy, &opts.limits);
-    gate(&report, opts.mode)?;
+    gate(&report, opts.mode, opts.allowed)?;
     let limit = opts
         .limits
         .max_eval_memory

@@ -6,7 +6,7 @@ use super::error::{malformed, unsupported, Problem};
 use super::machine::Machine;
 use super::value::{
     ArrayData, ByteOrder, Global, Id, Known, NdArray, NpDtype, NpField, NpScalar, Value,
-    MAX_DTYPE_DEPTH,
+    MAX_DTYPE_DEPTH, NONE,
 };
 use crate::containers::pyliteral::PyValue;
 use std::borrow::Cow;
@@ -428,12 +428,39 @@ pub(crate) fn array_setstate(m: &mut Machine<'_, '_>, obj: Id, state: Id) -> Res
 /// elsize, alignment, flags[, metadata]))`.
 pub(crate) fn dtype_setstate(m: &mut Machine<'_, '_>, obj: Id, state: Id) -> Result<(), Problem> {
     let parts = match m.arena.get(state) {
-        Value::Tuple(t) if t.len() == 8 || t.len() == 9 => t.clone(),
+        Value::Tuple(t) if (5..=9).contains(&t.len()) => t.clone(),
         _ => {
             return Err(unsupported(
-                "a numpy dtype state other than versions 3 and 4 (8 or 9 items)",
+                "a numpy dtype state other than versions 0 to 4 (5 to 9 items)",
             ))
         }
+    };
+    // numpy's arraydescr_setstate, by the state's length: version 0 (5
+    // items) has no version field, 1 (6) no names, 2 (7) no flags; 3 (8) and
+    // 4 (9, with metadata) have everything. Versions 0 and 1 kept a record's
+    // field order only in its fields dict; those are not read here.
+    let parts = match parts.len() {
+        5 | 6 => {
+            let p = if parts.len() == 5 {
+                &parts[..]
+            } else {
+                &parts[1..]
+            };
+            if !matches!(m.arena.get(p[2]), Value::None) {
+                return Err(unsupported(
+                    "a record dtype pickled by numpy before 1.0 (state version 0 or 1)",
+                ));
+            }
+            let zero = m.push_value(Value::Int(0))?;
+            vec![NONE, p[0], p[1], NONE, NONE, p[3], p[4], zero]
+        }
+        7 => {
+            let zero = m.push_value(Value::Int(0))?;
+            let mut v = parts;
+            v.push(zero);
+            v
+        }
+        _ => parts,
     };
     let current = dtype_of(m, obj)?;
     let endian = str_arg(m, parts[1], "the dtype byte order")?.to_string();

@@ -8,6 +8,8 @@ fn opts(mode: Mode, flavor: Flavor) -> LoadOptions<'static> {
         flavor,
         policy: POLICY.get_or_init(Policy::default),
         limits: Limits::default(),
+        allowed: Allowed::none(),
+        encoding: None,
     }
 }
 
@@ -257,6 +259,8 @@ mod props {
             flavor: Flavor::Any,
             policy: &policy,
             limits: small_limits(),
+            allowed: Allowed::none(),
+            encoding: None,
         };
         if let Err(e) = load(data, "f", &o) {
             // Every error names the file.

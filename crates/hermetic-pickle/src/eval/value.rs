@@ -398,8 +398,11 @@ pub struct Object {
     /// The callable or class node (usually a foreign [`Global`]).
     pub class: Id,
     pub made: Made,
+    /// For [`Made::Reconstructor`] the state `copyreg._reconstructor` passes.
     pub args: Option<Id>,
     pub kwargs: Option<Id>,
+    /// For [`Made::Reconstructor`]: the base class whose `__new__` runs.
+    pub base: Option<Id>,
     /// What BUILD handed to `__setstate__` (the last one, if several).
     pub state: Option<Id>,
     /// Items APPENDS/ADDITEMS gave it (list subclasses).
@@ -568,6 +571,7 @@ impl Value<'_> {
                 o.class = f(o.class);
                 o.args = o.args.map(&f);
                 o.kwargs = o.kwargs.map(&f);
+                o.base = o.base.map(&f);
                 o.state = o.state.map(&f);
                 all(&mut o.list_items);
                 o.dict_items.iter_mut().for_each(|(k, v)| {
@@ -720,7 +724,7 @@ impl<'a> Arena<'a> {
             }
             Value::Object(o) => {
                 f(o.class);
-                for c in [o.args, o.kwargs, o.state].into_iter().flatten() {
+                for c in [o.args, o.kwargs, o.base, o.state].into_iter().flatten() {
                     f(c);
                 }
                 o.list_items.iter().for_each(|&c| f(c));
