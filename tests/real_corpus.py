@@ -4,6 +4,7 @@
     python tests/real_corpus.py build ROOT...      # collect, derive the truth, write the manifest
     python tests/real_corpus.py check ROOT... --hermetic BIN [--hermetic BIN2 ...]
     python tests/real_corpus.py build ROOT... --hermetic BIN   # both in one run
+    python tests/real_corpus.py retruth .          # re-derive truths after DATA_GLOBALS grew
 
 A ROOT is a folder that pip installed packages into (a venv's site-packages, or
 `pip install --no-deps --target DIR WHEEL...`); its `*.dist-info/RECORD` files say which
@@ -124,6 +125,21 @@ DATA_GLOBALS_BASE: frozenset[str] = frozenset(
         "numpy._core.multiarray._reconstruct",
         "numpy._core.multiarray.scalar",
         "numpy._core.numeric._frombuffer",
+        # numpy before 1.0: ndarray.__new__(subtype, shape, dtype), as the C one
+        "numpy.core._internal._reconstruct",
+        # standard-library values whose reconstruction only stores its arguments
+        # (hermetic_pickle::policy::INERT_CLASSES, docs/SPEC.md "Reading pickles")
+        "argparse.Namespace",
+        "collections.defaultdict",
+        "collections.deque",
+        *(
+            f"pathlib.{n}"
+            for n in "PurePath PurePosixPath PureWindowsPath Path PosixPath WindowsPath".split()
+        ),
+        *(f"datetime.{n}" for n in "datetime date time timedelta timezone".split()),
+        "uuid.UUID",
+        "decimal.Decimal",
+        "fractions.Fraction",
         # joblib's array placeholders: joblib.load reads the array bytes after them (or, for
         # the two old ones, the companion file, whose own reading is recorded too)
         "joblib.numpy_pickle.NumpyArrayWrapper",
@@ -860,7 +876,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["_worker"]:
         return _worker_main()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("command", choices=["install", "build", "check"])
+    ap.add_argument("command", choices=["install", "build", "check", "retruth"])
     ap.add_argument("roots", nargs="+", help="folders pip installed packages into")
     ap.add_argument("--manifest", type=Path, default=MANIFEST)
     ap.add_argument("--hermetic", action="append", default=[], metavar="[LABEL=]BIN")
@@ -873,6 +889,29 @@ def main(argv: list[str] | None = None) -> int:
             rc = subprocess.run([*pip, str(roots[0] / sub), *packages], check=False).returncode
             if rc:
                 return rc
+        return 0
+
+    if args.command == "retruth":
+        # The data allowlist grew: re-derive each truth from the globals its readings asked
+        # for (recorded in full when fewer than 8), without running the loaders again.
+        data = json.loads(args.manifest.read_text(encoding="utf-8"))
+        allowed = data_globals()
+        changed = 0
+        for e in data["files"]:
+            names = e["non_data_globals"]
+            if e["truth"] != "code" or len(names) >= 8 or e["kind"].endswith("torchscript"):
+                continue
+            left = [g for g in names if g not in allowed]
+            if left == names:
+                continue
+            changed += 1
+            e["non_data_globals"] = left
+            if not left:
+                unloaded = "unloadable" if holds_pickle(e["kind"]) else "none"
+                e["truth"] = "data" if e["loaded_by"] else unloaded
+            e["expected"] = expected_verdict(e["truth"])
+        args.manifest.write_text(dump_manifest(data))
+        print(f"{changed} entries re-derived; wrote {args.manifest}", file=sys.stderr)
         return 0
 
     if args.command == "build":

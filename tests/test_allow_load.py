@@ -343,3 +343,103 @@ def test_a_cuda_checkpoint_on_a_cpu_machine_says_what_torch_says(tmp_path: Path)
     assert "map_location=torch.device('cpu')" in str(ours.value)
     for ml in ("cpu", torch.device("cpu"), {"cuda:0": "cpu"}, lambda s, loc: s):
         assert torch.equal(ht.load(path, map_location=ml)["w"], torch.arange(3.0))
+
+
+# ------------------------------------------------------------ standard-library values
+
+
+def stdlib_values() -> dict[str, Any]:
+    import argparse
+    import collections
+    import datetime
+    import decimal
+    import fractions
+    import pathlib
+    import uuid
+
+    tz = datetime.timezone(datetime.timedelta(hours=2), "X")
+    return {
+        "args": argparse.Namespace(lr=0.1, layers=[64, 64], name="run"),
+        "counts": collections.defaultdict(list, {"a": [1]}),
+        "window": collections.deque([1, 2, 3], maxlen=5),
+        "paths": [
+            pathlib.PurePosixPath("data/train"),
+            pathlib.PosixPath("/tmp/x"),
+            pathlib.PureWindowsPath("c:/data"),
+        ],
+        "when": [
+            datetime.datetime(2020, 1, 2, 3, 4, 5, 6, tzinfo=datetime.timezone.utc),
+            datetime.datetime(2021, 5, 6, tzinfo=tz),
+            datetime.date(2020, 1, 1),
+            datetime.time(1, 2, 3),
+            datetime.timedelta(days=1, seconds=3),
+        ],
+        "id": uuid.UUID(int=12345),
+        "exact": [decimal.Decimal("1.50"), fractions.Fraction(1, 3)],
+    }
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_stdlib_values_load_without_allow(tmp_path: Path, protocol: int) -> None:
+    blob = pickle.dumps(stdlib_values(), protocol=protocol)
+    got = hermetic.load_pickle(blob)
+    ref = pickle.loads(blob)
+    assert got == ref
+    for k in ref:
+        assert type(got[k]) is type(ref[k])
+    assert got["counts"].default_factory is list and got["window"].maxlen == 5
+    path = tmp_path / "values.pkl"
+    path.write_bytes(blob)
+    (report,) = hermetic.scan(path, include_clean=True)
+    assert report.verdict == "safe", report
+
+
+def test_stdlib_values_in_a_torch_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.pt"
+    torch.save({"args": stdlib_values(), "w": torch.ones(2)}, path)
+    got = ht.load(path)
+    assert got["args"] == stdlib_values()
+    # torch's own weights_only loader refuses argparse.Namespace and the rest.
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)
+
+
+def test_protocol_0_stdlib_objects_need_a_non_empty_allow() -> None:
+    import argparse
+
+    blob = pickle.dumps(argparse.Namespace(a=1), protocol=0)
+    with pytest.raises(hermetic.UnsafePickleError, match=r"pass allow=\[\]"):
+        hermetic.load_pickle(blob)
+    assert hermetic.load_pickle(blob, allow=[]) == argparse.Namespace(a=1)
+    assert hermetic.load_pickle(blob, allow=["argparse:Namespace"]) == argparse.Namespace(a=1)
+    # The wrappers never wrap anything else: an unknown class still needs its entry.
+    blob = pickle.dumps(ac.TrainConfig(1.0, [1]), protocol=0)
+    with pytest.raises(hermetic.UnsafePickleError, match="allow_classes:TrainConfig"):
+        hermetic.load_pickle(blob, allow=[])
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [
+        # Fraction("1e999999999") would build 10**999999999.
+        b"\x80\x02cfractions\nFraction\nX\x0b\x00\x00\x001e999999999\x85R.",
+        b"\x80\x02cfractions\nFraction\n)X\x0b\x00\x00\x001e999999999\x85\x81.",
+        b"\x80\x02ccopyreg\n__newobj__\ncfractions\nFraction\nX\x0b\x00\x00\x001e999999999\x86R.",
+        # ints over 4096 bits (a quadratic gcd)
+        b"\x80\x02cfractions\nFraction\n\x8b\x00\x04\x00\x00" + b"\x7f" * 1024 + b"\x85R.",
+    ],
+)
+def test_fraction_arguments_are_bounded(blob: bytes) -> None:
+    with pytest.raises((hermetic.CheckpointError, hermetic.UnsafePickleError)):
+        hermetic.load_pickle(blob, allow=["copyreg:__newobj__"])
+
+
+def test_a_stdlib_value_never_carries_a_dangerous_callable(canary: Path) -> None:
+    # defaultdict's factory is a global of its own: os.system is refused.
+    blob = b"\x80\x02ccollections\ndefaultdict\ncos\nsystem\n\x85R."
+    with pytest.raises(hermetic.UnsafePickleError):
+        hermetic.load_pickle(blob)
+    # Only deque's APPENDS and defaultdict's SETITEMS are the container's own.
+    appends_on_path = b"\x80\x02cpathlib\nPurePosixPath\nX\x01\x00\x00\x00a\x85R(K\x01e."
+    with pytest.raises(hermetic.UnsafePickleError, match="method_call"):
+        hermetic.load_pickle(appends_on_path)

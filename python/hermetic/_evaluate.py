@@ -46,6 +46,11 @@ _KNOWN_CLASSES = {
 }
 
 
+# Standard-library classes rebuilt without allow= (their reconstruction only
+# stores its arguments; the list and why: hermetic_pickle::policy::INERT_CLASSES).
+_INERT = frozenset(_hermetic.INERT_CLASSES)
+
+
 # The torch attributes the evaluator hands out (dtypes, layouts, memory
 # formats, quantization schemes): a closed table, looked up with vars() so a
 # name never reaches torch's module __getattr__ (which imports submodules).
@@ -156,6 +161,9 @@ class Maker:
         if (module, name) == ("builtins", "object"):
             return object
         qualified = f"{module}:{name}"
+        if qualified in _INERT:
+            # A closed table of hermetic's, not a name from the file.
+            return _typed._import(module, name)
         if self.allow is None or not self.allow.permits(qualified):
             raise UnsafePickleError(f"{qualified} is not in allow=")
         try:

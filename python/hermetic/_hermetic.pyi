@@ -100,6 +100,8 @@ def scan_summary(data: bytes) -> tuple[str, list[str], list[str], str]: ...
 def dis(data: bytes) -> str: ...
 
 # The safe evaluator (hermetic.torch.load, hermetic.load_pickle).
+INERT_CLASSES: tuple[str, ...]
+
 def evaluate(
     source: str | os.PathLike[str] | bytes | bytearray,
     flavor: str,

@@ -347,8 +347,12 @@ impl<'a> Machine<'_, 'a> {
                         || (matches!(op, Opcode::SETITEM | Opcode::SETITEMS)
                             && matches!(
                                 (g.module.as_str(), g.name.as_str()),
-                                ("collections", "OrderedDict" | "Counter") | ("builtins", "dict")
+                                ("collections", "OrderedDict" | "Counter" | "defaultdict")
+                                    | ("builtins", "dict")
                             ))
+                        // deque's own extend and append (its pickles use APPENDS).
+                        || (matches!(op, Opcode::APPEND | Opcode::APPENDS)
+                            && (g.module.as_str(), g.name.as_str()) == ("collections", "deque"))
                 }
             };
             if allowed {

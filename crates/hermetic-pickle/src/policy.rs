@@ -466,13 +466,44 @@ const DANGEROUS_NAMES: &[(&str, &str)] = &[
     ("site", "execsitecustomize"),
 ];
 
+/// Standard-library classes whose reconstruction runs no code but their
+/// own, which only stores its arguments (read in CPython 3.11's sources:
+/// `__new__`/`__init__`/`__setstate__`/`__reduce__` of each). Loading them
+/// is data: the scanner allows them and the evaluator rebuilds them with
+/// the real class (with one more check in the evaluator: `Fraction` turns
+/// exponents into huge integers, so only bounded ints reach it). Enums and everything else need the caller's `allow=`.
+pub const INERT_CLASSES: &[(&str, &str)] = &[
+    ("argparse", "Namespace"),
+    ("collections", "defaultdict"),
+    ("collections", "deque"),
+    ("pathlib", "PurePath"),
+    ("pathlib", "PurePosixPath"),
+    ("pathlib", "PureWindowsPath"),
+    ("pathlib", "Path"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("datetime", "datetime"),
+    ("datetime", "date"),
+    ("datetime", "time"),
+    ("datetime", "timedelta"),
+    ("datetime", "timezone"),
+    ("uuid", "UUID"),
+    ("decimal", "Decimal"),
+    ("fractions", "Fraction"),
+];
+
+/// Whether `module.name` is one of [`INERT_CLASSES`].
+pub fn is_inert_class(module: &str, name: &str) -> bool {
+    INERT_CLASSES.contains(&(module, name))
+}
+
 impl Default for Policy {
     fn default() -> Self {
         let mut safe: HashMap<String, HashSet<String>> = HashMap::new();
         let mut add = |m: &str, n: String| {
             safe.entry(m.to_string()).or_default().insert(n);
         };
-        for (m, n) in SAFE_GLOBALS {
+        for (m, n) in SAFE_GLOBALS.iter().chain(INERT_CLASSES) {
             add(m, n.to_string());
         }
         for d in TORCH_DTYPES {

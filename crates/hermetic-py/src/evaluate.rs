@@ -24,7 +24,11 @@ use std::path::PathBuf;
 fn eval_error(py: Python<'_>, e: EvalError) -> PyErr {
     match &e {
         EvalError::Unsafe(u) => {
-            let err = UnsafePickleError::new_err(e.to_string());
+            let msg = match u.allow_hint() {
+                Some(hint) => format!("{e}\n{hint}"),
+                None => e.to_string(),
+            };
+            let err = UnsafePickleError::new_err(msg.clone());
             let value = err.value(py);
             let findings: Vec<(String, String, u64, String)> = u
                 .offenders
@@ -44,7 +48,7 @@ fn eval_error(py: Python<'_>, e: EvalError) -> PyErr {
             if ok {
                 err
             } else {
-                UnsafePickleError::new_err(e.to_string())
+                UnsafePickleError::new_err(msg)
             }
         }
         other => {
@@ -564,8 +568,12 @@ fn evaluate<'py>(
                     names.push(o.global.clone());
                 }
             }
-            if !names.is_empty() {
-                trusted = Allowed::new(names);
+            trusted = Allowed::new(names);
+            if u.offenders.iter().any(|o| {
+                o.global
+                    .split_once(':')
+                    .is_some_and(|(m, n)| trusted.permits(m, n))
+            }) {
                 opts.allowed = &trusted;
                 result = py.allow_threads(|| load(data, name, &opts));
             }
@@ -604,5 +612,11 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     checkpoint_type.setattr("code", "")?;
     checkpoint_type.setattr("offset", 0)?;
     m.add_function(wrap_pyfunction!(evaluate, m)?)?;
+    // The standard-library classes the evaluator rebuilds without allow=.
+    let inert: Vec<String> = hermetic_pickle::policy::INERT_CLASSES
+        .iter()
+        .map(|(module, name)| format!("{module}:{name}"))
+        .collect();
+    m.add("INERT_CLASSES", PyTuple::new(py, inert)?)?;
     Ok(())
 }

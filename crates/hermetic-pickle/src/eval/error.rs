@@ -59,36 +59,49 @@ impl fmt::Display for Unsafe {
             f,
             "\nNothing was imported or run. See what it holds with `hermetic inspect {0}` and `hermetic scan {0}`.",
             self.file
-        )?;
-        // Only classes and functions the scanner merely does not know can be
-        // trusted; a dangerous import or a structural problem never can.
-        // `builtins.object` (the base protocols 0 and 1 name) needs no entry.
-        let needed = || {
-            self.offenders
-                .iter()
-                .filter(|o| o.global != "builtins:object")
+        )
+    }
+}
+
+impl Unsafe {
+    /// The `allow=[...]` that would load the file, when every offender is
+    /// a class or function the scanner merely does not know (a dangerous
+    /// import or a structural problem can never be trusted); `None` otherwise.
+    /// copyreg's wrappers and `builtins.object` (protocols 0 and 1) need no
+    /// entry: any allow list admits them around classes it trusts.
+    pub fn allow_hint(&self) -> Option<String> {
+        let wrapper = |o: &&Offender| {
+            o.global
+                .split_once(':')
+                .is_some_and(|(m, n)| super::Allowed::is_forwarder(m, n))
         };
+        let needed = || self.offenders.iter().filter(move |o| !wrapper(o));
+        let wrappers_only = self.offenders.iter().all(|o| wrapper(&o));
         let trustable = needed().all(|o| {
             o.code == "unknown_import"
                 && o.global
                     .split_once(':')
                     .is_some_and(|(m, n)| super::Allowed::trustable(m, n))
         });
-        if trustable && needed().next().is_some() {
-            let mut names: Vec<&str> = Vec::new();
-            for o in needed() {
-                if !names.contains(&o.global.as_str()) {
-                    names.push(&o.global);
-                }
-            }
-            let list: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
-            write!(
-                f,
-                "\nIf you trust these classes and functions (loading then runs their code, as pickle would), pass allow=[{}].",
-                list.join(", ")
-            )?;
+        if wrappers_only && !self.offenders.is_empty() {
+            return Some(
+                "These are copyreg's wrappers (protocols 0 and 1) around values hermetic rebuilds; pass allow=[] to read them.".into(),
+            );
         }
-        Ok(())
+        if !trustable || needed().next().is_none() {
+            return None;
+        }
+        let mut names: Vec<String> = Vec::new();
+        for o in needed() {
+            let quoted = format!("{:?}", o.global);
+            if !names.contains(&quoted) {
+                names.push(quoted);
+            }
+        }
+        Some(format!(
+            "If you trust these classes and functions (loading then runs their code, as pickle would), pass allow=[{}].",
+            names.join(", ")
+        ))
     }
 }
 

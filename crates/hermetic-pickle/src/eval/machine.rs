@@ -269,7 +269,7 @@ impl<'a> Machine<'a, '_> {
                         .verdict
                         != crate::policy::Verdict::Dangerous
                         || (module == "builtins" && name == "object"));
-                if trusted {
+                if trusted || crate::policy::is_inert_class(&module, &name) {
                     Ok(Value::Global(Box::new(Global::Foreign { module, name })))
                 } else if crate::policy::Policy::builtin().is_safe(&module, &name) {
                     Err(unsupported(format!(
@@ -749,6 +749,29 @@ impl<'a> Machine<'a, '_> {
         self.object(class, made, args, kwargs, None)
     }
 
+    /// Arguments a standard-library class gets that keep its work bounded.
+    fn check_inert_call(&self, module: &str, name: &str, args: Id) -> Result<(), Problem> {
+        if module != "fractions" || name != "Fraction" {
+            return Ok(());
+        }
+        // Fraction("1e999999999") builds 10**999999999, and the gcd of two
+        // huge ints is quadratic: ints of at most 4096 bits only.
+        let items = self.arena.seq_of(args).unwrap_or(&[]);
+        let bounded = items.len() <= 2
+            && items.iter().all(|&i| match self.arena.get(i) {
+                Value::Int(_) | Value::Bool(_) => true,
+                Value::BigInt(b) => b.len() <= 512,
+                _ => false,
+            });
+        if bounded {
+            Ok(())
+        } else {
+            Err(unsupported(
+                "fractions.Fraction called with other than one or two ints of at most 4096 bits",
+            ))
+        }
+    }
+
     /// `copyreg._reconstructor(cls, base, state)`.
     fn reconstructed(
         &mut self,
@@ -802,6 +825,21 @@ impl<'a> Machine<'a, '_> {
                     "an object made by {} in strict mode",
                     self.arena.get(class).describe()
                 )));
+            }
+        }
+        if let Value::Global(g) = self.arena.get(class) {
+            if let Global::Foreign { module, name } = &**g {
+                if crate::policy::is_inert_class(module, name) && made != Made::Reconstructor {
+                    let kw_empty = kwargs.is_none_or(
+                        |k| matches!(self.arena.get(k), Value::Dict(d) if d.items.is_empty()),
+                    );
+                    if !kw_empty && module == "fractions" && name == "Fraction" {
+                        return Err(unsupported("fractions.Fraction with keyword arguments"));
+                    }
+                    if let Some(a) = args {
+                        self.check_inert_call(module, name, a)?;
+                    }
+                }
             }
         }
         self.push_value(Value::Object(Box::new(Object {

@@ -86,6 +86,9 @@ pub struct LoadOptions<'p> {
 #[derive(Clone, Debug, Default)]
 pub struct Allowed {
     names: std::collections::HashSet<String>,
+    /// The caller passed an allow list (possibly empty): copyreg's wrappers
+    /// are then permitted around classes that are trusted anyway.
+    active: bool,
 }
 
 /// The helpers protocols 0-2 wrap an object's creation in. They call only
@@ -110,27 +113,29 @@ impl Allowed {
         NONE.get_or_init(Allowed::default)
     }
 
-    /// Trusts each `module:name`.
+    /// Trusts each `module:name` (an empty list still admits copyreg's
+    /// wrappers around the standard-library classes the evaluator rebuilds).
     pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(names: I) -> Self {
         Allowed {
             names: names.into_iter().map(Into::into).collect(),
+            active: true,
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
+        !self.active
     }
 
     /// Whether the resolved global `module.name` may appear in the file.
     pub fn permits(&self, module: &str, name: &str) -> bool {
-        if self.names.is_empty() || !Self::trustable(module, name) {
+        if !self.active || !Self::trustable(module, name) {
             return false;
         }
         FORWARDERS.contains(&(module, name)) || self.names.contains(&format!("{module}:{name}"))
     }
 
-    /// A forwarder that [`Allowed::permits`] lets in for every non-empty set.
-    pub(crate) fn is_forwarder(module: &str, name: &str) -> bool {
+    /// A forwarder that [`Allowed::permits`] lets in for every allow list.
+    pub fn is_forwarder(module: &str, name: &str) -> bool {
         FORWARDERS.contains(&(module, name))
     }
 
