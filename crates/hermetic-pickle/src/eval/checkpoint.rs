@@ -182,6 +182,12 @@ pub(crate) fn read<'a>(
             )?;
             out.root = root;
         }
+        Kind::Compressed(c) if !torch_only => {
+            // joblib.load's reading (pandas.read_pickle's too): the whole
+            // decompressed layer, every concatenated stream, then one pickle.
+            // The scan already read it the same way, so it was gated whole.
+            out.root = compressed(data, c, r, &mut out.arena)?;
+        }
         Kind::Pickle => {
             return Err(r.err(
                 0,
@@ -265,6 +271,47 @@ fn entry_bytes<'a>(
             .map_err(|p| r.err(e.local_offset, p))?;
     }
     Ok(c.data)
+}
+
+/// A compressed pickle, as `joblib.load` reads one.
+fn compressed(
+    data: &[u8],
+    c: Compression,
+    r: &mut Reader<'_>,
+    arena: &mut Arena<'_>,
+) -> Result<Id, EvalError> {
+    let max = r.opts.limits.decompression_budget(data.len() as u64);
+    let d = crate::containers::compress::decompress(data, c, max);
+    let what = c.name();
+    if d.limit_hit {
+        return Err(r.err(
+            0,
+            Problem::Limit(format!("{what} data decompresses to more than {max} bytes")),
+        ));
+    }
+    if let Some(e) = d.error {
+        return Err(r.err(
+            0,
+            malformed(format!(
+                "{what} data is corrupt after {} decompressed bytes: {e}",
+                d.data.len()
+            )),
+        ));
+    }
+    r.budget
+        .charge_problem(d.data.len() as u64)
+        .map_err(|p| r.err(0, p))?;
+    match sniff(&d.data) {
+        Kind::Pickle if magic_stream_end(&d.data, 0).is_none() => {
+            eval_owned(&d.data, 0, r, false, arena, &mut NoPersist)
+        }
+        _ => Err(r.err(
+            0,
+            unsupported(format!(
+                "{what} data that does not hold a plain pickle (hermetic reads compressed pickles as joblib.load does)"
+            )),
+        )),
+    }
 }
 
 /// Evaluates a pickle held in memory the arena cannot borrow from: into a
