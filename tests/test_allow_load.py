@@ -443,3 +443,19 @@ def test_a_stdlib_value_never_carries_a_dangerous_callable(canary: Path) -> None
     appends_on_path = b"\x80\x02cpathlib\nPurePosixPath\nX\x01\x00\x00\x00a\x85R(K\x01e."
     with pytest.raises(hermetic.UnsafePickleError, match="method_call"):
         hermetic.load_pickle(appends_on_path)
+
+
+def test_a_python_2_npy_header_is_read_once_the_way_numpy_reads_it(tmp_path: Path) -> None:
+    # `L` suffixes after digits are dropped (numpy's _filter_header); an `L,` inside a
+    # field name is not. The scanner and the evaluator share that one reading.
+    header = b"{'descr': [('xL,y', '<f8')], 'fortran_order': False, 'shape': (2L,), }"
+    header += b" " * ((-(10 + len(header) + 1)) % 64) + b"\n"
+    blob = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header
+    blob += np.array([(1.5,), (2.5,)], dtype=[("xL,y", "<f8")]).tobytes()
+    path = tmp_path / "py2.npy"
+    path.write_bytes(blob)
+    with pytest.warns(UserWarning):
+        ref = np.load(path)
+    got = hermetic.load_pickle(path)
+    assert got.dtype == ref.dtype and got.dtype.names == ("xL,y",)
+    assert got.tobytes() == ref.tobytes()

@@ -45,6 +45,11 @@ pub struct NpyHeader {
     pub object: ObjectDtype,
     /// Why numpy would reject the header, when it would.
     pub problem: Option<String>,
+    /// The header dict as numpy's `_read_array_header` reads it (Python 2
+    /// `L` suffixes dropped the way its `_filter_header` drops them); the
+    /// evaluator takes the array's dtype, shape and order from here, so it
+    /// and the scanner never read one header two ways.
+    pub dict: Option<PyValue>,
 }
 
 /// Reads the header. An error means the header cannot even be located; a
@@ -100,6 +105,7 @@ pub fn parse_header(data: &[u8]) -> Result<NpyHeader, ContainerError> {
         data_offset: end,
         object: ObjectDtype::Unknown,
         problem: None,
+        dict: None,
     };
     let text = if utf8 {
         match std::str::from_utf8(raw) {
@@ -159,6 +165,7 @@ pub fn parse_header(data: &[u8]) -> Result<NpyHeader, ContainerError> {
     if header.object == ObjectDtype::Unknown && header.problem.is_none() {
         header.problem = Some("the descr is not a dtype description hermetic understands".into());
     }
+    header.dict = Some(dict);
     Ok(header)
 }
 

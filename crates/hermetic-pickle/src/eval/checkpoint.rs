@@ -8,7 +8,7 @@ use super::value::{Arena, ArrayData, Global, Id, Known, NdArray, StorageView, To
 use super::{Flavor, LoadOptions};
 use crate::containers::compress::Compression;
 use crate::containers::npy::{self, ObjectDtype};
-use crate::containers::pyliteral::{literal_eval, PyValue};
+use crate::containers::pyliteral::PyValue;
 use crate::containers::torch_legacy::{magic_stream_end, pickled_int, PickledInt};
 use crate::containers::zip::{read_entry, ZipArchive, ZipEntry};
 use crate::containers::{sniff, Kind};
@@ -915,15 +915,10 @@ fn npy_header(data: &[u8], base: u64, r: &Reader<'_>) -> Result<NpyHeader, EvalE
         return Err(r.err(base + 8, malformed(format!("npy header: {p}"))));
     }
     let start = if h.major == 1 { 10 } else { 12 };
-    let raw = &data[start..h.data_offset];
-    let text: String = if h.major == 3 {
-        String::from_utf8_lossy(raw).into_owned()
-    } else {
-        raw.iter().map(|&b| b as char).collect()
-    };
-    let dict = literal_eval(&text)
-        .or_else(|_| literal_eval(&text.replace("L,", ",").replace("L)", ")")))
-        .map_err(|e| r.err(base + start as u64, malformed(format!("npy header: {e}"))))?;
+    let dict = h
+        .dict
+        .as_ref()
+        .ok_or_else(|| r.err(base + start as u64, malformed("npy header is not a dict")))?;
     let descr = dict
         .get("descr")
         .ok_or_else(|| r.err(base + start as u64, malformed("npy header without descr")))?;
