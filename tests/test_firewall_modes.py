@@ -4,6 +4,7 @@ before the program's first line, without the program importing hermetic."""
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 from pathlib import Path
 
@@ -381,3 +382,61 @@ def test_unlisted_safe_reads_torch_checkpoints_with_the_evaluator(tmp_path: Path
     assert "loaded file objects" in out
     assert "whole model refused" in out
     assert "whole model refused from a file object" in out
+
+
+def test_a_manifest_allow_list_lets_the_evaluator_rebuild_those_classes(tmp_path: Path) -> None:
+    """``allow`` beside ``unlisted = "safe"``: checkpoints holding the listed classes
+    load through the evaluator without listing their blobs; nothing else is trusted."""
+    pytest.importorskip("torch")
+    canary = tmp_path / "canary"
+    tests = Path(__file__).parent
+    manifest = write_manifest(
+        tmp_path / "m.toml",
+        [],
+        header=(
+            'unlisted = "safe"\n'
+            'allow = ["allow_classes:TrainConfig", "allow_classes:AttributeDict"]\n'
+        ),
+    )
+    proc = run_py(
+        f"""
+        import pickle, sys, torch, hermetic
+        import allow_classes as ac
+        resolved = []
+        sys.addaudithook(lambda ev, args: ev == "pickle.find_class" and resolved.append(args))
+        cfg = pickle.loads({pickle_dumps_config()!r})
+        print("config", type(cfg).__name__, cfg.lr)
+        path = {str(tmp_path / "ckpt.pt")!r}
+        torch.save({{"hparams": ac.AttributeDict(lr=0.5), "w": torch.ones(2)}}, path)
+        ck = torch.load(path, weights_only=False)
+        print("checkpoint", type(ck["hparams"]).__name__, ck["hparams"].lr)
+        assert resolved == [], resolved
+        try:
+            pickle.loads({pickle_dumps_call()!r})
+        except hermetic.NoPickleError as e:
+            print("other callable refused")
+        """,
+        mode="enforce",
+        manifest=manifest,
+        env={"PYTHONPATH": str(tests), "HERMETIC_CANARY": str(canary)},
+    )
+    out = ok(proc)
+    assert "config TrainConfig 0.25" in out
+    assert "checkpoint AttributeDict 0.5" in out
+    assert "other callable refused" in out
+    assert not canary.exists()
+    # allow means nothing unless unlisted blobs go to the evaluator: an invalid manifest.
+    bad = write_manifest(tmp_path / "bad.toml", [], header='allow = ["allow_classes:*"]\n')
+    proc = run_py("import pickle", mode="enforce", manifest=bad)
+    assert "`allow` is read only with" in proc.stderr and "failing closed" in proc.stderr
+
+
+def pickle_dumps_config() -> bytes:
+    import allow_classes as ac
+
+    return pickle.dumps(ac.TrainConfig(0.25, [1]), protocol=4)
+
+
+def pickle_dumps_call() -> bytes:
+    # REDUCE of allow_classes.touch_canary(): not on the manifest's list.
+    return b"\x80\x02callow_classes\ntouch_canary\n)R."

@@ -14,12 +14,15 @@ class EvaluatorUnavailable(Exception):
     """This build of hermetic has no safe evaluator."""
 
 
-def evaluate(data: bytes, file: str | None, *, persistent_load: Any = None) -> Any:
+def evaluate(
+    data: bytes, file: str | None, *, persistent_load: Any = None, allow: list[str] | None = None
+) -> Any:
     """Rebuilds the object in ``data`` (one pickle stream) without running it.
 
     ``file`` names the source for messages. ``persistent_load`` is the
     unpickler's persistent-id resolver when the load came through one
-    (``torch.load``'s storages). Never falls back to the real unpickler.
+    (``torch.load``'s storages). ``allow`` is the manifest's ``allow`` list.
+    Never falls back to the real unpickler.
     """
     import hermetic
 
@@ -34,4 +37,4 @@ def evaluate(data: bytes, file: str | None, *, persistent_load: Any = None) -> A
             'unlisted = "safe" cannot evaluate a stream whose unpickler resolves persistent '
             "ids (such as a torch checkpoint's data.pkl) from the stream alone; list the blob"
         )
-    return load_pickle(data)
+    return load_pickle(data, allow=allow or None)

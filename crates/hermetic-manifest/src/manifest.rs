@@ -116,6 +116,10 @@ pub struct Manifest {
     pub loader_modules: Vec<String>,
     pub rules: BTreeMap<String, Rule>,
     pub blobs: BTreeMap<BlobId, Entry>,
+    /// With `unlisted = "safe"`: classes and functions (`module:qualname`,
+    /// `module:*`) the evaluator may rebuild, so checkpoints holding them
+    /// load without listing each blob (`hermetic.torch.load(allow=...)`).
+    pub allow: Vec<String>,
     /// The file it was read from, for messages.
     pub path: Option<PathBuf>,
     loaders: Vec<Glob>,
@@ -150,6 +154,8 @@ struct RawManifest {
     rules: BTreeMap<String, RawRule>,
     #[serde(default)]
     blobs: BTreeMap<String, RawEntry>,
+    #[serde(default)]
+    allow: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -189,6 +195,23 @@ fn valid_rule_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// `module:qualname` or `module:*`, each part a Python identifier.
+fn valid_allow_entry(text: &str) -> bool {
+    let idents = |s: &str| {
+        !s.is_empty()
+            && s.split('.').all(|p| {
+                let mut c = p.chars();
+                c.next().is_some_and(|f| f == '_' || f.is_alphabetic())
+                    && c.all(|ch| ch == '_' || ch.is_alphanumeric())
+            })
+    };
+    match text.split_once(':') {
+        Some((module, "*")) => idents(module),
+        Some((module, qualname)) => idents(module) && idents(qualname),
+        None => false,
+    }
+}
+
 fn valid_module_glob(text: &str) -> bool {
     !text.is_empty()
         && text
@@ -217,6 +240,7 @@ impl Manifest {
             loader_modules,
             rules,
             blobs,
+            allow: Vec::new(),
             path,
             loaders,
         }
@@ -329,14 +353,28 @@ impl Manifest {
                 },
             );
         }
-        Ok(Manifest::build(
+        for a in &raw.allow {
+            if !valid_allow_entry(a) {
+                return Err(ManifestError::Invalid(format!(
+                    "bad allow entry {a:?}: expected \"module:qualname\" or \"module:*\""
+                )));
+            }
+        }
+        if !raw.allow.is_empty() && unlisted != Unlisted::Safe {
+            return Err(ManifestError::Invalid(
+                "`allow` is read only with unlisted = \"safe\" (it says which classes the safe evaluator may rebuild)".into(),
+            ));
+        }
+        let mut m = Manifest::build(
             unlisted,
             builtin_rules,
             raw.loader_modules,
             rules,
             blobs,
             None,
-        ))
+        );
+        m.allow = raw.allow;
+        Ok(m)
     }
 
     /// Whether frames of `module` are part of the loading machinery.
@@ -530,6 +568,23 @@ mod tests {
         assert_eq!(m.builtin_rules, vec![PYTHON_IPC.to_string()]);
         assert!(m.blobs.is_empty());
         assert_eq!(m.active_rules().len(), 1);
+    }
+
+    #[test]
+    fn allow_lists_are_checked_and_need_unlisted_safe() {
+        let m = Manifest::from_toml(
+            "version = 1\nunlisted = \"safe\"\nallow = [\"pkg.cfg:Config\", \"pkg.nn:*\", \"a:B.C\"]\n",
+        )
+        .unwrap();
+        assert_eq!(m.allow, ["pkg.cfg:Config", "pkg.nn:*", "a:B.C"]);
+        for bad in [
+            "pkg", "pkg:", ":X", "pkg:Net*", "pkg.*:X", "p kg:X", "pkg:a..b", "1pkg:X",
+        ] {
+            let text = format!("version = 1\nunlisted = \"safe\"\nallow = [{bad:?}]\n");
+            assert!(Manifest::from_toml(&text).is_err(), "{bad}");
+        }
+        let err = Manifest::from_toml("version = 1\nallow = [\"pkg:X\"]\n").unwrap_err();
+        assert!(err.to_string().contains("unlisted"), "{err}");
     }
 
     #[test]

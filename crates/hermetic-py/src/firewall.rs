@@ -76,6 +76,12 @@ impl PyManifest {
         self.inner.unlisted.as_str()
     }
 
+    /// The `allow` entries the safe evaluator may rebuild (unlisted = "safe").
+    #[getter]
+    fn allow(&self) -> Vec<String> {
+        self.inner.allow.clone()
+    }
+
     /// The number of listed blobs.
     fn __len__(&self) -> usize {
         self.inner.blobs.len()
