@@ -7,8 +7,8 @@
 
 use crate::errors::{CheckpointError, UnsafePickleError};
 use hermetic_pickle::eval::{
-    load, map_file, Allowed, ArrayData, DictKind, EvalError, Flavor, Format, Global, Id, Known,
-    LoadOptions, Loaded, Made, Mode, NpDtype, Py2Str, StorageData, StorageView, Value,
+    gate, load_scanned, map_file, Allowed, ArrayData, DictKind, EvalError, Flavor, Format, Global,
+    Id, Known, LoadOptions, Loaded, Made, Mode, NpDtype, Py2Str, StorageData, StorageView, Value,
 };
 use hermetic_pickle::{Limits, Policy};
 use pyo3::exceptions::PyValueError;
@@ -556,9 +556,15 @@ fn evaluate<'py>(
             allowed: Allowed::none(),
             encoding,
         };
-        let mut result = py.allow_threads(|| load(data, name, &opts));
+        let report =
+            py.allow_threads(|| hermetic_pickle::scan_bytes(data, name, policy, &opts.limits));
+        let refused = match (allow, gate(&report, Mode::Strict, Allowed::none())) {
+            (Some(_), Err(EvalError::Unsafe(u))) => Some(u),
+            _ => None,
+        };
         let trusted;
-        if let (Err(EvalError::Unsafe(u)), Some(allow)) = (&result, allow) {
+        let mut result = Ok(());
+        if let (Some(u), Some(allow)) = (&refused, allow) {
             let mut names = Vec::new();
             for o in &u.offenders {
                 if o.code == "unknown_import"
@@ -575,10 +581,14 @@ fn evaluate<'py>(
                     .is_some_and(|(m, n)| trusted.permits(m, n))
             }) {
                 opts.allowed = &trusted;
-                result = py.allow_threads(|| load(data, name, &opts));
+            } else {
+                result = Err(EvalError::Unsafe(u.clone()));
             }
         }
-        let loaded = result.map_err(|e| eval_error(py, e))?;
+        result.map_err(|e| eval_error(py, e))?;
+        let loaded = py
+            .allow_threads(|| load_scanned(data, name, &opts, report))
+            .map_err(|e| eval_error(py, e))?;
         let obj = build_python(py, &loaded, maker)?;
         Ok((loaded.format.as_str().to_string(), obj))
     };

@@ -242,6 +242,18 @@ pub fn load<'a>(
     opts: &LoadOptions<'_>,
 ) -> Result<Loaded<'a>, EvalError> {
     let report = crate::scan_bytes(data, file, opts.policy, &opts.limits);
+    load_scanned(data, file, opts, report)
+}
+
+/// [`load`] with the scan of `data` already made (with `opts.policy` and
+/// `opts.limits`): a caller that asks what to trust after seeing the
+/// refusal scans once.
+pub fn load_scanned<'a>(
+    data: &'a [u8],
+    file: &str,
+    opts: &LoadOptions<'_>,
+    report: FileReport,
+) -> Result<Loaded<'a>, EvalError> {
     gate(&report, opts.mode, opts.allowed)?;
     let limit = opts
         .limits
