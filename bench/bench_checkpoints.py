@@ -76,6 +76,8 @@ def real_loader(entry: dict[str, Any], path: Path) -> Callable[[], Any]:
 def hermetic_loader(entry: dict[str, Any], path: Path, allow: list[Any] | None) -> Any:
     if entry["loader"] == "torch.load":
         return lambda: ht.load(path, allow=allow)
+    if entry["loader"] == "joblib.load":
+        return lambda: hermetic.joblib.load(path, allow=allow)
     encoding = entry.get("encoding", "ASCII")
     return lambda: hermetic.load_pickle(path, allow=allow, encoding=encoding)
 

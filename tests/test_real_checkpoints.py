@@ -29,14 +29,14 @@ from corpus import attack_files
 FIXTURES = Path(__file__).parent / "fixtures" / "checkpoints"
 META = json.loads((FIXTURES / "CHECKPOINTS.json").read_text())
 FILES = sorted(META["files"].items())
-# What hermetic reads today; the rest is open work (joblib's inline arrays).
-NOT_YET = {name for name, e in FILES if e["loader"] == "joblib.load"}
 
 
 def hermetic_load(name: str, entry: dict[str, Any], allow: list[Any] | None) -> Any:
     path = FIXTURES / name
     if entry["loader"] == "torch.load":
         return ht.load(path, allow=allow)
+    if entry["loader"] == "joblib.load":
+        return hermetic.joblib.load(path, allow=allow)
     return hermetic.load_pickle(path, allow=allow, encoding=entry.get("encoding", "ASCII"))
 
 
@@ -59,8 +59,6 @@ def test_hermetic_loads_what_weights_only_loads(name: str, entry: dict[str, Any]
 
 @pytest.mark.parametrize(("name", "entry"), FILES, ids=[n for n, _ in FILES])
 def test_the_refusal_names_exactly_what_to_allow(name: str, entry: dict[str, Any]) -> None:
-    if name in NOT_YET:
-        pytest.skip("joblib's inline arrays are not read by the evaluator yet")
     if not entry["allow"]:
         hermetic_load(name, entry, None)
         return
@@ -72,8 +70,6 @@ def test_the_refusal_names_exactly_what_to_allow(name: str, entry: dict[str, Any
 
 @pytest.mark.parametrize(("name", "entry"), FILES, ids=[n for n, _ in FILES])
 def test_with_allow_the_value_equals_the_real_loaders(name: str, entry: dict[str, Any]) -> None:
-    if name in NOT_YET:
-        pytest.skip("joblib's inline arrays are not read by the evaluator yet")
     for mod in frameworks_of(entry):
         if importlib.util.find_spec(mod) is None:
             pytest.skip(f"{mod} is not installed (its classes are needed to compare)")
@@ -85,6 +81,10 @@ def test_with_allow_the_value_equals_the_real_loaders(name: str, entry: dict[str
         elif entry["loader"] == "numpy.load":
             ref = np.load(path, allow_pickle=True, encoding=entry["encoding"])
             ref = dict(ref) if path.suffix == ".npz" else ref
+        elif entry["loader"] == "joblib.load":
+            import joblib
+
+            ref = joblib.load(path)
         else:
             import pickle
 

@@ -7,7 +7,7 @@ whole checkpoint trees in one safetensors file, with no pickle anywhere.
 checkpoints without running them.
 """
 
-from hermetic import torch
+from hermetic import joblib, torch
 from hermetic._evaluate import load_pickle
 from hermetic._format import (
     FormatError,
@@ -50,6 +50,7 @@ from hermetic.firewall import (
 __all__ = [
     "CheckpointError",
     "load_pickle",
+    "joblib",
     "torch",
     "ClassNotAllowedError",
     "SchemaError",

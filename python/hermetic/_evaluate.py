@@ -16,7 +16,7 @@ import mmap
 import os
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import IO, Any
 
 from hermetic import _hermetic, _typed
 from hermetic._hermetic import CheckpointError, UnsafePickleError
@@ -460,7 +460,7 @@ def _source(f: Any) -> str | bytes | bytearray:
 
 
 def load_pickle(
-    source: PathLike | bytes | bytearray | memoryview,
+    source: PathLike | bytes | bytearray | memoryview | IO[bytes],
     *,
     allow: Iterable[Any] | None = None,
     encoding: str = "ASCII",

@@ -515,6 +515,7 @@ pub(crate) fn call_known<'a>(
         | Known::UntypedStorage
         | Known::TorchDtype(_)
         | Known::TorchEnum(_)
+        | Known::JoblibWrapper
         | Known::NpNdarray => {
             return Err(unsupported(format!(
                 "calling {} (only its use as an argument is data)",
@@ -536,6 +537,22 @@ pub(crate) fn new_known(m: &mut Machine<'_, '_>, k: Known, args: Id) -> Result<I
         Known::Counter => m.push_value(dict(DictKind::Counter, Vec::new())),
         Known::ByteArray => m.push_value(Value::ByteArray(Cow::Borrowed(&[][..]))),
         // Immutable ones are made by __new__ from the arguments.
+        Known::JoblibWrapper => {
+            if !m.arena.seq_of(args).is_some_and(|a| a.is_empty()) {
+                return Err(malformed("NumpyArrayWrapper created with arguments"));
+            }
+            m.push_value(Value::Array(Box::new(super::value::NdArray {
+                dtype: super::value::NpDtype::Scalar {
+                    kind: b'u',
+                    itemsize: 1,
+                    order: super::value::ByteOrder::NotApplicable,
+                    unit: None,
+                },
+                shape: Vec::new(),
+                fortran: false,
+                data: super::value::ArrayData::Joblib(None),
+            })))
+        }
         Known::FrozenSet
         | Known::Tuple
         | Known::Complex
@@ -619,6 +636,9 @@ pub(crate) fn build(m: &mut Machine<'_, '_>, obj: Id, state: Id) -> Result<(), P
                 o.state = Some(state);
             }
             Ok(())
+        }
+        Value::Array(a) if matches!(a.data, super::value::ArrayData::Joblib(None)) => {
+            numpy::joblib_setstate(m, obj, state)
         }
         Value::Array(_) => numpy::array_setstate(m, obj, state),
         Value::NpDtype(_) => numpy::dtype_setstate(m, obj, state),

@@ -115,6 +115,7 @@ impl<'o> Reader<'o> {
             limits: &opts.limits,
             torch_names: torch,
             allowed: opts.allowed,
+            joblib: false,
         }
     }
 
@@ -169,7 +170,9 @@ pub(crate) fn read<'a>(
         }
         Kind::Pickle if !torch_only => {
             out.format = Format::Pickle;
-            let ctx = r.ctx(false);
+            let mut ctx = r.ctx(false);
+            // joblib.load's reading, where the scanner reads the file as joblib's.
+            ctx.joblib = crate::containers::joblib::is_joblib(data, 0);
             let (root, _) = run_stream(
                 data,
                 0,
@@ -303,7 +306,8 @@ fn compressed(
         .map_err(|p| r.err(0, p))?;
     match sniff(&d.data) {
         Kind::Pickle if magic_stream_end(&d.data, 0).is_none() => {
-            eval_owned(&d.data, 0, r, false, arena, &mut NoPersist)
+            let joblib = crate::containers::joblib::is_joblib(&d.data, 0);
+            eval_owned(&d.data, 0, r, false, joblib, arena, &mut NoPersist)
         }
         _ => Err(r.err(
             0,
@@ -321,10 +325,12 @@ fn eval_owned(
     base: u64,
     r: &mut Reader<'_>,
     torch: bool,
+    joblib: bool,
     arena: &mut Arena<'_>,
     persist: &mut dyn for<'b> PersistAny<'b>,
 ) -> Result<Id, EvalError> {
-    let ctx = r.ctx(torch);
+    let mut ctx = r.ctx(torch);
+    ctx.joblib = joblib;
     let mut scratch = Arena::new();
     let mut adapter = Adapter(persist);
     let (root, _) = run_stream(
@@ -634,7 +640,7 @@ fn torch_zip<'a>(
             )?
             .0
         }
-        Cow::Owned(v) => eval_owned(&v, 0, r, true, &mut out.arena, &mut persist)?,
+        Cow::Owned(v) => eval_owned(&v, 0, r, true, false, &mut out.arena, &mut persist)?,
     };
     out.storages = persist.storages;
     Ok(())

@@ -5,7 +5,9 @@
 
 use super::calls;
 use super::error::{malformed, unsupported, Budget, EvalError, Problem};
-use super::value::{self, Arena, Global, Id, Made, Object, Str, Value, FALSE, TRUE};
+use super::value::{
+    self, Arena, ArrayData, Global, Id, Known, Made, Object, Str, Value, FALSE, TRUE,
+};
 use super::Mode;
 use crate::opcodes::Opcode;
 use crate::parser::{Arg, ParseErrorKind, Parser};
@@ -56,6 +58,9 @@ pub(crate) struct Ctx<'c> {
     pub torch_names: bool,
     /// Foreign globals the caller trusts in strict mode.
     pub allowed: &'c super::Allowed,
+    /// The stream is a joblib dump (as the scanner recognises one): a
+    /// `NumpyArrayWrapper`'s array bytes follow its BUILD.
+    pub joblib: bool,
 }
 
 /// Resolves persistent ids (`BINPERSID`/`PERSID`) for the container.
@@ -110,7 +115,10 @@ pub(crate) fn run_stream<'a>(
         proto: 0,
     };
     let mut opcodes: u64 = 0;
-    for (i, item) in Parser::new(data, start).enumerate() {
+    let mut parser = Parser::new(data, start);
+    let mut i = 0usize;
+    while let Some(item) = parser.next() {
+        i += 1;
         let instr = item.map_err(|e| {
             let what = match e.kind {
                 ParseErrorKind::NoStop => "the stream ends before STOP".to_string(),
@@ -134,8 +142,14 @@ pub(crate) fn run_stream<'a>(
             let v = m.pop(instr.op).map_err(|p| p.at(file, at))?;
             return Ok((v, instr.end));
         }
-        m.step(instr.op, &instr.arg, persist, i == 0)
+        m.step(instr.op, &instr.arg, persist, i == 1)
             .map_err(|p| p.at(file, at).with_context(instr.op))?;
+        if instr.op == Opcode::BUILD && ctx.joblib {
+            if let Some(next) = m.joblib_inline(data, instr.end, base, file, persist)? {
+                // The array's bytes are not opcodes: go on after them.
+                parser = Parser::new(data, next);
+            }
+        }
         if m.stack.len() + m.depth > ctx.limits.max_stack {
             return Err(Problem::Limit(format!(
                 "the stack grew past {} entries",
@@ -260,6 +274,9 @@ impl<'a> Machine<'a, '_> {
         } else {
             (module.to_string(), name.to_string())
         };
+        if self.ctx.joblib && module == "joblib.numpy_pickle" && name == "NumpyArrayWrapper" {
+            return Ok(calls::known_value(Known::JoblibWrapper));
+        }
         match calls::resolve(&module, &name, self.ctx.torch_names) {
             Some(k) => Ok(calls::known_value(k)),
             None if self.ctx.mode == Mode::Strict => {
@@ -747,6 +764,105 @@ impl<'a> Machine<'a, '_> {
         made: Made,
     ) -> Result<Id, Problem> {
         self.object(class, made, args, kwargs, None)
+    }
+
+    /// After BUILD on a joblib `NumpyArrayWrapper`: reads the array that
+    /// follows in the file, as joblib's `read_array` does (for raw data a
+    /// padding byte and that many bytes, then the C- or Fortran-order bytes;
+    /// for object dtypes a nested pickle stream), and puts it in the wrapper's
+    /// place. Returns where the opcodes go on.
+    fn joblib_inline(
+        &mut self,
+        data: &'a [u8],
+        at: usize,
+        base: u64,
+        file: &str,
+        persist: &mut dyn Persist<'a>,
+    ) -> Result<Option<usize>, EvalError> {
+        let Some(&top) = self.stack.last() else {
+            return Ok(None);
+        };
+        let (padded, dtype, count, shape, fortran) = match self.arena.get(top) {
+            Value::Array(a) => match a.data {
+                ArrayData::Joblib(Some(p)) => {
+                    // numel() could wrap on a crafted shape: checked here.
+                    let count = a.shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
+                    (p, a.dtype.clone(), count, a.shape.clone(), a.fortran)
+                }
+                _ => return Ok(None),
+            },
+            _ => return Ok(None),
+        };
+        let err = |what: String, off: usize| EvalError::Malformed {
+            file: file.to_string(),
+            offset: base + off as u64,
+            what,
+        };
+        let mut pos = at;
+        // Object arrays are a nested pickle right away; only raw data is padded.
+        if padded && !dtype.has_object() {
+            let pad = *data.get(pos).ok_or_else(|| {
+                err(
+                    "the file ends before a joblib array's padding byte".into(),
+                    pos,
+                )
+            })?;
+            pos += 1 + usize::from(pad);
+        }
+        if dtype.has_object() {
+            // joblib reads it with a plain Unpickler: no wrappers inside.
+            let nested = Ctx {
+                joblib: false,
+                ..*self.ctx
+            };
+            let (arr, end) = run_stream(
+                data,
+                pos,
+                base,
+                file,
+                &nested,
+                self.arena,
+                self.budget,
+                persist,
+            )?;
+            if !matches!(self.arena.get(arr), Value::Array(a) if a.dtype.has_object()) {
+                return Err(err(
+                    "a joblib object array's nested pickle is not an object array".into(),
+                    pos,
+                ));
+            }
+            if let Some(t) = self.stack.last_mut() {
+                *t = arr;
+            }
+            return Ok(Some(end));
+        }
+        let nbytes = count
+            .and_then(|c| c.checked_mul(dtype.itemsize()))
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| err("a joblib array larger than memory".into(), pos))?;
+        let end = pos
+            .checked_add(nbytes)
+            .filter(|&e| e <= data.len())
+            .ok_or_else(|| {
+                err(
+                    format!("the file ends inside a joblib array of {nbytes} bytes"),
+                    pos,
+                )
+            })?;
+        // A new node: the memo keeps the wrapper, as joblib's does (a later
+        // memo get of it is the wrapper there, and refused here).
+        let arr = self
+            .push_value(Value::Array(Box::new(value::NdArray {
+                dtype,
+                shape,
+                fortran,
+                data: ArrayData::Bytes(Cow::Borrowed(&data[pos..end])),
+            })))
+            .map_err(|p| p.at(file, base + pos as u64))?;
+        if let Some(t) = self.stack.last_mut() {
+            *t = arr;
+        }
+        Ok(Some(end))
     }
 
     /// Arguments a standard-library class gets that keep its work bounded.

@@ -101,10 +101,19 @@ const FORWARDERS: &[(&str, &str)] = &[
     ("builtins", "object"),
 ];
 
-/// Callables no `allow=` trusts: each unpickles bytes from the file with a
-/// real unpickler (`torch.storage._load_from_bytes` is
-/// `torch.load(weights_only=False)`), so trusting it trusts everything.
-const NEVER_TRUSTED: &[(&str, &str)] = &[("torch.storage", "_load_from_bytes")];
+/// Globals no `allow=` trusts. `torch.storage._load_from_bytes` unpickles
+/// bytes from the file with a real unpickler (`torch.load(weights_only=False)`),
+/// so trusting it trusts everything. joblib's array wrappers are placeholders
+/// whose meaning is joblib's reading of the bytes after them: rebuilt as
+/// plain objects they would silently stand where arrays belong.
+const NEVER_TRUSTED: &[(&str, &str)] = &[
+    ("torch.storage", "_load_from_bytes"),
+    ("joblib.numpy_pickle", "NumpyArrayWrapper"),
+    ("joblib.numpy_pickle", "NDArrayWrapper"),
+    ("joblib.numpy_pickle", "ZNDArrayWrapper"),
+    ("joblib.numpy_pickle_compat", "NDArrayWrapper"),
+    ("joblib.numpy_pickle_compat", "ZNDArrayWrapper"),
+];
 
 impl Allowed {
     /// Nothing foreign is trusted.

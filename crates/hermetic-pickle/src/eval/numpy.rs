@@ -10,6 +10,7 @@ use super::value::{
 };
 use crate::containers::pyliteral::PyValue;
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 /// The most dimensions an array may have (numpy's `NPY_MAXDIMS`).
 pub const MAX_NDIM: usize = 64;
@@ -660,4 +661,61 @@ mod tests {
         assert_eq!(fields[1].offset, 8);
         assert!(descr_to_dtype(&literal_eval("[('a', '<i4'), ('a', '<i4')]").unwrap(), 0).is_err());
     }
+}
+
+/// BUILD on a joblib `NumpyArrayWrapper`: its attributes say what array the
+/// bytes after this opcode hold (joblib's `NumpyArrayWrapper.read`).
+pub(crate) fn joblib_setstate(m: &mut Machine<'_, '_>, obj: Id, state: Id) -> Result<(), Problem> {
+    let Value::Dict(d) = m.arena.get(state) else {
+        return Err(malformed("a NumpyArrayWrapper's state is not a dict"));
+    };
+    let mut attrs: HashMap<String, Id> = HashMap::new();
+    for &(k, v) in &d.items.clone() {
+        let key = str_arg(m, k, "a NumpyArrayWrapper attribute name")?.to_string();
+        attrs.insert(key, v);
+    }
+    let get = |k: &str| {
+        attrs
+            .get(k)
+            .copied()
+            .ok_or_else(|| malformed(format!("a NumpyArrayWrapper without `{k}`")))
+    };
+    match m.arena.get(get("subclass")?) {
+        Value::Global(g) if matches!(**g, Global::Known(Known::NpNdarray)) => {}
+        other => {
+            return Err(unsupported(format!(
+                "a joblib array of the subclass {} (only numpy.ndarray is read)",
+                other.describe()
+            )))
+        }
+    }
+    let shape = shape_arg(m, get("shape")?)?;
+    let fortran = match str_arg(m, get("order")?, "a NumpyArrayWrapper order")? {
+        "C" => false,
+        "F" => true,
+        o => return Err(malformed(format!("a NumpyArrayWrapper order {o:?}"))),
+    };
+    let dtype = dtype_of(m, get("dtype")?)?;
+    if dtype.depth() > MAX_DTYPE_DEPTH {
+        return Err(Problem::Limit("a numpy dtype nested too deeply".into()));
+    }
+    // joblib.load makes arrays native-endian (ensure_native_byte_order):
+    // swapping is not done here, so other byte orders are refused.
+    if !dtype.has_object() && !dtype.native_order() {
+        return Err(unsupported(
+            "a big-endian joblib array (joblib.load swaps it to the native order)",
+        ));
+    }
+    // joblib >= 1.2 writes numpy_array_alignment_bytes and a padding byte;
+    // older dumps have neither (an attribute of None counts as absent too).
+    let padded = attrs
+        .get("numpy_array_alignment_bytes")
+        .is_some_and(|&v| !matches!(m.arena.get(v), Value::None));
+    if let Value::Array(a) = m.arena.get_mut(obj) {
+        a.dtype = dtype;
+        a.shape = shape;
+        a.fortran = fortran;
+        a.data = ArrayData::Joblib(Some(padded));
+    }
+    Ok(())
 }

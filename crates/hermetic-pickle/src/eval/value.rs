@@ -112,6 +112,9 @@ pub enum Known {
     NpDtype,
     NpScalar,
     NpFromBuffer,
+    /// `joblib.numpy_pickle.NumpyArrayWrapper`, in a joblib dump: the array's
+    /// bytes follow its BUILD in the file (joblib's `load_build`).
+    JoblibWrapper,
 }
 
 impl Known {
@@ -154,6 +157,7 @@ impl Known {
             Known::NpReconstruct => "numpy._core.multiarray._reconstruct",
             Known::NpNdarray => "numpy.ndarray",
             Known::NpDtype => "numpy.dtype",
+            Known::JoblibWrapper => "joblib.numpy_pickle.NumpyArrayWrapper",
             Known::NpScalar => "numpy._core.multiarray.scalar",
             Known::NpFromBuffer => "numpy._core.numeric._frombuffer",
         };
@@ -275,6 +279,16 @@ impl NpDtype {
         }
     }
 
+    /// Whether every part is little-endian or has no byte order (what
+    /// `joblib.load` leaves as it is on the machines hermetic runs on).
+    pub fn native_order(&self) -> bool {
+        match self {
+            NpDtype::Scalar { order, .. } => *order != ByteOrder::Big,
+            NpDtype::Record { fields, .. } => fields.iter().all(|f| f.dtype.native_order()),
+            NpDtype::SubArray { base, .. } => base.native_order(),
+        }
+    }
+
     /// The object dtype.
     pub fn object() -> NpDtype {
         NpDtype::Scalar {
@@ -352,6 +366,9 @@ impl NpDtype {
 pub enum ArrayData<'a> {
     /// Made by `_reconstruct`, waiting for `__setstate__`.
     Pending,
+    /// A joblib `NumpyArrayWrapper`: `None` until its BUILD, then whether a
+    /// padding byte (joblib >= 1.2's alignment) precedes the inline bytes.
+    Joblib(Option<bool>),
     /// Raw bytes in C order (or Fortran order when `fortran`).
     Bytes(Cow<'a, [u8]>),
     /// The items of an object array, in C order.
@@ -528,6 +545,7 @@ impl Value<'_> {
                     fortran: a.fortran,
                     data: match a.data {
                         ArrayData::Pending => ArrayData::Pending,
+                        ArrayData::Joblib(p) => ArrayData::Joblib(p),
                         ArrayData::Bytes(b) => ArrayData::Bytes(own(b)),
                         ArrayData::Objects(v) => ArrayData::Objects(v),
                     },
@@ -603,7 +621,7 @@ impl Value<'_> {
                     + match &a.data {
                         ArrayData::Bytes(b) => owned(b),
                         ArrayData::Objects(v) => ids(v.len()),
-                        ArrayData::Pending => 0,
+                        ArrayData::Pending | ArrayData::Joblib(_) => 0,
                     }
             }
             Value::NpDtype(_) => 64,
