@@ -252,12 +252,17 @@ BENIGN_ALLOW: list[Any] = [*ALL, "allow_classes:*", "collections:*", "argparse:N
 def test_no_attack_gets_through_an_allow_list(
     canary: Path, path: Path, meta: dict[str, Any]
 ) -> None:
-    for load in (hermetic.load_pickle, ht.load):
-        try:
-            load(path, allow=BENIGN_ALLOW)
-        except (hermetic.UnsafePickleError, hermetic.CheckpointError):
-            continue
-        pytest.fail(f"{path.name} loaded through {load.__module__}.{load.__qualname__}")
+    for load in (hermetic.load_pickle, ht.load, hermetic.joblib.load):
+        for kwargs in (
+            {"allow": BENIGN_ALLOW},
+            {"plain": True},
+            {"allow": BENIGN_ALLOW, "plain": True},
+        ):
+            try:
+                load(path, **kwargs)
+            except (hermetic.UnsafePickleError, hermetic.CheckpointError):
+                continue
+            pytest.fail(f"{path.name} loaded through {load.__module__}.{load.__qualname__}{kwargs}")
 
 
 # ------------------------------------------------------------ torch.load's interface
@@ -459,3 +464,35 @@ def test_a_python_2_npy_header_is_read_once_the_way_numpy_reads_it(tmp_path: Pat
     got = hermetic.load_pickle(path)
     assert got.dtype == ref.dtype and got.dtype.names == ("xL,y",)
     assert got.tobytes() == ref.tobytes()
+
+
+def test_plain_reads_classes_nobody_has(tmp_path: Path) -> None:
+    # A class from a package that does not exist: pickle.load cannot load it at all.
+    blob = (
+        b"\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00\x8c\x0bnowhere_pkg\x8c\x05Model\x93)\x81"
+        b"}(\x8c\x02lr\x94G?\xb9\x99\x99\x99\x99\x99\x9a\x8c\x04kind\x8c\x0bnowhere_pkg\x8c\x04Kind"
+        b"\x93K\x02\x85Rub."
+    )
+    with pytest.raises(ModuleNotFoundError):
+        pickle.loads(blob)
+    got = hermetic.load_pickle(blob, plain=True)
+    assert got == {
+        "$class": "nowhere_pkg:Model",
+        "lr": 0.1,
+        "kind": {"$class": "nowhere_pkg:Kind", "$args": (2,)},
+    }
+    assert "nowhere_pkg" not in sys.modules
+    # allow= still rebuilds what it names; the rest stays plain.
+    ckpt = {"cfg": ac.TrainConfig(1.0, [1]), "hp": ac.AttributeDict(a=1), "l": ac.MyList([3])}
+    got = hermetic.load_pickle(pickle.dumps(ckpt, protocol=2), allow=[ac.TrainConfig], plain=True)
+    assert got["cfg"] == ac.TrainConfig(1.0, [1])
+    assert got["hp"] == {"$class": "allow_classes:AttributeDict", "a": 1}
+    assert got["l"] == {"$class": "allow_classes:MyList", "$items": [3]}
+
+
+def test_plain_never_runs_a_dangerous_import(canary: Path) -> None:
+    blob = pickle.dumps({"x": _Call(ac.touch_canary)}, protocol=2)
+    got = hermetic.load_pickle(blob, plain=True)
+    assert got == {"x": {"$class": "allow_classes:touch_canary"}}
+    with pytest.raises(hermetic.UnsafePickleError):
+        hermetic.load_pickle(b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00true\x85R.", plain=True)

@@ -105,9 +105,13 @@ class Maker:
         mmap: bool = True,
         map_location: Any = None,
         allow: _typed.Allow | None = None,
+        plain: bool = False,
     ) -> None:
         self.source = source
         self.allow = allow
+        self.plain = plain
+        # plain=True: ids of the records made for classes outside allow= (kept alive).
+        self._records: dict[int, dict[str, Any]] = {}
         self.mmap = mmap
         self.map_location = map_location
         self._file: Any = None  # the whole file as a torch uint8 tensor (mapped or read)
@@ -165,6 +169,9 @@ class Maker:
             # A closed table of hermetic's, not a name from the file.
             return _typed._import(module, name)
         if self.allow is None or not self.allow.permits(qualified):
+            if self.plain:
+                # Stands for the class; never imported or called.
+                return {"$global": qualified}
             raise UnsafePickleError(f"{qualified} is not in allow=")
         try:
             return self.allow.resolve(qualified, "class or function")
@@ -174,6 +181,15 @@ class Maker:
     def instance(self, cls: Any, made: str, args: Any, kwargs: Any, base: Any) -> Any:
         """What CPython's unpickler does for NEWOBJ(_EX), REDUCE and
         ``copyreg._reconstructor``, with an allowed class or function."""
+        if isinstance(cls, dict):
+            # plain=True: a record of what would have been made.
+            record: dict[str, Any] = {"$class": cls["$global"]}
+            if args:
+                record["$args"] = args
+            if kwargs:
+                record["$kwargs"] = kwargs
+            self._records[id(record)] = record
+            return record
         if made == "new":
             if not isinstance(cls, type):
                 raise CheckpointError(f"NEWOBJ on {cls!r}, which is not a class")
@@ -191,6 +207,9 @@ class Maker:
 
     def extend(self, obj: Any, items: list[Any]) -> None:
         """APPENDS on an instance: ``extend`` if it has one, else ``append``."""
+        if id(obj) in self._records:
+            obj.setdefault("$items", []).extend(items)
+            return
         if isinstance(obj, list):
             obj.extend(items)
             return
@@ -204,6 +223,14 @@ class Maker:
     def set_state(self, obj: Any, state: Any) -> None:
         """BUILD, as CPython's ``load_build``: ``__setstate__`` if the object has
         one, else the instance dict (and slots, for a ``(dict, slots)`` pair)."""
+        if id(obj) in self._records:
+            parts = state if isinstance(state, tuple) and len(state) == 2 else (state,)
+            if all(p is None or isinstance(p, dict) for p in parts):
+                for p in parts:
+                    obj.update(p or {})
+            else:
+                obj["$state"] = state
+            return
         setstate = getattr(obj, "__setstate__", None)
         if setstate is not None:
             setstate(state)
@@ -441,6 +468,19 @@ def allowlist(allow: Iterable[Any] | None) -> _typed.Allow | None:
     return None if allow is None else _typed.Allow(allow)
 
 
+class _Everything:
+    """``plain=True``: the evaluator may take every class the scanner merely
+    does not know (as a record; dangerous imports are still refused in Rust)."""
+
+    def permits(self, name: str) -> bool:
+        return True
+
+
+def trust(allow: _typed.Allow | None, plain: bool) -> Any:
+    """What Rust asks about the file's classes."""
+    return _Everything() if plain else allow
+
+
 def _source(f: Any) -> str | bytes | bytearray:
     if isinstance(f, (bytes, bytearray)):
         return f
@@ -464,6 +504,7 @@ def load_pickle(
     *,
     allow: Iterable[Any] | None = None,
     encoding: str = "ASCII",
+    plain: bool = False,
 ) -> Any:
     """Load a data-only pickle without running it.
 
@@ -487,12 +528,19 @@ def load_pickle(
     ``encoding`` is ``pickle.load``'s, for the ``str`` of Python 2 pickles:
     ``"ASCII"`` (the default), ``"utf-8"``, ``"latin1"`` (what numpy arrays
     pickled by Python 2 need) or ``"bytes"``.
+
+    ``plain=True`` reads a file whose classes you do not have or do not
+    trust: each object of a class outside ``allow=`` comes back as a dict
+    ``{"$class": "module:qualname", ...its state}`` (with ``"$args"``,
+    ``"$items"`` or ``"$state"`` where the pickle gave those), and a class
+    used as a value as ``{"$global": "module:qualname"}``. Nothing is
+    imported or called for them; dangerous imports are still refused.
     """
     src = _source(source)
     trusted = allowlist(allow)
-    maker = Maker(src, mmap=False, allow=trusted)
+    maker = Maker(src, mmap=False, allow=trusted, plain=plain)
     try:
-        _, obj = _hermetic.evaluate(src, "any", maker, trusted, encoding)
+        _, obj = _hermetic.evaluate(src, "any", maker, trust(trusted, plain), encoding)
     finally:
         maker.close()
     return obj

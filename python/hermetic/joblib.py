@@ -23,6 +23,7 @@ def load(
     ensure_native_byte_order: bool | str = "auto",
     *,
     allow: Iterable[Any] | None = None,
+    plain: bool = False,
 ) -> Any:
     """Load a joblib dump (or any pickle ``hermetic.load_pickle`` reads) without
     unpickling it: the values ``joblib.load`` returns, numpy arrays included.
@@ -45,4 +46,4 @@ def load(
             "hermetic.joblib.load returns native-byte-order arrays only "
             "(ensure_native_byte_order='auto' or True)"
         )
-    return load_pickle(filename, allow=allow)
+    return load_pickle(filename, allow=allow, plain=plain)

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import IO, Any
 
 from hermetic import _hermetic
-from hermetic._evaluate import Maker, _source, allowlist
+from hermetic._evaluate import Maker, _source, allowlist, trust
 from hermetic._hermetic import CheckpointError, UnsafePickleError
 
 __all__ = ["CheckpointError", "UnsafePickleError", "load"]
@@ -28,6 +28,7 @@ def load(
     weights_only: bool | None = None,
     mmap: bool | None = None,
     allow: Iterable[Any] | None = None,
+    plain: bool = False,
     **pickle_load_args: Any,
 ) -> Any:
     """Load a PyTorch checkpoint (zip or legacy format) without unpickling it.
@@ -57,7 +58,9 @@ def load(
     ``"module:qualname"``, ``"module:*"``) trusts those classes and
     functions: they are rebuilt as CPython's unpickler would, and their own
     code runs as under ``pickle.load``. A dangerous import is refused
-    whatever ``allow`` says.
+    whatever ``allow`` says. ``plain=True`` returns objects of other classes
+    as ``{"$class": "module:qualname", ...state}`` dicts, running nothing (see
+    :func:`hermetic.load_pickle`).
     """
     if pickle_module is not None and pickle_module is not pickle:
         raise TypeError(
@@ -73,10 +76,14 @@ def load(
     src = _source(f)
     trusted = allowlist(allow)
     maker = Maker(
-        src, mmap=True if mmap is None else mmap, map_location=map_location, allow=trusted
+        src,
+        mmap=True if mmap is None else mmap,
+        map_location=map_location,
+        allow=trusted,
+        plain=plain,
     )
     try:
-        _, obj = _hermetic.evaluate(src, "torch", maker, trusted, encoding)
+        _, obj = _hermetic.evaluate(src, "torch", maker, trust(trusted, plain), encoding)
     finally:
         maker.close()
     return obj
