@@ -140,6 +140,7 @@ DATA_GLOBALS_BASE: frozenset[str] = frozenset(
         "uuid.UUID",
         "decimal.Decimal",
         "fractions.Fraction",
+        "torch._C.Generator",
         # joblib's array placeholders: joblib.load reads the array bytes after them (or, for
         # the two old ones, the companion file, whose own reading is recorded too)
         "joblib.numpy_pickle.NumpyArrayWrapper",

@@ -496,3 +496,14 @@ def test_plain_never_runs_a_dangerous_import(canary: Path) -> None:
     assert got == {"x": {"$class": "allow_classes:touch_canary"}}
     with pytest.raises(hermetic.UnsafePickleError):
         hermetic.load_pickle(b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00true\x85R.", plain=True)
+
+
+def test_torch_generators_load_without_allow(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(3)
+    torch.rand(3, generator=g)
+    path = tmp_path / "gen.pt"
+    torch.save({"g": g}, path)
+    got = ht.load(path)["g"]
+    ref = torch.load(path, weights_only=False)["g"]
+    assert torch.equal(got.get_state(), ref.get_state())
+    assert got.initial_seed() == ref.initial_seed() == 3

@@ -466,8 +466,8 @@ const DANGEROUS_NAMES: &[(&str, &str)] = &[
     ("site", "execsitecustomize"),
 ];
 
-/// Standard-library classes whose reconstruction runs no code but their
-/// own, which only stores its arguments (read in CPython 3.11's sources:
+/// Standard-library classes (and `torch.Generator`) whose reconstruction
+/// runs no code but their own, which only stores its arguments (read in CPython 3.11's sources:
 /// `__new__`/`__init__`/`__setstate__`/`__reduce__` of each). Loading them
 /// is data: the scanner allows them and the evaluator rebuilds them with
 /// the real class (with one more check in the evaluator: `Fraction` turns
@@ -490,6 +490,9 @@ pub const INERT_CLASSES: &[(&str, &str)] = &[
     ("uuid", "UUID"),
     ("decimal", "Decimal"),
     ("fractions", "Fraction"),
+    // REDUCE (device,), then __setstate__((seed, offset, state tensor)):
+    // manual_seed, set_offset and set_state of a new generator.
+    ("torch._C", "Generator"),
 ];
 
 /// Whether `module.name` is one of [`INERT_CLASSES`].
