@@ -682,28 +682,31 @@ def not_allowed_message(
             shown = ", ".join(fields[:6]) + (", ..." if len(fields) > 6 else "")
             detail = f"{detail}{'; ' if detail else ''}fields {shown}"
         lines.append(f"  {kinds[kind]:<9} {name}" + (f"  ({detail})" if detail else ""))
-    first = missing[0]
-    module, qualname = _split(first)
-    short = qualname.rsplit(".", 1)[-1]
+    callables = [name for kind, name, *_ in refs if kind == "callable" and name in missing]
     lines.append("hermetic never imports a module because a file names it. Either:")
     lines.append(
         "  - pass the type you expect, and classes are rebuilt from its annotations: "
         "hermetic.load(path, type=Checkpoint)"
-        + ("  (callables still need allow=)" if any(k == "callable" for k, *_ in refs) else "")
+        + (
+            f"  (callables still need allow=[{', '.join(repr(c) for c in callables)}])"
+            if callables
+            else ""
+        )
     )
+    # Every name at once, so one retry is enough (the objects themselves work too).
+    every = ", ".join(repr(n) for n in missing)
     lines.append(
-        f"  - or allow what the file names: hermetic.load(path, allow=[{short}, "
-        f'"{module}:*"])' + ("  (these are not in your allow=)" if allow_given else "")
+        f"  - or allow what the file names: hermetic.load(path, allow=[{every}])"
+        + ("  (these are not in your allow=)" if allow_given else "")
     )
     lines.append('  - or hermetic.load(path, plain=True) for plain dicts tagged with "$class"')
     return "\n".join(lines)
 
 
 def callables_not_allowed_message(source: str, missing: list[str]) -> str:
-    module, qualname = _split(missing[0])
     return (
         f"{source}: the file stores callables by reference that are not allowed: "
         f"{', '.join(missing)}. hermetic never imports a module because a file names it; "
-        f"pass allow=[{qualname.rsplit('.', 1)[-1]}] (the function itself), "
-        f'allow=["{missing[0]}"] or allow=["{module}:*"], or hermetic.register() it'
+        f"pass allow=[{', '.join(repr(n) for n in missing)}] (or the functions themselves), "
+        "or hermetic.register() them"
     )
