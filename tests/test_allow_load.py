@@ -10,12 +10,10 @@ real unpickler."""
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,21 +36,6 @@ ALL = [
     ac.Node,
     ac.Key,
 ]
-
-
-@pytest.fixture()
-def canary(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "canary"
-    old = os.environ.get("HERMETIC_CANARY")
-    os.environ["HERMETIC_CANARY"] = str(path)
-    try:
-        yield path
-    finally:
-        if old is None:
-            del os.environ["HERMETIC_CANARY"]
-        else:
-            os.environ["HERMETIC_CANARY"] = old
-        assert not path.exists(), "a payload ran"
 
 
 def checkpoint() -> dict[str, Any]:

@@ -14,7 +14,6 @@ import pickle
 import subprocess
 import sys
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +25,6 @@ import hermetic.torch as ht
 
 PLAIN = {"a": [1, 2, {"b": "c"}], "f": 1.5, "s": "text", "t": (1, None)}
 COMPRESSORS = ["zlib", "gzip", "bz2", "lzma", "xz", "lz4"]
-
-
-@pytest.fixture()
-def canary(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "canary"
-    old = os.environ.get("HERMETIC_CANARY")
-    os.environ["HERMETIC_CANARY"] = str(path)
-    try:
-        yield path
-    finally:
-        if old is None:
-            del os.environ["HERMETIC_CANARY"]
-        else:
-            os.environ["HERMETIC_CANARY"] = old
-        assert not path.exists(), "a payload ran"
 
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:

@@ -6,8 +6,6 @@ Nothing here opens an attack file with a real unpickler."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +15,6 @@ import hermetic
 from corpus import attack_files
 
 ATTACKS = attack_files()
-
-
-@pytest.fixture()
-def canary(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "canary"
-    old = os.environ.get("HERMETIC_CANARY")
-    os.environ["HERMETIC_CANARY"] = str(path)
-    try:
-        yield path
-    finally:
-        if old is None:
-            del os.environ["HERMETIC_CANARY"]
-        else:
-            os.environ["HERMETIC_CANARY"] = old
-        assert not path.exists(), "a payload ran"
 
 
 def expected_imports(path: Path) -> set[str]:

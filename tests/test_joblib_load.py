@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +16,6 @@ import pytest
 from evaluate_compare import assert_same
 
 import hermetic
-
-
-@pytest.fixture()
-def canary(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "canary"
-    old = os.environ.get("HERMETIC_CANARY")
-    os.environ["HERMETIC_CANARY"] = str(path)
-    try:
-        yield path
-    finally:
-        if old is None:
-            del os.environ["HERMETIC_CANARY"]
-        else:
-            os.environ["HERMETIC_CANARY"] = old
-        assert not path.exists(), "a payload ran"
 
 
 def arrays() -> dict[str, Any]:

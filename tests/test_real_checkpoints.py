@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,21 +92,6 @@ def test_with_allow_the_value_equals_the_real_loaders(name: str, entry: dict[str
 
 
 ALL_ALLOWED = sorted({n for _, e in FILES for n in e["allow"]})
-
-
-@pytest.fixture()
-def canary(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "canary"
-    old = os.environ.get("HERMETIC_CANARY")
-    os.environ["HERMETIC_CANARY"] = str(path)
-    try:
-        yield path
-    finally:
-        if old is None:
-            del os.environ["HERMETIC_CANARY"]
-        else:
-            os.environ["HERMETIC_CANARY"] = old
-        assert not path.exists(), "a payload ran"
 
 
 @pytest.mark.parametrize(("path", "meta"), attack_files(), ids=lambda v: getattr(v, "name", ""))
