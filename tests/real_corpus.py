@@ -141,6 +141,18 @@ DATA_GLOBALS_BASE: frozenset[str] = frozenset(
         "decimal.Decimal",
         "fractions.Fraction",
         "torch._C.Generator",
+        # numpy's random states (numpy/random/_pickle.py; the evaluator checks the arguments)
+        *(
+            f"numpy.random._pickle.{n}"
+            for n in ("__randomstate_ctor", "__generator_ctor", "__bit_generator_ctor")
+        ),
+        "numpy.random._mt19937.MT19937",
+        "numpy.random._pcg64.PCG64",
+        "numpy.random._pcg64.PCG64DXSM",
+        "numpy.random._philox.Philox",
+        "numpy.random._sfc64.SFC64",
+        "numpy.random.bit_generator.SeedSequence",
+        "numpy.random.bit_generator.__pyx_unpickle_SeedSequence",
         # joblib's array placeholders: joblib.load reads the array bytes after them (or, for
         # the two old ones, the companion file, whose own reading is recorded too)
         "joblib.numpy_pickle.NumpyArrayWrapper",

@@ -490,3 +490,41 @@ def test_torch_generators_load_without_allow(tmp_path: Path) -> None:
     ref = torch.load(path, weights_only=False)["g"]
     assert torch.equal(got.get_state(), ref.get_state())
     assert got.initial_seed() == ref.initial_seed() == 3
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_numpy_random_states_load_without_allow(protocol: int) -> None:
+    from evaluate_compare import assert_same
+
+    states = [
+        np.random.RandomState(5),
+        np.random.default_rng(7),
+        np.random.Generator(np.random.Philox(3)),
+        np.random.SFC64(2),
+        np.random.PCG64DXSM(1),
+        np.random.SeedSequence(9),
+    ]
+    blob = pickle.dumps(states, protocol=protocol)
+    got = hermetic.load_pickle(blob)
+    assert_same(got, pickle.loads(blob))
+    assert got[1].random() == pickle.loads(blob)[1].random()
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [
+        # the bit generator constructor instantiates what it is given
+        b"\x80\x02cnumpy.random._pickle\n__bit_generator_ctor\ncargparse\nNamespace\n\x85R.",
+        # the random-state constructors call their second argument
+        b"\x80\x02cnumpy.random._pickle\n__randomstate_ctor\nX\x07\x00\x00\x00MT19937"
+        b"cpathlib\nPurePath\n\x86R.",
+        b"\x80\x02cnumpy.random._pickle\n__generator_ctor\nX\x07\x00\x00\x00MT19937"
+        b"cnumpy.random._sfc64\nSFC64\n\x86R.",
+        # Cython's unpickle helper makes the class it is given
+        b"\x80\x02cnumpy.random.bit_generator\n__pyx_unpickle_SeedSequence\n"
+        b"cpathlib\nPurePath\nK\x00N\x87R.",
+    ],
+)
+def test_numpy_random_constructors_take_only_their_own_arguments(blob: bytes) -> None:
+    with pytest.raises(hermetic.CheckpointError, match="not supported"):
+        hermetic.load_pickle(blob)

@@ -493,7 +493,34 @@ pub const INERT_CLASSES: &[(&str, &str)] = &[
     // REDUCE (device,), then __setstate__((seed, offset, state tensor)):
     // manual_seed, set_offset and set_state of a new generator.
     ("torch._C", "Generator"),
+    // numpy's random states (numpy/random/_pickle.py): the constructors call
+    // only a bit generator class (checked in the evaluator: a name of
+    // numpy's table, one of these classes, and no other `ctor` argument);
+    // the states are set by __setstate__ (validated by numpy).
+    ("numpy.random._pickle", "__randomstate_ctor"),
+    ("numpy.random._pickle", "__generator_ctor"),
+    ("numpy.random._pickle", "__bit_generator_ctor"),
+    ("numpy.random._mt19937", "MT19937"),
+    ("numpy.random._pcg64", "PCG64"),
+    ("numpy.random._pcg64", "PCG64DXSM"),
+    ("numpy.random._philox", "Philox"),
+    ("numpy.random._sfc64", "SFC64"),
+    ("numpy.random.bit_generator", "SeedSequence"),
+    // Cython's unpickle helper: checks a layout checksum, then
+    // SeedSequence.__new__(cls) and the state (cls checked: SeedSequence).
+    ("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence"),
 ];
+
+/// The bit generator classes numpy's random-state constructors may build.
+pub(crate) fn is_bit_generator(module: &str, name: &str) -> bool {
+    matches!(
+        (module, name),
+        ("numpy.random._mt19937", "MT19937")
+            | ("numpy.random._pcg64", "PCG64" | "PCG64DXSM")
+            | ("numpy.random._philox", "Philox")
+            | ("numpy.random._sfc64", "SFC64")
+    )
+}
 
 /// Whether `module.name` is one of [`INERT_CLASSES`].
 pub fn is_inert_class(module: &str, name: &str) -> bool {

@@ -867,12 +867,67 @@ impl<'a> Machine<'a, '_> {
 
     /// Arguments a standard-library class gets that keep its work bounded.
     fn check_inert_call(&self, module: &str, name: &str, args: Id) -> Result<(), Problem> {
+        let items = self.arena.seq_of(args).unwrap_or(&[]);
+        let global = |id: Id| match self.arena.get(id) {
+            Value::Global(g) => match &**g {
+                Global::Foreign { module, name } => Some((module.as_str(), name.as_str())),
+                Global::Known(_) => None,
+            },
+            _ => None,
+        };
+        let refuse = |why: &str| Err(unsupported(format!("{module}.{name} {why}")));
+        match (module, name) {
+            ("numpy.random._pickle", "__bit_generator_ctor") => {
+                // It calls a class it is given: only numpy's bit generators.
+                let ok = items.len() <= 1
+                    && items.iter().all(|&a| match self.arena.get(a) {
+                        Value::Str(_) => true,
+                        _ => global(a).is_some_and(|(m, n)| crate::policy::is_bit_generator(m, n)),
+                    });
+                return if ok {
+                    Ok(())
+                } else {
+                    refuse("called with other than a bit generator's name or class")
+                };
+            }
+            ("numpy.random._pickle", "__randomstate_ctor" | "__generator_ctor") => {
+                // (name or bit generator, ctor): the ctor is called with the
+                // name, so it may only be numpy's own.
+                let made_bit_generator = |a: Id| match self.arena.get(a) {
+                    Value::Str(_) => true,
+                    Value::Object(o) => global(o.class).is_some_and(|(m, n)| {
+                        crate::policy::is_bit_generator(m, n)
+                            || (m, n) == ("numpy.random._pickle", "__bit_generator_ctor")
+                    }),
+                    _ => false,
+                };
+                let ok = items.len() <= 2
+                    && items.first().is_none_or(|&a| made_bit_generator(a))
+                    && items.get(1).is_none_or(|&c| {
+                        global(c) == Some(("numpy.random._pickle", "__bit_generator_ctor"))
+                    });
+                return if ok {
+                    Ok(())
+                } else {
+                    refuse("called with other than a bit generator and numpy's own constructor")
+                };
+            }
+            ("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence") => {
+                let ok = items.first().and_then(|&c| global(c))
+                    == Some(("numpy.random.bit_generator", "SeedSequence"));
+                return if ok {
+                    Ok(())
+                } else {
+                    refuse("called for a class other than SeedSequence")
+                };
+            }
+            _ => {}
+        }
         if module != "fractions" || name != "Fraction" {
             return Ok(());
         }
         // Fraction("1e999999999") builds 10**999999999, and the gcd of two
         // huge ints is quadratic: ints of at most 4096 bits only.
-        let items = self.arena.seq_of(args).unwrap_or(&[]);
         let bounded = items.len() <= 2
             && items.iter().all(|&i| match self.arena.get(i) {
                 Value::Int(_) | Value::Bool(_) => true,
