@@ -70,3 +70,26 @@ def test_save_creates_a_missing_folder(tmp_path: Path) -> None:
     sharded = tmp_path / "more" / "shards"
     hermetic.save({"w": torch.ones(4)}, sharded, max_shard_size=8)
     assert sharded.is_dir()
+
+
+@pytest.mark.parametrize(
+    ("value", "hint"),
+    [
+        ("argparse.Namespace(lr=0.1)", "vars(args)"),
+        ("collections.defaultdict(list)", "dict(d)"),
+        ("collections.deque([1])", "list(d)"),
+        ("slice(1, 2)", "(start, stop, step)"),
+        ("range(3)", "(start, stop, step)"),
+        ("pathlib.PurePosixPath('a/b')", "str(path)"),
+    ],
+)
+def test_save_refusals_say_what_to_store_instead(value: str, hint: str) -> None:
+    import argparse
+    import collections
+    import pathlib
+
+    env = {"argparse": argparse, "collections": collections, "pathlib": pathlib}
+    with pytest.raises(hermetic.FormatError) as e:
+        hermetic.dumps({"x": eval(value, env)})
+    assert hint in str(e.value)
+    assert 'tree["x"]' in str(e.value)

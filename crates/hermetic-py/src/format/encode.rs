@@ -328,12 +328,27 @@ impl<'py> Encoder<'py> {
         } else {
             "an object"
         };
+        let module = t.module()?.to_cow()?.into_owned();
+        let qualname = t.qualname()?.to_cow()?.into_owned();
+        let hint = match (module.as_str(), qualname.as_str()) {
+            ("argparse", "Namespace") => "; store vars(args), a dict of its attributes",
+            ("collections", "defaultdict") => {
+                "; store dict(d) (and the default factory by reference, if it matters)"
+            }
+            ("collections", "deque") => "; store list(d) (and maxlen, if it matters)",
+            ("builtins", "slice") | ("builtins", "range") => {
+                "; store (start, stop, step) as a tuple"
+            }
+            ("pathlib", "PurePath" | "PurePosixPath" | "PureWindowsPath") => {
+                "; store str(path), or a concrete pathlib.Path"
+            }
+            _ => "",
+        };
         Err(self.fail(format!(
-            "{what} of type {}.{} cannot be stored (hermetic stores containers, scalars, tensors, \
-             arrays, dataclass, attrs and NamedTuple instances, enums, datetime, pathlib, uuid \
-             and decimal values, and functions and classes by reference; it never pickles)",
-            t.module()?.to_cow()?,
-            t.qualname()?.to_cow()?
+            "{what} of type {module}.{qualname} cannot be stored (hermetic stores containers, \
+             scalars, tensors, arrays, dataclass, attrs and NamedTuple instances, enums, \
+             datetime, concrete pathlib paths, uuid and decimal values, and functions and \
+             classes by reference; it never pickles){hint}"
         )))
     }
 
