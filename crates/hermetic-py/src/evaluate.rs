@@ -446,26 +446,10 @@ impl<'py> Builder<'_, '_, 'py> {
                 self.objs[id as usize] = Some(o);
             }
         }
-        // Dicts and sets keyed by allowed objects (or tuples of them) are
-        // filled after those objects have their state, as the unpickler
-        // inserts them after BUILD: a class hashing its fields needs them.
-        let mut hashes_object = vec![false; arena.len()];
+        // Dicts and sets keyed by allowed objects wait for their states.
+        let later = arena.keyed_by_objects(&order);
         for &id in &order {
-            hashes_object[id as usize] = match arena.get(id) {
-                Value::Object(_) => true,
-                Value::Tuple(items) | Value::FrozenSet(items) => {
-                    items.iter().any(|&c| hashes_object[c as usize])
-                }
-                _ => false,
-            };
-        }
-        let keyed_by_object = |v: &Value<'_>| match v {
-            Value::Dict(d) => d.items.iter().any(|&(k, _)| hashes_object[k as usize]),
-            Value::Set(items) => items.iter().any(|&c| hashes_object[c as usize]),
-            _ => false,
-        };
-        for &id in &order {
-            if !keyed_by_object(arena.get(id)) {
+            if !later[id as usize] {
                 self.fill(id)?;
             }
         }
@@ -563,29 +547,16 @@ fn evaluate<'py>(
             _ => None,
         };
         let trusted;
-        let mut result = Ok(());
-        if let (Some(u), Some(allow)) = (&refused, allow) {
-            let mut names = Vec::new();
-            for o in &u.offenders {
-                if o.code == "unknown_import"
-                    && !o.global.is_empty()
-                    && allow.call_method1("permits", (&o.global,))?.is_truthy()?
-                {
-                    names.push(o.global.clone());
+        if let (Some(u), Some(allow)) = (refused, allow) {
+            let permits = |name: &str| allow.call_method1("permits", (name,))?.is_truthy();
+            match Allowed::from_refusal(&u, permits)? {
+                Some(t) => {
+                    trusted = t;
+                    opts.allowed = &trusted;
                 }
-            }
-            trusted = Allowed::new(names);
-            if u.offenders.iter().any(|o| {
-                o.global
-                    .split_once(':')
-                    .is_some_and(|(m, n)| trusted.permits(m, n))
-            }) {
-                opts.allowed = &trusted;
-            } else {
-                result = Err(EvalError::Unsafe(u.clone()));
+                None => return Err(eval_error(py, EvalError::Unsafe(u))),
             }
         }
-        result.map_err(|e| eval_error(py, e))?;
         let loaded = py
             .allow_threads(|| load_scanned(data, name, &opts, report))
             .map_err(|e| eval_error(py, e))?;

@@ -148,6 +148,29 @@ impl Allowed {
         FORWARDERS.contains(&(module, name))
     }
 
+    /// What a caller's allow list trusts of a refused file: among the
+    /// `unknown_import`s the refusal names, those `permits` (the caller's
+    /// list, given `module:name`) accepts. `None` when that leaves every
+    /// offender standing, so the refusal stands as it is.
+    pub fn from_refusal<E>(
+        refusal: &Unsafe,
+        mut permits: impl FnMut(&str) -> Result<bool, E>,
+    ) -> Result<Option<Allowed>, E> {
+        let mut names = Vec::new();
+        for o in &refusal.offenders {
+            if o.code == "unknown_import" && !o.global.is_empty() && permits(&o.global)? {
+                names.push(o.global.clone());
+            }
+        }
+        let trusted = Allowed::new(names);
+        let any = refusal.offenders.iter().any(|o| {
+            o.global
+                .split_once(':')
+                .is_some_and(|(m, n)| trusted.permits(m, n))
+        });
+        Ok(any.then_some(trusted))
+    }
+
     /// Whether an `allow=` entry can ever trust the global.
     pub fn trustable(module: &str, name: &str) -> bool {
         !NEVER_TRUSTED.contains(&(module, name))

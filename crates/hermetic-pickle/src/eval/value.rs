@@ -755,6 +755,35 @@ impl<'a> Arena<'a> {
         }
     }
 
+    /// For each node, whether it is a dict or set keyed by an opaque
+    /// object (or a tuple or frozenset holding one). A caller rebuilding
+    /// objects fills those after the objects' BUILD states are set, as the
+    /// unpickler inserts them after BUILD: a class may hash its fields.
+    /// `order` is [`Arena::reachable`]'s: increasing ids, creation order.
+    pub fn keyed_by_objects(&self, order: &[Id]) -> Vec<bool> {
+        // Tuples come after their items; a dict before its keys (EMPTY_DICT
+        // first): two passes.
+        let mut holds_object = vec![false; self.values.len()];
+        for &id in order {
+            holds_object[id as usize] = match self.get(id) {
+                Value::Object(_) => true,
+                Value::Tuple(items) | Value::FrozenSet(items) => {
+                    items.iter().any(|&c| holds_object[c as usize])
+                }
+                _ => false,
+            };
+        }
+        let mut keyed = vec![false; self.values.len()];
+        for &id in order {
+            keyed[id as usize] = match self.get(id) {
+                Value::Dict(d) => d.items.iter().any(|&(k, _)| holds_object[k as usize]),
+                Value::Set(items) => items.iter().any(|&c| holds_object[c as usize]),
+                _ => false,
+            };
+        }
+        keyed
+    }
+
     /// The ids reachable from `root`, in increasing order.
     pub fn reachable(&self, root: Id) -> Vec<Id> {
         let mut seen = vec![false; self.values.len()];
