@@ -303,3 +303,149 @@ def test_inspect_never_runs_attacks(tmp_path: Path) -> None:
     assert not canary.exists()
     r = hermetic_cli("inspect", next(p for p, _ in ATTACKS if p.name == "os_system_p0.pkl"))
     assert "<os.system> (called)" in r.stdout
+
+
+# ------------------------------------------------------------------ --allow
+
+CHECKPOINTS = Path(__file__).parent / "fixtures" / "checkpoints"
+
+
+def _same_as_plain(a: Any, b: Any, seen: set[tuple[int, int]], path: str = "root") -> None:
+    """`a` from `hermetic.torch.load(plain=True)`, `b` from `hermetic.load` of
+    the converted file: equal, except that an object the converter was told
+    to keep as a record (a standard-library class the loader rebuilds) is its
+    `$class` record, and a class used as a value a `$callable` reference."""
+    if (id(a), id(b)) in seen:
+        return
+    seen.add((id(a), id(b)))
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype, path
+        assert torch.equal(a, b), path
+        return
+    if isinstance(b, dict) and list(b) == ["$callable"] and not isinstance(a, dict):
+        assert f"{a.__module__}:{a.__qualname__}" == b["$callable"], path
+        return
+    if isinstance(b, dict) and "$class" in b and not (isinstance(a, dict) and "$class" in a):
+        assert f"{type(a).__module__}:{type(a).__qualname__}" == b["$class"], path
+        return
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b), (path, list(a), list(b))
+        for k in a:
+            _same_as_plain(a[k], b[k], seen, f"{path}[{k!r}]")
+        return
+    if isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _same_as_plain(x, y, seen, f"{path}[{i}]")
+        return
+    assert type(a) is type(b) and a == b, (path, a, b)
+
+
+@pytest.mark.parametrize(
+    ("name", "allow"),
+    [
+        ("fairseq_style.pt", ["argparse:Namespace"]),
+        (
+            "lightning_omegaconf.ckpt",
+            [
+                "omegaconf.dictconfig:*",
+                "omegaconf.base:*",
+                "omegaconf.nodes:AnyNode",
+                "typing:Any",
+                "collections:defaultdict",
+            ],
+        ),
+    ],
+)
+def test_convert_allow_writes_the_plain_records(
+    name: str, allow: list[str], tmp_path: Path
+) -> None:
+    src = CHECKPOINTS / name
+    out = tmp_path / "out.safetensors"
+    refused = hermetic_cli("convert", src, out)
+    assert refused.returncode == 1 and not out.exists()
+    assert "--allow" in refused.stderr
+    flags = [f for entry in allow for f in ("--allow", entry)]
+    r = hermetic_cli("convert", *flags, src, out)
+    assert r.returncode == 0, r.stderr
+    import hermetic.torch as ht
+
+    _same_as_plain(ht.load(src, plain=True), hermetic.load(out, plain=True), set())
+
+
+def test_convert_refusal_gives_the_exact_allow_flags(tmp_path: Path) -> None:
+    src = CHECKPOINTS / "lightning_omegaconf.ckpt"
+    out = tmp_path / "out.safetensors"
+    r = hermetic_cli("convert", src, out)
+    line = next(ln for ln in r.stderr.splitlines() if "To convert it anyway" in ln)
+    flags = line.split("`")[1].split()
+    # The flags it gives are everything the file's classes need, except
+    # objects the format cannot hold as themselves, which the next refusal
+    # names with their own flag.
+    for _ in range(5):
+        r = hermetic_cli("convert", *flags, src, out)
+        if r.returncode == 0:
+            break
+        assert "`--allow " in r.stderr, r.stderr
+        flags += r.stderr.split("`--allow ")[1].split("`")[0].split()[:1]
+        flags.insert(-1, "--allow")
+    assert r.returncode == 0, r.stderr
+
+
+def test_convert_allow_rejects_bad_entries_and_salvage(tmp_path: Path) -> None:
+    src = CHECKPOINTS / "fairseq_style.pt"
+    out = tmp_path / "out.safetensors"
+    for bad in ["argparse", "argparse:", "arg parse:Namespace", "$(touch x):y", "a:b;c"]:
+        r = hermetic_cli("convert", "--allow", bad, src, out)
+        assert r.returncode == 2, (bad, r.stderr)
+        assert "allow entry" in r.stderr
+    r = hermetic_cli("convert", "--allow", "argparse:Namespace", "--salvage", src, out)
+    assert r.returncode == 2
+    assert not out.exists()
+
+
+def test_convert_allow_records_cannot_forge_their_class(tmp_path: Path) -> None:
+    """A BUILD state or SETITEMS key spelled like a record tag stays inside
+    `$state` / `$dictitems`, in `plain=True` loads and converted files alike."""
+    import pickle
+
+    import allow_classes
+
+    cfg = allow_classes.TrainConfig(lr=0.1, layers=[2])
+    cfg.__dict__["$class"] = "os:system"
+    ad = allow_classes.AttributeDict({"$class": "os:system", "a": 1})
+    data = pickle.dumps({"weight": cfg, "hp": ad}, protocol=4)
+    src = tmp_path / "forged.pkl"
+    src.write_bytes(data)
+    got = hermetic.load_pickle(src, plain=True)
+    assert got["weight"]["$class"] == "allow_classes:TrainConfig"
+    forged = {"lr": 0.1, "layers": [2], "name": "run", "$class": "os:system"}
+    assert got["weight"]["$state"] == forged
+    assert got["hp"] == {
+        "$class": "allow_classes:AttributeDict",
+        "$dictitems": {"$class": "os:system", "a": 1},
+    }
+    out = tmp_path / "out.safetensors"
+    r = hermetic_cli("convert", "--allow", "allow_classes:*", src, out)
+    assert r.returncode == 0, r.stderr
+    assert hermetic.load(out, plain=True) == got
+
+
+@pytest.mark.parametrize(("path", "meta"), ATTACKS, ids=[p.name for p, _ in ATTACKS])
+def test_convert_allow_never_runs_attacks(path: Path, meta: dict[str, Any], tmp_path: Path) -> None:
+    """Even an allow list naming every global the file uses runs nothing:
+    dangerous imports stay refused, and what converts is records."""
+    canary = tmp_path / "canary"
+    env = {**os.environ, "HERMETIC_CANARY": str(canary)}
+    (scan,) = hermetic.scan(path, include_clean=True)
+    flags = []
+    for f in scan.all_findings():
+        if f.module and f.name and " " not in f.module + f.name:
+            flags += ["--allow", f"{f.module}:{f.name}"]
+    flags += ["--allow", "builtins:*", "--allow", "os:*", "--allow", "posix:*"]
+    out = tmp_path / "out.safetensors"
+    r = hermetic_cli("convert", *flags, path, out, env=env)
+    assert r.returncode in (0, 1, 2), r.stderr
+    if r.returncode == 0:
+        hermetic.load(out, plain=True)
+    assert not canary.exists()

@@ -171,7 +171,7 @@ class Maker:
         if self.allow is None or not self.allow.permits(qualified):
             if self.plain:
                 # Stands for the class; never imported or called.
-                return {"$global": qualified}
+                return {"$callable": qualified}
             raise UnsafePickleError(f"{qualified} is not in allow=")
         try:
             return self.allow.resolve(qualified, "class or function")
@@ -183,7 +183,7 @@ class Maker:
         ``copyreg._reconstructor``, with an allowed class or function."""
         if isinstance(cls, dict):
             # plain=True: a record of what would have been made.
-            record: dict[str, Any] = {"$class": cls["$global"]}
+            record: dict[str, Any] = {"$class": cls["$callable"]}
             if args:
                 record["$args"] = args
             if kwargs:
@@ -224,11 +224,8 @@ class Maker:
         """BUILD, as CPython's ``load_build``: ``__setstate__`` if the object has
         one, else the instance dict (and slots, for a ``(dict, slots)`` pair)."""
         if id(obj) in self._records:
-            parts = state if isinstance(state, tuple) and len(state) == 2 else (state,)
-            if all(p is None or isinstance(p, dict) for p in parts):
-                for p in parts:
-                    obj.update(p or {})
-            else:
+            parts = state if type(state) is tuple and len(state) == 2 else (state,)
+            if not _merge_into_record(obj, [p for p in parts if p is not None]):
                 obj["$state"] = state
             return
         setstate = getattr(obj, "__setstate__", None)
@@ -245,6 +242,16 @@ class Maker:
         if slots:
             for k, v in slots.items():
                 setattr(obj, k, v)
+
+    def set_items(self, obj: Any, pairs: list[tuple[Any, Any]]) -> None:
+        """SETITEMS on an instance: ``__setitem__`` per pair."""
+        if id(obj) in self._records:
+            items = dict(pairs)
+            if not _merge_into_record(obj, [items]):
+                obj["$dictitems"] = items
+            return
+        for k, v in pairs:
+            obj[k] = v
 
     def set_dict_state(self, obj: Any, state: Any) -> None:
         """BUILD on an OrderedDict (a state dict's ``_metadata``)."""
@@ -445,6 +452,24 @@ class Maker:
                     setattr(t, k, v)
 
 
+def _merge_into_record(record: dict[str, Any], parts: list[Any]) -> bool:
+    """Merges plain dicts into a ``plain=True`` record when that loses
+    nothing: every key a str not starting with ``$`` (so the file cannot
+    forge the record's own ``$class``) and none already there. Otherwise the
+    caller keeps the value whole under its ``$`` key."""
+    seen: set[str] = set()
+    for p in parts:
+        if type(p) is not dict and (type(p) is not collections.OrderedDict or vars(p)):
+            return False
+        for k in p:
+            if type(k) is not str or k.startswith("$") or k in record or k in seen:
+                return False
+            seen.add(k)
+    for p in parts:
+        record.update(p)
+    return True
+
+
 def _check_cuda(torch: Any, device: Any) -> None:
     """torch.load's own errors for a CUDA location this machine cannot serve."""
     if not torch.cuda.is_available():
@@ -532,9 +557,11 @@ def load_pickle(
     ``plain=True`` reads a file whose classes you do not have or do not
     trust: each object of a class outside ``allow=`` comes back as a dict
     ``{"$class": "module:qualname", ...its state}`` (with ``"$args"``,
-    ``"$items"`` or ``"$state"`` where the pickle gave those), and a class
-    used as a value as ``{"$global": "module:qualname"}``. Nothing is
-    imported or called for them; dangerous imports are still refused.
+    ``"$items"``, ``"$dictitems"`` or ``"$state"`` where the pickle gave
+    those and they do not merge), and a class used as a value as
+    ``{"$callable": "module:qualname"}``, as hermetic files spell it.
+    Nothing is imported or called for them; dangerous imports are still
+    refused.
     """
     src = _source(source)
     trusted = allowlist(allow)

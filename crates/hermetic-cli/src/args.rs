@@ -245,6 +245,11 @@ pub struct ConvertArgs {
     pub output: PathBuf,
     /// Read a pickle that is not data-only (a whole pickled model) without running it: modules
     /// become their state dicts, other foreign objects dicts of their class, arguments and state.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "allow")]
     pub salvage: bool,
+    /// Trust objects of these classes (`module:qualname` or `module:*`, repeatable): nothing is
+    /// imported or run; each becomes the record `hermetic.torch.load(..., plain=True)` gives,
+    /// `{"$class": "module:qualname", ...its state}`.
+    #[arg(long, value_name = "PATTERN")]
+    pub allow: Vec<String>,
 }

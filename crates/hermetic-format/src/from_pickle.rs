@@ -34,12 +34,46 @@ pub struct Converted<'l, 'a> {
     pub not_carried: Vec<String>,
 }
 
+/// What becomes of foreign objects (classes outside hermetic's data
+/// constructors) the evaluator let through.
+#[derive(Clone, Debug)]
+pub enum Foreign {
+    /// They are an error (a data-only load lets none through).
+    Refuse,
+    /// Salvage mode: a module becomes its state dict, anything else a dict
+    /// with its `__class__`, arguments and state.
+    Salvage,
+    /// Those of the allowed classes become the records `plain=True` loads
+    /// give (`{"$class": "module:qualname", ...}`), so that `hermetic.load`
+    /// of the output equals `hermetic.torch.load(input, plain=True)`.
+    Records(eval::Allowed),
+}
+
 /// Converts an evaluated checkpoint. `salvage` must match the mode it was
 /// evaluated in (foreign objects are an error otherwise). The file's
 /// metadata records `source_format`.
 pub fn convert<'l, 'a>(loaded: &'l Loaded<'a>, salvage: bool) -> crate::Result<Converted<'l, 'a>> {
+    convert_with(
+        loaded,
+        if salvage {
+            Foreign::Salvage
+        } else {
+            Foreign::Refuse
+        },
+    )
+}
+
+/// [`convert`], saying what to make of foreign objects.
+pub fn convert_with<'l, 'a>(
+    loaded: &'l Loaded<'a>,
+    foreign: Foreign,
+) -> crate::Result<Converted<'l, 'a>> {
     let fail = |detail: String| FormatError::Convert { detail };
+    let salvage = matches!(foreign, Foreign::Salvage);
     let mut conv = Converter::new(loaded, salvage);
+    if let Foreign::Records(a) = foreign {
+        conv.records = Some(a);
+    }
     let root = conv
         .walk(loaded.root, 0)
         .and_then(|r| conv.number_refs(r).map(|()| r))
@@ -83,6 +117,8 @@ struct Memo {
 struct Converter<'l, 'a> {
     l: &'l Loaded<'a>,
     salvage: bool,
+    /// `Foreign::Records`: the classes whose objects become plain records.
+    records: Option<eval::Allowed>,
     planner: Planner,
     path: Vec<PathPart>,
     memo: HashMap<Id, Memo>,
@@ -106,6 +142,7 @@ impl<'l, 'a> Converter<'l, 'a> {
         Converter {
             l,
             salvage,
+            records: None,
             planner: Planner::new(),
             path: Vec::new(),
             memo: HashMap::new(),
@@ -381,6 +418,34 @@ impl<'l, 'a> Converter<'l, 'a> {
                     data: s.data.to_vec(),
                 })
             }
+            Value::Object(o) if self.is_record(o.class) => {
+                let o = (**o).clone();
+                if let Some(r) = self.memo_ref(id)? {
+                    return Ok(r);
+                }
+                let node = self.memo_open(id, false);
+                let n = self.plain_record(&o, depth)?;
+                self.memo_close(id, node, n)
+            }
+            // A class or function used as a value, under `Foreign::Records`:
+            // a `$callable` reference, which a reader resolves only from its
+            // own allow list.
+            Value::Global(g)
+                if self.records.is_some()
+                    && (matches!(**g, Global::Known(_)) || self.is_record(id)) =>
+            {
+                let name = match &**g {
+                    Global::Foreign { module, name } => format!("{module}:{name}"),
+                    Global::Known(k) => {
+                        let q = k.qualname();
+                        match q.rsplit_once('.') {
+                            Some((m, n)) => format!("{m}:{n}"),
+                            None => q,
+                        }
+                    }
+                };
+                self.push(Node::Callable(name))
+            }
             Value::Object(o) if self.salvage => {
                 let o = (**o).clone();
                 if let Some(r) = self.memo_ref(id)? {
@@ -408,6 +473,33 @@ impl<'l, 'a> Converter<'l, 'a> {
                     other => format!("<{}>", other.describe()),
                 };
                 self.str_node(&text)
+            }
+            Value::Object(o) => {
+                let class = match self.l.arena.get(o.class) {
+                    Value::Global(g) => match &**g {
+                        Global::Foreign { module, name } => Some(format!("{module}:{name}")),
+                        Global::Known(_) => None,
+                    },
+                    _ => None,
+                };
+                return match class {
+                    Some(c) => self.fail(format!(
+                        "an object of {c} cannot be stored in hermetic's format as itself \
+                         (`--allow {c}` keeps it as a `$class` record, `--salvage` as a dict)"
+                    )),
+                    None => self.fail(
+                        "an opaque object cannot be stored in hermetic's format (`--salvage` keeps it as a dict)",
+                    ),
+                };
+            }
+            Value::Global(g) if matches!(**g, Global::Foreign { .. }) => {
+                let Global::Foreign { module, name } = &**g else {
+                    unreachable!()
+                };
+                return self.fail(format!(
+                    "the global {module}.{name} cannot be stored in hermetic's format as itself \
+                     (`--allow {module}:{name}` keeps it as a `$callable` reference, `--salvage` as text)"
+                ));
             }
             other => {
                 return self.fail(format!(
@@ -530,6 +622,145 @@ impl<'l, 'a> Converter<'l, 'a> {
         self.planner
             .add_view(name, key, len, spec)
             .map_err(|e| format!("at {}: {e}", self.place()))
+    }
+
+    /// Whether `class` (a global node) is one `Foreign::Records` trusts.
+    fn is_record(&self, class: Id) -> bool {
+        let Some(allowed) = &self.records else {
+            return false;
+        };
+        match self.l.arena.get(class) {
+            Value::Global(g) => match &**g {
+                Global::Foreign { module, name } => {
+                    allowed.permits(module, name) && !eval::Allowed::is_forwarder(module, name)
+                }
+                Global::Known(_) => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// An allowed object as `plain=True` gives it: `$class`, `$args` and
+    /// `$kwargs` when non-empty, `$items`, then the SETITEMS keys and the
+    /// BUILD state merged in when that loses nothing (every key a str not
+    /// starting with `$` and new), else whole as `$dictitems` / `$state`.
+    fn plain_record(&mut self, o: &eval::Object, depth: usize) -> Res<Node> {
+        let a = &self.l.arena;
+        let class = match a.get(o.class) {
+            Value::Global(g) => match &**g {
+                Global::Foreign { module, name } => format!("{module}:{name}"),
+                Global::Known(k) => k.qualname(),
+            },
+            other => return self.fail(format!("an object made by {}", other.describe())),
+        };
+        let mut pairs = vec![(self.str_node("$class"), self.str_node(&class))];
+        let mut keys: HashSet<String> = HashSet::from(["$class".to_string()]);
+        let truthy = |id: Id| match a.get(id) {
+            Value::None => false,
+            Value::Tuple(v) | Value::List(v) => !v.is_empty(),
+            Value::Dict(d) => !d.items.is_empty(),
+            _ => true,
+        };
+        for (key, part) in [("$args", o.args), ("$kwargs", o.kwargs)] {
+            if let Some(v) = part.filter(|&v| truthy(v)) {
+                self.field(&mut pairs, key, v, depth)?;
+                keys.insert(key.to_string());
+            }
+        }
+        if !o.list_items.is_empty() {
+            let k = self.str_node("$items");
+            self.path.push(PathPart::Key("$items".into()));
+            let items = self.items(&o.list_items, depth);
+            self.path.pop();
+            let node = self.push(Node::List(items?));
+            pairs.push((k, node));
+            keys.insert("$items".into());
+        }
+        if !o.dict_items.is_empty() {
+            let items = self.l.arena.dict_items(&o.dict_items);
+            if !self.merge(&mut pairs, &mut keys, &[items.as_slice()], depth)? {
+                let k = self.str_node("$dictitems");
+                self.path.push(PathPart::Key("$dictitems".into()));
+                let dict = self.pairs(&items, depth);
+                self.path.pop();
+                let node = self.push(Node::Dict(dict?));
+                pairs.push((k, node));
+                keys.insert("$dictitems".into());
+            }
+        }
+        if let Some(state) = o.state {
+            let parts: Vec<Id> = match a.get(state) {
+                Value::Tuple(v) if v.len() == 2 => v.clone(),
+                _ => vec![state],
+            };
+            let mut dicts: Vec<Vec<(Id, Id)>> = Vec::new();
+            let mut plain = true;
+            for p in parts {
+                match a.get(p) {
+                    Value::None => {}
+                    Value::Dict(d)
+                        if matches!(d.kind, DictKind::Dict | DictKind::OrderedDict)
+                            && d.state.is_none() =>
+                    {
+                        dicts.push(a.dict_items(&d.items))
+                    }
+                    _ => plain = false,
+                }
+            }
+            let slices: Vec<&[(Id, Id)]> = dicts.iter().map(Vec::as_slice).collect();
+            if !(plain && self.merge(&mut pairs, &mut keys, &slices, depth)?) {
+                self.field(&mut pairs, "$state", state, depth)?;
+            }
+        }
+        Ok(Node::Dict(pairs))
+    }
+
+    fn field(
+        &mut self,
+        pairs: &mut Vec<(NodeId, NodeId)>,
+        key: &str,
+        v: Id,
+        depth: usize,
+    ) -> Res<()> {
+        let k = self.str_node(key);
+        self.path.push(PathPart::Key(key.to_string()));
+        let n = self.walk(v, depth + 1);
+        self.path.pop();
+        pairs.push((k, n?));
+        Ok(())
+    }
+
+    /// Merges dict entries into a record when every key is a str that does
+    /// not start with `$` (a file cannot forge `$class`) and none is there
+    /// yet; `false` (nothing merged) otherwise.
+    fn merge(
+        &mut self,
+        pairs: &mut Vec<(NodeId, NodeId)>,
+        keys: &mut HashSet<String>,
+        parts: &[&[(Id, Id)]],
+        depth: usize,
+    ) -> Res<bool> {
+        let mut new: HashSet<&str> = HashSet::new();
+        for part in parts {
+            for &(k, _) in *part {
+                match self.l.arena.get(k) {
+                    Value::Str(s) => match s.as_str() {
+                        Some(t) if !t.starts_with('$') && !keys.contains(t) && new.insert(t) => {}
+                        _ => return Ok(false),
+                    },
+                    _ => return Ok(false),
+                }
+            }
+        }
+        let names: Vec<String> = new.iter().map(|s| s.to_string()).collect();
+        for part in parts {
+            for &(k, v) in *part {
+                let key = self.l.arena.str_of(k).unwrap_or_default().to_string();
+                self.field(pairs, &key, v, depth)?;
+            }
+        }
+        keys.extend(names);
+        Ok(true)
     }
 
     /// A foreign object in salvage mode: a module becomes its state dict,

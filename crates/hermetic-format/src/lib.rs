@@ -30,7 +30,7 @@ pub use dtype::{
 };
 pub use error::{FormatError, Result};
 #[cfg(feature = "pickle")]
-pub use from_pickle::{convert, Converted, ConvertedData};
+pub use from_pickle::{convert, convert_with, Converted, ConvertedData, Foreign};
 pub use header::{
     check_tree, flat_tree, parse_doc, resolve, Doc, EntryInfo, Header, Resolved, DATA_ALIGNMENT,
     FORMAT_VERSION, HERMETIC_KEY, MAX_HEADER_SIZE,

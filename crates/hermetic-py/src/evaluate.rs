@@ -390,8 +390,13 @@ impl<'py> Builder<'_, '_, 'py> {
                     let items = PyList::new(self.py, self.objs_of(&o.list_items)?)?;
                     self.maker.call_method1("extend", (&obj, items))?;
                 }
-                for &(k, v) in &o.dict_items {
-                    obj.set_item(self.obj(k)?, self.obj(v)?)?;
+                if !o.dict_items.is_empty() {
+                    let mut pairs = Vec::with_capacity(o.dict_items.len());
+                    for &(k, v) in &o.dict_items {
+                        pairs.push((self.obj(k)?, self.obj(v)?));
+                    }
+                    let pairs = PyList::new(self.py, pairs)?;
+                    self.maker.call_method1("set_items", (&obj, pairs))?;
                 }
             }
             _ => {}

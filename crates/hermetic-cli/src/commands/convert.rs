@@ -49,8 +49,15 @@ pub(crate) fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<ExitStatus,
     if hermetic_pickle::containers::is_safetensors(data) {
         return from_safetensors(input, &args.output, out);
     }
+    let allow = match eval::AllowList::parse(&args.allow) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("hermetic: {e}");
+            return Ok(ExitStatus::Usage);
+        }
+    };
     let policy = Policy::default();
-    let opts = LoadOptions {
+    let mut opts = LoadOptions {
         mode: if args.salvage {
             Mode::Salvage
         } else {
@@ -62,20 +69,30 @@ pub(crate) fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<ExitStatus,
         allowed: eval::Allowed::none(),
         encoding: None,
     };
-    let loaded = match eval::load(data, &name, &opts) {
+    let report = hermetic_pickle::scan_bytes(data, &name, opts.policy, &opts.limits);
+    let trusted = allow.trusted(&report);
+    if !args.allow.is_empty() {
+        opts.allowed = &trusted;
+    }
+    let loaded = match eval::load_scanned(data, &name, &opts, report) {
         Ok(l) => l,
         Err(e) => {
             let hint = match &e {
-                EvalError::Unsafe(u) if !args.salvage && dangerous_free(u) => {
-                    "\n`hermetic convert --salvage` extracts the tensors and plain data of such a file without running it."
-                }
-                _ => "",
+                EvalError::Unsafe(u) if !args.salvage && dangerous_free(u) => allow_hint(u),
+                _ => String::new(),
             };
             eprintln!("hermetic: {e}{hint}");
             return Ok(ExitStatus::Findings);
         }
     };
-    let mut conv = match hermetic_format::convert(&loaded, args.salvage) {
+    let foreign = if args.salvage {
+        hermetic_format::Foreign::Salvage
+    } else if opts.allowed.is_empty() {
+        hermetic_format::Foreign::Refuse
+    } else {
+        hermetic_format::Foreign::Records(opts.allowed.clone())
+    };
+    let mut conv = match hermetic_format::convert_with(&loaded, foreign) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("hermetic: {name}: {e}");
@@ -227,4 +244,32 @@ impl<S: EntrySource> EntrySource for Progress<'_, S> {
             Ok(())
         })
     }
+}
+
+/// What to pass to convert a file whose refusal names only classes: the
+/// exact `--allow` flags, or `--salvage`. Neither runs anything.
+fn allow_hint(u: &eval::Unsafe) -> String {
+    let mut names: Vec<&str> = Vec::new();
+    for o in &u.offenders {
+        let (m, n) = o.global.split_once(':').unwrap_or(("", ""));
+        // Only names that parse as an allow entry (identifiers): the line is
+        // meant to be pasted into a shell, and the names come from the file.
+        let entry_ok = eval::AllowList::parse([o.global.as_str()]).is_ok();
+        if o.code == "unknown_import"
+            && entry_ok
+            && eval::Allowed::trustable(m, n)
+            && !names.contains(&o.global.as_str())
+        {
+            names.push(&o.global);
+        }
+    }
+    if names.is_empty() {
+        return "\n`hermetic convert --salvage` extracts the tensors and plain data of such a file without running it.".into();
+    }
+    let flags: Vec<String> = names.iter().map(|n| format!("--allow {n}")).collect();
+    format!(
+        "\nTo convert it anyway, running nothing: `{}` keeps those objects as `$class` records, \
+         or `--salvage` keeps every object's class, arguments and state.",
+        flags.join(" ")
+    )
 }

@@ -186,6 +186,69 @@ impl Allowed {
     }
 }
 
+/// An allow list in hermetic's syntax, for callers that trust names without
+/// importing anything (`hermetic convert --allow`): `module:qualname`
+/// exactly, or `module:*` for what that module itself names (never its
+/// submodules: `pkg:*` does not cover `pkg.sub:X`). The Python front matches
+/// the same syntax against the objects it resolves.
+#[derive(Clone, Debug, Default)]
+pub struct AllowList {
+    exact: std::collections::HashSet<String>,
+    modules: std::collections::HashSet<String>,
+}
+
+impl AllowList {
+    pub fn parse<I: IntoIterator<Item = S>, S: AsRef<str>>(entries: I) -> Result<Self, String> {
+        let mut list = AllowList::default();
+        for entry in entries {
+            let entry = entry.as_ref().trim();
+            let valid = |part: &str| {
+                !part.is_empty()
+                    && part.split('.').all(|w| {
+                        let mut c = w.chars();
+                        c.next().is_some_and(|f| f == '_' || f.is_alphabetic())
+                            && c.all(|ch| ch == '_' || ch.is_alphanumeric())
+                    })
+            };
+            match entry.split_once(':') {
+                Some((m, "*")) if valid(m) => {
+                    list.modules.insert(m.to_string());
+                }
+                Some((m, q)) if valid(m) && valid(q) => {
+                    list.exact.insert(entry.to_string());
+                }
+                _ => {
+                    return Err(format!(
+                        "bad allow entry {entry:?}: expected `module:qualname` or `module:*`"
+                    ))
+                }
+            }
+        }
+        Ok(list)
+    }
+
+    pub fn permits(&self, name: &str) -> bool {
+        if self.exact.contains(name) {
+            return true;
+        }
+        name.split_once(':')
+            .is_some_and(|(m, q)| self.modules.contains(m) && !q.contains("<locals>"))
+    }
+
+    /// The globals of a scanned file this list trusts, as the exact set a
+    /// load takes (standard-library classes included, which the evaluator
+    /// rebuilds anyway: a caller may want their objects as records).
+    pub fn trusted(&self, report: &FileReport) -> Allowed {
+        let names = report
+            .streams
+            .iter()
+            .flat_map(|s| &s.globals)
+            .map(|g| format!("{}:{}", g.module, g.name))
+            .filter(|n| self.permits(n));
+        Allowed::new(names)
+    }
+}
+
 /// Finding codes that mean a stream or container cannot be evaluated
 /// faithfully (or loaders disagree about it), whatever the mode.
 const STRUCTURAL: &[&str] = &[

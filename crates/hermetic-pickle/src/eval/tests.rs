@@ -340,3 +340,30 @@ mod props {
         }
     }
 }
+
+#[test]
+fn allow_list_syntax_and_matching() {
+    use super::AllowList;
+    let list =
+        AllowList::parse(["argparse:Namespace", "omegaconf.base:*", "pkg:Outer.Inner"]).unwrap();
+    assert!(list.permits("argparse:Namespace"));
+    assert!(!list.permits("argparse:ArgumentParser"));
+    assert!(list.permits("omegaconf.base:Metadata"));
+    // `module:*` covers what the module names, never its submodules.
+    assert!(!list.permits("omegaconf.base.sub:Metadata"));
+    assert!(!list.permits("omegaconf:Metadata"));
+    assert!(!list.permits("omegaconf.base:f.<locals>.C"));
+    assert!(list.permits("pkg:Outer.Inner"));
+    for bad in [
+        "argparse",
+        "argparse:",
+        ":x",
+        "a b:c",
+        "a:b;c",
+        "$(x):y",
+        "a:*x",
+        "a.:b",
+    ] {
+        assert!(AllowList::parse([bad]).is_err(), "{bad}");
+    }
+}
