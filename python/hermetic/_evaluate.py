@@ -563,11 +563,26 @@ def load_pickle(
     Nothing is imported or called for them; dangerous imports are still
     refused.
     """
+    return _load_pickle(source, allow, encoding, plain, companions=False)
+
+
+def _load_pickle(
+    source: PathLike | bytes | bytearray | memoryview | IO[bytes],
+    allow: Iterable[Any] | None,
+    encoding: str,
+    plain: bool,
+    *,
+    companions: bool,
+) -> Any:
+    """``load_pickle``; ``companions`` reads the array files beside an old
+    joblib dump, as ``joblib.load`` (not ``pickle.load``) does."""
     src = _source(source)
     trusted = allowlist(allow)
     maker = Maker(src, mmap=False, allow=trusted, plain=plain)
     try:
-        _, obj = _hermetic.evaluate(src, "any", maker, trust(trusted, plain), encoding)
+        _, obj = _hermetic.evaluate(
+            src, "any", maker, trust(trusted, plain), encoding, companions=companions
+        )
     finally:
         maker.close()
     return obj

@@ -110,4 +110,5 @@ def evaluate(
     maker: object,
     allow: object | None = None,
     encoding: str | None = None,
+    companions: bool = False,
 ) -> tuple[str, object]: ...

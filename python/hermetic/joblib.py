@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable
 from typing import IO, Any
 
-from hermetic._evaluate import load_pickle
+from hermetic._evaluate import _load_pickle
 
 __all__ = ["load"]
 
@@ -33,9 +33,14 @@ def load(
     their ``__setstate__`` runs, as it would under ``joblib.load``, but nothing
     the file names beyond the list is imported or called.
 
+    Dumps of joblib < 0.10 keep their arrays in companion files beside the
+    dump (``model.pkl_01.npy``, ``model.pkl_01.npy.z``); given a path, those
+    are read as joblib reads them, numeric arrays only (an object array there
+    would be unpickled by joblib) and only plain names in the dump's folder.
+
     ``mmap_mode`` other than ``None`` is refused (arrays are read into memory).
-    Arrays are returned in the machine's byte order, as joblib's default does;
-    a big-endian array is refused rather than swapped.
+    Arrays are returned in the machine's byte order, swapped where the file
+    holds big-endian ones, as joblib's default does.
     """
     if mmap_mode is not None:
         raise ValueError(
@@ -46,4 +51,4 @@ def load(
             "hermetic.joblib.load returns native-byte-order arrays only "
             "(ensure_native_byte_order='auto' or True)"
         )
-    return load_pickle(filename, allow=allow, plain=plain)
+    return _load_pickle(filename, allow, "ASCII", plain, companions=True)

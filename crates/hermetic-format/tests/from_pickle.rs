@@ -25,6 +25,7 @@ fn torch_state_dict_converts_and_verifies() {
             limits: Limits::default(),
             allowed: eval::Allowed::none(),
             encoding: None,
+            companions: None,
         };
         let loaded = eval::load(&data, name, &opts).unwrap();
         let mut c = convert(&loaded, false).unwrap();
@@ -53,6 +54,7 @@ fn a_pickled_model_is_refused_unless_salvaged() {
         limits: Limits::default(),
         allowed: eval::Allowed::none(),
         encoding: None,
+        companions: None,
     };
     assert!(eval::load(&data, "model_whole.pt", &strict).is_err());
     let salvage = LoadOptions {

@@ -7,8 +7,9 @@
 
 use crate::errors::{CheckpointError, UnsafePickleError};
 use hermetic_pickle::eval::{
-    gate, load_scanned, map_file, Allowed, ArrayData, DictKind, EvalError, Flavor, Format, Global,
-    Id, Known, LoadOptions, Loaded, Made, Mode, NpDtype, Py2Str, StorageData, StorageView, Value,
+    admit_companions, gate, load_scanned, map_file, Allowed, ArrayData, Companions, DictKind,
+    EvalError, Flavor, Format, Global, Id, Known, LoadOptions, Loaded, Made, Mode, NpDtype, Py2Str,
+    StorageData, StorageView, Value,
 };
 use hermetic_pickle::{Limits, Policy};
 use pyo3::exceptions::PyValueError;
@@ -509,7 +510,7 @@ fn build_python<'py>(
 /// a file refused only for `unknown_import`s is loaded again trusting the
 /// names it permits, and the maker rebuilds those classes.
 #[pyfunction]
-#[pyo3(signature = (source, flavor, maker, allow=None, encoding=None))]
+#[pyo3(signature = (source, flavor, maker, allow=None, encoding=None, companions=false))]
 fn evaluate<'py>(
     py: Python<'py>,
     source: &Bound<'py, PyAny>,
@@ -517,6 +518,7 @@ fn evaluate<'py>(
     maker: &Bound<'py, PyAny>,
     allow: Option<&Bound<'py, PyAny>>,
     encoding: Option<&str>,
+    companions: bool,
 ) -> PyResult<(String, Bound<'py, PyAny>)> {
     let encoding = match encoding {
         None => None,
@@ -536,7 +538,10 @@ fn evaluate<'py>(
         }
     };
     let policy = Policy::builtin();
-    let run = |data: &[u8], name: &str| -> PyResult<(String, Bound<'py, PyAny>)> {
+    let run = |data: &[u8],
+               name: &str,
+               beside: Option<&Companions>|
+     -> PyResult<(String, Bound<'py, PyAny>)> {
         let mut opts = LoadOptions {
             mode: Mode::Strict,
             flavor,
@@ -544,9 +549,13 @@ fn evaluate<'py>(
             limits: Limits::default(),
             allowed: Allowed::none(),
             encoding,
+            companions: beside,
         };
-        let report =
+        let mut report =
             py.allow_threads(|| hermetic_pickle::scan_bytes(data, name, policy, &opts.limits));
+        if beside.is_some() {
+            admit_companions(&mut report);
+        }
         let refused = match (allow, gate(&report, Mode::Strict, Allowed::none())) {
             (Some(_), Err(EvalError::Unsafe(u))) => Some(u),
             _ => None,
@@ -569,22 +578,24 @@ fn evaluate<'py>(
         Ok((loaded.format.as_str().to_string(), obj))
     };
     if let Ok(b) = source.downcast::<PyBytes>() {
-        return run(b.as_bytes(), "<bytes>");
+        return run(b.as_bytes(), "<bytes>", None);
     }
     if let Ok(b) = source.downcast::<PyByteArray>() {
         let copy = b.to_vec();
-        return run(&copy, "<bytes>");
+        return run(&copy, "<bytes>", None);
     }
     let path: PathBuf = source.extract()?;
     let name = path.display().to_string();
     let io = |e: std::io::Error| PyErr::from(std::io::Error::new(e.kind(), format!("{name}: {e}")));
     let file = hermetic_pickle::fsio::open_regular(&path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
+    // joblib.load opens the companion files of old dumps beside the file.
+    let beside = companions.then(|| Companions::beside(&path));
     if len == 0 {
-        return run(&[], &name);
+        return run(&[], &name, beside.as_ref());
     }
     let map = py.allow_threads(|| map_file(&file)).map_err(io)?;
-    run(&map, &name)
+    run(&map, &name, beside.as_ref())
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

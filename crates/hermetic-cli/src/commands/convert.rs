@@ -57,6 +57,7 @@ pub(crate) fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<ExitStatus,
         }
     };
     let policy = Policy::default();
+    let companions = eval::Companions::beside(input);
     let mut opts = LoadOptions {
         mode: if args.salvage {
             Mode::Salvage
@@ -68,6 +69,7 @@ pub(crate) fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<ExitStatus,
         limits: Limits::default(),
         allowed: eval::Allowed::none(),
         encoding: None,
+        companions: Some(&companions),
     };
     let report = hermetic_pickle::scan_bytes(data, &name, opts.policy, &opts.limits);
     let trusted = allow.trusted(&report);

@@ -55,6 +55,7 @@ pub(crate) fn run_file(
         limits: Limits::default(),
         allowed: eval::Allowed::none(),
         encoding: None,
+        companions: None,
     };
     let loaded = match eval::load(&map, &name, &opts) {
         Ok(l) => l,

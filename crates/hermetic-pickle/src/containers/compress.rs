@@ -78,6 +78,32 @@ fn is_zfile_length(field: &[u8]) -> bool {
     crate::text::py_int_bytes(field, 16).is_some_and(|n| n >= 0)
 }
 
+/// The data of a whole z-file, as joblib's `read_zfile` returns it: the
+/// stream decompressed (at most `max` bytes), which must be exactly as long
+/// as the header says (joblib asserts that).
+pub fn read_zfile(data: &[u8], max: u64) -> Result<Vec<u8>, String> {
+    if Compression::detect(data) != Some(Compression::ZFile) {
+        return Err("not a joblib z-file (`ZF` and a hex length)".into());
+    }
+    let field = &data[2..data.len().min(2 + ZFILE_LEN_FIELD)];
+    let length =
+        crate::text::py_int_bytes(field, 16).ok_or("a z-file length that is not a hex number")?;
+    let d = decompress(data, Compression::ZFile, max);
+    if d.limit_hit {
+        return Err(format!("the z-file decompresses to more than {max} bytes"));
+    }
+    if let Some(e) = d.error {
+        return Err(format!("the z-file's zlib data is corrupt: {e}"));
+    }
+    if i128::try_from(d.data.len()).ok() != Some(length) {
+        return Err(format!(
+            "the z-file says {length} bytes and holds {}",
+            d.data.len()
+        ));
+    }
+    Ok(d.data)
+}
+
 /// Decides from the first decompressed bytes whether to go on.
 pub type Gate<'g> = &'g dyn Fn(&[u8]) -> bool;
 

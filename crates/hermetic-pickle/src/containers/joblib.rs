@@ -877,7 +877,7 @@ fn scan_one(
         } else if wrapper {
             f.code = "joblib_array_wrapper".into();
             f.severity = Verdict::Suspicious;
-            f.reason = "joblib's old array placeholder: joblib.load reads the array from a companion file, which this scan does not read".into();
+            f.reason = "joblib's old array placeholder: joblib.load reads the array from a companion file, which this scan does not read (hermetic.joblib.load reads numeric companions)".into();
         }
     }
     report.findings.retain(|f| !f.code.is_empty());

@@ -116,6 +116,7 @@ impl<'o> Reader<'o> {
             torch_names: torch,
             allowed: opts.allowed,
             joblib: false,
+            companions: opts.companions,
         }
     }
 
@@ -912,24 +913,31 @@ fn npy_value<'a>(
         .map_err(|e| r.err(base, Problem::Limit(e)))
 }
 
-type NpyHeader = (super::value::NpDtype, Vec<u64>, bool, usize);
+pub(crate) type NpyHeader = (super::value::NpDtype, Vec<u64>, bool, usize);
 
 fn npy_header(data: &[u8], base: u64, r: &Reader<'_>) -> Result<NpyHeader, EvalError> {
+    npy_header_in(data, base, &r.file)
+}
+
+/// The dtype, shape, order and data offset of an `.npy` held in `data`
+/// (errors name `file` and offsets from `base`).
+pub(crate) fn npy_header_in(data: &[u8], base: u64, file: &str) -> Result<NpyHeader, EvalError> {
+    let err = |o: u64, p: Problem| p.at(file, o);
     let h = npy::parse_header(data)
-        .map_err(|e| r.err(base + e.offset(), malformed(format!("npy header: {e}"))))?;
+        .map_err(|e| err(base + e.offset(), malformed(format!("npy header: {e}"))))?;
     if let Some(p) = &h.problem {
-        return Err(r.err(base + 8, malformed(format!("npy header: {p}"))));
+        return Err(err(base + 8, malformed(format!("npy header: {p}"))));
     }
     let start = if h.major == 1 { 10 } else { 12 };
     let dict = h
         .dict
         .as_ref()
-        .ok_or_else(|| r.err(base + start as u64, malformed("npy header is not a dict")))?;
+        .ok_or_else(|| err(base + start as u64, malformed("npy header is not a dict")))?;
     let descr = dict
         .get("descr")
-        .ok_or_else(|| r.err(base + start as u64, malformed("npy header without descr")))?;
+        .ok_or_else(|| err(base + start as u64, malformed("npy header without descr")))?;
     let dtype = descr_to_dtype(descr, 0)
-        .map_err(|e| r.err(base + start as u64, unsupported(format!("npy dtype: {e}"))))?;
+        .map_err(|e| err(base + start as u64, unsupported(format!("npy dtype: {e}"))))?;
     let fortran = matches!(dict.get("fortran_order"), Some(PyValue::Bool(true)));
     let shape = match dict.get("shape") {
         Some(PyValue::Tuple(dims)) => dims
@@ -937,22 +945,27 @@ fn npy_header(data: &[u8], base: u64, r: &Reader<'_>) -> Result<NpyHeader, EvalE
             .map(|d| match d {
                 PyValue::Int(Some(n)) if *n >= 0 => Ok(*n as u64),
                 PyValue::Bool(b) => Ok(*b as u64),
-                _ => Err(r.err(
+                _ => Err(err(
                     base + start as u64,
                     malformed("npy shape holds a bad dimension"),
                 )),
             })
             .collect::<Result<Vec<_>, _>>()?,
-        _ => return Err(r.err(base + start as u64, malformed("npy shape is not a tuple"))),
+        _ => {
+            return Err(err(
+                base + start as u64,
+                malformed("npy shape is not a tuple"),
+            ))
+        }
     };
     if shape.len() > super::numpy::MAX_NDIM {
-        return Err(r.err(
+        return Err(err(
             base,
             Problem::Limit("an array with more than 64 dimensions".into()),
         ));
     }
     if h.object == ObjectDtype::Yes && !dtype.has_object() {
-        return Err(r.err(
+        return Err(err(
             base + start as u64,
             malformed("npy descr disagrees about objects"),
         ));

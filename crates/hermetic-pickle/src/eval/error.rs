@@ -224,6 +224,11 @@ impl Budget {
         Ok(())
     }
 
+    /// What may still be charged.
+    pub(crate) fn left(&self) -> u64 {
+        self.left
+    }
+
     pub(crate) fn charge_problem(&mut self, n: u64) -> Result<(), Problem> {
         self.charge(n).map_err(Problem::Limit)
     }

@@ -61,6 +61,8 @@ pub(crate) struct Ctx<'c> {
     /// The stream is a joblib dump (as the scanner recognises one): a
     /// `NumpyArrayWrapper`'s array bytes follow its BUILD.
     pub joblib: bool,
+    /// Where joblib < 0.10 dumps keep their arrays, if the caller knows.
+    pub companions: Option<&'c super::Companions>,
 }
 
 /// Resolves persistent ids (`BINPERSID`/`PERSID`) for the container.
@@ -148,6 +150,9 @@ pub(crate) fn run_stream<'a>(
             if let Some(next) = m.joblib_inline(data, instr.end, base, file, persist)? {
                 // The array's bytes are not opcodes: go on after them.
                 parser = Parser::new(data, next);
+            }
+            if ctx.companions.is_some() {
+                m.joblib_companion(file, at)?;
             }
         }
         if m.stack.len() + m.depth > ctx.limits.max_stack {
@@ -276,6 +281,11 @@ impl<'a> Machine<'a, '_> {
         };
         if self.ctx.joblib && module == "joblib.numpy_pickle" && name == "NumpyArrayWrapper" {
             return Ok(calls::known_value(Known::JoblibWrapper));
+        }
+        if self.ctx.joblib && self.ctx.companions.is_some() && old_wrapper(&module, &name).is_some()
+        {
+            // A placeholder `joblib_companion` replaces by the companion's array.
+            return Ok(Value::Global(Box::new(Global::Foreign { module, name })));
         }
         match calls::resolve(&module, &name, self.ctx.torch_names) {
             Some(k) => Ok(calls::known_value(k)),
@@ -851,18 +861,193 @@ impl<'a> Machine<'a, '_> {
             })?;
         // A new node: the memo keeps the wrapper, as joblib's does (a later
         // memo get of it is the wrapper there, and refused here).
+        let (dtype, bytes) = if dtype.native_order() {
+            (dtype, Cow::Borrowed(&data[pos..end]))
+        } else {
+            // joblib.load's `_ensure_native_byte_order`: a swapped copy.
+            self.budget
+                .charge_problem(nbytes as u64)
+                .map_err(|p| p.at(file, base + pos as u64))?;
+            let (d, b) = native_order(dtype, data[pos..end].to_vec())
+                .map_err(|p| p.at(file, base + pos as u64))?;
+            (d, Cow::Owned(b))
+        };
         let arr = self
             .push_value(Value::Array(Box::new(value::NdArray {
                 dtype,
                 shape,
                 fortran,
-                data: ArrayData::Bytes(Cow::Borrowed(&data[pos..end])),
+                data: ArrayData::Bytes(bytes),
             })))
             .map_err(|p| p.at(file, base + pos as u64))?;
         if let Some(t) = self.stack.last_mut() {
             *t = arr;
         }
         Ok(Some(end))
+    }
+
+    /// After BUILD on joblib < 0.10's `NDArrayWrapper` / `ZNDArrayWrapper`:
+    /// the array `joblib.load` reads from the companion file the wrapper
+    /// names, in the wrapper's place on the stack (the memo keeps the
+    /// wrapper, as joblib's does). `NDArrayWrapper`: an `.npy` file, read as
+    /// `np.load` reads it, numeric dtypes only. `ZNDArrayWrapper`: a z-file
+    /// of the raw data, given to `_reconstruct(*init_args).__setstate__(state
+    /// + (data,))`. Either comes back in the native byte order, as joblib's
+    /// `_ensure_native_byte_order` makes it.
+    fn joblib_companion(&mut self, file: &str, at: u64) -> Result<(), EvalError> {
+        let Some(&top) = self.stack.last() else {
+            return Ok(());
+        };
+        let (zipped, state) = match self.arena.get(top) {
+            Value::Object(o) => match self.arena.get(o.class) {
+                Value::Global(g) => match &**g {
+                    Global::Foreign { module, name } => match old_wrapper(module, name) {
+                        Some(z) => (z, o.state),
+                        None => return Ok(()),
+                    },
+                    Global::Known(_) => return Ok(()),
+                },
+                _ => return Ok(()),
+            },
+            _ => return Ok(()),
+        };
+        let Some(companions) = self.ctx.companions else {
+            return Ok(());
+        };
+        let fail = |p: Problem| p.at(file, at);
+        let attrs = self.wrapper_attrs(state).map_err(fail)?;
+        let get = |k: &str| {
+            attrs.get(k).copied().ok_or_else(|| {
+                fail(malformed(format!(
+                    "a joblib array placeholder without `{k}`"
+                )))
+            })
+        };
+        let name = match self.arena.get(get("filename")?) {
+            Value::Str(s) => s
+                .as_str()
+                .ok_or_else(|| fail(malformed("a companion file name that is not UTF-8")))?
+                .to_string(),
+            other => {
+                return Err(fail(malformed(format!(
+                    "a companion file name that is {}",
+                    other.describe()
+                ))))
+            }
+        };
+        let bytes = companions
+            .read(&name, self.budget.left())
+            .map_err(|e| fail(unsupported(format!("joblib's companion array: {e}"))))?;
+        self.budget
+            .charge_problem(bytes.len() as u64)
+            .map_err(fail)?;
+        let arr = if zipped {
+            self.companion_z(get("init_args")?, get("state")?, &bytes, &name)
+        } else {
+            self.companion_npy(get("subclass")?, bytes, &name)
+        }
+        .map_err(fail)?;
+        if let Some(t) = self.stack.last_mut() {
+            *t = arr;
+        }
+        Ok(())
+    }
+
+    fn wrapper_attrs(&self, state: Option<Id>) -> Result<HashMap<String, Id>, Problem> {
+        let Some(Value::Dict(d)) = state.map(|s| self.arena.get(s)) else {
+            return Err(malformed(
+                "a joblib array placeholder whose state is not a dict",
+            ));
+        };
+        let mut attrs = HashMap::new();
+        for (k, v) in self.arena.dict_items(&d.items) {
+            let key = self.arena.str_of(k).ok_or_else(|| {
+                malformed("a joblib array placeholder attribute that is not a str")
+            })?;
+            attrs.insert(key.to_string(), v);
+        }
+        Ok(attrs)
+    }
+
+    fn companion_npy(&mut self, subclass: Id, bytes: Vec<u8>, name: &str) -> Result<Id, Problem> {
+        if !matches!(self.arena.get(subclass), Value::Global(g) if matches!(**g, Global::Known(Known::NpNdarray)))
+        {
+            return Err(unsupported(format!(
+                "a joblib companion array of the subclass {} (only numpy.ndarray is read)",
+                self.arena.get(subclass).describe()
+            )));
+        }
+        let (dtype, shape, fortran, offset) = super::checkpoint::npy_header_in(&bytes, 0, name)
+            .map_err(|e| unsupported(e.to_string()))?;
+        if dtype.has_object() {
+            return Err(unsupported(format!(
+                "{name} is an object array: joblib.load unpickles it with np.load(allow_pickle=True)"
+            )));
+        }
+        let n = super::numpy::array_nbytes(&shape, dtype.itemsize())
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| malformed(format!("{name}: the array's size overflows")))?;
+        let end = offset
+            .checked_add(n)
+            .filter(|&e| e <= bytes.len())
+            .ok_or_else(|| {
+                malformed(format!(
+                    "{name}: the array needs {n} bytes of data; the file ends first"
+                ))
+            })?;
+        let mut data = bytes;
+        data.truncate(end);
+        data.drain(..offset);
+        let (dtype, data) = native_order(dtype, data)?;
+        self.push_value(Value::Array(Box::new(value::NdArray {
+            dtype,
+            shape,
+            fortran,
+            data: ArrayData::Bytes(Cow::Owned(data)),
+        })))
+    }
+
+    fn companion_z(
+        &mut self,
+        init_args: Id,
+        state: Id,
+        bytes: &[u8],
+        name: &str,
+    ) -> Result<Id, Problem> {
+        let data = crate::containers::compress::read_zfile(bytes, self.budget.left())
+            .map_err(|e| malformed(format!("{name}: {e}")))?;
+        let arr = super::numpy::call(self, Known::NpReconstruct, init_args)?;
+        let mut items = self
+            .arena
+            .seq_of(state)
+            .filter(|_| matches!(self.arena.get(state), Value::Tuple(_)))
+            .ok_or_else(|| malformed("a ZNDArrayWrapper state that is not a tuple"))?
+            .to_vec();
+        let d = self.push_value(Value::Bytes(Cow::Owned(data)))?;
+        items.push(d);
+        let full = self.push_value(Value::Tuple(items))?;
+        super::numpy::array_setstate(self, arr, full)?;
+        let Value::Array(a) = self.arena.get(arr) else {
+            return Err(malformed("a ZNDArrayWrapper that made no array"));
+        };
+        if a.dtype.has_object() {
+            return Err(unsupported(format!("{name}: an object array in a z-file")));
+        }
+        if !a.dtype.native_order() {
+            let a = (**a).clone();
+            let bytes = match a.data {
+                ArrayData::Bytes(b) => b.into_owned(),
+                _ => return Err(malformed("a ZNDArrayWrapper array without data")),
+            };
+            let (dtype, data) = native_order(a.dtype, bytes)?;
+            return self.push_value(Value::Array(Box::new(value::NdArray {
+                dtype,
+                shape: a.shape,
+                fortran: a.fortran,
+                data: ArrayData::Bytes(Cow::Owned(data)),
+            })));
+        }
+        Ok(arr)
     }
 
     /// Arguments a standard-library class gets that keep its work bounded.
@@ -1119,6 +1304,56 @@ pub(crate) fn encode_code_points(cps: &[u32]) -> (Vec<u8>, bool) {
         }
     }
     (out, utf8)
+}
+
+/// joblib < 0.10's array placeholders: `Some(true)` for `ZNDArrayWrapper`.
+fn old_wrapper(module: &str, name: &str) -> Option<bool> {
+    match (module, name) {
+        ("joblib.numpy_pickle" | "joblib.numpy_pickle_compat", "NDArrayWrapper") => Some(false),
+        ("joblib.numpy_pickle" | "joblib.numpy_pickle_compat", "ZNDArrayWrapper") => Some(true),
+        _ => None,
+    }
+}
+
+/// An array's dtype and bytes in the machine's byte order, as joblib's
+/// `_ensure_native_byte_order` leaves them: a big-endian scalar dtype is
+/// swapped (complex numbers per part, as `ndarray.byteswap` does). A
+/// structured dtype with big-endian fields is refused: joblib swaps it only
+/// when every field is big-endian, a rule not worth a second reading here.
+pub(crate) fn native_order(
+    dtype: value::NpDtype,
+    mut data: Vec<u8>,
+) -> Result<(value::NpDtype, Vec<u8>), Problem> {
+    if dtype.native_order() {
+        return Ok((dtype, data));
+    }
+    match dtype {
+        value::NpDtype::Scalar {
+            kind,
+            itemsize,
+            unit,
+            ..
+        } => {
+            let part = match kind {
+                b'c' => itemsize / 2,
+                b'U' => 4,
+                _ => itemsize,
+            } as usize;
+            super::checkpoint::byteswap(&mut data, part);
+            Ok((
+                value::NpDtype::Scalar {
+                    kind,
+                    itemsize,
+                    order: value::ByteOrder::Little,
+                    unit,
+                },
+                data,
+            ))
+        }
+        _ => Err(unsupported(
+            "a joblib array of a structured dtype with big-endian fields",
+        )),
+    }
 }
 
 #[cfg(test)]

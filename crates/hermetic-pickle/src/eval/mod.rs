@@ -74,6 +74,75 @@ pub struct LoadOptions<'p> {
     pub allowed: &'p Allowed,
     /// `encoding=` for Python 2 strs; `None` is the flavor's loader's default.
     pub encoding: Option<Py2Str>,
+    /// The folder of the file being loaded, for joblib < 0.10 dumps whose
+    /// arrays are companion files beside it; `None` refuses such dumps.
+    pub companions: Option<&'p Companions>,
+}
+
+/// Where a joblib < 0.10 dump keeps its arrays: `NDArrayWrapper` and
+/// `ZNDArrayWrapper` name files that `joblib.load` opens beside the dump
+/// (`<dump>_01.npy`, `<dump>_01.npy.z`). Only plain names in that folder
+/// are read (joblib writes no others; it would follow `../` or an absolute
+/// path, which is refused here), and only numeric arrays: joblib's
+/// `np.load(allow_pickle=True)` of an object companion would unpickle it.
+#[derive(Clone, Debug)]
+pub struct Companions {
+    dir: std::path::PathBuf,
+}
+
+impl Companions {
+    /// The companions of the dump at `path`.
+    pub fn beside(path: &std::path::Path) -> Self {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        Companions { dir }
+    }
+
+    /// The bytes of the companion `name`, at most `max` of them.
+    pub(crate) fn read(&self, name: &str, max: u64) -> Result<Vec<u8>, String> {
+        use std::io::Read;
+        let plain =
+            !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0']);
+        if !plain {
+            return Err(format!(
+                "the companion file name {name:?} is not a plain file name beside the dump"
+            ));
+        }
+        let path = self.dir.join(name);
+        let shown = path.display();
+        let file = crate::fsio::open_regular(&path).map_err(|e| format!("{shown}: {e}"))?;
+        let len = file.metadata().map_err(|e| format!("{shown}: {e}"))?.len();
+        if len > max {
+            return Err(format!(
+                "{shown}: {len} bytes, more than the {max} this load may still use"
+            ));
+        }
+        let mut out = Vec::with_capacity(len as usize);
+        file.take(max.saturating_add(1))
+            .read_to_end(&mut out)
+            .map_err(|e| format!("{shown}: {e}"))?;
+        if out.len() as u64 > max {
+            return Err(format!("{shown}: grew past {max} bytes while read"));
+        }
+        Ok(out)
+    }
+}
+
+/// Removes the findings that stand for joblib's old array placeholders
+/// from a scan, for a load that reads their companions itself (and refuses
+/// any that is not a numeric array).
+pub fn admit_companions(report: &mut FileReport) {
+    for s in &mut report.streams {
+        s.findings.retain(|f| f.code != "joblib_array_wrapper");
+        s.verdict = s
+            .findings
+            .iter()
+            .map(|f| f.severity)
+            .max()
+            .unwrap_or(Verdict::Safe);
+    }
 }
 
 /// Foreign globals the caller trusts, by the exact `module:name` the file
@@ -349,6 +418,10 @@ pub fn load_scanned<'a>(
     opts: &LoadOptions<'_>,
     report: FileReport,
 ) -> Result<Loaded<'a>, EvalError> {
+    let mut report = report;
+    if opts.companions.is_some() {
+        admit_companions(&mut report);
+    }
     gate(&report, opts.mode, opts.allowed)?;
     let limit = opts
         .limits

@@ -659,10 +659,14 @@ pub(crate) fn joblib_setstate(m: &mut Machine<'_, '_>, obj: Id, state: Id) -> Re
         return Err(Problem::Limit("a numpy dtype nested too deeply".into()));
     }
     // joblib.load makes arrays native-endian (ensure_native_byte_order):
-    // swapping is not done here, so other byte orders are refused.
-    if !dtype.has_object() && !dtype.native_order() {
+    // the bytes are swapped when they are read (`joblib_inline`); dtypes
+    // that rule does not cover are refused here, before any bytes.
+    if !dtype.has_object()
+        && !dtype.native_order()
+        && !matches!(dtype, super::value::NpDtype::Scalar { .. })
+    {
         return Err(unsupported(
-            "a big-endian joblib array (joblib.load swaps it to the native order)",
+            "a joblib array of a structured dtype with big-endian fields",
         ));
     }
     // joblib >= 1.2 writes numpy_array_alignment_bytes and a padding byte;

@@ -10,6 +10,7 @@ fn opts(mode: Mode, flavor: Flavor) -> LoadOptions<'static> {
         limits: Limits::default(),
         allowed: Allowed::none(),
         encoding: None,
+        companions: None,
     }
 }
 
@@ -261,6 +262,7 @@ mod props {
             limits: small_limits(),
             allowed: Allowed::none(),
             encoding: None,
+            companions: None,
         };
         if let Err(e) = load(data, "f", &o) {
             // Every error names the file.
