@@ -405,13 +405,20 @@ class _Maker:
     one entry is made from one storage, so shared storage stays shared."""
 
     def __init__(
-        self, archive: Any, buffers: list[Any], framework: str | None, device: Any
+        self,
+        archive: Any,
+        buffers: list[Any],
+        framework: str | None,
+        device: Any,
+        mmap: bool = True,
     ) -> None:
         self.archive = archive
         self.buffers = buffers
         self.framework = framework
         self.device = device
+        self.mmap = mmap
         self.bases: dict[tuple[str, str], Any] = {}
+        self.files: dict[int, Any] = {}
 
     def buffer(self, file: int) -> Any:
         buf = self.buffers[file]
@@ -422,6 +429,30 @@ class _Maker:
                 buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
             self.buffers[file] = buf
         return buf
+
+    def read_into(self, file: int, start: int, out: Any) -> None:
+        """``mmap=False``: the entry's bytes copied into ``out`` (memory the
+        caller owns), so nothing done to the file later reaches the tensors."""
+        f = self.files.get(file)
+        if f is None:
+            f = self.files[file] = builtins.open(self.archive.paths()[file], "rb")
+        view = memoryview(out).cast("B")
+        f.seek(start)
+        got = 0
+        while got < len(view):
+            n = f.readinto(view[got:])
+            if not n:
+                raise FormatError(
+                    f"{self.archive.paths()[file]}: the file ends at byte {start + got}, "
+                    f"inside an entry of {len(view)} bytes from byte {start} (changed since "
+                    "it was opened?)"
+                )
+            got += n
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+        self.files.clear()
 
     def __call__(
         self,
@@ -464,7 +495,10 @@ class _Maker:
         np = _np()
         base = self.bases.get(("np", entry))
         if base is None:
-            if nbytes:
+            if nbytes and not self.mmap:
+                base = np.empty(nbytes, np.uint8)
+                self.read_into(file, start, base)
+            elif nbytes:
                 base = np.frombuffer(self.buffer(file), np.uint8, count=nbytes, offset=start)
             else:
                 base = np.empty(0, np.uint8)
@@ -514,7 +548,10 @@ class _Maker:
             if device is not None and device.type == "meta":
                 base = torch.empty(nbytes, dtype=torch.uint8, device="meta")
             else:
-                if nbytes:
+                if nbytes and not self.mmap:
+                    base = torch.empty(nbytes, dtype=torch.uint8)
+                    self.read_into(file, start, base.numpy())
+                elif nbytes:
                     base = torch.frombuffer(
                         self.buffer(file), dtype=torch.uint8, count=nbytes, offset=start
                     )
@@ -600,14 +637,22 @@ def load(
     framework: Framework | None = None,
     device: Any = None,
     verify: bool = False,
+    mmap: bool = True,
 ) -> Any:
     """Load what :func:`save` wrote (or any safetensors file, as a flat dict).
 
     Tensors come back as the type they were saved as unless ``framework``
     asks for ``"torch"`` or ``"numpy"``; ``device`` puts torch tensors there
-    directly (``"meta"`` reads no data). Tensors are zero-copy views of a
-    private copy-on-write map of the file and are writable. ``verify=True``
-    checks every tensor's digest first.
+    directly (``"meta"`` reads no data). ``verify=True`` checks every
+    tensor's digest first.
+
+    By default tensors are zero-copy views of a private copy-on-write map of
+    the file: writable, and pages are read only when touched. A map faults
+    (``SIGBUS``) if the file is truncated or rewritten *in place* while the
+    tensors live (``hermetic.save`` never does that: it writes a new file and
+    renames it, so readers keep the old one). ``mmap=False`` reads every
+    tensor into memory the caller owns instead (a resumed optimizer state
+    that must outlive the file, a file on storage that may change).
 
     A file holding class instances (dataclasses, attrs classes, NamedTuples,
     enums) or callables needs one of:
@@ -636,6 +681,7 @@ def load(
             framework=framework,
             device=device,
             verify=verify,
+            mmap=mmap,
         )
 
 
@@ -803,8 +849,14 @@ class Handle:
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys())
 
-    def _maker(self, framework: str | None, device: Any) -> _Maker:
-        return _Maker(self._archive, self._buffers, _framework(framework), device)
+    def _maker(self, framework: str | None, device: Any, mmap: bool = True) -> _Maker:
+        return _Maker(self._archive, self._buffers, _framework(framework), device, mmap)
+
+    def _run(self, maker: _Maker, build: Any) -> Any:
+        try:
+            return build(maker)
+        finally:
+            maker.close()
 
     def __getitem__(self, key: Any) -> Any:
         """Load the subtree at a key path: ``h["a"]``, ``h["a", 0, "b"]`` (class
@@ -821,15 +873,28 @@ class Handle:
         plain: bool = False,
         framework: Framework | None = None,
         device: Any = None,
+        mmap: bool = True,
     ) -> Any:
         """Like indexing, with :func:`load`'s options."""
-        return self._build(list(path), self._maker(framework, device), type, allow, extra, plain)
+        return self._run(
+            self._maker(framework, device, mmap),
+            lambda m: self._build(list(path), m, type, allow, extra, plain),
+        )
 
     def get_tensor(
-        self, name: str, *, framework: Framework | None = None, device: Any = None
+        self,
+        name: str,
+        *,
+        framework: Framework | None = None,
+        device: Any = None,
+        mmap: bool = True,
     ) -> Any:
-        """The whole entry ``name`` as one tensor, as ``safe_open`` gives it."""
-        return self._archive.entry_tensor(name, self._maker(framework, device))
+        """The whole entry ``name`` as one tensor, as ``safe_open`` gives it
+        (``mmap=False``: in memory of its own, as for :func:`load`)."""
+        return self._run(
+            self._maker(framework, device, mmap),
+            lambda m: self._archive.entry_tensor(name, m),
+        )
 
     def load(
         self,
@@ -841,11 +906,15 @@ class Handle:
         framework: Framework | None = None,
         device: Any = None,
         verify: bool = False,
+        mmap: bool = True,
     ) -> Any:
         """The whole tree (see :func:`load` for the options)."""
         if verify:
             self.verify()
-        return self._build([], self._maker(framework, device), type, allow, extra, plain)
+        return self._run(
+            self._maker(framework, device, mmap),
+            lambda m: self._build([], m, type, allow, extra, plain),
+        )
 
     def verify(self) -> None:
         """Check every tensor's digest; raises :class:`FormatError` on corruption."""

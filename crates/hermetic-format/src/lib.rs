@@ -18,6 +18,7 @@ mod header;
 mod planner;
 mod shard;
 mod st_header;
+mod temps;
 mod tree;
 mod typed;
 mod writer;
@@ -37,6 +38,7 @@ pub use header::{
 };
 pub use planner::{path_name, path_place, EntryOrigin, PathPart, Planner, ViewSpec};
 pub use shard::{read_index, shard_name, write_sharded, Index, INDEX_NAME, MAX_INDEX_SIZE};
+pub use temps::{remove_stale as remove_stale_temporaries, stale as stale_temporaries};
 pub use tree::{
     contiguous_strides, gather, is_dense, view_extent, Node, NodeId, Shape, TensorKind, TensorRef,
     Tree, View, INLINE_BYTES_MAX, MAX_DEPTH, MAX_NDIM,

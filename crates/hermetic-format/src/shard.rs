@@ -56,9 +56,11 @@ pub fn write_sharded(
     std::fs::create_dir_all(dir).map_err(|e| FormatError::io(dir, e))?;
     let mut groups: Vec<Vec<usize>> = Vec::new();
     let mut size = 0u64;
-    // A run of entries of one storage (see `Plan::units`) stays in one shard.
-    for unit in plan.units() {
-        let n: u64 = plan.entries[unit.clone()].iter().map(|e| e.nbytes).sum();
+    // A run of entries of one storage (see `Plan::units`) stays in one
+    // shard, and so does every copy that views that storage through its
+    // `base` (SPEC 3.1: a reader refuses a base in another shard).
+    for unit in units_with_bases(plan) {
+        let n: u64 = unit.iter().map(|&i| plan.entries[i].nbytes).sum();
         if groups.is_empty() || (size > 0 && size.saturating_add(n) > max_shard_size) {
             groups.push(Vec::new());
             size = 0;
@@ -93,11 +95,8 @@ pub fn write_sharded(
     }
     let index_path = dir.join(INDEX_NAME);
     let json = index_json(plan, &weight_map)?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".model.safetensors.index.json.")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(|e| FormatError::io(dir, e))?;
+    crate::temps::remove_stale(&index_path);
+    let tmp = crate::temps::create(&index_path).map_err(|e| FormatError::io(dir, e))?;
     std::fs::write(tmp.path(), json).map_err(|e| FormatError::io(&index_path, e))?;
     if opts.fsync {
         tmp.as_file()
@@ -122,6 +121,47 @@ pub fn write_sharded(
     }
     written.push(index_path);
     Ok(written)
+}
+
+/// [`Plan::units`], each joined with the units of the tensors that name one
+/// of its entries as their `base`, in the order of their first unit.
+fn units_with_bases(plan: &Plan) -> Vec<Vec<usize>> {
+    let units = plan.units();
+    let mut unit_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (u, r) in units.iter().enumerate() {
+        for i in r.clone() {
+            unit_of.insert(plan.entries[i].name.as_str(), u);
+        }
+    }
+    let mut parent: Vec<usize> = (0..units.len()).collect();
+    fn root(parent: &mut [usize], mut u: usize) -> usize {
+        while parent[u] != u {
+            parent[u] = parent[parent[u]];
+            u = parent[u];
+        }
+        u
+    }
+    if let Some(tree) = &plan.tree {
+        for n in &tree.nodes {
+            if let crate::tree::Node::Tensor(t) = n {
+                let linked = t.base.as_deref().and_then(|b| unit_of.get(b).copied());
+                if let (Some(a), Some(b)) = (unit_of.get(t.entry.as_str()).copied(), linked) {
+                    let (ra, rb) = (root(&mut parent, a), root(&mut parent, b));
+                    parent[ra.max(rb)] = ra.min(rb);
+                }
+            }
+        }
+    }
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut slot: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
+    for (u, r) in units.iter().enumerate() {
+        let g = *slot.entry(root(&mut parent, u)).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[g].extend(r.clone());
+    }
+    groups
 }
 
 struct Remap<'a> {

@@ -369,20 +369,11 @@ pub(crate) fn write_temp(
     source: &mut dyn EntrySource,
     opts: WriteOptions,
 ) -> Result<tempfile::NamedTempFile> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
     let io_err = |e: std::io::Error| FormatError::io(path, e);
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(io_err)?;
+    // Temporaries that earlier saves to this path left when they were
+    // killed; a live writer's stay (see `temps`).
+    crate::temps::remove_stale(path);
+    let tmp = crate::temps::create(path).map_err(io_err)?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
     let header = stream(&mut w, plan, source, &io_err)?;
     w.flush().map_err(io_err)?;
