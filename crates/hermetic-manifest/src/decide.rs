@@ -5,6 +5,7 @@
 use crate::blob::BlobId;
 use crate::glob::CallerPattern;
 use crate::manifest::{entry_line, Entry, Manifest, Unlisted};
+use crate::text::display;
 use crate::ManifestError;
 use std::fmt;
 use std::str::FromStr;
@@ -277,7 +278,10 @@ impl Manifest {
             }
         };
         let manifest_path = self.path.as_ref().map(|p| p.display().to_string());
-        let manifest = manifest_path
+        // Names in the message come from the file system, the pickle and
+        // the program: one name, one line (see `text`).
+        let manifest_shown = manifest_path.as_deref().map(|p| display(p).into_owned());
+        let manifest = manifest_shown
             .clone()
             .unwrap_or_else(|| "none (built-in rules only)".into());
         let mut m = String::new();
@@ -292,23 +296,23 @@ impl Manifest {
             bytes_word(q.size)
         ));
         if let Some(f) = ctx.file {
-            m.push_str(&format!("  file:      {f}\n"));
+            m.push_str(&format!("  file:      {}\n", display(f)));
         }
-        match (&site, ctx.location) {
+        match (site.as_deref().map(display), ctx.location.map(display)) {
             (Some(s), Some(l)) => m.push_str(&format!("  call site: {s} ({l})\n")),
             (Some(s), None) => m.push_str(&format!("  call site: {s}\n")),
             (None, Some(l)) => m.push_str(&format!("  call site: {l}\n")),
             (None, None) => m.push_str("  call site: unknown\n"),
         }
         if let Some(e) = ctx.entry_point {
-            m.push_str(&format!("  through:   {e}\n"));
+            m.push_str(&format!("  through:   {}\n", display(e)));
         }
         m.push_str(&format!("  mode:      {mode} (manifest: {manifest})\n"));
         let reason = match why {
             Why::NotListed => "the manifest does not list this blob".to_string(),
             Why::CallerMismatch(c) => format!(
                 "the manifest lists this blob only for the call sites {}",
-                c.join(", ")
+                display(&c.join(", "))
             ),
             Why::SizeMismatch(s) => {
                 format!(
@@ -320,9 +324,9 @@ impl Manifest {
         };
         m.push_str(&format!("  why:       {reason}\n"));
         if let Some(s) = ctx.scanner {
-            m.push_str(&format!("  scanner:   {s}\n"));
+            m.push_str(&format!("  scanner:   {}\n", display(s)));
         }
-        let target = manifest_path
+        let target = manifest_shown
             .clone()
             .unwrap_or_else(|| "a manifest".to_string());
         let add = ctx.file.map(|f| {
@@ -381,7 +385,27 @@ fn bytes_word(n: u64) -> String {
     }
 }
 
+/// `s` as one shell word on one line: bare, in single quotes, or, when it
+/// holds characters `display` escapes, in bash's `$'...'` quoting (exact,
+/// and still one line).
 fn shell_word(s: &str) -> String {
+    if display(s) != s {
+        let mut out = String::from("$'");
+        for c in s.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\'' => out.push_str("\\'"),
+                '\n' => out.push_str("\\n"),
+                c if crate::text::is_unsafe(c) && (c as u32) < 0x80 => {
+                    out.push_str(&format!("\\x{:02x}", c as u32))
+                }
+                c if crate::text::is_unsafe(c) => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('\'');
+        return out;
+    }
     if !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"/._-+:=,@".contains(&b))

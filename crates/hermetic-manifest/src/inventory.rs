@@ -141,10 +141,13 @@ pub struct Frozen {
 /// are left to the rule; every other blob becomes an entry whose `callers`
 /// are the exact call sites it was loaded from.
 pub fn freeze(records: &[Record], opts: FreezeOptions) -> Result<Frozen, ManifestError> {
+    // Sets, not lists: 100,000 records of one blob from as many call sites
+    // or files must not cost 100,000 squared comparisons.
     struct Acc {
         size: u64,
-        callers: Option<Vec<String>>,
+        callers: Option<std::collections::BTreeSet<String>>,
         sources: Vec<String>,
+        seen_sources: std::collections::HashSet<String>,
         verdict: Option<String>,
         imports: Vec<String>,
     }
@@ -159,8 +162,9 @@ pub fn freeze(records: &[Record], opts: FreezeOptions) -> Result<Frozen, Manifes
                 }
                 let a = acc.entry(l.blob).or_insert_with(|| Acc {
                     size: l.size,
-                    callers: Some(Vec::new()),
+                    callers: Some(Default::default()),
                     sources: Vec::new(),
+                    seen_sources: Default::default(),
                     verdict: l.verdict.clone(),
                     imports: l.imports.clone(),
                 });
@@ -170,17 +174,30 @@ pub fn freeze(records: &[Record], opts: FreezeOptions) -> Result<Frozen, Manifes
                         l.blob, a.size, l.size
                     )));
                 }
+                if let Some(site) = &l.call_site {
+                    // A recorded call site is one frame; frozen, it becomes a
+                    // pattern. A glob character in it would widen the entry
+                    // (a forged `"*:*"` allows every caller).
+                    if site.contains(['*', '?']) {
+                        return Err(ManifestError::Invalid(format!(
+                            "inventory gives blob {} the call site {:?}, which holds a glob \
+                             character (`*` or `?`): a recorded call site is one frame, not a \
+                             pattern; review the inventory (it may have been written by \
+                             someone else) or freeze with --any-caller",
+                            l.blob,
+                            crate::text::display(site)
+                        )));
+                    }
+                }
                 match (&mut a.callers, &l.call_site) {
-                    (Some(list), Some(site)) if CallerPattern::parse(site).is_ok() => {
-                        if !list.contains(site) {
-                            list.push(site.clone());
-                        }
+                    (Some(set), Some(site)) if CallerPattern::parse(site).is_ok() => {
+                        set.insert(site.clone());
                     }
                     // An unknown or unusable call site: allow any.
                     _ => a.callers = None,
                 }
                 if let Some(f) = &l.file {
-                    if !a.sources.contains(f) {
+                    if a.seen_sources.insert(f.clone()) {
                         a.sources.push(f.clone());
                     }
                 }
@@ -210,9 +227,8 @@ pub fn freeze(records: &[Record], opts: FreezeOptions) -> Result<Frozen, Manifes
         let callers = if opts.any_caller {
             None
         } else {
-            a.callers.map(|mut list| {
-                list.sort();
-                list.iter()
+            a.callers.map(|set| {
+                set.iter()
                     .map(|s| CallerPattern::parse(s).expect("checked above"))
                     .collect()
             })

@@ -14,6 +14,7 @@ pub mod glob;
 pub mod inventory;
 pub mod manifest;
 pub mod summary;
+pub mod text;
 
 pub use blob::{first_blob, stream_extent, BlobId, Extent};
 pub use decide::{Action, Judgement, LoadContext, Mode, Query, Refusal, Why};
@@ -22,6 +23,7 @@ pub use glob::CallerPattern;
 pub use inventory::{freeze, read_inventory, Event, FreezeOptions, Frozen, Record};
 pub use manifest::{add_entries, entry_line, Entry, Manifest, Rule, Unlisted};
 pub use summary::ScanSummary;
+pub use text::display;
 
 /// Everything that can go wrong reading manifests and inventories.
 #[derive(Debug, thiserror::Error)]

@@ -459,7 +459,9 @@ pub fn toml_string(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\t' => out.push_str("\\t"),
             '\r' => out.push_str("\\r"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            // Controls, and the separators and bidi overrides `display`
+            // escapes: a manifest line shows as the one line it is.
+            c if crate::text::is_unsafe(c) => out.push_str(&format!("\\u{:04X}", c as u32)),
             c => out.push(c),
         }
     }
@@ -506,6 +508,24 @@ pub fn add_entries(
 ) -> Result<(String, usize), ManifestError> {
     // Validate first: never edit a manifest that does not parse.
     let current = Manifest::from_toml(text)?;
+    // Nothing to add or widen: keep the text as it is. (Re-editing a
+    // manifest through toml_edit grows faster than its size when one entry
+    // has a very long `callers` array; a freeze repeated over the same
+    // inventory must not pay that.)
+    let changes = entries.iter().any(|(id, e)| match current.blobs.get(id) {
+        None => true,
+        Some(existing) => match (&existing.callers, &e.callers) {
+            (Some(old), Some(new)) => {
+                let known: std::collections::HashSet<&str> =
+                    old.iter().map(CallerPattern::as_str).collect();
+                new.iter().any(|c| !known.contains(c.as_str()))
+            }
+            _ => false,
+        },
+    });
+    if !changes {
+        return Ok((text.to_string(), 0));
+    }
     let mut doc: toml_edit::DocumentMut = text
         .parse()
         .map_err(|e: toml_edit::TomlError| ManifestError::Toml(e.message().to_string()))?;

@@ -5,8 +5,8 @@ use super::CliError;
 use crate::args::{AddArgs, CheckArgs, FreezeArgs, ManifestArgs, ManifestCommand};
 use crate::ExitStatus;
 use hermetic_manifest::{
-    add_entries, file_blobs, freeze, read_inventory, BlobId, CallerPattern, Entry, FreezeOptions,
-    Manifest,
+    add_entries, display, file_blobs, freeze, read_inventory, BlobId, CallerPattern, Entry,
+    FreezeOptions, Manifest,
 };
 use hermetic_pickle::{scan_file, FileReport, Limits, Policy, StreamReport, Verdict};
 use serde::Serialize;
@@ -36,7 +36,25 @@ fn write_atomically(path: &Path, text: &str) -> Result<(), CliError> {
         name.to_string_lossy(),
         std::process::id()
     ));
-    std::fs::write(&tmp, text)?;
+    // create_new (O_EXCL): a file or symlink already at the temporary name
+    // (planted to redirect the write elsewhere) fails the write instead of
+    // being followed.
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| {
+                CliError::Io(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot create {}: {e}", tmp.display()),
+                ))
+            })?;
+        if let Err(e) = f.write_all(text.as_bytes()).and_then(|()| f.sync_all()) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+    }
     if let Err(e) = std::fs::rename(&tmp, path) {
         let _ = std::fs::remove_file(&tmp);
         return Err(e.into());
@@ -82,6 +100,18 @@ fn run_freeze(args: &FreezeArgs, out: &mut dyn Write) -> Result<ExitStatus, CliE
     let (text, existed) = manifest_text(&args.output)?;
     let (new_text, added) = add_entries(&text, &frozen.entries)
         .map_err(|e| CliError::Usage(format!("{}: {e}", args.output.display())))?;
+    if existed {
+        // A manifest already at OUT (one a repository shipped, say) keeps
+        // everything it trusted: say what, so a reviewer of this freeze
+        // does not take the result for the inventory's alone.
+        if let Some(note) = prior_trust(&text, &frozen.entries) {
+            eprintln!(
+                "hermetic: {} already existed; the frozen entries were added to it and \
+                 everything it already trusts stays: {note}",
+                display(&args.output.display().to_string())
+            );
+        }
+    }
     write_atomically(&args.output, &new_text)?;
     writeln!(
         out,
@@ -96,7 +126,13 @@ fn run_freeze(args: &FreezeArgs, out: &mut dyn Write) -> Result<ExitStatus, CliE
     if !frozen.writers.is_empty() {
         writeln!(out, "call sites that write pickles (places to migrate):")?;
         for (entry, site, location) in frozen.writers.keys() {
-            writeln!(out, "  {site}  {location}  via {entry}")?;
+            writeln!(
+                out,
+                "  {}  {}  via {}",
+                display(site),
+                display(location),
+                display(entry)
+            )?;
         }
     }
     if !frozen.unguarded.is_empty() {
@@ -105,10 +141,49 @@ fn run_freeze(args: &FreezeArgs, out: &mut dyn Write) -> Result<ExitStatus, CliE
             "globals resolved by unpicklers the firewall did not see (not frozen):"
         )?;
         for (global, site) in frozen.unguarded.keys() {
-            writeln!(out, "  {global}  at {site}")?;
+            writeln!(out, "  {}  at {}", display(global), display(site))?;
         }
     }
     Ok(ExitStatus::Clean)
+}
+
+/// What a manifest that existed before a freeze trusts beyond the frozen
+/// entries: blobs the inventory did not give, rules, `unlisted = "safe"`,
+/// an allow list, a changed set of built-in rules. `None` if nothing.
+fn prior_trust(text: &str, frozen: &[(BlobId, Entry)]) -> Option<String> {
+    let m = Manifest::from_toml(text).ok()?;
+    let ours: std::collections::HashSet<&BlobId> = frozen.iter().map(|(id, _)| id).collect();
+    let other = m.blobs.keys().filter(|id| !ours.contains(id)).count();
+    let mut parts = Vec::new();
+    if other > 0 {
+        parts.push(format!("{other} blob(s) not in the inventory"));
+    }
+    let rules: Vec<String> = m
+        .active_rules()
+        .into_iter()
+        .map(|(n, _)| n)
+        .filter(|n| n != "python-ipc")
+        .collect();
+    if !rules.is_empty() {
+        parts.push(format!("call-site rules {}", display(&rules.join(", "))));
+    }
+    if m.unlisted == hermetic_manifest::Unlisted::Safe {
+        parts.push("unlisted = \"safe\"".into());
+    }
+    if !m.allow.is_empty() {
+        parts.push(format!("allow = {}", display(&m.allow.join(", "))));
+    }
+    if !m.loader_modules.is_empty() {
+        parts.push(format!(
+            "loader_modules {}",
+            display(&m.loader_modules.join(", "))
+        ));
+    }
+    if parts.is_empty() {
+        None
+    } else {
+        Some(parts.join("; "))
+    }
 }
 
 /// A stream's one-line note: its verdict and imports.

@@ -45,6 +45,11 @@ pub(crate) fn run(args: &RunArgs) -> Result<ExitStatus, CliError> {
         (None, "record") => Some(absolute(Path::new(DEFAULT_INVENTORY))?),
         (None, _) => None,
     };
+    if mode == "record" {
+        if let Some(p) = &inventory {
+            warn_existing_inventory(p);
+        }
+    }
     let (program, rest) = args
         .command
         .split_first()
@@ -60,6 +65,29 @@ pub(crate) fn run(args: &RunArgs) -> Result<ExitStatus, CliError> {
         None => cmd.env_remove(ENV_INVENTORY),
     };
     exec(cmd, program)
+}
+
+/// `record` appends to its inventory, and `freeze` trusts every line in
+/// it: an inventory already there (one a repository shipped, with lines
+/// nobody recorded) would be frozen with this run's. Say so before the run.
+fn warn_existing_inventory(p: &Path) {
+    let Ok(meta) = std::fs::symlink_metadata(p) else {
+        return;
+    };
+    let shown = hermetic_manifest::display(&p.display().to_string()).into_owned();
+    if meta.file_type().is_symlink() || !meta.is_file() {
+        eprintln!(
+            "hermetic: {shown} is not a regular file (a symlink, a pipe, ...): \
+             the firewall will not write the inventory there; name another with --inventory"
+        );
+    } else if meta.len() > 0 {
+        eprintln!(
+            "hermetic: appending to the existing inventory {shown} ({} bytes): \
+             `hermetic manifest freeze` trusts every line in it, including lines this run \
+             did not write; for a clean record, name a new file with --inventory",
+            meta.len()
+        );
+    }
 }
 
 #[cfg(unix)]

@@ -5,6 +5,7 @@
 //! whose URI is relative to the source root (`%SRCROOT%`), and
 //! `partialFingerprints` that stay the same from run to run.
 
+use hermetic_manifest::display;
 use hermetic_pickle::{blob_id, FileReport, Finding, Verdict};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -372,7 +373,9 @@ pub(crate) fn report(files: &[&FileReport], root: &Root) -> Value {
         results.push(json!({
             "ruleId": f.code,
             "level": level(f.severity),
-            "message": {"text": what},
+            // The module and name come from the file; a newline or an
+            // escape in them must not forge a line of the alert's text.
+            "message": {"text": display(&what)},
             "locations": [{
                 "physicalLocation": {
                     "artifactLocation": artifact,
@@ -409,7 +412,7 @@ pub(crate) fn report(files: &[&FileReport], root: &Root) -> Value {
             push(r, &f, None);
             notifications.push(json!({
                 "level": "error",
-                "message": {"text": format!("{}: {e}", r.path)},
+                "message": {"text": display(&format!("{}: {e}", r.path))},
                 "locations": [{"physicalLocation": {"artifactLocation": root.location(&r.path)}}],
             }));
         }

@@ -2,6 +2,7 @@ use super::{sarif, CliError};
 use crate::args::{FailOn, Format, ScanArgs};
 use crate::ExitStatus;
 use crate::{hf, walk};
+use hermetic_manifest::display;
 use hermetic_pickle::{scan_file, FileReport, Limits, Policy, Verdict};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -258,7 +259,7 @@ fn write_text(
 fn write_rows(out: &mut dyn Write, reports: &[&FileReport]) -> std::io::Result<()> {
     let path_w = reports
         .iter()
-        .map(|r| r.path.chars().count())
+        .map(|r| display(&r.path).chars().count())
         .max()
         .unwrap_or(4)
         .clamp(4, 60);
@@ -277,7 +278,7 @@ fn write_rows(out: &mut dyn Write, reports: &[&FileReport]) -> std::io::Result<(
         let verdict = r.verdict.as_str();
         let mut lines: Vec<String> = Vec::new();
         if let Some(e) = &r.error {
-            lines.push(e.clone());
+            lines.push(display(e).into_owned());
         }
         for s in &r.streams {
             for f in &s.findings {
@@ -291,7 +292,9 @@ fn write_rows(out: &mut dyn Write, reports: &[&FileReport]) -> std::io::Result<(
         writeln!(
             out,
             "{:<path_w$}  {:<fmt_w$}  {:<10}  {first}",
-            r.path, r.format, verdict
+            display(&r.path),
+            r.format,
+            verdict
         )?;
         for line in lines.iter().skip(1) {
             writeln!(out, "{:<path_w$}  {:<fmt_w$}  {:<10}  {line}", "", "", "")?;
@@ -330,8 +333,14 @@ fn describe(f: &hermetic_pickle::Finding, stream: Option<&str>) -> String {
         )
     };
     let place = match stream {
-        Some(s) => format!("{s} @{}", f.offset),
+        Some(s) => format!("{} @{}", display(s), f.offset),
         None => format!("@{}", f.offset),
     };
-    format!("{}: {what} in {place}: {}", f.severity, f.reason)
+    // Module, name and stream names come from the file: one line each.
+    format!(
+        "{}: {} in {place}: {}",
+        f.severity,
+        display(&what),
+        display(&f.reason)
+    )
 }
