@@ -84,6 +84,9 @@ class allow_pickles:  # noqa: N801 - a context manager named like a function
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        # Contexts copied inside the block keep the permission in PERMS;
+        # ended, it lifts nothing there.
+        self._perm.live = False
         _core.PERMS.reset(self._reset)
 
 

@@ -27,7 +27,7 @@ from typing import Any
 from hermetic._hermetic import HermeticError
 from hermetic.firewall import _core, _streams
 from hermetic.firewall._core import ARCHIVE_APPROVED, CURRENT, STATE, CodeArchive
-from hermetic.firewall._errors import NoPickleError
+from hermetic.firewall._errors import NoPickleError, display
 
 TORCHSCRIPT = CodeArchive(
     "torchscript",
@@ -75,12 +75,14 @@ def _uncheckable(archive: CodeArchive, what: str, entry: str, file: str | None) 
     code archive the firewall cannot hash."""
     frames, location = _core.stack()
     site = STATE.manifest.call_site(frames) if frames else None
+    shown = display(file) if file else "not known"
     message = (
-        f"hermetic refused to load {archive.article} {archive.title} it cannot check: {what}\n"
+        f"hermetic refused to load {archive.article} {archive.title} it cannot check: "
+        f"{display(what)}\n"
         f"  what:      {archive.article} {archive.runs}\n"
-        f"  file:      {file or 'not known'}\n"
-        f"  call site: {site or '?'} ({location or '?'})\n"
-        f"  through:   {entry}\n"
+        f"  file:      {shown}\n"
+        f"  call site: {display(site or '?')} ({display(location or '?')})\n"
+        f"  through:   {display(entry)}\n"
         f"  mode:      {STATE.mode or 'no_pickles()'}\n"
         "The firewall allows such a file only by the SHA-256 of all of its bytes: "
         "load it from a path or a binary file object."

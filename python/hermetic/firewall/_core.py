@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 from hermetic import _hermetic
 from hermetic._hermetic import HermeticError
-from hermetic.firewall._errors import BadTokenError, NoPickleError, PickleWarning
+from hermetic.firewall._errors import (
+    BadTokenError,
+    NoPickleError,
+    PickleWarning,
+    display,
+    text_safe,
+)
 from hermetic.firewall._inventory import Inventory
 from hermetic.firewall._streams import file_name
 
@@ -136,7 +142,12 @@ class PickleToken:
 
 
 class _Permission:
-    __slots__ = ("token", "only", "thread", "task")
+    """One ``allow_pickles()`` block. ``live`` is cleared when the block
+    ends: a context copied inside it (``contextvars.copy_context()``, a
+    callback scheduled then) still holds the permission in ``PERMS``, but
+    must not carry it past the block."""
+
+    __slots__ = ("token", "only", "thread", "task", "live")
 
     def __init__(
         self, token: PickleToken, only: frozenset[str] | None, thread: int, task: object
@@ -145,6 +156,7 @@ class _Permission:
         self.only = only
         self.thread = thread
         self.task = task
+        self.live = True
 
 
 def _current_task() -> object:
@@ -221,7 +233,7 @@ def stack(skip: int = 1) -> tuple[list[str], str | None]:
         if loader is None:
             loader = cache[mod] = bool(manifest.is_loader(mod))
         if not loader:
-            return frames, f"{code.co_filename}:{f.f_lineno}"
+            return frames, text_safe(f"{code.co_filename}:{f.f_lineno}")
         f = f.f_back
     return frames, None
 
@@ -253,7 +265,7 @@ def check(
         blob_id = _hermetic.blob_id(blob)
     size = len(blob)
     cur_file, cur_entry = CURRENT.get()
-    file = file or cur_file
+    file = text_safe(file or cur_file)
     if cur_entry:
         entry = f"{cur_entry} ({entry})"
     frames: list[str] | None = None
@@ -452,7 +464,7 @@ def _check_tokens(
     for tok in tokens:
         held = None
         for p in reversed(perms):
-            if p.token is tok:
+            if p.token is tok and p.live:
                 held = p
                 break
         why = None
@@ -482,14 +494,14 @@ def _check_tokens(
                     f"  what:      {archive[0].article} {archive[0].runs}",
                 ]
             lines += [
-                f"  restricted by: hermetic.no_pickles() entered at {tok._where}",
+                f"  restricted by: hermetic.no_pickles() entered at {display(tok._where)}",
                 f"  why:       {why}",
             ]
             if file:
-                lines.append(f"  file:      {file}")
-            lines.append(f"  call site: {site or '?'} ({location or '?'})")
-            lines.append(f"  through:   {entry}")
-            lines.append(f"  scanner:   {scanner}")
+                lines.append(f"  file:      {display(file)}")
+            lines.append(f"  call site: {display(site or '?')} ({display(location or '?')})")
+            lines.append(f"  through:   {display(entry)}")
+            lines.append(f"  scanner:   {display(scanner)}")
             lines.append("To allow exactly this blob, in that thread or task, with the token:")
             lines.append(f'  with hermetic.allow_pickles(token, only_objects=["{blob_id}"]):')
             raise NoPickleError(
@@ -626,7 +638,7 @@ def check_archive(
         return blob_id
     size = len(data)
     cur_file, cur_entry = CURRENT.get()
-    file = file or cur_file
+    file = text_safe(file or cur_file)
     if cur_entry and cur_entry != entry:
         entry = f"{cur_entry} ({entry})"
     summary: tuple[str, list[str], list[str], str] | None = None
@@ -772,10 +784,11 @@ def on_unguarded_global(module: str, name: str) -> None:
         frames, location = stack()
         site = st.manifest.call_site(frames) if frames else None
         raise NoPickleError(
-            f"hermetic refused to resolve the global {module}.{name}: an unpickler the "
+            f"hermetic refused to resolve the global {display(f'{module}.{name}')}: an "
+            "unpickler the "
             "firewall does not guard (a reference to pickle.loads or an Unpickler class taken "
             "before the firewall started, or a custom find_class) tried to load it outside an "
-            f"approved load\n  call site: {site or '?'} ({location or '?'})\n"
+            f"approved load\n  call site: {display(site or '?')} ({display(location or '?')})\n"
             "Load through pickle.load/pickle.loads/pickle.Unpickler (looked up after the "
             "firewall started) so that the blob can be checked against the manifest.",
             call_site=site,
@@ -792,7 +805,8 @@ def on_unguarded_global(module: str, name: str) -> None:
             )
     if st.mode == "warn":
         _warn_at(
-            f"hermetic: an unguarded unpickler resolved {module}.{name} outside any checked load",
+            "hermetic: an unguarded unpickler resolved "
+            f"{display(f'{module}.{name}')} outside any checked load",
             None,
         )
 

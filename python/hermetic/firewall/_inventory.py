@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 import time
 from typing import Any
+
+from hermetic.firewall._errors import display
 
 try:
     import fcntl
@@ -48,12 +51,31 @@ class Inventory:
         except OSError as e:
             if not self._failed:
                 self._failed = True
-                sys.stderr.write(f"hermetic: cannot write the inventory {self.path}: {e}\n")
+                sys.stderr.write(
+                    f"hermetic: cannot write the inventory {display(self.path)}: "
+                    f"{display(str(e))}\n"
+                )
+
+
+#: Opening flags: never through a symlink at the inventory's path (one a
+#: repository planted there would aim the appends at any file the process can
+#: write), never blocking on a FIFO (one would hang the program on its first
+#: load).
+_FLAGS = (
+    os.O_WRONLY
+    | os.O_APPEND
+    | os.O_CREAT
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+)
 
 
 def append_line(path: str, line: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    fd = os.open(path, _FLAGS, 0o644)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file; the inventory is not written there")
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX)
         try:
