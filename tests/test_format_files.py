@@ -178,3 +178,57 @@ def test_sharded_views_load_with_their_sharing(tmp_path: Path, max_shard_size: i
         plain.update(load_file(shard))
     for name, t in plain.items():
         assert torch.equal(t, tree[name]), name
+
+
+# ------------------------------------------------ a state dict's `_metadata`
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(2)
+    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+
+
+def test_state_dict_metadata_round_trips(tmp_path: Path) -> None:
+    sd = _model().state_dict()
+    path = tmp_path / "sd.safetensors"
+    hermetic.save({"model": sd, "again": sd}, path)
+    got = hermetic.load(path)
+    assert got["model"]._metadata == sd._metadata  # type: ignore[attr-defined]
+    assert got["again"] is got["model"]
+    fresh = _model()
+    fresh.load_state_dict(got["model"])
+    with hermetic.open(path) as h:
+        assert h["model"]._metadata == sd._metadata
+    # A plain safetensors reader sees the tensors, as before.
+    from safetensors.torch import load_file
+
+    assert set(load_file(path)) == {f"model.{k}" for k in sd}
+
+
+def test_convert_carries_the_metadata_of_a_torch_save(tmp_path: Path) -> None:
+    sd = _model().state_dict()
+    src, out = tmp_path / "sd.pt", tmp_path / "sd.safetensors"
+    torch.save(sd, src)
+    r = subprocess.run(
+        [sys.executable, "-m", "hermetic", "convert", str(src), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "not carried" not in r.stderr
+    assert hermetic.load(out)._metadata == sd._metadata
+
+
+def test_attributes_that_cannot_be_stored_are_errors_naming_them(tmp_path: Path) -> None:
+    import collections
+
+    od: collections.OrderedDict[str, object] = collections.OrderedDict(w=torch.zeros(2))
+    vars(od)["not-an-identifier"] = 1
+    with pytest.raises(hermetic.FormatError, match="not-an-identifier"):
+        hermetic.save(od, tmp_path / "a.safetensors")
+    od2: collections.OrderedDict[str, object] = collections.OrderedDict(w=torch.zeros(2))
+    od2.hook = lambda: None  # type: ignore[attr-defined]
+    with pytest.raises(hermetic.FormatError, match=r"\.hook"):
+        hermetic.save(od2, tmp_path / "b.safetensors")
+    assert not list(tmp_path.iterdir())

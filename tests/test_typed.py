@@ -576,8 +576,29 @@ def test_version_1_documents_cannot_hold_version_2_nodes() -> None:
     assert hermetic.loads(crafted('{"$date":"2020-01-02"}')) == datetime.date(2020, 1, 2)
     with pytest.raises(FormatError, match="version-2 nodes .* in a version-1 document"):
         hermetic.loads(crafted('{"$date":"2020-01-02"}', version=1))
-    with pytest.raises(FormatError, match="version 4 is not supported"):
-        hermetic.loads(crafted("1", version=4))
+    with pytest.raises(FormatError, match="version 5 is not supported"):
+        hermetic.loads(crafted("1", version=5))
+
+
+def test_attrs_nodes_follow_their_grammar() -> None:
+    """`$attrs` (version 4): an OrderedDict with instance attributes."""
+    good = '{"$attrs":[{"$odict":["k",1]},"_metadata",{"$dict":["",{"$dict":["version",1]}]}]}'
+    got = hermetic.loads(crafted(good, version=4))
+    assert got == {"k": 1} and got._metadata == {"": {"version": 1}}
+    with pytest.raises(FormatError, match="version-4 nodes .* in a version-3 document"):
+        hermetic.loads(crafted(good, version=3))
+    for tree, message in [
+        ('{"$attrs":[[1,2],"a",1]}', "must start with an \\$odict"),
+        ('{"$attrs":[{"$dict":[]},"a",1]}', "must start with an \\$odict"),
+        ('{"$attrs":[{"$odict":[]}]}', "without attributes"),
+        ('{"$attrs":[{"$odict":[]},"__class__",1]}', "starting with `__`"),
+        ('{"$attrs":[{"$odict":[]},"a-b",1]}', "not an identifier"),
+        ('{"$attrs":[{"$odict":[]},"a",1,"a",2]}', "appears twice"),
+        ('{"$attrs":[{"$odict":[]},"a"]}', "no value"),
+        ('[{"$odict":[]},{"$attrs":[{"$ref":0},"a",1]}]', "must start with an \\$odict"),
+    ]:
+        with pytest.raises(FormatError, match=message):
+            hermetic.loads(crafted(tree, version=4))
 
 
 @pytest.mark.parametrize(

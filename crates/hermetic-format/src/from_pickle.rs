@@ -357,17 +357,40 @@ impl<'l, 'a> Converter<'l, 'a> {
                 if let Some(r) = self.memo_ref(id)? {
                     return Ok(r);
                 }
-                if d.state.is_some() {
-                    self.not_carried
-                        .push(format!("the attributes of the dict at {}", self.place()));
+                if d.kind == DictKind::Counter && !self.salvage {
+                    return self.fail(
+                        "a collections.Counter cannot be stored in hermetic's format as itself \
+                         (`--salvage` keeps it as a dict)",
+                    );
                 }
+                let attrs = match (d.kind, d.state) {
+                    (_, None) => None,
+                    (DictKind::OrderedDict, Some(state)) => Some(self.attr_state(state)?),
+                    (_, Some(_)) if self.salvage => None,
+                    (_, Some(_)) => {
+                        return self.fail("a dict with instance attributes (only an OrderedDict's are stored)")
+                    }
+                };
                 let node = self.memo_open(id, false);
                 let pairs = self.pairs(&d.items, depth)?;
                 let n = match d.kind {
                     DictKind::OrderedDict => Node::ODict(pairs),
                     DictKind::Dict | DictKind::Counter => Node::Dict(pairs),
                 };
-                self.memo_close(id, node, n)
+                let target = self.memo_close(id, node, n);
+                let Some(attrs) = attrs.filter(|a| !a.is_empty()) else {
+                    return Ok(target);
+                };
+                // torch's state-dict `_metadata` and any other attribute:
+                // after the items, as the reader sets them (SPEC 6.7).
+                let mut out = Vec::with_capacity(attrs.len());
+                for (name, v) in attrs {
+                    self.path.push(PathPart::Other(format!(".{name}")));
+                    let n = self.walk(v, depth + 1);
+                    self.path.pop();
+                    out.push((name, n?));
+                }
+                self.push(Node::Attrs { target, attrs: out })
             }
             Value::TorchDtype(d) => self.push(Node::TorchDtype(d.name().to_string())),
             Value::TorchSize(d) => self.push(Node::TorchSize(d.clone())),
@@ -622,6 +645,51 @@ impl<'l, 'a> Converter<'l, 'a> {
         self.planner
             .add_view(name, key, len, spec)
             .map_err(|e| format!("at {}: {e}", self.place()))
+    }
+
+    /// The attributes a BUILD state gives an OrderedDict (a dict, or a
+    /// `(dict, slots)` pair without slots), by name.
+    fn attr_state(&self, state: Id) -> Res<Vec<(String, Id)>> {
+        let a = &self.l.arena;
+        let dict = match a.get(state) {
+            Value::Tuple(t) if t.len() == 2 => {
+                let slots_empty = match a.get(t[1]) {
+                    Value::None => true,
+                    Value::Dict(d) => d.items.is_empty(),
+                    _ => false,
+                };
+                if !slots_empty {
+                    return self.fail("an OrderedDict with slot attributes cannot be stored");
+                }
+                t[0]
+            }
+            _ => state,
+        };
+        let items = match a.get(dict) {
+            Value::None => return Ok(Vec::new()),
+            Value::Dict(d) => a.dict_items(&d.items),
+            other => {
+                return self.fail(format!(
+                    "an OrderedDict whose attributes are {}",
+                    other.describe()
+                ))
+            }
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (k, v) in items {
+            match a.str_of(k) {
+                Some(n) if crate::is_identifier(n) && !n.starts_with("__") => {
+                    out.push((n.to_string(), v))
+                }
+                _ => {
+                    return self.fail(format!(
+                        "an OrderedDict attribute named {} cannot be stored",
+                        a.get(k).describe()
+                    ))
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Whether `class` (a global node) is one `Foreign::Records` trusts.

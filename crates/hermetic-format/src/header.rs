@@ -6,7 +6,7 @@ use crate::dtype::Dtype;
 use crate::error::{FormatError, Result};
 use crate::st_header;
 use crate::tree::{contiguous_strides, view_extent, Node, TensorKind, TensorRef, Tree, View};
-use crate::typed::VIEWS_VERSION;
+use crate::typed::ATTRS_VERSION;
 use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -514,12 +514,12 @@ impl<'de> Visitor<'de> for DocSeed<'_> {
             match key.as_str() {
                 "version" => {
                     doc.version = map.next_value()?;
-                    if !(FORMAT_VERSION..=VIEWS_VERSION).contains(&doc.version) {
+                    if !(FORMAT_VERSION..=ATTRS_VERSION).contains(&doc.version) {
                         return Err(fail(
                             self.err,
                             "version",
                             format!(
-                                "version {} is not supported (this reader knows versions {FORMAT_VERSION} to {VIEWS_VERSION})",
+                                "version {} is not supported (this reader knows versions {FORMAT_VERSION} to {ATTRS_VERSION})",
                                 doc.version
                             ),
                         ));

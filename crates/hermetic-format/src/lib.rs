@@ -45,7 +45,7 @@ pub use tree::{
 };
 pub use typed::{
     is_class_name, is_date, is_datetime, is_decimal, is_identifier, is_import_name, is_timedelta,
-    is_uuid, NamedRef, RefKind, TYPED_VERSION, VIEWS_VERSION,
+    is_uuid, NamedRef, RefKind, ATTRS_VERSION, TYPED_VERSION, VIEWS_VERSION,
 };
 pub use writer::{
     write_file, write_to_vec, EntrySource, Plan, PlannedEntry, SliceSource, WriteOptions,

@@ -5,7 +5,7 @@
 use crate::error::{FormatError, Result};
 use crate::header::{parse_doc_members, FORMAT_VERSION};
 use crate::tree::Tree;
-use crate::typed::VIEWS_VERSION;
+use crate::typed::ATTRS_VERSION;
 use crate::writer::{persist, write_temp, EntrySource, Plan, WriteOptions};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -258,7 +258,7 @@ pub fn read_index(path: &Path) -> Result<Index> {
     }
     if let Some(h) = raw.hermetic {
         let (version, tree) = parse_doc_members(h.get(), &file)?;
-        if !(FORMAT_VERSION..=VIEWS_VERSION).contains(&version) {
+        if !(FORMAT_VERSION..=ATTRS_VERSION).contains(&version) {
             return Err(bad(format!("hermetic version {version} is not supported")));
         }
         index.tree = tree;

@@ -110,6 +110,13 @@ pub enum Node {
     Uuid(String),
     /// A `decimal.Decimal`, as `str(d)`.
     Decimal(String),
+    // Version 4 (docs/SPEC.md, section 6.7).
+    /// The `collections.OrderedDict` node `target` with instance attributes
+    /// (torch's state-dict `_metadata`), in order; not memoizable itself.
+    Attrs {
+        target: NodeId,
+        attrs: Vec<(String, NodeId)>,
+    },
 }
 
 impl Node {
@@ -361,6 +368,8 @@ impl Tree {
     pub fn resolve(&self, id: NodeId) -> NodeId {
         match &self.nodes[id] {
             Node::Ref(n) => self.memo.get(*n).copied().unwrap_or(id),
+            // The container itself (its attributes ride along).
+            Node::Attrs { target, .. } => *target,
             _ => id,
         }
     }
@@ -393,6 +402,10 @@ impl Tree {
                 }
             }
             Node::Object { values, .. } => stack.extend(values.iter().rev()),
+            Node::Attrs { target, attrs } => {
+                stack.extend(attrs.iter().rev().map(|(_, v)| *v));
+                stack.push(*target);
+            }
             Node::Enum { value, .. } => stack.push(*value),
             Node::Partial { args, keywords, .. } => {
                 stack.extend(keywords.iter().rev().map(|(_, v)| *v));
@@ -408,6 +421,9 @@ impl Tree {
             Node::List(v) | Node::Tuple(v) | Node::Set(v) | Node::FrozenSet(v) => v.clone(),
             Node::Dict(p) | Node::ODict(p) => p.iter().flat_map(|(k, v)| [*k, *v]).collect(),
             Node::Object { values, .. } => values.clone(),
+            Node::Attrs { target, attrs } => std::iter::once(*target)
+                .chain(attrs.iter().map(|(_, v)| *v))
+                .collect(),
             Node::Enum { value, .. } => vec![*value],
             Node::Partial { args, keywords, .. } => args
                 .iter()
@@ -666,6 +682,20 @@ impl Serialize for Fields<'_, '_> {
     }
 }
 
+/// `$attrs`: the target node, then attribute name, value pairs.
+struct AttrsEnc<'r, 'a>(&'r Enc<'a>, NodeId, &'r [(String, NodeId)]);
+impl Serialize for AttrsEnc<'_, '_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(1 + self.2.len() * 2))?;
+        seq.serialize_element(&self.0.child(self.1))?;
+        for (name, v) in self.2 {
+            seq.serialize_element(name)?;
+            seq.serialize_element(&self.0.child(*v))?;
+        }
+        seq.end()
+    }
+}
+
 fn tagged<S: Serializer, T: Serialize + ?Sized>(
     s: S,
     tag: &str,
@@ -737,6 +767,7 @@ impl Serialize for Enc<'_> {
             Node::FrozenSet(v) => tagged(s, "$frozenset", &Seq(self, v)),
             Node::Dict(p) => tagged(s, "$dict", &Pairs(self, p)),
             Node::ODict(p) => tagged(s, "$odict", &Pairs(self, p)),
+            Node::Attrs { target, attrs } => tagged(s, "$attrs", &AttrsEnc(self, *target, attrs)),
             Node::Tensor(t) => tagged(s, t.kind.tag(), &tensor_value(t)),
             Node::Ref(n) => tagged(s, "$ref", n),
             Node::TorchDtype(d) => tagged(s, "$torch_dtype", d),
@@ -1046,7 +1077,12 @@ impl<'de> Visitor<'de> for NodeSeed<'_, '_> {
             "$odict" => Some(SeqKind::ODict),
             _ => None,
         };
-        let id = if let Some(kind) = kind {
+        let id = if &*tag == "$attrs" {
+            map.next_value_seed(AttrsSeed {
+                dec: &mut *dec,
+                depth: self.depth,
+            })?
+        } else if let Some(kind) = kind {
             map.next_value_seed(ContainerSeed {
                 dec: &mut *dec,
                 depth: self.depth,
@@ -1071,6 +1107,54 @@ impl<'de> Visitor<'de> for NodeSeed<'_, '_> {
         if map.next_key::<IgnoredAny>()?.is_some() {
             return Err(dec.fail(format!("tagged node `{tag}` has more than one member")));
         }
+        Ok(id)
+    }
+}
+
+/// `$attrs`: `[ODICT, NAME, VALUE, ...]` (section 6.7).
+struct AttrsSeed<'a, 'f> {
+    dec: &'a mut Decoder<'f>,
+    depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for AttrsSeed<'_, '_> {
+    type Value = NodeId;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<NodeId, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for AttrsSeed<'_, '_> {
+    type Value = NodeId;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON array: an $odict node, then attribute name, value pairs")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<NodeId, A::Error> {
+        let dec = self.dec;
+        if self.depth >= MAX_DEPTH {
+            return Err(dec.limit("container nesting depth", MAX_DEPTH as u64));
+        }
+        let depth = self.depth + 1;
+        let id = dec.tree.push(Node::None);
+        let target = seq.next_element_seed(NodeSeed {
+            dec: &mut *dec,
+            depth,
+        })?;
+        let Some(target) = target.filter(|&t| matches!(dec.tree.nodes[t], Node::ODict(_))) else {
+            // Not a `$ref` either: attributes are set where the object is made.
+            return Err(dec.fail("$attrs must start with an $odict node"));
+        };
+        let attrs = read_fields(dec, &mut seq, depth, "attribute")?;
+        if attrs.is_empty() {
+            return Err(dec.fail("$attrs without attributes"));
+        }
+        if let Some((name, _)) = attrs.iter().find(|(n, _)| n.starts_with("__")) {
+            return Err(dec.fail(format!(
+                "attribute `{name}`: names starting with `__` are not instance attributes"
+            )));
+        }
+        dec.tree.nodes[id] = Node::Attrs { target, attrs };
         Ok(id)
     }
 }

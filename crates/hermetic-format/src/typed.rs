@@ -14,6 +14,9 @@ pub const TYPED_VERSION: u64 = 2;
 /// (`base`, SPEC section 3.1).
 pub const VIEWS_VERSION: u64 = 3;
 
+/// The version that adds `$attrs` (instance attributes of an OrderedDict).
+pub const ATTRS_VERSION: u64 = 4;
+
 /// Whether `s` is an identifier: a letter or `_`, then letters, digits or `_`
 /// (Unicode letters and digits count).
 pub fn is_identifier(s: &str) -> bool {
@@ -238,7 +241,9 @@ impl Tree {
     /// is a section-10 node, else 1.
     pub fn required_version(&self) -> u64 {
         let based = |n: &Node| matches!(n, Node::Tensor(t) if t.base.is_some());
-        if self.nodes.iter().any(based) {
+        if self.nodes.iter().any(|n| matches!(n, Node::Attrs { .. })) {
+            ATTRS_VERSION
+        } else if self.nodes.iter().any(based) {
             VIEWS_VERSION
         } else if self.nodes.iter().any(Node::is_typed) {
             TYPED_VERSION

@@ -121,7 +121,7 @@ pub(crate) fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<ExitStatus,
     let not_carried = &conv.not_carried;
     if !not_carried.is_empty() {
         eprintln!(
-            "hermetic: note: {} place(s) had Python attributes the tensor-tree format does not store (torch keeps a per-module `_metadata` version table on state dicts); not carried over:",
+            "hermetic: note: {} place(s) had Python attributes the tensor-tree format does not store (attributes set on a tensor object); not carried over:",
             not_carried.len()
         );
         for place in not_carried.iter().take(10) {

@@ -314,6 +314,20 @@ impl Printer<'_> {
                     "})",
                     p.iter().map(|&(k, v)| (Some(k), v)).collect(),
                 ),
+                Node::Attrs { target, attrs } => {
+                    let (target, attrs) = (*target, attrs.clone());
+                    self.node(target, indent, label)?;
+                    let named: Vec<(String, NodeId)> = attrs
+                        .into_iter()
+                        .map(|(n, v)| (format!(".{n}"), v))
+                        .collect();
+                    return self.fields(
+                        indent,
+                        "",
+                        "with attributes(",
+                        named.iter().map(|(k, v)| (k.as_str(), *v)),
+                    );
+                }
                 Node::Object { shape, values } => {
                     return self.fields(
                         indent,

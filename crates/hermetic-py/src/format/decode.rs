@@ -402,6 +402,17 @@ impl<'a, 'py> Builder<'a, 'py> {
                 }
                 return Ok(d);
             }
+            Node::Attrs { target, attrs } => {
+                let obj = self.build(*target)?;
+                for (name, v) in attrs {
+                    self.path.push(Seg::Text(format!(".{name}")));
+                    let value = self.build(*v)?;
+                    obj.setattr(name.as_str(), value)
+                        .map_err(|e| self.wrap(e))?;
+                    self.path.pop();
+                }
+                return Ok(obj);
+            }
             Node::Tuple(items) | Node::Set(items) | Node::FrozenSet(items) => {
                 let mut out = Vec::with_capacity(items.len());
                 for (i, &c) in items.iter().enumerate() {

@@ -262,7 +262,11 @@ impl<'py> Encoder<'py> {
             }
             let node = self.walk_container(obj, depth + 1)?;
             self.close(obj);
-            return Ok(self.push(node));
+            let id = self.push(node);
+            if t.is(&self.types.odict) {
+                return self.odict_attrs(obj, id, depth);
+            }
+            return Ok(id);
         }
         if is(&t, &self.types.tensor) || is(&t, &self.types.parameter) {
             if let Err(r) = self.memoize(obj, false)? {
@@ -582,6 +586,42 @@ impl<'py> Encoder<'py> {
             ClassInfo::Decimal => Node::Decimal(self.text(obj, None, is_decimal, "Decimal")?),
         };
         Ok(Some(self.push(node)))
+    }
+
+    /// An OrderedDict's instance attributes (torch keeps a state dict's
+    /// `_metadata` version table there): a `$attrs` node around it, or an
+    /// error naming any attribute that cannot be stored; never dropped.
+    fn odict_attrs(
+        &mut self,
+        obj: &Bound<'py, PyAny>,
+        id: NodeId,
+        depth: usize,
+    ) -> PyResult<NodeId> {
+        let Ok(vars) = obj.getattr(intern!(self.py, "__dict__")) else {
+            return Ok(id);
+        };
+        let vars = vars.downcast::<PyDict>()?;
+        if vars.is_empty() {
+            return Ok(id);
+        }
+        let mut attrs = Vec::with_capacity(vars.len());
+        for (k, v) in vars.iter() {
+            let name: String = match k.extract::<String>() {
+                Ok(n) if is_identifier(&n) && !n.starts_with("__") => n,
+                _ => {
+                    return Err(self.fail(format!(
+                        "the OrderedDict has an attribute {} that cannot be stored \
+                         (an identifier not starting with `__` is needed)",
+                        k.repr()?
+                    )))
+                }
+            };
+            self.path.push(PathPart::Other(format!(".{name}")));
+            let r = self.walk(&v, depth + 1);
+            self.path.pop();
+            attrs.push((name, r?));
+        }
+        Ok(self.push(Node::Attrs { target: id, attrs }))
     }
 
     fn walk_items(&mut self, items: &Bound<'py, PyAny>, depth: usize) -> PyResult<Vec<NodeId>> {
