@@ -232,3 +232,20 @@ def test_attributes_that_cannot_be_stored_are_errors_naming_them(tmp_path: Path)
     with pytest.raises(hermetic.FormatError, match=r"\.hook"):
         hermetic.save(od2, tmp_path / "b.safetensors")
     assert not list(tmp_path.iterdir())
+
+
+def test_saved_files_get_the_mode_new_files_get(tmp_path: Path) -> None:
+    """0666 less the umask, as torch.save's files and any file ``open`` makes
+    (a temporary's private 0600 would hide a checkpoint from a team)."""
+    old = os.umask(0o022)
+    try:
+        hermetic.save({"w": torch.zeros(2)}, tmp_path / "h.safetensors")
+        hermetic.save({"w": torch.zeros(2)}, tmp_path / "sharded", max_shard_size=4)
+        torch.save({"w": torch.zeros(2)}, tmp_path / "t.pt")
+    finally:
+        os.umask(old)
+    mode = (tmp_path / "t.pt").stat().st_mode & 0o777
+    assert mode == 0o644
+    assert (tmp_path / "h.safetensors").stat().st_mode & 0o777 == mode
+    for f in (tmp_path / "sharded").iterdir():
+        assert f.stat().st_mode & 0o777 == mode, f

@@ -43,7 +43,7 @@ trusts.
 | 29 | a child started with `-S` | limit (documented): no site, no hook |
 | 30 | a torch zip whose listed `data.pkl` sits beside an extra payload `.pkl` | held: torch never reads it; the firewall checks what the unpickler reads |
 | 31 | a torch zip whose listed `data.pkl` sits beside `constants.pkl` and `code/` | held: decided as a whole TorchScript archive, refused |
-| 32 | `hermetic verify` of a file whose header dtype was changed | reported (hermetic-format): OK, though the load returns other values; verify's text now says digests cover entry bytes only |
+| 32 | `hermetic verify` of a file whose header dtype, shape, tree or metadata was changed, or whose shard index was | fixed: a layout digest over the header (and the index) |
 | 33 | `hermetic convert` / `hermetic.save` to a pre-existing symlink at OUT | held: the link is replaced, its target untouched |
 | 34 | freeze of 40,000 records of one blob from as many call sites | fixed: was quadratic (90 s for 100k), now sets |
 | 35 | freeze and check of 100,000 distinct blobs | held: linear (release build: 3.9 s, 0.8 s); memory about 8 KB per entry (reported) |
@@ -601,25 +601,61 @@ def test_31_code_beside_a_listed_data_pkl_makes_it_an_archive(tmp_path: Path, ca
 # 32-33: verify, convert and save
 
 
-@needs_torch
-@pytest.mark.xfail(
-    strict=True,
-    reason="reported: hermetic-format digests cover entry bytes only, not the header's "
-    "dtype/shape nor the tree; verify says OK while the load returns other values",
-)
-def test_32_verify_catches_a_changed_dtype(tmp_path: Path) -> None:
+def _edit_header(p: Path, old: bytes, new: bytes) -> None:
+    """Replaces text in a file's JSON header, keeping its length (spaces)."""
     import struct
 
+    b = bytearray(p.read_bytes())
+    n = struct.unpack("<Q", b[:8])[0]
+    head = bytes(b[8 : 8 + n])
+    assert old in head, old
+    head = head.replace(old, new, 1)
+    head = head.rstrip(b" ") + b" " * (n - len(head.rstrip(b" ")))
+    assert len(head) == n
+    b[8 : 8 + n] = head
+    p.write_bytes(bytes(b))
+
+
+@needs_torch
+@pytest.mark.parametrize(
+    ("old", "new", "changed"),
+    [
+        (b'"F32"', b'"I32"', "dtype"),
+        (b'"shape":[4]', b'"shape":[2,2]', "shape"),
+        (b'\\"lr\\",0.1', b'\\"lr\\",0.9', "tree"),
+        (b'"note":"a"', b'"note":"b"', "metadata"),
+    ],
+)
+def test_32_verify_catches_every_header_change(
+    tmp_path: Path, old: bytes, new: bytes, changed: str
+) -> None:
     import torch
 
     p = tmp_path / "v.safetensors"
-    hermetic.save({"w": torch.arange(4, dtype=torch.float32)}, p)
-    b = bytearray(p.read_bytes())
-    n = struct.unpack("<Q", b[:8])[0]
-    b[8 : 8 + n] = b[8 : 8 + n].replace(b'"F32"', b'"I32"', 1)
-    p.write_bytes(bytes(b))
-    assert hermetic.load(p)["w"].dtype == torch.int32  # what a load returns changed
-    assert hermetic_cli("verify", str(p)).returncode == 1
+    hermetic.save({"w": torch.arange(4, dtype=torch.float32), "lr": 0.1}, p, metadata={"note": "a"})
+    before = hermetic.load(p)
+    _edit_header(p, old, new)
+    after = hermetic.load(p)
+    if changed != "metadata":  # what a load returns changed
+        assert not (after["lr"] == before["lr"] and torch.equal(after["w"], before["w"]))
+    r = hermetic_cli("verify", str(p))
+    assert r.returncode == 1 and "CHANGED" in r.stdout, r.stdout + r.stderr
+    with pytest.raises(hermetic.FormatError, match="header changed since it was written"):
+        hermetic.load(p, verify=True)
+
+
+@needs_torch
+def test_32_verify_catches_a_changed_shard_index(tmp_path: Path) -> None:
+    import torch
+
+    out = tmp_path / "m"
+    hermetic.save({"a": torch.zeros(100), "b": torch.ones(100), "lr": 0.1}, out, max_shard_size=500)
+    assert hermetic_cli("verify", str(out)).returncode == 0
+    index = out / "model.safetensors.index.json"
+    index.write_text(index.read_text().replace('"lr",0.1', '"lr",0.2'))
+    assert hermetic.load(out)["lr"] == 0.2
+    r = hermetic_cli("verify", str(out))
+    assert r.returncode == 1 and "index.json" in r.stdout, r.stdout
 
 
 @needs_torch

@@ -113,6 +113,22 @@ pub struct EntryCheck {
     pub ok: bool,
 }
 
+/// A file's (or a shard index's) layout digest against its header now: what
+/// a load reads besides entry bytes (dtypes, shapes, offsets, metadata, the
+/// tree). `recorded` is `None` for files written before hermetic recorded it.
+#[derive(Clone, Debug)]
+pub struct LayoutCheck {
+    pub file: String,
+    pub recorded: Option<String>,
+    pub actual: String,
+}
+
+impl LayoutCheck {
+    pub fn ok(&self) -> bool {
+        self.recorded.as_ref().is_none_or(|r| *r == self.actual)
+    }
+}
+
 /// A file or sharded checkpoint, opened and validated.
 pub struct Archive {
     /// What the caller opened.
@@ -398,6 +414,31 @@ impl Archive {
             .collect())
     }
 
+    /// Each file's layout digest (and the shard index's), against its header.
+    pub fn check_layout(&self) -> Vec<LayoutCheck> {
+        let mut out: Vec<LayoutCheck> = self
+            .files
+            .iter()
+            .filter(|f| f.header.doc.is_some())
+            .map(|f| LayoutCheck {
+                file: f.path.display().to_string(),
+                recorded: f.header.layout.clone(),
+                actual: f.header.layout_actual(),
+            })
+            .collect();
+        if let Some(ix) = &self.index {
+            out.push(LayoutCheck {
+                file: index_path(&self.path)
+                    .unwrap_or_else(|| self.path.clone())
+                    .display()
+                    .to_string(),
+                recorded: ix.layout.clone(),
+                actual: ix.layout_actual.clone(),
+            });
+        }
+        out
+    }
+
     /// Like [`Archive::check`], but fails on the first corrupt entry.
     /// With every entry checked (`only` is `None`), also checks tensors
     /// with a `base` against their own entries ([`Archive::verify_views`]).
@@ -413,6 +454,15 @@ impl Archive {
             }
         }
         if only.is_none() {
+            for c in self.check_layout() {
+                if !c.ok() {
+                    return Err(FormatError::Layout {
+                        file: c.file,
+                        expected: c.recorded.unwrap_or_default(),
+                        actual: c.actual,
+                    });
+                }
+            }
             self.verify_views()?;
         }
         Ok(())

@@ -40,6 +40,13 @@ pub enum FormatError {
         expected: String,
         actual: String,
     },
+    /// The header no longer matches the layout digest its writer recorded.
+    #[error("{file}: the header changed since it was written (its dtypes, shapes, offsets, metadata or tree): the layout digest is {actual}, the header records {expected}")]
+    Layout {
+        file: String,
+        expected: String,
+        actual: String,
+    },
     /// The file records no digest to check.
     #[error("{file}: no digests recorded (not written by hermetic); nothing to verify")]
     NoDigests { file: String },
@@ -67,6 +74,7 @@ impl FormatError {
             FormatError::Tree { .. } => "invalid_tree",
             FormatError::Limit { .. } => "limit_exceeded",
             FormatError::Digest { .. } => "digest_mismatch",
+            FormatError::Layout { .. } => "layout_mismatch",
             FormatError::NoDigests { .. } => "no_digests",
             FormatError::Index { .. } => "invalid_index",
             FormatError::Unsupported { .. } => "unsupported_object",

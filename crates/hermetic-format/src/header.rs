@@ -72,9 +72,42 @@ pub struct Header {
     /// Entries in file order.
     pub entries: Vec<EntryInfo>,
     pub by_name: HashMap<String, usize>,
-    /// `__metadata__`, without the hermetic key.
+    /// `__metadata__`, without the hermetic key and the layout digest.
     pub metadata: BTreeMap<String, String>,
     pub doc: Option<Doc>,
+    /// The layout digest the writer recorded ([`LAYOUT_KEY`]), if any.
+    pub layout: Option<String>,
+    /// XXH3-128 of the hermetic document's exact text.
+    doc_digest: Option<String>,
+}
+
+/// The `__metadata__` key of the layout digest: what a load reads from the
+/// header besides entry bytes (SPEC 4.1). Outside the hermetic document, so
+/// readers that predate it see one more metadata string and nothing else.
+pub const LAYOUT_KEY: &str = "__hermetic_layout__";
+
+/// The layout digest (SPEC 4.1): XXH3-128 of the compact JSON text of
+/// `[METADATA, DOC, ENTRIES]`, where METADATA is `[key, value]` pairs of
+/// `__metadata__` sorted by key without the hermetic key and this one, DOC
+/// the digest of the hermetic document's text (or `null`), and ENTRIES
+/// `[name, dtype, shape, [begin, end]]` sorted by name.
+pub fn layout_digest<'a>(
+    metadata: impl Iterator<Item = (&'a str, &'a str)>,
+    doc_digest: Option<&str>,
+    entries: impl Iterator<Item = (&'a str, String, &'a [u64], u64, u64)>,
+) -> String {
+    let mut md: Vec<(&str, &str)> = metadata
+        .filter(|(k, _)| *k != HERMETIC_KEY && *k != LAYOUT_KEY)
+        .collect();
+    md.sort_unstable();
+    let mut es: Vec<(&str, String, &[u64], u64, u64)> = entries.collect();
+    es.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let es: Vec<(&str, &str, &[u64], [u64; 2])> = es
+        .iter()
+        .map(|(n, d, s, a, b)| (*n, d.as_str(), *s, [*a, *b]))
+        .collect();
+    let text = serde_json::to_string(&(md, doc_digest, es)).unwrap_or_default();
+    crate::digest::digest(text.as_bytes())
 }
 
 impl Header {
@@ -84,11 +117,18 @@ impl Header {
         // first: its tree is parsed on another thread while this one reads
         // the entries (on a 10,000-tensor file each takes about a millisecond).
         let early: std::sync::Mutex<Option<Result<EarlyDoc>>> = std::sync::Mutex::new(None);
+        let layout: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+        let doc_digest: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
         let raw = rayon::in_place_scope(|scope| {
             let early = &early;
             st_header::parse(buf, file, &mut |meta| {
+                if let Some(i) = meta.iter().position(|(k, _)| k == LAYOUT_KEY) {
+                    *layout.lock().unwrap_or_else(|p| p.into_inner()) = Some(meta.remove(i).1);
+                }
                 if let Some(i) = meta.iter().position(|(k, _)| k == HERMETIC_KEY) {
                     let json = meta.swap_remove(i).1;
+                    *doc_digest.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(crate::digest::digest(json.as_bytes()));
                     scope.spawn(move |_| {
                         let r = parse_early(json, file);
                         *early.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
@@ -123,8 +163,29 @@ impl Header {
             by_name,
             metadata,
             doc,
+            layout: layout.into_inner().unwrap_or_else(|p| p.into_inner()),
+            doc_digest: doc_digest.into_inner().unwrap_or_else(|p| p.into_inner()),
         };
         Ok(header)
+    }
+
+    /// The layout digest of this header as it is now ([`layout_digest`]).
+    pub fn layout_actual(&self) -> String {
+        let start = self.data_start();
+        layout_digest(
+            self.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            self.doc_digest.as_deref(),
+            self.entries.iter().map(|e| {
+                let b = e.start - start;
+                (
+                    e.name.as_str(),
+                    e.st_dtype.to_string(),
+                    e.shape.as_slice(),
+                    b,
+                    b + e.nbytes,
+                )
+            }),
+        )
     }
 
     /// Byte offset of the data section.
@@ -695,15 +756,32 @@ pub fn build_header(
     entries: &[(&str, safetensors::Dtype, &[u64], u64, u64)],
 ) -> Result<Vec<u8>> {
     let mut json = Vec::with_capacity(256 + entries.len() * 96);
+    // A hermetic file records its layout digest last in `__metadata__`.
+    let layout = metadata
+        .iter()
+        .find(|(k, _)| k == HERMETIC_KEY)
+        .map(|(_, doc)| {
+            layout_digest(
+                metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                Some(&crate::digest::digest(doc.as_bytes())),
+                entries
+                    .iter()
+                    .map(|(n, d, s, a, b)| (*n, d.to_string(), *s, *a, *b)),
+            )
+        });
     {
         use serde::ser::SerializeMap;
         let mut ser = serde_json::Serializer::new(&mut json);
         let mut m = serde::Serializer::serialize_map(&mut ser, Some(entries.len() + 1))
             .map_err(|e| FormatError::unsupported("header", e.to_string()))?;
-        let md: Vec<(&str, &str)> = metadata
+        let mut md: Vec<(&str, &str)> = metadata
             .iter()
+            .filter(|(k, _)| k != LAYOUT_KEY)
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
+        if let Some(l) = &layout {
+            md.push((LAYOUT_KEY, l.as_str()));
+        }
         m.serialize_entry("__metadata__", &OrderedMap(&md))
             .map_err(|e| FormatError::unsupported("header", e.to_string()))?;
         for (name, dtype, shape, a, b) in entries {

@@ -23,7 +23,7 @@ mod tree;
 mod typed;
 mod writer;
 
-pub use archive::{index_path, Archive, Backing, DataFile, EntryCheck};
+pub use archive::{index_path, Archive, Backing, DataFile, EntryCheck, LayoutCheck};
 pub use digest::{digest, Hasher, DIGEST_ALGORITHM};
 pub use dtype::{
     is_torch_device, is_torch_dtype_name, Dtype, MAX_RAW_ITEMSIZE, TORCH_DEVICE_TYPES,
@@ -33,8 +33,8 @@ pub use error::{FormatError, Result};
 #[cfg(feature = "pickle")]
 pub use from_pickle::{convert, convert_with, Converted, ConvertedData, Foreign};
 pub use header::{
-    check_tree, flat_tree, parse_doc, resolve, Doc, EntryInfo, Header, Resolved, DATA_ALIGNMENT,
-    FORMAT_VERSION, HERMETIC_KEY, MAX_HEADER_SIZE,
+    check_tree, flat_tree, layout_digest, parse_doc, resolve, Doc, EntryInfo, Header, Resolved,
+    DATA_ALIGNMENT, FORMAT_VERSION, HERMETIC_KEY, LAYOUT_KEY, MAX_HEADER_SIZE,
 };
 pub use planner::{path_name, path_place, EntryOrigin, PathPart, Planner, ViewSpec};
 pub use shard::{read_index, shard_name, write_sharded, Index, INDEX_NAME, MAX_INDEX_SIZE};

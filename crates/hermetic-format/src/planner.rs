@@ -455,6 +455,7 @@ impl Planner {
                 && !user.contains(alias.as_str())
                 && alias != "format"
                 && alias != crate::header::HERMETIC_KEY
+                && alias != crate::header::LAYOUT_KEY
                 && seen.insert(alias.clone())
             {
                 md.push((alias, target));

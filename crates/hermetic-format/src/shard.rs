@@ -37,6 +37,9 @@ pub struct Index {
     /// `metadata` string members (total_size is checked, not kept).
     pub metadata: BTreeMap<String, String>,
     pub tree: Option<Tree>,
+    /// The layout digest the writer recorded, if any, and the index's now.
+    pub layout: Option<String>,
+    pub layout_actual: String,
 }
 
 /// Splits `plan` into shards of at most `max_shard_size` bytes of data each
@@ -205,10 +208,35 @@ fn index_json(plan: &Plan, weight_map: &[(String, String)]) -> Result<String> {
         Some(t) => (t.to_json()?, t.required_version()),
         None => ("null".into(), FORMAT_VERSION),
     };
+    let hermetic = format!("{{\"version\":{version},\"tree\":{tree}}}");
+    let layout = index_layout(&md, weight_map, &hermetic);
     Ok(format!(
-        "{{\"metadata\":{},\"weight_map\":{wm},\"hermetic\":{{\"version\":{version},\"tree\":{tree}}}}}\n",
+        "{{\"metadata\":{},\"weight_map\":{wm},\"hermetic\":{hermetic},\"{INDEX_LAYOUT_KEY}\":\"{layout}\"}}\n",
         serde_json::Value::Object(md)
     ))
+}
+
+/// The index's member holding its layout digest (SPEC 8): a top-level key
+/// that readers of the transformers convention ignore.
+pub const INDEX_LAYOUT_KEY: &str = "hermetic_layout";
+
+/// XXH3-128 of the compact JSON text of `[METADATA, WEIGHT_MAP, DOC]`:
+/// the `metadata` object (keys sorted), the `weight_map` pairs sorted by
+/// name, and the digest of the `hermetic` member's exact text.
+fn index_layout(
+    metadata: &serde_json::Map<String, serde_json::Value>,
+    weight_map: &[(String, String)],
+    hermetic: &str,
+) -> String {
+    let md: BTreeMap<&String, &serde_json::Value> = metadata.iter().collect();
+    let mut wm: Vec<(&str, &str)> = weight_map
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    wm.sort_unstable();
+    let doc = crate::digest::digest(hermetic.as_bytes());
+    let text = serde_json::to_string(&(md, wm, doc)).unwrap_or_default();
+    crate::digest::digest(text.as_bytes())
 }
 
 /// Reads an index file (bounded in size); `file` names it in errors.
@@ -235,10 +263,23 @@ pub fn read_index(path: &Path) -> Result<Index> {
         weight_map: serde_json::Map<String, serde_json::Value>,
         #[serde(borrow, default)]
         hermetic: Option<&'a serde_json::value::RawValue>,
+        #[serde(default)]
+        hermetic_layout: Option<String>,
     }
     let raw: Raw<'_> =
         serde_json::from_str(&text).map_err(|e| bad(format!("not an index: {e}")))?;
     let mut index = Index::default();
+    let pairs: Vec<(String, String)> = raw
+        .weight_map
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+        .collect();
+    index.layout = raw.hermetic_layout.clone();
+    index.layout_actual = index_layout(
+        raw.metadata.as_ref().unwrap_or(&serde_json::Map::new()),
+        &pairs,
+        raw.hermetic.map_or("", |h| h.get()),
+    );
     for (k, v) in raw.weight_map {
         let Some(f) = v.as_str() else {
             return Err(bad(format!("weight_map[{k:?}] must be a file name")));

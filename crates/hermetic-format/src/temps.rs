@@ -19,12 +19,19 @@ const RAND_LEN: usize = 6;
 /// A fresh temporary for `path`, locked for this writer.
 pub(crate) fn create(path: &Path) -> std::io::Result<tempfile::NamedTempFile> {
     let (dir, name) = split(path);
+    let prefix = format!(".{name}.");
     for _ in 0..16 {
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .suffix(".tmp")
-            .rand_bytes(RAND_LEN)
-            .tempfile_in(&dir)?;
+        let mut b = tempfile::Builder::new();
+        b.prefix(&prefix).suffix(".tmp").rand_bytes(RAND_LEN);
+        // The saved file gets the mode any new file gets (0666 less the
+        // umask), as `safetensors` and `torch.save` give theirs, not the
+        // private 0600 of a temporary: checkpoints are shared.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            b.permissions(std::fs::Permissions::from_mode(0o666));
+        }
+        let tmp = b.tempfile_in(&dir)?;
         if !try_lock(tmp.as_file())? {
             continue; // cannot happen for a new file; never write into another's
         }

@@ -9,7 +9,7 @@
 
 use crate::digest::Hasher;
 use crate::error::{FormatError, Result};
-use crate::header::{build_header, doc_json_with, HERMETIC_KEY};
+use crate::header::{build_header, doc_json_with, HERMETIC_KEY, LAYOUT_KEY};
 use crate::tree::Tree;
 use std::collections::HashSet;
 use std::io::{Seek, SeekFrom, Write};
@@ -117,7 +117,7 @@ impl Plan {
         }
         let mut keys = HashSet::new();
         for (k, v) in &self.metadata {
-            if k == HERMETIC_KEY || (k == "format" && v != "pt") {
+            if k == HERMETIC_KEY || k == LAYOUT_KEY || (k == "format" && v != "pt") {
                 return Err(FormatError::unsupported(
                     format!("metadata[{k:?}]"),
                     "this key is reserved by hermetic",

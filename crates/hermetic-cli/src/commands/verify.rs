@@ -38,29 +38,63 @@ pub(crate) fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<ExitStatus, 
     let mut report = Vec::new();
     for path in &args.files {
         let shown = hermetic_manifest::display(&path.display().to_string()).into_owned();
-        let result = Archive::open(path).and_then(|ar| ar.check(None));
-        let (verdict, detail, bad): (&str, String, Vec<EntryCheck>) = match result {
-            Ok(checks) => {
+        let result = Archive::open(path).and_then(|ar| {
+            let checks = ar.check(None)?;
+            if checks.iter().all(|c| c.ok) {
+                // Tensors viewed through a `base` against their own entries.
+                ar.verify_views()?;
+            }
+            Ok((checks, ar.check_layout()))
+        });
+        let (verdict, mut detail, bad): (&str, String, Vec<EntryCheck>) = match result {
+            Ok((checks, layout)) => {
                 let bad: Vec<EntryCheck> = checks.iter().filter(|c| !c.ok).cloned().collect();
-                if bad.is_empty() {
+                let changed: Vec<&str> = layout
+                    .iter()
+                    .filter(|c| !c.ok())
+                    .map(|c| c.file.as_str())
+                    .collect();
+                if !bad.is_empty() {
+                    status = ExitStatus::Findings;
+                    (
+                        "corrupt",
+                        format!("{} of {} entries do not match", bad.len(), checks.len()),
+                        bad,
+                    )
+                } else if !changed.is_empty() {
+                    status = ExitStatus::Findings;
+                    let files: Vec<String> = changed
+                        .iter()
+                        .map(|f| hermetic_manifest::display(f).into_owned())
+                        .collect();
+                    (
+                        "changed",
+                        format!(
+                            "{} entries match their digests, but the header changed since it was \
+                             written (its dtypes, shapes, offsets, metadata or tree do not match \
+                             the layout digest): {}",
+                            checks.len(),
+                            files.join(", ")
+                        ),
+                        bad,
+                    )
+                } else if layout.iter().any(|c| c.recorded.is_none()) {
                     (
                         "ok",
-                        // The digests cover each entry's bytes only: what
-                        // the header says they are (dtype, shape) and the
-                        // tree around them are checked for consistency, not
-                        // against a digest.
                         format!(
-                            "{} entries match their digests (entry bytes only; \
-                             dtypes, shapes and the tree are not digested)",
+                            "{} entries match their digests (entry bytes only: the file was \
+                             written before hermetic digested the header's layout)",
                             checks.len()
                         ),
                         bad,
                     )
                 } else {
-                    status = ExitStatus::Findings;
                     (
-                        "corrupt",
-                        format!("{} of {} entries do not match", bad.len(), checks.len()),
+                        "ok",
+                        format!(
+                            "{} entries match their digests, and the header its layout digest",
+                            checks.len()
+                        ),
                         bad,
                     )
                 }
@@ -83,6 +117,18 @@ pub(crate) fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<ExitStatus, 
                 (v, detail, Vec::new())
             }
         };
+        let stale = hermetic_format::stale_temporaries(path);
+        if !stale.is_empty() {
+            let names: Vec<String> = stale
+                .iter()
+                .map(|p| hermetic_manifest::display(&p.display().to_string()).into_owned())
+                .collect();
+            detail.push_str(&format!(
+                "; {} temporary file(s) of interrupted saves beside it (the next save removes them): {}",
+                stale.len(),
+                names.join(", ")
+            ));
+        }
         report.push((shown, verdict, detail, bad));
     }
     if args.json {
