@@ -363,8 +363,14 @@ def test_convert_allow_writes_the_plain_records(
     src = CHECKPOINTS / name
     out = tmp_path / "out.safetensors"
     refused = hermetic_cli("convert", src, out)
-    assert refused.returncode == 1 and not out.exists()
-    assert "--allow" in refused.stderr
+    if name == "fairseq_style.pt":
+        # A Namespace is stored as itself (SPEC 10.6); --allow asks for a record.
+        assert refused.returncode == 0, refused.stderr
+        assert type(hermetic.load(out)["args"]).__name__ == "Namespace"
+        out.unlink()
+    else:
+        assert refused.returncode == 1 and not out.exists()
+        assert "--allow" in refused.stderr
     flags = [f for entry in allow for f in ("--allow", entry)]
     r = hermetic_cli("convert", *flags, src, out)
     assert r.returncode == 0, r.stderr

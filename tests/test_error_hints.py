@@ -75,11 +75,10 @@ def test_save_creates_a_missing_folder(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("value", "hint"),
     [
-        ("argparse.Namespace(lr=0.1)", "vars(args)"),
-        ("collections.defaultdict(list)", "dict(d)"),
-        ("collections.deque([1])", "list(d)"),
-        ("slice(1, 2)", "(start, stop, step)"),
-        ("range(3)", "(start, stop, step)"),
+        ("Args(lr=0.1)", "argparse.Namespace(**vars(args))"),
+        ("collections.defaultdict(lambda: 0)", "only builtin types"),
+        ("Queue([1])", "collections.deque(d, d.maxlen)"),
+        ("Mapping(a=1)", "store dict(d)"),
         ("pathlib.PurePosixPath('a/b')", "str(path)"),
     ],
 )
@@ -88,7 +87,23 @@ def test_save_refusals_say_what_to_store_instead(value: str, hint: str) -> None:
     import collections
     import pathlib
 
-    env = {"argparse": argparse, "collections": collections, "pathlib": pathlib}
+    class Args(argparse.Namespace):
+        pass
+
+    class Queue(collections.deque):  # type: ignore[type-arg]
+        pass
+
+    class Mapping(dict):  # type: ignore[type-arg]
+        pass
+
+    env = {
+        "argparse": argparse,
+        "collections": collections,
+        "pathlib": pathlib,
+        "Args": Args,
+        "Queue": Queue,
+        "Mapping": Mapping,
+    }
     with pytest.raises(hermetic.FormatError) as e:
         hermetic.dumps({"x": eval(value, env)})
     assert hint in str(e.value)

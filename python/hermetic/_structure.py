@@ -14,6 +14,7 @@ This module is imported on the first typed or allow-list load only.
 
 from __future__ import annotations
 
+import argparse
 import collections
 import collections.abc as cabc
 import dataclasses
@@ -165,7 +166,16 @@ def _any(o: Any, _: Any) -> Any:
     return CURRENT.get().any(o)
 
 
-_EXACT_VALUES = (datetime.datetime, datetime.date, datetime.timedelta, uuid.UUID, decimal.Decimal)
+_EXACT_VALUES = (
+    datetime.datetime,
+    datetime.date,
+    datetime.timedelta,
+    uuid.UUID,
+    decimal.Decimal,
+    argparse.Namespace,
+    slice,
+    range,
+)
 
 
 def _is_value_class(t: Any) -> bool:
@@ -183,9 +193,13 @@ def _value_factory(t: Any) -> Hook:
     if origin in _EXACT_VALUES:
 
         def exact(o: Any, _: Any) -> Any:
-            if o.__class__ is origin:
-                return o
-            raise Mismatch(name, describe(o))
+            if o.__class__ is not origin:
+                raise Mismatch(name, describe(o))
+            if origin is argparse.Namespace:
+                # Its attributes are plain data, as under Any.
+                for k, v in vars(o).items():
+                    setattr(o, k, CURRENT.get().any(v))
+            return o
 
         return exact
 
@@ -287,6 +301,15 @@ def _sequence_factory(t: Any, conv: cattrs.Converter) -> Hook:
     args = get_args(t)
     elem = _Lazy(conv, args[0] if args else Any)
     name = type_name(t)
+    if origin is collections.deque:
+
+        def deque_hook(o: Any, _: Any) -> Any:
+            if o.__class__ is not collections.deque:
+                raise Mismatch(name, describe(o))
+            items = _each(itertools.repeat(elem), o, name, t)
+            return collections.deque(items, o.maxlen)
+
+        return _shared(deque_hook)
     if origin in (list, cabc.MutableSequence):
         accepted: tuple[type, ...] = (list,)
     elif origin in (set, cabc.MutableSet):
@@ -346,6 +369,7 @@ def _is_sequence(t: Any) -> bool:
         cabc.Set,
         cabc.Collection,
         cabc.Iterable,
+        collections.deque,
     )
 
 
@@ -401,7 +425,21 @@ def _tuple_factory(t: Any, conv: cattrs.Converter) -> Hook:
 
 def _is_mapping(t: Any) -> bool:
     origin = get_origin(t) or t
-    return origin in (dict, collections.OrderedDict, cabc.Mapping, cabc.MutableMapping)
+    return origin in (
+        dict,
+        collections.OrderedDict,
+        collections.Counter,
+        collections.defaultdict,
+        cabc.Mapping,
+        cabc.MutableMapping,
+    )
+
+
+def _empty_like(o: Any) -> Any:
+    """A new, empty mapping of the class of ``o`` (a defaultdict keeps its factory)."""
+    if o.__class__ is collections.defaultdict:
+        return collections.defaultdict(o.default_factory)
+    return o.__class__()
 
 
 def _mapping_factory(t: Any, conv: cattrs.Converter) -> Hook:
@@ -411,10 +449,13 @@ def _mapping_factory(t: Any, conv: cattrs.Converter) -> Hook:
     value = _Lazy(conv, args[1] if len(args) == 2 else Any)
     name = type_name(t)
     make = collections.OrderedDict if origin is collections.OrderedDict else None
+    accepted: tuple[type, ...] = (dict, collections.OrderedDict)
+    if origin in (collections.Counter, collections.defaultdict):
+        accepted = (origin,)
 
     def fast(o: Any, _: Any) -> Any:
         c = o.__class__
-        if c is not dict and c is not collections.OrderedDict:
+        if c not in accepted:
             raise Mismatch(name, describe(o))
         hk = key.resolve()
         hv = value.resolve()
@@ -422,16 +463,16 @@ def _mapping_factory(t: Any, conv: cattrs.Converter) -> Hook:
         vt = value.t
         if make is None and c is dict:
             return {hk(k, kt): hv(v, vt) for k, v in o.items()}
-        out = (make or c)()
+        out = make() if make is not None else _empty_like(o)
         for k, v in o.items():
             out[hk(k, kt)] = hv(v, vt)
         return out
 
     def hook(o: Any, _: Any) -> Any:
         c = o.__class__
-        if c is not dict and c is not collections.OrderedDict:
+        if c not in accepted:
             raise Mismatch(name, describe(o))
-        out = (make or c)()
+        out = make() if make is not None else _empty_like(o)
         errors = []
         for k, v in o.items():
             try:
@@ -760,7 +801,8 @@ def _fallback(t: Any) -> Hook:
         raise StructureHandlerNotFoundError(
             f"hermetic cannot rebuild the type {type_name(t)}: annotate with dataclasses, "
             "attrs classes, NamedTuples, TypedDicts, Enums, builtin scalars and containers, "
-            "tensors and arrays, or the datetime/pathlib/uuid/decimal types",
+            "tensors and arrays, the datetime/pathlib/uuid/decimal types, or "
+            "argparse.Namespace, slice and range",
             t,
         )
 

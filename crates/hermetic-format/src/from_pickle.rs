@@ -357,12 +357,6 @@ impl<'l, 'a> Converter<'l, 'a> {
                 if let Some(r) = self.memo_ref(id)? {
                     return Ok(r);
                 }
-                if d.kind == DictKind::Counter && !self.salvage {
-                    return self.fail(
-                        "a collections.Counter cannot be stored in hermetic's format as itself \
-                         (`--salvage` keeps it as a dict)",
-                    );
-                }
                 let attrs = match (d.kind, d.state) {
                     (_, None) => None,
                     (DictKind::OrderedDict, Some(state)) => Some(self.attr_state(state)?),
@@ -375,7 +369,8 @@ impl<'l, 'a> Converter<'l, 'a> {
                 let pairs = self.pairs(&d.items, depth)?;
                 let n = match d.kind {
                     DictKind::OrderedDict => Node::ODict(pairs),
-                    DictKind::Dict | DictKind::Counter => Node::Dict(pairs),
+                    DictKind::Counter => Node::Counter(pairs),
+                    DictKind::Dict => Node::Dict(pairs),
                 };
                 let target = self.memo_close(id, node, n);
                 let Some(attrs) = attrs.filter(|a| !a.is_empty()) else {
@@ -440,6 +435,21 @@ impl<'l, 'a> Converter<'l, 'a> {
                     dtype,
                     data: s.data.to_vec(),
                 })
+            }
+            Value::Slice(parts) if !self.salvage => {
+                let parts = *parts;
+                let items = self.items(&parts, depth)?;
+                self.push(Node::Slice([items[0], items[1], items[2]]))
+            }
+            Value::Range(r) if !self.salvage => self.push(Node::Range(*r)),
+            Value::Object(o) if !self.is_record(o.class) && self.stdlib_class(o.class).is_some() => {
+                let o = (**o).clone();
+                if let Some(r) = self.memo_ref(id)? {
+                    return Ok(r);
+                }
+                let node = self.memo_open(id, false);
+                let n = self.stdlib_object(&o, depth)?;
+                self.memo_close(id, node, n)
             }
             Value::Object(o) if self.is_record(o.class) => {
                 let o = (**o).clone();
@@ -690,6 +700,113 @@ impl<'l, 'a> Converter<'l, 'a> {
             }
         }
         Ok(out)
+    }
+
+    /// `argparse.Namespace`, `collections.defaultdict` or `collections.deque`:
+    /// standard-library classes the format has nodes for (SPEC 10.6).
+    fn stdlib_class(&self, class: Id) -> Option<&'static str> {
+        match self.l.arena.get(class) {
+            Value::Global(g) => match &**g {
+                Global::Foreign { module, name } => match (module.as_str(), name.as_str()) {
+                    ("argparse", "Namespace") => Some("namespace"),
+                    ("collections", "defaultdict") => Some("defaultdict"),
+                    ("collections", "deque") => Some("deque"),
+                    _ => None,
+                },
+                Global::Known(_) => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// One of [`Converter::stdlib_class`]'s objects as its node, from what
+    /// its `__reduce__` gave the unpickler (anything else is an error).
+    fn stdlib_object(&mut self, o: &eval::Object, depth: usize) -> Res<Node> {
+        let kind = self.stdlib_class(o.class).unwrap_or_default();
+        let a = &self.l.arena;
+        let args: Vec<Id> = o.args.and_then(|x| a.seq_of(x)).unwrap_or(&[]).to_vec();
+        let no_kwargs = o
+            .kwargs
+            .is_none_or(|k| matches!(a.get(k), Value::Dict(d) if d.items.is_empty()));
+        let odd =
+            |what: &str| format!("{what} rebuilt from arguments hermetic does not read as one");
+        if !no_kwargs {
+            return self.fail(odd(kind));
+        }
+        match kind {
+            "namespace" => {
+                if !args.is_empty() || !o.list_items.is_empty() || !o.dict_items.is_empty() {
+                    return self.fail(odd("an argparse.Namespace"));
+                }
+                let attrs = match o.state {
+                    Some(s) => self.attr_state(s)?,
+                    None => Vec::new(),
+                };
+                let mut out = Vec::with_capacity(attrs.len());
+                for (name, v) in attrs {
+                    self.path.push(PathPart::Other(format!(".{name}")));
+                    let n = self.walk(v, depth + 1);
+                    self.path.pop();
+                    out.push((name, n?));
+                }
+                Ok(Node::Namespace(out))
+            }
+            "defaultdict" => {
+                let state_empty = o.state.is_none_or(|s| matches!(a.get(s), Value::None));
+                if args.len() > 1 || !o.list_items.is_empty() || !state_empty {
+                    return self.fail(odd("a collections.defaultdict"));
+                }
+                let factory = match args.first().map(|&f| a.get(f)) {
+                    None | Some(Value::None) => None,
+                    Some(Value::Global(g)) => {
+                        let name = match &**g {
+                            Global::Known(k) => {
+                                let q = k.qualname();
+                                match q.rsplit_once('.') {
+                                    Some((m, n)) => format!("{m}:{n}"),
+                                    None => q,
+                                }
+                            }
+                            Global::Foreign { module, name } => format!("{module}:{name}"),
+                        };
+                        if !crate::DEFAULT_FACTORIES.contains(&name.as_str()) {
+                            return self.fail(format!(
+                                "a defaultdict whose factory is {name}: only builtin types are stored"
+                            ));
+                        }
+                        Some(name)
+                    }
+                    Some(other) => {
+                        return self.fail(format!(
+                            "a defaultdict whose factory is {}",
+                            other.describe()
+                        ))
+                    }
+                };
+                let pairs = self.pairs(&o.dict_items, depth)?;
+                Ok(Node::DefaultDict { factory, pairs })
+            }
+            _ => {
+                // deque: `(deque, ())` or `(deque, ((), maxlen))`, items by APPENDS.
+                let state_empty = o.state.is_none_or(|s| matches!(a.get(s), Value::None));
+                if !o.dict_items.is_empty() || !state_empty || args.len() > 2 {
+                    return self.fail(odd("a collections.deque"));
+                }
+                let first_empty = args
+                    .first()
+                    .is_none_or(|&f| a.seq_of(f).is_some_and(|s| s.is_empty()));
+                let maxlen = match args.get(1).map(|&m| a.get(m)) {
+                    None | Some(Value::None) => None,
+                    Some(Value::Int(m)) if *m >= 0 => Some(*m as u64),
+                    _ => return self.fail(odd("a collections.deque")),
+                };
+                if !first_empty || maxlen.is_some_and(|m| o.list_items.len() as u64 > m) {
+                    return self.fail(odd("a collections.deque"));
+                }
+                let items = self.items(&o.list_items, depth)?;
+                Ok(Node::Deque { maxlen, items })
+            }
+        }
     }
 
     /// Whether `class` (a global node) is one `Foreign::Records` trusts.

@@ -41,7 +41,7 @@ pub use shard::{read_index, shard_name, write_sharded, Index, INDEX_NAME, MAX_IN
 pub use temps::{remove_stale as remove_stale_temporaries, stale as stale_temporaries};
 pub use tree::{
     contiguous_strides, gather, is_dense, view_extent, Node, NodeId, Shape, TensorKind, TensorRef,
-    Tree, View, INLINE_BYTES_MAX, MAX_DEPTH, MAX_NDIM,
+    Tree, View, DEFAULT_FACTORIES, INLINE_BYTES_MAX, MAX_DEPTH, MAX_NDIM,
 };
 pub use typed::{
     is_class_name, is_date, is_datetime, is_decimal, is_identifier, is_import_name, is_timedelta,

@@ -110,6 +110,25 @@ pub enum Node {
     Uuid(String),
     /// A `decimal.Decimal`, as `str(d)`.
     Decimal(String),
+    /// An `argparse.Namespace`: its attributes in order (memoizable).
+    Namespace(Vec<(String, NodeId)>),
+    /// A `collections.defaultdict`: its factory (one of
+    /// [`DEFAULT_FACTORIES`], or `None`) and items (memoizable).
+    DefaultDict {
+        factory: Option<String>,
+        pairs: Vec<(NodeId, NodeId)>,
+    },
+    /// A `collections.Counter` (memoizable).
+    Counter(Vec<(NodeId, NodeId)>),
+    /// A `collections.deque` and its `maxlen` (memoizable).
+    Deque {
+        maxlen: Option<u64>,
+        items: Vec<NodeId>,
+    },
+    /// A `slice(start, stop, step)` of any values.
+    Slice([NodeId; 3]),
+    /// A `range(start, stop, step)`.
+    Range([i64; 3]),
     // Version 4 (docs/SPEC.md, section 6.7).
     /// The `collections.OrderedDict` node `target` with instance attributes
     /// (torch's state-dict `_metadata`), in order; not memoizable itself.
@@ -135,6 +154,10 @@ impl Node {
                 | Node::Tensor(_)
                 | Node::Object { .. }
                 | Node::Partial { .. }
+                | Node::Namespace(_)
+                | Node::DefaultDict { .. }
+                | Node::Counter(_)
+                | Node::Deque { .. }
         )
     }
 
@@ -152,9 +175,34 @@ impl Node {
                 | Node::Path(_)
                 | Node::Uuid(_)
                 | Node::Decimal(_)
+                | Node::Namespace(_)
+                | Node::DefaultDict { .. }
+                | Node::Counter(_)
+                | Node::Deque { .. }
+                | Node::Slice(_)
+                | Node::Range(_)
         )
     }
 }
+
+/// The factories a `$defaultdict` may name: builtin types whose call runs
+/// nothing else (SPEC 10.6). Any other factory is refused by a writer.
+pub const DEFAULT_FACTORIES: &[&str] = &[
+    "builtins:list",
+    "builtins:dict",
+    "builtins:set",
+    "builtins:frozenset",
+    "builtins:tuple",
+    "builtins:int",
+    "builtins:float",
+    "builtins:complex",
+    "builtins:str",
+    "builtins:bytes",
+    "builtins:bool",
+    "collections:OrderedDict",
+    "collections:Counter",
+    "collections:deque",
+];
 
 /// The class and field names of a class record; every record of one class
 /// (with the same fields) shares one.
@@ -402,6 +450,15 @@ impl Tree {
                 }
             }
             Node::Object { values, .. } => stack.extend(values.iter().rev()),
+            Node::Namespace(a) => stack.extend(a.iter().rev().map(|(_, v)| *v)),
+            Node::DefaultDict { pairs: p, .. } | Node::Counter(p) => {
+                for (k, v) in p.iter().rev() {
+                    stack.push(*v);
+                    stack.push(*k);
+                }
+            }
+            Node::Deque { items, .. } => stack.extend(items.iter().rev()),
+            Node::Slice(v) => stack.extend(v.iter().rev()),
             Node::Attrs { target, attrs } => {
                 stack.extend(attrs.iter().rev().map(|(_, v)| *v));
                 stack.push(*target);
@@ -421,6 +478,12 @@ impl Tree {
             Node::List(v) | Node::Tuple(v) | Node::Set(v) | Node::FrozenSet(v) => v.clone(),
             Node::Dict(p) | Node::ODict(p) => p.iter().flat_map(|(k, v)| [*k, *v]).collect(),
             Node::Object { values, .. } => values.clone(),
+            Node::Namespace(a) => a.iter().map(|(_, v)| *v).collect(),
+            Node::DefaultDict { pairs: p, .. } | Node::Counter(p) => {
+                p.iter().flat_map(|(k, v)| [*k, *v]).collect()
+            }
+            Node::Deque { items, .. } => items.clone(),
+            Node::Slice(v) => v.to_vec(),
             Node::Attrs { target, attrs } => std::iter::once(*target)
                 .chain(attrs.iter().map(|(_, v)| *v))
                 .collect(),
@@ -682,6 +745,23 @@ impl Serialize for Fields<'_, '_> {
     }
 }
 
+/// An array that starts with one plain JSON value, then pairs or items.
+struct Headed<'r, 'a>(&'r Enc<'a>, Value, &'r [(NodeId, NodeId)], &'r [NodeId]);
+impl Serialize for Headed<'_, '_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(1 + self.2.len() * 2 + self.3.len()))?;
+        seq.serialize_element(&self.1)?;
+        for &(k, v) in self.2 {
+            seq.serialize_element(&self.0.child(k))?;
+            seq.serialize_element(&self.0.child(v))?;
+        }
+        for &c in self.3 {
+            seq.serialize_element(&self.0.child(c))?;
+        }
+        seq.end()
+    }
+}
+
 /// `$attrs`: the target node, then attribute name, value pairs.
 struct AttrsEnc<'r, 'a>(&'r Enc<'a>, NodeId, &'r [(String, NodeId)]);
 impl Serialize for AttrsEnc<'_, '_> {
@@ -768,6 +848,18 @@ impl Serialize for Enc<'_> {
             Node::Dict(p) => tagged(s, "$dict", &Pairs(self, p)),
             Node::ODict(p) => tagged(s, "$odict", &Pairs(self, p)),
             Node::Attrs { target, attrs } => tagged(s, "$attrs", &AttrsEnc(self, *target, attrs)),
+            Node::Namespace(a) => tagged(s, "$namespace", &Fields(self, None, a)),
+            Node::DefaultDict { factory, pairs } => tagged(
+                s,
+                "$defaultdict",
+                &Headed(self, factory.as_deref().into(), pairs, &[]),
+            ),
+            Node::Counter(p) => tagged(s, "$counter", &Pairs(self, p)),
+            Node::Deque { maxlen, items } => {
+                tagged(s, "$deque", &Headed(self, (*maxlen).into(), &[], items))
+            }
+            Node::Slice(v) => tagged(s, "$slice", &Seq(self, v)),
+            Node::Range(r) => tagged(s, "$range", r),
             Node::Tensor(t) => tagged(s, t.kind.tag(), &tensor_value(t)),
             Node::Ref(n) => tagged(s, "$ref", n),
             Node::TorchDtype(d) => tagged(s, "$torch_dtype", d),
@@ -1082,6 +1174,12 @@ impl<'de> Visitor<'de> for NodeSeed<'_, '_> {
                 dec: &mut *dec,
                 depth: self.depth,
             })?
+        } else if let Some(kind) = StdKind::of(&tag) {
+            map.next_value_seed(StdSeed {
+                dec: &mut *dec,
+                depth: self.depth,
+                kind,
+            })?
         } else if let Some(kind) = kind {
             map.next_value_seed(ContainerSeed {
                 dec: &mut *dec,
@@ -1107,6 +1205,176 @@ impl<'de> Visitor<'de> for NodeSeed<'_, '_> {
         if map.next_key::<IgnoredAny>()?.is_some() {
             return Err(dec.fail(format!("tagged node `{tag}` has more than one member")));
         }
+        Ok(id)
+    }
+}
+
+/// The standard-library containers of section 10.6 that hold nodes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StdKind {
+    Namespace,
+    DefaultDict,
+    Counter,
+    Deque,
+    Slice,
+    Range,
+}
+
+impl StdKind {
+    fn of(tag: &str) -> Option<Self> {
+        Some(match tag {
+            "$namespace" => StdKind::Namespace,
+            "$defaultdict" => StdKind::DefaultDict,
+            "$counter" => StdKind::Counter,
+            "$deque" => StdKind::Deque,
+            "$slice" => StdKind::Slice,
+            "$range" => StdKind::Range,
+            _ => return None,
+        })
+    }
+}
+
+struct StdSeed<'a, 'f> {
+    dec: &'a mut Decoder<'f>,
+    depth: usize,
+    kind: StdKind,
+}
+
+impl<'de> DeserializeSeed<'de> for StdSeed<'_, '_> {
+    type Value = NodeId;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<NodeId, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+/// Reads `key, value` node pairs to the end of the array.
+fn read_pairs<'de, A: SeqAccess<'de>>(
+    dec: &mut Decoder<'_>,
+    seq: &mut A,
+    depth: usize,
+) -> std::result::Result<Vec<(NodeId, NodeId)>, A::Error> {
+    let mut pairs = Vec::new();
+    loop {
+        dec.path.push(Seg::Text("[<key>]"));
+        let k = seq.next_element_seed(NodeSeed {
+            dec: &mut *dec,
+            depth,
+        });
+        dec.path.pop();
+        let Some(k) = k? else { return Ok(pairs) };
+        dec.path.push(Seg::Key(k));
+        let v = seq.next_element_seed(NodeSeed {
+            dec: &mut *dec,
+            depth,
+        })?;
+        let Some(v) = v else {
+            return Err(dec.fail("a mapping's array must hold key, value pairs (odd length)"));
+        };
+        dec.path.pop();
+        pairs.push((k, v));
+    }
+}
+
+impl<'de> Visitor<'de> for StdSeed<'_, '_> {
+    type Value = NodeId;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON array")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<NodeId, A::Error> {
+        let dec = self.dec;
+        if self.depth >= MAX_DEPTH {
+            return Err(dec.limit("container nesting depth", MAX_DEPTH as u64));
+        }
+        let depth = self.depth + 1;
+        let id = dec.tree.push(Node::None);
+        let node = match self.kind {
+            StdKind::Namespace => {
+                dec.register(id, false);
+                Node::Namespace(read_fields(dec, &mut seq, depth, "attribute")?)
+            }
+            StdKind::DefaultDict => {
+                dec.register(id, false);
+                let factory = match seq.next_element::<Value>()? {
+                    Some(Value::Null) => None,
+                    Some(Value::String(f)) if DEFAULT_FACTORIES.contains(&f.as_str()) => Some(f),
+                    _ => {
+                        return Err(dec.fail(format!(
+                            "$defaultdict must start with null or one of the factories {}",
+                            DEFAULT_FACTORIES.join(", ")
+                        )))
+                    }
+                };
+                let pairs = read_pairs(dec, &mut seq, depth)?;
+                Node::DefaultDict { factory, pairs }
+            }
+            StdKind::Counter => {
+                dec.register(id, false);
+                Node::Counter(read_pairs(dec, &mut seq, depth)?)
+            }
+            StdKind::Deque => {
+                dec.register(id, false);
+                let maxlen = match seq.next_element::<Value>()? {
+                    Some(Value::Null) => None,
+                    Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
+                    _ => {
+                        return Err(
+                            dec.fail("$deque must start with its maxlen: null or an integer >= 0")
+                        )
+                    }
+                };
+                let mut items = Vec::new();
+                loop {
+                    dec.path.push(Seg::Index(items.len()));
+                    let item = seq.next_element_seed(NodeSeed {
+                        dec: &mut *dec,
+                        depth,
+                    })?;
+                    dec.path.pop();
+                    match item {
+                        Some(i) => items.push(i),
+                        None => break,
+                    }
+                }
+                if maxlen.is_some_and(|m| (items.len() as u64) > m) {
+                    return Err(dec.fail("$deque holds more items than its maxlen"));
+                }
+                Node::Deque { maxlen, items }
+            }
+            StdKind::Slice => {
+                let mut parts = [0; 3];
+                for (i, part) in parts.iter_mut().enumerate() {
+                    dec.path.push(Seg::Index(i));
+                    let v = seq.next_element_seed(NodeSeed {
+                        dec: &mut *dec,
+                        depth,
+                    })?;
+                    dec.path.pop();
+                    *part = v.ok_or_else(|| dec.fail("$slice must be [start, stop, step]"))?;
+                }
+                if seq.next_element::<IgnoredAny>()?.is_some() {
+                    return Err(dec.fail("$slice must be [start, stop, step]"));
+                }
+                Node::Slice(parts)
+            }
+            StdKind::Range => {
+                let mut r = [0i64; 3];
+                for part in &mut r {
+                    *part = match seq.next_element::<Value>()? {
+                        Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64().unwrap_or(0),
+                        _ => return Err(dec.fail("$range must be [start, stop, step] of integers")),
+                    };
+                }
+                if seq.next_element::<IgnoredAny>()?.is_some() {
+                    return Err(dec.fail("$range must be [start, stop, step] of integers"));
+                }
+                if r[2] == 0 {
+                    return Err(dec.fail("$range step must not be zero"));
+                }
+                Node::Range(r)
+            }
+        };
+        dec.tree.nodes[id] = node;
         Ok(id)
     }
 }

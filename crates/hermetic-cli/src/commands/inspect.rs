@@ -257,6 +257,7 @@ impl Printer<'_> {
             Node::Path(t) => format!("Path({t:?})"),
             Node::Uuid(t) => format!("UUID({t:?})"),
             Node::Decimal(t) => format!("Decimal({t:?})"),
+            Node::Range(r) => format!("range({}, {}, {})", r[0], r[1], r[2]),
             Node::Tensor(t) => {
                 let kind = match t.kind {
                     TensorKind::Torch => "tensor",
@@ -314,6 +315,33 @@ impl Printer<'_> {
                     "})",
                     p.iter().map(|&(k, v)| (Some(k), v)).collect(),
                 ),
+                Node::Namespace(attrs) => {
+                    let named: Vec<(String, NodeId)> = attrs.clone();
+                    return self.fields(
+                        indent,
+                        label,
+                        "argparse.Namespace(",
+                        named.iter().map(|(k, v)| (k.as_str(), *v)),
+                    );
+                }
+                Node::DefaultDict { factory, pairs } => (
+                    if factory.is_some() {
+                        "defaultdict({"
+                    } else {
+                        "defaultdict(None, {"
+                    },
+                    "})",
+                    pairs.iter().map(|&(k, v)| (Some(k), v)).collect(),
+                ),
+                Node::Counter(p) => (
+                    "Counter({",
+                    "})",
+                    p.iter().map(|&(k, v)| (Some(k), v)).collect(),
+                ),
+                Node::Deque { items, .. } => {
+                    ("deque([", "])", items.iter().map(|&c| (None, c)).collect())
+                }
+                Node::Slice(v) => ("slice(", ")", v.iter().map(|&c| (None, c)).collect()),
                 Node::Attrs { target, attrs } => {
                     let (target, attrs) = (*target, attrs.clone());
                     self.node(target, indent, label)?;

@@ -402,6 +402,72 @@ impl<'a, 'py> Builder<'a, 'py> {
                 }
                 return Ok(d);
             }
+            Node::Namespace(attrs) => {
+                let ns = py.import("argparse")?.getattr("Namespace")?.call0()?;
+                self.remember(id, &ns)?;
+                for (name, v) in attrs {
+                    self.path.push(Seg::Text(format!(".{name}")));
+                    let value = self.build(*v)?;
+                    ns.setattr(name.as_str(), value).map_err(|e| self.wrap(e))?;
+                    self.path.pop();
+                }
+                return Ok(ns);
+            }
+            Node::DefaultDict { pairs, .. } | Node::Counter(pairs) => {
+                let collections = py.import("collections")?;
+                let d = match &tree.nodes[id] {
+                    Node::DefaultDict { factory, .. } => {
+                        let f = match factory.as_deref().and_then(|f| f.split_once(':')) {
+                            // One of hermetic_format::DEFAULT_FACTORIES (the
+                            // decoder checked): builtin types, nothing else.
+                            Some((m, n)) => py.import(m)?.getattr(n)?,
+                            None => py.None().into_bound(py),
+                        };
+                        collections.getattr("defaultdict")?.call1((f,))?
+                    }
+                    _ => collections.getattr("Counter")?.call0()?,
+                };
+                self.remember(id, &d)?;
+                for &(k, v) in pairs {
+                    self.path.push(Seg::Text("[<key>]".into()));
+                    let key = self.build(k)?;
+                    self.path.pop();
+                    self.path.push(Seg::Key(key.clone()));
+                    let value = self.build(v)?;
+                    d.set_item(&key, value).map_err(|e| self.wrap(e))?;
+                    self.path.pop();
+                }
+                return Ok(d);
+            }
+            Node::Deque { maxlen, items } => {
+                let dq = py
+                    .import("collections")?
+                    .getattr("deque")?
+                    .call1(((), *maxlen))?;
+                self.remember(id, &dq)?;
+                for (i, &c) in items.iter().enumerate() {
+                    self.path.push(Seg::Index(i));
+                    let v = self.build(c)?;
+                    self.path.pop();
+                    dq.call_method1(intern!(py, "append"), (v,))?;
+                }
+                return Ok(dq);
+            }
+            Node::Slice(parts) => {
+                let mut out = Vec::with_capacity(3);
+                for (i, &c) in parts.iter().enumerate() {
+                    self.path.push(Seg::Index(i));
+                    out.push(self.build(c)?);
+                    self.path.pop();
+                }
+                py.import("builtins")?
+                    .getattr("slice")?
+                    .call1(PyTuple::new(py, out)?)?
+            }
+            Node::Range(r) => py
+                .import("builtins")?
+                .getattr("range")?
+                .call1((r[0], r[1], r[2]))?,
             Node::Attrs { target, attrs } => {
                 let obj = self.build(*target)?;
                 for (name, v) in attrs {

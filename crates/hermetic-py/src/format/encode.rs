@@ -7,7 +7,7 @@ use crate::errors::{format_error, FormatError};
 use hermetic_format::{
     gather, is_class_name, is_date, is_datetime, is_decimal, is_identifier, is_import_name,
     is_uuid, path_name, Dtype, EntryOrigin, EntrySource, Node, NodeId, PathPart, Plan, Planner,
-    Shape, TensorKind, ViewSpec, INLINE_BYTES_MAX, MAX_DEPTH,
+    Shape, TensorKind, ViewSpec, DEFAULT_FACTORIES, INLINE_BYTES_MAX, MAX_DEPTH,
 };
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -29,6 +29,13 @@ struct Types<'py> {
     ndarray: Option<Bound<'py, PyType>>,
     np_generic: Option<Bound<'py, PyType>>,
     odict: Bound<'py, PyType>,
+    /// The standard-library containers of SPEC 10.6, by exact type.
+    namespace: Bound<'py, PyType>,
+    defaultdict: Bound<'py, PyType>,
+    counter: Bound<'py, PyType>,
+    deque: Bound<'py, PyType>,
+    slice: Bound<'py, PyType>,
+    range: Bound<'py, PyType>,
 }
 
 fn class<'py>(module: &Option<Bound<'py, PyAny>>, path: &[&str]) -> Option<Bound<'py, PyType>> {
@@ -58,6 +65,27 @@ impl<'py> Types<'py> {
             odict: py
                 .import("collections")?
                 .getattr("OrderedDict")?
+                .downcast_into::<PyType>()?,
+            namespace: py
+                .import("argparse")?
+                .getattr("Namespace")?
+                .downcast_into::<PyType>()?,
+            defaultdict: py
+                .import("collections")?
+                .getattr("defaultdict")?
+                .downcast_into::<PyType>()?,
+            counter: py
+                .import("collections")?
+                .getattr("Counter")?
+                .downcast_into::<PyType>()?,
+            deque: py
+                .import("collections")?
+                .getattr("deque")?
+                .downcast_into::<PyType>()?,
+            slice: py.get_type::<pyo3::types::PySlice>(),
+            range: py
+                .import("builtins")?
+                .getattr("range")?
                 .downcast_into::<PyType>()?,
         })
     }
@@ -268,6 +296,9 @@ impl<'py> Encoder<'py> {
             }
             return Ok(id);
         }
+        if let Some(id) = self.stdlib(obj, &t, depth)? {
+            return Ok(id);
+        }
         if is(&t, &self.types.tensor) || is(&t, &self.types.parameter) {
             if let Err(r) = self.memoize(obj, false)? {
                 return Ok(r);
@@ -335,24 +366,24 @@ impl<'py> Encoder<'py> {
         let module = t.module()?.to_cow()?.into_owned();
         let qualname = t.qualname()?.to_cow()?.into_owned();
         let hint = match (module.as_str(), qualname.as_str()) {
-            ("argparse", "Namespace") => "; store vars(args), a dict of its attributes",
-            ("collections", "defaultdict") => {
-                "; store dict(d) (and the default factory by reference, if it matters)"
-            }
-            ("collections", "deque") => "; store list(d) (and maxlen, if it matters)",
-            ("builtins", "slice") | ("builtins", "range") => {
-                "; store (start, stop, step) as a tuple"
-            }
             ("pathlib", "PurePath" | "PurePosixPath" | "PureWindowsPath") => {
                 "; store str(path), or a concrete pathlib.Path"
             }
+            _ if obj.is_instance(&self.types.namespace).unwrap_or(false) => {
+                "; a subclass of argparse.Namespace: store argparse.Namespace(**vars(args))"
+            }
+            _ if obj.is_instance(&self.types.deque).unwrap_or(false) => {
+                "; a subclass of collections.deque: store collections.deque(d, d.maxlen)"
+            }
+            _ if obj.is_instance_of::<PyDict>() => "; a dict subclass: store dict(d)",
             _ => "",
         };
         Err(self.fail(format!(
             "{what} of type {module}.{qualname} cannot be stored (hermetic stores containers, \
              scalars, tensors, arrays, dataclass, attrs and NamedTuple instances, enums, \
-             datetime, concrete pathlib paths, uuid and decimal values, and functions and \
-             classes by reference; it never pickles){hint}"
+             datetime, concrete pathlib paths, uuid and decimal values, argparse.Namespace, \
+             defaultdict, Counter, deque, slice and range, and functions and classes by \
+             reference; it never pickles){hint}"
         )))
     }
 
@@ -585,6 +616,121 @@ impl<'py> Encoder<'py> {
             ClassInfo::Uuid => Node::Uuid(self.text(obj, None, is_uuid, "UUID")?),
             ClassInfo::Decimal => Node::Decimal(self.text(obj, None, is_decimal, "Decimal")?),
         };
+        Ok(Some(self.push(node)))
+    }
+
+    /// `argparse.Namespace`, `defaultdict`, `Counter`, `deque`, `slice` and
+    /// `range` (exact types; SPEC 10.6), or `None` for anything else.
+    fn stdlib(
+        &mut self,
+        obj: &Bound<'py, PyAny>,
+        t: &Bound<'py, PyType>,
+        depth: usize,
+    ) -> PyResult<Option<NodeId>> {
+        let py = self.py;
+        let ty = &self.types;
+        let mutable =
+            t.is(&ty.namespace) || t.is(&ty.defaultdict) || t.is(&ty.counter) || t.is(&ty.deque);
+        if t.is(&ty.range) {
+            let part = |n: &str| -> PyResult<i64> {
+                obj.getattr(n)?.extract::<i64>().map_err(|_| {
+                    self.fail("a range whose bounds do not fit in 64 bits cannot be stored")
+                })
+            };
+            let r = [part("start")?, part("stop")?, part("step")?];
+            return Ok(Some(self.push(Node::Range(r))));
+        }
+        if t.is(&ty.slice) {
+            let mut parts = [0; 3];
+            for (i, n) in ["start", "stop", "step"].iter().enumerate() {
+                self.path.push(PathPart::Other(format!(".{n}")));
+                let r = self.walk(&obj.getattr(*n)?, depth + 1);
+                self.path.pop();
+                parts[i] = r?;
+            }
+            return Ok(Some(self.push(Node::Slice(parts))));
+        }
+        if !mutable {
+            return Ok(None);
+        }
+        if depth >= MAX_DEPTH {
+            return Err(self.fail(format!("containers nest deeper than {MAX_DEPTH} levels")));
+        }
+        if let Err(r) = self.memoize(obj, false)? {
+            return Ok(Some(r));
+        }
+        let node = if t.is(&self.types.namespace) {
+            let vars = obj.getattr(intern!(py, "__dict__"))?;
+            let vars = vars.downcast::<PyDict>()?;
+            let mut attrs = Vec::with_capacity(vars.len());
+            for (k, v) in vars.iter() {
+                let name = match k.extract::<String>() {
+                    Ok(n) if is_identifier(&n) => n,
+                    _ => {
+                        return Err(self.fail(format!(
+                            "the Namespace attribute {} is not an identifier; store vars(args) \
+                             (a dict) instead",
+                            k.repr()?
+                        )))
+                    }
+                };
+                self.path.push(PathPart::Other(format!(".{name}")));
+                let r = self.walk(&v, depth + 1);
+                self.path.pop();
+                attrs.push((name, r?));
+            }
+            Node::Namespace(attrs)
+        } else if t.is(&self.types.deque) {
+            let maxlen = obj.getattr(intern!(py, "maxlen"))?;
+            let maxlen = if maxlen.is_none() {
+                None
+            } else {
+                Some(maxlen.extract::<u64>()?)
+            };
+            let items = self.walk_items(obj, depth + 1)?;
+            Node::Deque { maxlen, items }
+        } else {
+            let factory = if t.is(&self.types.defaultdict) {
+                let f = obj.getattr(intern!(py, "default_factory"))?;
+                if f.is_none() {
+                    Some(None)
+                } else {
+                    let name = self.callable_name(&f).ok();
+                    match name.filter(|n| DEFAULT_FACTORIES.contains(&n.as_str())) {
+                        Some(n) => Some(Some(n)),
+                        None => {
+                            return Err(self.fail(format!(
+                                "a defaultdict whose factory is {}: only builtin types ({}) \
+                                 are stored, since loading one must call nothing else; store \
+                                 dict(d) instead",
+                                f.repr()?,
+                                DEFAULT_FACTORIES.join(", ")
+                            )))
+                        }
+                    }
+                }
+            } else {
+                None
+            };
+            let dict = obj.downcast::<PyDict>()?;
+            let mut pairs = Vec::with_capacity(dict.len());
+            for (k, v) in dict.iter() {
+                let part = self.key_part(&k)?;
+                self.path.push(PathPart::Other("<key>".into()));
+                let kid = self.walk(&k, depth + 1);
+                self.path.pop();
+                let kid = kid?;
+                self.path.push(part);
+                let vid = self.walk(&v, depth + 1);
+                self.path.pop();
+                pairs.push((kid, vid?));
+            }
+            match factory {
+                Some(factory) => Node::DefaultDict { factory, pairs },
+                None => Node::Counter(pairs),
+            }
+        };
+        self.close(obj);
         Ok(Some(self.push(node)))
     }
 
