@@ -188,3 +188,15 @@ def test_scan_help_states_verdicts_and_exit_codes() -> None:
         assert f"\n  {code}  " in text, code
     assert "a file could not be read or analysed (verdict error)" in text
     assert run("scan", "-h").stdout.count("Exit status:") == 1, "short help shows it too"
+
+
+def test_progress_is_for_terminals_only(tmp_path: Path) -> None:
+    """The progress bar goes to a terminal's stderr after a second; piped
+    output (CI, scripts) never gets it, and --quiet turns it off."""
+    for i in range(50):
+        (tmp_path / f"{i}.pkl").write_bytes(pickle.dumps({"i": i}))
+    for extra in ([], ["--quiet"], ["-q"]):
+        r = run("scan", *extra, tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert r.stderr == ""
+        assert "50 files scanned" in r.stdout

@@ -97,6 +97,9 @@ pub struct ScanArgs {
     /// current directory).
     #[arg(long, value_name = "DIR")]
     pub sarif_root: Option<PathBuf>,
+    /// No progress bar (one appears on a terminal when a scan takes over a second).
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]

@@ -41,7 +41,10 @@ pub(crate) fn run(args: &ScanArgs, out: &mut dyn Write) -> Result<ExitStatus, Cl
         (None, true) => vec![std::path::PathBuf::from(".")],
         (None, false) => args.paths.clone(),
     };
-    let (reports, summary) = scan_paths(&paths, &policy, args.jobs)?;
+    let bar = Progress::new(args.quiet);
+    let tick = |n: u64, total: u64| bar.tick(n, total);
+    let (reports, summary) = scan_paths_with(&paths, &policy, args.jobs, Some(&tick))?;
+    bar.finish();
     let shown: Vec<&FileReport> = reports
         .iter()
         .filter(|r| args.all || r.format != "none" || r.verdict == Verdict::Error)
@@ -179,6 +182,52 @@ fn exit_status(summary: &Summary, threshold: Option<Verdict>) -> ExitStatus {
     }
 }
 
+/// A progress bar on stderr for scans that take longer than a second: only
+/// on a terminal, never with `--quiet`, and drawn only once a second has
+/// passed, so quick scans print nothing extra.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    start: std::time::Instant,
+    shown: std::sync::atomic::AtomicBool,
+}
+
+impl Progress {
+    fn new(quiet: bool) -> Self {
+        use std::io::IsTerminal;
+        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let b = indicatif::ProgressBar::hidden();
+            if let Ok(style) =
+                indicatif::ProgressStyle::with_template("scanning {pos}/{len} files {bar:30} {eta}")
+            {
+                b.set_style(style);
+            }
+            b
+        });
+        Progress {
+            bar,
+            start: std::time::Instant::now(),
+            shown: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn tick(&self, done: u64, total: u64) {
+        let Some(b) = &self.bar else { return };
+        b.set_length(total);
+        b.set_position(done);
+        if self.start.elapsed() >= std::time::Duration::from_secs(1)
+            && !self.shown.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
 /// Scans every file under `paths` in parallel; reports come back sorted by
 /// path, followed by paths that could not be read.
 pub fn scan_paths(
@@ -186,13 +235,32 @@ pub fn scan_paths(
     policy: &Policy,
     jobs: Option<usize>,
 ) -> Result<(Vec<FileReport>, Summary), CliError> {
+    scan_paths_with(paths, policy, jobs, None)
+}
+
+/// [`scan_paths`], calling `progress(done, total)` as files finish.
+pub fn scan_paths_with(
+    paths: &[std::path::PathBuf],
+    policy: &Policy,
+    jobs: Option<usize>,
+    progress: Option<&(dyn Fn(u64, u64) + Sync)>,
+) -> Result<(Vec<FileReport>, Summary), CliError> {
     let walk = walk::collect(paths);
     let files = &walk.files;
     let limits = Limits::default();
+    let total = files.len() as u64;
+    let done = std::sync::atomic::AtomicU64::new(0);
     let scan = || -> Vec<FileReport> {
         files
             .par_iter()
-            .map(|f| scan_file(f, policy, &limits))
+            .map(|f| {
+                let r = scan_file(f, policy, &limits);
+                if let Some(p) = progress {
+                    let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                    p(n, total);
+                }
+                r
+            })
             .collect()
     };
     let mut reports = match jobs {
