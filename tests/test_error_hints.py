@@ -79,7 +79,6 @@ def test_save_creates_a_missing_folder(tmp_path: Path) -> None:
         ("collections.defaultdict(lambda: 0)", "only builtin types"),
         ("Queue([1])", "collections.deque(d, d.maxlen)"),
         ("Mapping(a=1)", "store dict(d)"),
-        ("pathlib.PurePosixPath('a/b')", "str(path)"),
     ],
 )
 def test_save_refusals_say_what_to_store_instead(value: str, hint: str) -> None:

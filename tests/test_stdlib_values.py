@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import datetime
+import pathlib
 import pickle
 import subprocess
 import sys
@@ -33,6 +35,12 @@ def _values() -> dict[str, Any]:
         "s": slice(1, None, 2),
         "r": range(-3, 100, 7),
         "w": torch.arange(4.0),
+        "time": datetime.time(3, 4, 5, 6),
+        "time_tz": datetime.time(1, 2, tzinfo=datetime.timezone(datetime.timedelta(hours=-3))),
+        "utc": datetime.timezone.utc,
+        "named": datetime.timezone(datetime.timedelta(hours=5, seconds=1, microseconds=7), "X"),
+        "posix": pathlib.PurePosixPath("runs/a"),
+        "windows": pathlib.PureWindowsPath(r"C:\\runs\\a"),
     }
 
 
@@ -46,6 +54,8 @@ def _same(a: Any, b: Any) -> None:
         assert a.default_factory is b.default_factory
     if isinstance(a, collections.deque):
         assert a.maxlen == b.maxlen
+    if isinstance(a, datetime.timezone):
+        assert a.tzname(None) == b.tzname(None)
 
 
 def test_values_round_trip_with_their_types_and_sharing(tmp_path: Path) -> None:
@@ -105,6 +115,7 @@ def test_typed_loading_checks_the_classes() -> None:
         (collections.defaultdict(Run), "only builtin types"),
         (argparse.Namespace(**{"not-an-identifier": 1}), "not an identifier"),
         (range(2**70), "64 bits"),
+        (datetime.time(1, fold=1), "fold=1"),
     ],
 )
 def test_values_that_cannot_be_stored_say_why(value: Any, message: str) -> None:
@@ -123,6 +134,11 @@ def test_values_that_cannot_be_stored_say_why(value: Any, message: str) -> None:
         ('{"$slice":[1,2]}', r"\[start, stop, step\]"),
         ('{"$range":[0,10,0]}', "must not be zero"),
         ('{"$range":[0,1.5,1]}', "integers"),
+        ('{"$time":"25:00:00"}', "HH:MM:SS"),
+        ('{"$time":"01:00:00[Europe/Paris]"}', "HH:MM:SS"),
+        ('{"$timezone":["+24:00",null]}', "under 24 hours"),
+        ('{"$timezone":["+01:00"]}', r"\[OFFSET, NAME\]"),
+        ('{"$pure_path":["nt","a"]}', "posix"),
     ],
 )
 def test_malformed_nodes_are_rejected(tree: str, message: str) -> None:
@@ -131,7 +147,8 @@ def test_malformed_nodes_are_rejected(tree: str, message: str) -> None:
 
 
 def test_convert_stores_them_from_pickles(tmp_path: Path) -> None:
-    obj = {k: v for k, v in _values().items() if k not in ("again", "w")}
+    skip = ("again", "w", "time", "time_tz", "utc", "named", "posix", "windows")
+    obj = {k: v for k, v in _values().items() if k not in skip}
     obj["args"] = argparse.Namespace(lr=0.1, layers=[2, 3])
     for proto in (2, 4, 5):
         src, out = tmp_path / f"p{proto}.pkl", tmp_path / f"p{proto}.safetensors"

@@ -348,8 +348,14 @@ def test_unstorable_values_say_why() -> None:
 
     with pytest.raises(FormatError, match=r'tree\["t"\].*only datetime.timezone'):
         hermetic.dumps({"t": datetime.datetime(2024, 1, 1, tzinfo=Tz())})
-    with pytest.raises(FormatError, match=r"pathlib.PurePosixPath cannot be stored"):
-        hermetic.dumps({"p": pathlib.PurePosixPath("a")})
+    with pytest.raises(FormatError, match=r'tree\["t"\].*only datetime.timezone'):
+        hermetic.dumps({"t": datetime.time(1, tzinfo=Tz())})
+
+    class MyPath(type(pathlib.PurePosixPath())):  # type: ignore[misc]
+        pass
+
+    with pytest.raises(FormatError, match=r"MyPath cannot be stored"):
+        hermetic.dumps({"p": MyPath("a")})
 
 
 def test_tensors_inside_objects_get_path_names() -> None:

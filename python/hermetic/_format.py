@@ -34,7 +34,12 @@ from hermetic._typed import (  # noqa: F401
     _datetime_text,
     _decimal,
     _path,
+    _pure_path,
+    _time,
+    _time_text,
     _timedelta,
+    _timezone,
+    _timezone_info,
     _uuid,
 )
 

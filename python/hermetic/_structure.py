@@ -172,6 +172,8 @@ _EXACT_VALUES = (
     datetime.timedelta,
     uuid.UUID,
     decimal.Decimal,
+    datetime.time,
+    datetime.timezone,
     argparse.Namespace,
     slice,
     range,

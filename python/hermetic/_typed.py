@@ -65,6 +65,10 @@ _STDLIB: dict[type, tuple[str]] = {
     pathlib.WindowsPath: ("path",),
     uuid.UUID: ("uuid",),
     decimal.Decimal: ("decimal",),
+    datetime.time: ("time",),
+    datetime.timezone: ("timezone",),
+    pathlib.PurePosixPath: ("pure_posix_path",),
+    pathlib.PureWindowsPath: ("pure_windows_path",),
 }
 
 
@@ -182,6 +186,37 @@ def _datetime_text(dt: datetime.datetime) -> str:
     )
 
 
+def _time_text(t: datetime.time) -> str:
+    if t.tzinfo is not None and type(t.tzinfo) is not datetime.timezone:
+        raise TypeError(
+            f"a time with tzinfo {type(t.tzinfo).__module__}.{type(t.tzinfo).__qualname__} "
+            "cannot be stored: only datetime.timezone offsets can"
+        )
+    if t.fold:
+        raise TypeError("a time with fold=1 cannot be stored (its text does not say fold)")
+    return t.isoformat()
+
+
+def _offset_text(d: datetime.timedelta) -> str:
+    sign = "-" if d < datetime.timedelta(0) else "+"
+    d = abs(d)
+    hours, rest = divmod(d, datetime.timedelta(hours=1))
+    minutes, rest = divmod(rest, datetime.timedelta(minutes=1))
+    text = f"{sign}{hours:02d}:{minutes:02d}"
+    if rest:
+        text += f":{rest.seconds:02d}"
+        if rest.microseconds:
+            text += f".{rest.microseconds:06d}"
+    return text
+
+
+def _timezone_info(tz: datetime.timezone) -> tuple[str, str | None]:
+    offset = tz.utcoffset(None)
+    name = tz.tzname(None)
+    default = datetime.timezone(offset).tzname(None)
+    return _offset_text(offset), (None if name == default else name)
+
+
 # ------------------------------------------------------------------ loading values
 
 
@@ -214,6 +249,30 @@ def _date(text: str) -> datetime.date:
 
 def _timedelta(days: int, seconds: int, microseconds: int) -> datetime.timedelta:
     return datetime.timedelta(days=days, seconds=seconds, microseconds=microseconds)
+
+
+def _time(text: str) -> datetime.time:
+    return datetime.time.fromisoformat(text)
+
+
+def _timezone(offset: str, name: str | None) -> datetime.timezone:
+    sign = -1 if offset[0] == "-" else 1
+    parts = offset[1:].split(":")
+    seconds = float(parts[2]) if len(parts) > 2 else 0.0
+    whole = int(seconds)
+    delta = datetime.timedelta(
+        hours=int(parts[0]),
+        minutes=int(parts[1]),
+        seconds=whole,
+        microseconds=round((seconds - whole) * 1_000_000),
+    )
+    if name is None:
+        return datetime.timezone(sign * delta)
+    return datetime.timezone(sign * delta, name)
+
+
+def _pure_path(windows: bool, text: str) -> pathlib.PurePath:
+    return pathlib.PureWindowsPath(text) if windows else pathlib.PurePosixPath(text)
 
 
 def _path(text: str) -> pathlib.Path:

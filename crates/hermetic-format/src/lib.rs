@@ -44,8 +44,9 @@ pub use tree::{
     Tree, View, DEFAULT_FACTORIES, INLINE_BYTES_MAX, MAX_DEPTH, MAX_NDIM,
 };
 pub use typed::{
-    is_class_name, is_date, is_datetime, is_decimal, is_identifier, is_import_name, is_timedelta,
-    is_uuid, NamedRef, RefKind, ATTRS_VERSION, TYPED_VERSION, VIEWS_VERSION,
+    is_class_name, is_date, is_datetime, is_decimal, is_identifier, is_import_name, is_time,
+    is_timedelta, is_utc_offset, is_uuid, NamedRef, RefKind, ATTRS_VERSION, TYPED_VERSION,
+    VIEWS_VERSION,
 };
 pub use writer::{
     write_file, write_to_vec, EntrySource, Plan, PlannedEntry, SliceSource, WriteOptions,

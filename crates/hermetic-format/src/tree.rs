@@ -110,6 +110,18 @@ pub enum Node {
     Uuid(String),
     /// A `decimal.Decimal`, as `str(d)`.
     Decimal(String),
+    /// A `datetime.time`, as `time.isoformat()` (fixed offsets only).
+    Time(String),
+    /// A `datetime.timezone`: its offset text and its name, if it has one.
+    Timezone {
+        offset: String,
+        name: Option<String>,
+    },
+    /// A `pathlib.PurePosixPath` or (`windows`) `PureWindowsPath`, as `str`.
+    PurePath {
+        windows: bool,
+        text: String,
+    },
     /// An `argparse.Namespace`: its attributes in order (memoizable).
     Namespace(Vec<(String, NodeId)>),
     /// A `collections.defaultdict`: its factory (one of
@@ -175,6 +187,9 @@ impl Node {
                 | Node::Path(_)
                 | Node::Uuid(_)
                 | Node::Decimal(_)
+                | Node::Time(_)
+                | Node::Timezone { .. }
+                | Node::PurePath { .. }
                 | Node::Namespace(_)
                 | Node::DefaultDict { .. }
                 | Node::Counter(_)
@@ -860,6 +875,13 @@ impl Serialize for Enc<'_> {
             }
             Node::Slice(v) => tagged(s, "$slice", &Seq(self, v)),
             Node::Range(r) => tagged(s, "$range", r),
+            Node::Time(t) => tagged(s, "$time", t),
+            Node::Timezone { offset, name } => tagged(s, "$timezone", &(offset, name)),
+            Node::PurePath { windows, text } => tagged(
+                s,
+                "$pure_path",
+                &(if *windows { "windows" } else { "posix" }, text),
+            ),
             Node::Tensor(t) => tagged(s, t.kind.tag(), &tensor_value(t)),
             Node::Ref(n) => tagged(s, "$ref", n),
             Node::TorchDtype(d) => tagged(s, "$torch_dtype", d),
@@ -1957,6 +1979,45 @@ fn leaf<E: de::Error>(dec: &mut Decoder<'_>, tag: &str, v: Value) -> std::result
             }
         }
         "$path" => Node::Path(as_str(dec, &v, "$path")?.to_string()),
+        "$time" => {
+            let t = as_str(dec, &v, "$time")?;
+            if !crate::typed::is_time(t) {
+                return Err(dec.fail(format!(
+                    "$time {t:?} is not HH:MM:SS[.ffffff] with an optional UTC offset"
+                )));
+            }
+            Node::Time(t.to_string())
+        }
+        "$timezone" => match &v {
+            Value::Array(a)
+                if a.len() == 2
+                    && a[0].as_str().is_some_and(crate::typed::is_utc_offset)
+                    && (a[1].is_null() || a[1].as_str().is_some_and(|n| n.len() <= 255)) =>
+            {
+                Node::Timezone {
+                    offset: a[0].as_str().unwrap_or_default().to_string(),
+                    name: a[1].as_str().map(str::to_string),
+                }
+            }
+            _ => {
+                return Err(dec.fail(
+                    "$timezone must be [OFFSET, NAME]: a UTC offset `+HH:MM[:SS[.ffffff]]` under 24 hours and a name (at most 255 bytes) or null",
+                ))
+            }
+        },
+        "$pure_path" => match &v {
+            Value::Array(a)
+                if a.len() == 2
+                    && matches!(a[0].as_str(), Some("posix" | "windows"))
+                    && a[1].is_string() =>
+            {
+                Node::PurePath {
+                    windows: a[0].as_str() == Some("windows"),
+                    text: a[1].as_str().unwrap_or_default().to_string(),
+                }
+            }
+            _ => return Err(dec.fail("$pure_path must be [\"posix\" or \"windows\", TEXT]")),
+        },
         "$uuid" => {
             let t = as_str(dec, &v, "$uuid")?;
             if !is_uuid(t) {

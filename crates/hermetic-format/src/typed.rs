@@ -151,6 +151,22 @@ pub fn is_datetime(s: &str) -> bool {
     }
 }
 
+/// `HH:MM:SS[.ffffff][OFFSET]`, as `datetime.time.isoformat()` writes it
+/// (a `datetime.timezone` offset or none).
+pub fn is_time(s: &str) -> bool {
+    match clock(s.as_bytes(), 23) {
+        Some([]) => true,
+        Some(rest) => offset(rest).is_some_and(|r| r.is_empty()),
+        None => false,
+    }
+}
+
+/// A UTC offset alone: `+HH:MM`, `+HH:MM:SS` or `+HH:MM:SS.ffffff` (or `-`),
+/// under 24 hours.
+pub fn is_utc_offset(s: &str) -> bool {
+    offset(s.as_bytes()).is_some_and(|r| r.is_empty())
+}
+
 /// `8-4-4-4-12` lowercase hexadecimal digits.
 pub fn is_uuid(s: &str) -> bool {
     let b = s.as_bytes();

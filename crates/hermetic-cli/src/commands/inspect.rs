@@ -258,6 +258,15 @@ impl Printer<'_> {
             Node::Uuid(t) => format!("UUID({t:?})"),
             Node::Decimal(t) => format!("Decimal({t:?})"),
             Node::Range(r) => format!("range({}, {}, {})", r[0], r[1], r[2]),
+            Node::Time(t) => format!("time({t:?})"),
+            Node::Timezone { offset, name } => match name {
+                Some(n) => format!("timezone({offset:?}, {n:?})"),
+                None => format!("timezone({offset:?})"),
+            },
+            Node::PurePath { windows, text } => {
+                let class = if *windows { "PureWindowsPath" } else { "PurePosixPath" };
+                format!("{class}({text:?})")
+            }
             Node::Tensor(t) => {
                 let kind = match t.kind {
                     TensorKind::Torch => "tensor",

@@ -288,6 +288,20 @@ impl<'a, 'py> Builder<'a, 'py> {
                 let args = PyTuple::new(py, [*days, *seconds, *microseconds])?;
                 self.call(&h, intern!(py, "_timedelta"), args)?
             }
+            Node::Time(t) => {
+                let h = helpers(self)?;
+                self.call(&h, intern!(py, "_time"), PyTuple::new(py, [t.as_str()])?)?
+            }
+            Node::Timezone { offset, name } => {
+                let h = helpers(self)?;
+                let args = (offset.as_str(), name.as_deref()).into_pyobject(py)?;
+                self.call(&h, intern!(py, "_timezone"), args)?
+            }
+            Node::PurePath { windows, text } => {
+                let h = helpers(self)?;
+                let args = (*windows, text.as_str()).into_pyobject(py)?;
+                self.call(&h, intern!(py, "_pure_path"), args)?
+            }
             Node::Path(t) => {
                 let h = helpers(self)?;
                 self.call(&h, intern!(py, "_path"), PyTuple::new(py, [t.as_str()])?)?

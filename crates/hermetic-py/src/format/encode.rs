@@ -126,6 +126,9 @@ enum ClassInfo<'py> {
     Path,
     Uuid,
     Decimal,
+    Time,
+    Timezone,
+    PurePath(bool),
     /// Not storable (the generic error explains).
     Unsupported,
 }
@@ -366,9 +369,6 @@ impl<'py> Encoder<'py> {
         let module = t.module()?.to_cow()?.into_owned();
         let qualname = t.qualname()?.to_cow()?.into_owned();
         let hint = match (module.as_str(), qualname.as_str()) {
-            ("pathlib", "PurePath" | "PurePosixPath" | "PureWindowsPath") => {
-                "; store str(path), or a concrete pathlib.Path"
-            }
             _ if obj.is_instance(&self.types.namespace).unwrap_or(false) => {
                 "; a subclass of argparse.Namespace: store argparse.Namespace(**vars(args))"
             }
@@ -381,7 +381,7 @@ impl<'py> Encoder<'py> {
         Err(self.fail(format!(
             "{what} of type {module}.{qualname} cannot be stored (hermetic stores containers, \
              scalars, tensors, arrays, dataclass, attrs and NamedTuple instances, enums, \
-             datetime, concrete pathlib paths, uuid and decimal values, argparse.Namespace, \
+             datetime values, pathlib paths, uuid and decimal values, argparse.Namespace, \
              defaultdict, Counter, deque, slice and range, and functions and classes by \
              reference; it never pickles){hint}"
         )))
@@ -442,6 +442,10 @@ impl<'py> Encoder<'py> {
                 "path" => ClassInfo::Path,
                 "uuid" => ClassInfo::Uuid,
                 "decimal" => ClassInfo::Decimal,
+                "time" => ClassInfo::Time,
+                "timezone" => ClassInfo::Timezone,
+                "pure_posix_path" => ClassInfo::PurePath(false),
+                "pure_windows_path" => ClassInfo::PurePath(true),
                 other => return Err(self.fail(format!("unknown class kind {other:?}"))),
             }
         };
@@ -613,6 +617,25 @@ impl<'py> Encoder<'py> {
                 }
             }
             ClassInfo::Path => Node::Path(self.text(obj, None, |_| true, "path")?),
+            ClassInfo::PurePath(windows) => Node::PurePath {
+                windows: *windows,
+                text: self.text(obj, None, |_| true, "path")?,
+            },
+            ClassInfo::Time => {
+                Node::Time(self.text(obj, Some("_time_text"), hermetic_format::is_time, "time")?)
+            }
+            ClassInfo::Timezone => {
+                let (offset, name): (String, Option<String>) =
+                    self.helper("_timezone_info", obj)?.extract()?;
+                if !hermetic_format::is_utc_offset(&offset)
+                    || name.as_ref().is_some_and(|n| n.len() > 255)
+                {
+                    return Err(self.fail(format!(
+                        "timezone {offset:?} {name:?} has no representation in the format"
+                    )));
+                }
+                Node::Timezone { offset, name }
+            }
             ClassInfo::Uuid => Node::Uuid(self.text(obj, None, is_uuid, "UUID")?),
             ClassInfo::Decimal => Node::Decimal(self.text(obj, None, is_decimal, "Decimal")?),
         };
