@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
@@ -107,3 +108,21 @@ def test_save_refusals_say_what_to_store_instead(value: str, hint: str) -> None:
         hermetic.dumps({"x": eval(value, env)})
     assert hint in str(e.value)
     assert 'tree["x"]' in str(e.value)
+
+
+def test_a_deny_refusal_of_a_data_only_checkpoint_names_the_safe_loader(tmp_path: Path) -> None:
+    path = tmp_path / "sd.pt"
+    torch.save({"w": torch.zeros(2)}, path)
+    code = (
+        "from hermetic.firewall import _core\n"
+        "_core.activate('deny', None, None)\n"
+        "import torch\n"
+        "try:\n"
+        f"    torch.load({str(path)!r}, weights_only=False)\n"
+        "except Exception as e:\n"
+        "    print(e)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERMETIC_")}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert "refused to unpickle" in r.stdout, r.stdout + r.stderr
+    assert "hermetic.torch.load" in r.stdout and 'unlisted = "safe"' in r.stdout

@@ -160,6 +160,16 @@ impl Archive {
     /// `model.safetensors.index.json`, or such an index file.
     pub fn open(path: &Path) -> Result<Archive> {
         match index_path(path) {
+            Some(ix) if path.is_dir() && !ix.exists() => Err(FormatError::io(
+                path,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!(
+                        "a folder without {INDEX_NAME}: hermetic reads a folder only as a sharded \
+                         checkpoint; name the file inside it to read one file"
+                    ),
+                ),
+            )),
             Some(ix) => Self::open_sharded(path, &ix),
             None => Self::from_file(path.to_path_buf(), DataFile::open(path)?),
         }

@@ -369,6 +369,17 @@ impl Manifest {
                 m.push_str(&format!("or run: {cmd}\n"));
             }
         }
+        if ctx
+            .scanner
+            .is_some_and(|s| s == "safe" || s.starts_with("safe;"))
+        {
+            m.push_str(
+                "Or load it without unpickling: the scanner finds it data-only, so \
+                 hermetic.torch.load (hermetic.load_pickle for plain pickles) reads it with no \
+                 manifest entry, and enforce mode with `unlisted = \"safe\"` sends such blobs \
+                 to that evaluator.\n",
+            );
+        }
         Refusal {
             message: m.trim_end().to_string(),
             manifest_line: line,

@@ -264,7 +264,11 @@ impl Printer<'_> {
                 None => format!("timezone({offset:?})"),
             },
             Node::PurePath { windows, text } => {
-                let class = if *windows { "PureWindowsPath" } else { "PurePosixPath" };
+                let class = if *windows {
+                    "PureWindowsPath"
+                } else {
+                    "PurePosixPath"
+                };
                 format!("{class}({text:?})")
             }
             Node::Tensor(t) => {
