@@ -164,7 +164,7 @@ pub fn group(cache: &Path, reports: &[&FileReport]) -> Vec<HubRevision> {
         entry.verdict = entry.verdict.max(r.verdict);
         let blob = std::fs::canonicalize(path)
             .ok()
-            .filter(|p| crate::walk::is_hub_blob(p))
+            .filter(|p| hermetic_pickle::walk::is_hub_blob(p))
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
         entry.files.push(HubFile {
             file,

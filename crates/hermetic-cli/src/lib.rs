@@ -4,14 +4,14 @@
 mod args;
 mod commands;
 mod hf;
-mod walk;
 
 use clap::Parser;
 use std::ffi::OsString;
 use std::io::Write;
 
 pub use args::Cli;
-pub use commands::{scan_paths, CliError, Summary};
+pub use commands::CliError;
+pub use hermetic_pickle::walk::{scan_paths, Summary};
 
 /// How a run ended. Scripts and CI read these codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -14,6 +14,7 @@ pub mod policy;
 pub mod report;
 pub mod scan;
 pub mod text;
+pub mod walk;
 
 pub use analysis::{analyze_stream, blob_id, StreamAnalysis};
 pub use opcodes::Opcode;

@@ -35,7 +35,7 @@ fn scan_paths(
 ) -> PyResult<String> {
     let policy = policy(policy_file)?;
     py.allow_threads(|| {
-        let (reports, summary) = hermetic_cli::scan_paths(&paths, &policy, jobs)
+        let (reports, summary) = hermetic_pickle::walk::scan_paths(&paths, &policy, jobs)
             .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
         serde_json::to_string(&serde_json::json!({"files": reports, "summary": summary}))
             .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))

@@ -5,10 +5,9 @@ mod inspect;
 mod inspect_pickle;
 mod manifest;
 mod run;
+pub(crate) mod sarif;
 mod scan;
 mod verify;
-pub use scan::{scan_paths, Summary};
-pub(crate) mod sarif;
 
 use crate::args::{Cli, Command};
 use crate::ExitStatus;

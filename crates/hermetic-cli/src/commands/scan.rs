@@ -1,25 +1,12 @@
 use super::{sarif, CliError};
 use crate::args::{FailOn, Format, ScanArgs};
+use crate::hf;
 use crate::ExitStatus;
-use crate::{hf, walk};
 use hermetic_manifest::display;
-use hermetic_pickle::{scan_file, FileReport, Limits, Policy, Verdict};
-use rayon::prelude::*;
+use hermetic_pickle::walk::{scan_paths_with, Summary};
+use hermetic_pickle::{FileReport, Policy, Verdict};
 use serde::Serialize;
 use std::io::Write;
-
-#[derive(Debug, Default, Serialize)]
-pub struct Summary {
-    pub files_scanned: usize,
-    /// Files in a format hermetic recognises (pickles, checkpoints, npy, safetensors ...).
-    pub files_recognised: usize,
-    pub files_with_pickles: usize,
-    pub safe: usize,
-    pub suspicious: usize,
-    pub dangerous: usize,
-    pub errors: usize,
-    pub verdict: Option<Verdict>,
-}
 
 #[derive(Serialize)]
 struct JsonReport<'a> {
@@ -43,7 +30,8 @@ pub(crate) fn run(args: &ScanArgs, out: &mut dyn Write) -> Result<ExitStatus, Cl
     };
     let bar = Progress::new(args.quiet);
     let tick = |n: u64, total: u64| bar.tick(n, total);
-    let (reports, summary) = scan_paths_with(&paths, &policy, args.jobs, Some(&tick))?;
+    let (reports, summary) = scan_paths_with(&paths, &policy, args.jobs, Some(&tick))
+        .map_err(|e| CliError::Usage(e.to_string()))?;
     bar.finish();
     let shown: Vec<&FileReport> = reports
         .iter()
@@ -226,92 +214,6 @@ impl Progress {
             b.finish_and_clear();
         }
     }
-}
-
-/// Scans every file under `paths` in parallel; reports come back sorted by
-/// path, followed by paths that could not be read.
-pub fn scan_paths(
-    paths: &[std::path::PathBuf],
-    policy: &Policy,
-    jobs: Option<usize>,
-) -> Result<(Vec<FileReport>, Summary), CliError> {
-    scan_paths_with(paths, policy, jobs, None)
-}
-
-/// [`scan_paths`], calling `progress(done, total)` as files finish.
-pub fn scan_paths_with(
-    paths: &[std::path::PathBuf],
-    policy: &Policy,
-    jobs: Option<usize>,
-    progress: Option<&(dyn Fn(u64, u64) + Sync)>,
-) -> Result<(Vec<FileReport>, Summary), CliError> {
-    let walk = walk::collect(paths);
-    let files = &walk.files;
-    let limits = Limits::default();
-    let total = files.len() as u64;
-    let done = std::sync::atomic::AtomicU64::new(0);
-    let scan = || -> Vec<FileReport> {
-        files
-            .par_iter()
-            .map(|f| {
-                let r = scan_file(f, policy, &limits);
-                if let Some(p) = progress {
-                    let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                    p(n, total);
-                }
-                r
-            })
-            .collect()
-    };
-    let mut reports = match jobs {
-        Some(n) => rayon::ThreadPoolBuilder::new()
-            .num_threads(n.max(1))
-            .build()
-            .map_err(|e| CliError::Usage(e.to_string()))?
-            .install(scan),
-        None => scan(),
-    };
-    // A file reached by several paths was scanned once; each path is reported.
-    let by_path: std::collections::HashMap<&std::path::Path, usize> = files
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (p.as_path(), i))
-        .collect();
-    let mut aliased = Vec::new();
-    for (alias, scanned) in &walk.aliases {
-        if let Some(&i) = by_path.get(scanned.as_path()) {
-            let mut r = reports[i].clone();
-            r.path = alias.display().to_string();
-            aliased.push(r);
-        }
-    }
-    reports.extend(aliased);
-    reports.sort_by(|a, b| a.path.cmp(&b.path));
-    for (path, err) in walk.errors {
-        reports.push(FileReport::unreadable(path.display().to_string(), err));
-    }
-    let mut summary = Summary {
-        files_scanned: files.len() + walk.aliases.len(),
-        ..Summary::default()
-    };
-    for r in &reports {
-        summary.verdict = summary.verdict.max(Some(r.verdict));
-        if r.verdict == Verdict::Error {
-            summary.errors += 1;
-            continue;
-        }
-        if r.format == "none" {
-            continue;
-        }
-        summary.files_recognised += 1;
-        summary.files_with_pickles += usize::from(r.has_pickle());
-        match r.verdict {
-            Verdict::Safe => summary.safe += 1,
-            Verdict::Suspicious => summary.suspicious += 1,
-            Verdict::Dangerous | Verdict::Error => summary.dangerous += 1,
-        }
-    }
-    Ok((reports, summary))
 }
 
 fn write_text(

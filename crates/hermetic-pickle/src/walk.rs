@@ -1,4 +1,5 @@
-//! Expanding the command line's paths into the files to scan.
+//! Expanding paths into the files to scan, and scanning them in parallel
+//! (the CLI's `hermetic scan` and Python's `hermetic.scan`).
 //!
 //! Symlinks are followed, because a Hugging Face hub cache is made of them
 //! (`snapshots/REV/model.safetensors` -> `../../blobs/HASH`): skipping them
@@ -6,7 +7,11 @@
 //! paths is scanned once; loops, dangling links and things that are not
 //! regular files are reported, never silently left out.
 
-use hermetic_pickle::fsio;
+use crate::policy::{Policy, Verdict};
+use crate::report::FileReport;
+use crate::{fsio, scan_file, Limits};
+use rayon::prelude::*;
+use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -189,4 +194,103 @@ mod tests {
         );
         std::fs::remove_dir_all(&d).unwrap();
     }
+}
+
+/// What a scan of many files found, for the footer and `--format json`.
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    pub files_scanned: usize,
+    /// Files in a format hermetic recognises (pickles, checkpoints, npy, safetensors ...).
+    pub files_recognised: usize,
+    pub files_with_pickles: usize,
+    pub safe: usize,
+    pub suspicious: usize,
+    pub dangerous: usize,
+    pub errors: usize,
+    pub verdict: Option<Verdict>,
+}
+
+/// Scans every file under `paths` in parallel; reports come back sorted by
+/// path, followed by paths that could not be read.
+pub fn scan_paths(
+    paths: &[std::path::PathBuf],
+    policy: &Policy,
+    jobs: Option<usize>,
+) -> Result<(Vec<FileReport>, Summary), rayon::ThreadPoolBuildError> {
+    scan_paths_with(paths, policy, jobs, None)
+}
+
+/// [`scan_paths`], calling `progress(done, total)` as files finish.
+pub fn scan_paths_with(
+    paths: &[std::path::PathBuf],
+    policy: &Policy,
+    jobs: Option<usize>,
+    progress: Option<&(dyn Fn(u64, u64) + Sync)>,
+) -> Result<(Vec<FileReport>, Summary), rayon::ThreadPoolBuildError> {
+    let walk = collect(paths);
+    let files = &walk.files;
+    let limits = Limits::default();
+    let total = files.len() as u64;
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let scan = || -> Vec<FileReport> {
+        files
+            .par_iter()
+            .map(|f| {
+                let r = scan_file(f, policy, &limits);
+                if let Some(p) = progress {
+                    let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                    p(n, total);
+                }
+                r
+            })
+            .collect()
+    };
+    let mut reports = match jobs {
+        Some(n) => rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build()?
+            .install(scan),
+        None => scan(),
+    };
+    // A file reached by several paths was scanned once; each path is reported.
+    let by_path: std::collections::HashMap<&std::path::Path, usize> = files
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.as_path(), i))
+        .collect();
+    let mut aliased = Vec::new();
+    for (alias, scanned) in &walk.aliases {
+        if let Some(&i) = by_path.get(scanned.as_path()) {
+            let mut r = reports[i].clone();
+            r.path = alias.display().to_string();
+            aliased.push(r);
+        }
+    }
+    reports.extend(aliased);
+    reports.sort_by(|a, b| a.path.cmp(&b.path));
+    for (path, err) in walk.errors {
+        reports.push(FileReport::unreadable(path.display().to_string(), err));
+    }
+    let mut summary = Summary {
+        files_scanned: files.len() + walk.aliases.len(),
+        ..Summary::default()
+    };
+    for r in &reports {
+        summary.verdict = summary.verdict.max(Some(r.verdict));
+        if r.verdict == Verdict::Error {
+            summary.errors += 1;
+            continue;
+        }
+        if r.format == "none" {
+            continue;
+        }
+        summary.files_recognised += 1;
+        summary.files_with_pickles += usize::from(r.has_pickle());
+        match r.verdict {
+            Verdict::Safe => summary.safe += 1,
+            Verdict::Suspicious => summary.suspicious += 1,
+            Verdict::Dangerous | Verdict::Error => summary.dangerous += 1,
+        }
+    }
+    Ok((reports, summary))
 }
