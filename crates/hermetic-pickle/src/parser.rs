@@ -171,23 +171,18 @@ impl<'a> Parser<'a> {
             ArgKind::Uint8 => Arg::U64(u64::from_le_bytes(arr(self.take(8, at, op)?))),
             ArgKind::DecimalNlShort => {
                 let line = self.line(at, op)?;
-                match line {
-                    b"00" => Arg::Bool(false),
-                    b"01" => Arg::Bool(true),
-                    _ => decimal(line).ok_or_else(|| err(ParseErrorKind::BadDecimal))?,
-                }
+                load_int(line).ok_or_else(|| err(ParseErrorKind::BadDecimal))?
             }
             ArgKind::DecimalNlLong => {
+                // load_long: a final `L` (Python 2's) is cut, then int(s, 0).
                 let line = self.line(at, op)?;
                 let digits = line.strip_suffix(b"L").unwrap_or(line);
-                decimal(digits).ok_or_else(|| err(ParseErrorKind::BadDecimal))?
+                py_int_base0(digits).ok_or_else(|| err(ParseErrorKind::BadDecimal))?
             }
             ArgKind::FloatNl => {
                 let line = self.line(at, op)?;
                 let text = std::str::from_utf8(line).map_err(|_| err(ParseErrorKind::BadFloat))?;
-                Arg::Float(
-                    parse_py_float(text.trim()).ok_or_else(|| err(ParseErrorKind::BadFloat))?,
-                )
+                Arg::Float(load_float(text).ok_or_else(|| err(ParseErrorKind::BadFloat))?)
             }
             ArgKind::Float8 => Arg::Float(f64::from_be_bytes(arr(self.take(8, at, op)?))),
             ArgKind::Long1 => {
@@ -312,22 +307,139 @@ fn arr<const N: usize>(s: &[u8]) -> [u8; N] {
     a
 }
 
-/// Parses a decimal integer as Python's `int()` does for the forms picklers
-/// write: optional surrounding whitespace, optional sign, ASCII digits.
-fn decimal(line: &[u8]) -> Option<Arg<'_>> {
+/// INT's argument as CPython's `load_int` reads the line: `strtol(s, &end,
+/// 0)` (C's rules: whitespace, sign, `0x` hex, a leading `0` octal), a bool
+/// when the line has two characters and reads 0 or 1, and where strtol
+/// stops early or overflows, `int(s, 0)`.
+fn load_int(line: &[u8]) -> Option<Arg<'_>> {
+    if let Some((v, end)) = strtol_base0(line) {
+        if end == line.len() {
+            if line.len() == 2 && (v == 0 || v == 1) {
+                return Some(Arg::Bool(v == 1));
+            }
+            return Some(Arg::Int(v));
+        }
+    }
+    py_int_base0(line)
+}
+
+/// C's `strtol(s, &end, 0)` on `s`: the value and where it stopped, or
+/// `None` on overflow (`ERANGE`).
+fn strtol_base0(s: &[u8]) -> Option<(i64, usize)> {
+    let is_space = |c: u8| matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
+    let mut i = 0;
+    while i < s.len() && is_space(s[i]) {
+        i += 1;
+    }
+    let mut negative = false;
+    if i < s.len() && (s[i] == b'+' || s[i] == b'-') {
+        negative = s[i] == b'-';
+        i += 1;
+    }
+    let (base, start) = if s.get(i) == Some(&b'0')
+        && matches!(s.get(i + 1), Some(b'x' | b'X'))
+        && s.get(i + 2).is_some_and(u8::is_ascii_hexdigit)
+    {
+        (16, i + 2)
+    } else if s.get(i) == Some(&b'0') {
+        (8, i)
+    } else {
+        (10, i)
+    };
+    let mut j = start;
+    let mut v: i128 = 0;
+    while let Some(d) = s.get(j).and_then(|&c| (c as char).to_digit(base)) {
+        v = v * i128::from(base) + i128::from(d);
+        if v > i128::from(i64::MAX) + 1 {
+            return None;
+        }
+        j += 1;
+    }
+    if j == start {
+        return Some((0, 0)); // no digits: strtol leaves `end` at the start
+    }
+    let v = if negative { -v } else { v };
+    Some((i64::try_from(v).ok()?, j))
+}
+
+/// Python's `int(s, 0)` (`PyLong_FromString(s, NULL, 0)`): surrounding
+/// whitespace, a sign, a `0x`/`0o`/`0b` prefix or decimal without leading
+/// zeros, single underscores between digits. Values beyond i64 are kept as
+/// their decimal text only when written plainly (otherwise refused).
+fn py_int_base0(line: &[u8]) -> Option<Arg<'_>> {
     let trimmed = trim_ascii(line);
-    let digits = trimmed
+    let body = trimmed
         .strip_prefix(b"-")
         .or_else(|| trimmed.strip_prefix(b"+"))
         .unwrap_or(trimmed);
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+    let negative = trimmed.first() == Some(&b'-');
+    let (base, digits) = match body {
+        [b'0', b'x' | b'X', rest @ ..] => (16, rest),
+        [b'0', b'o' | b'O', rest @ ..] => (8, rest),
+        [b'0', b'b' | b'B', rest @ ..] => (2, rest),
+        _ => (10, body),
+    };
+    // Underscores: one at a time, between digits (or right after a prefix).
+    let prefixed = base != 10;
+    let mut clean = Vec::with_capacity(digits.len());
+    let mut prev_underscore = !prefixed;
+    for &c in digits {
+        if c == b'_' {
+            if prev_underscore {
+                return None;
+            }
+            prev_underscore = true;
+        } else {
+            (c as char).to_digit(base)?;
+            clean.push(c);
+            prev_underscore = false;
+        }
+    }
+    if clean.is_empty() || prev_underscore && !digits.is_empty() && digits.last() == Some(&b'_') {
         return None;
     }
-    let text = std::str::from_utf8(trimmed).ok()?;
-    Some(match text.parse::<i64>() {
-        Ok(v) => Arg::Int(v),
-        Err(_) => Arg::BigDecimal(trimmed),
-    })
+    if base == 10 && clean[0] == b'0' && clean.iter().any(|&c| c != b'0') {
+        return None; // leading zeros are not decimal in base 0
+    }
+    let text = std::str::from_utf8(&clean).ok()?;
+    match i128::from_str_radix(text, base) {
+        Ok(v) => {
+            let v = if negative { -v } else { v };
+            if let Ok(i) = i64::try_from(v) {
+                return Some(Arg::Int(i));
+            }
+        }
+        Err(_) if base != 10 => return None,
+        Err(_) => {}
+    }
+    // Plain decimal digits, possibly signed: the evaluator reads the text.
+    let plain = base == 10 && !digits.contains(&b'_');
+    plain.then_some(Arg::BigDecimal(trimmed))
+}
+
+/// FLOAT's argument as `load_float` reads it: `PyOS_string_to_double` over
+/// the whole line, which takes no whitespace and no underscores, and fails
+/// (`OverflowError`) on a finite spelling too large for a double.
+fn load_float(text: &str) -> Option<f64> {
+    let lower = text.to_ascii_lowercase();
+    let body = lower.strip_prefix(['+', '-']).unwrap_or(&lower);
+    let negative = lower.starts_with('-');
+    let special = match body {
+        "inf" | "infinity" => Some(f64::INFINITY),
+        "nan" => Some(f64::NAN),
+        _ => None,
+    };
+    if let Some(v) = special {
+        return Some(if negative { -v } else { v });
+    }
+    if !text
+        .bytes()
+        .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
+    {
+        return None;
+    }
+    let v = text.parse::<f64>().ok()?;
+    v.is_finite().then_some(v)
 }
 
 fn trim_ascii(s: &[u8]) -> &[u8] {

@@ -436,6 +436,16 @@ pub(crate) fn dtype_setstate(m: &mut Machine<'_, '_>, obj: Id, state: Id) -> Res
             ))
         }
     };
+    // arraydescr_setstate refuses a version outside 0 to 4 ("can't handle
+    // version N of numpy.dtype pickle"), whatever the tuple's length.
+    if parts.len() >= 6 {
+        let version = int_arg(m, parts[0], "the dtype state version")?;
+        if !(0..=4).contains(&version) {
+            return Err(malformed(format!(
+                "version {version} of a numpy dtype state (numpy reads versions 0 to 4)"
+            )));
+        }
+    }
     // numpy's arraydescr_setstate, by the state's length: version 0 (5
     // items) has no version field, 1 (6) no names, 2 (7) no flags; 3 (8) and
     // 4 (9, with metadata) have everything. Versions 0 and 1 kept a record's
@@ -496,13 +506,19 @@ pub(crate) fn dtype_setstate(m: &mut Machine<'_, '_>, obj: Id, state: Id) -> Res
                 order,
                 mut unit,
             } => {
-                let order = match (endian.as_str(), order) {
-                    (_, ByteOrder::NotApplicable) => ByteOrder::NotApplicable,
-                    ("<" | "=", _) => ByteOrder::Little,
-                    (">", _) => ByteOrder::Big,
-                    ("|", o) => o,
-                    (e, _) => return Err(malformed(format!("the dtype byte order {e:?}"))),
-                };
+                let order =
+                    match (endian.as_str(), order) {
+                        (_, ByteOrder::NotApplicable) => ByteOrder::NotApplicable,
+                        ("<" | "=", _) => ByteOrder::Little,
+                        (">", _) => ByteOrder::Big,
+                        // numpy keeps a '|' it is given, even on a multi-byte
+                        // type (a dtype that is neither order): not built here.
+                        ("|", _) => return Err(unsupported(
+                            "a multi-byte numpy dtype with the byte order '|' (numpy keeps that \
+                             order as given; hermetic builds only '<', '>' and '=')",
+                        )),
+                        (e, _) => return Err(malformed(format!("the dtype byte order {e:?}"))),
+                    };
                 if matches!(kind, b'S' | b'U' | b'V') && elsize >= 0 {
                     itemsize = elsize as u64;
                     if itemsize == 0

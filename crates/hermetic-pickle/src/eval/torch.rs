@@ -83,8 +83,8 @@ fn dims(m: &mut Machine<'_, '_>, id: Id, what: &str) -> Result<Vec<u64>, Problem
 
 fn flag(m: &Machine<'_, '_>, id: Id, what: &str) -> Result<bool, Problem> {
     match m.arena.get(id) {
+        // torch's setters take a bool only ("requires_grad must be a bool").
         Value::Bool(b) => Ok(*b),
-        Value::Int(i @ (0 | 1)) => Ok(*i == 1),
         other => Err(malformed(format!(
             "{what} is {}, not a bool",
             other.describe()
