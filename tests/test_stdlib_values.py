@@ -131,6 +131,7 @@ def test_values_that_cannot_be_stored_say_why(value: Any, message: str) -> None:
         ('{"$deque":[1,1,2]}', "more items than its maxlen"),
         ('{"$deque":[-1]}', "maxlen"),
         ('{"$namespace":["a-b",1]}', "not an identifier"),
+        ('{"$namespace":["__class__",{"$callable":"builtins:dict"}]}', "starting with `__`"),
         ('{"$slice":[1,2]}', r"\[start, stop, step\]"),
         ('{"$range":[0,10,0]}', "must not be zero"),
         ('{"$range":[0,1.5,1]}', "integers"),

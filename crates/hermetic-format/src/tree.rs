@@ -1080,26 +1080,7 @@ impl<'de> Visitor<'de> for ContainerSeed<'_, '_> {
         let memo = dec.register(id, immutable);
         let depth = self.depth + 1;
         let node = if matches!(self.kind, SeqKind::Dict | SeqKind::ODict) {
-            let mut pairs = Vec::new();
-            loop {
-                dec.path.push(Seg::Text("[<key>]"));
-                let k = seq.next_element_seed(NodeSeed {
-                    dec: &mut *dec,
-                    depth,
-                });
-                dec.path.pop();
-                let Some(k) = k? else { break };
-                dec.path.push(Seg::Key(k));
-                let v = seq.next_element_seed(NodeSeed {
-                    dec: &mut *dec,
-                    depth,
-                })?;
-                let Some(v) = v else {
-                    return Err(dec.fail("a dict's array must hold key, value pairs (odd length)"));
-                };
-                dec.path.pop();
-                pairs.push((k, v));
-            }
+            let pairs = read_pairs(dec, &mut seq, depth)?;
             if self.kind == SeqKind::Dict {
                 Node::Dict(pairs)
             } else {
@@ -1290,7 +1271,7 @@ fn read_pairs<'de, A: SeqAccess<'de>>(
             depth,
         })?;
         let Some(v) = v else {
-            return Err(dec.fail("a mapping's array must hold key, value pairs (odd length)"));
+            return Err(dec.fail("a dict's array must hold key, value pairs (odd length)"));
         };
         dec.path.pop();
         pairs.push((k, v));
@@ -1313,7 +1294,14 @@ impl<'de> Visitor<'de> for StdSeed<'_, '_> {
         let node = match self.kind {
             StdKind::Namespace => {
                 dec.register(id, false);
-                Node::Namespace(read_fields(dec, &mut seq, depth, "attribute")?)
+                let attrs = read_fields(dec, &mut seq, depth, "attribute")?;
+                // `ns.__class__ = ...` would change what the object is.
+                if let Some((name, _)) = attrs.iter().find(|(n, _)| n.starts_with("__")) {
+                    return Err(dec.fail(format!(
+                        "Namespace attribute `{name}`: names starting with `__` are not instance attributes"
+                    )));
+                }
+                Node::Namespace(attrs)
             }
             StdKind::DefaultDict => {
                 dec.register(id, false);

@@ -434,7 +434,17 @@ impl<'a, 'py> Builder<'a, 'py> {
                         let f = match factory.as_deref().and_then(|f| f.split_once(':')) {
                             // One of hermetic_format::DEFAULT_FACTORIES (the
                             // decoder checked): builtin types, nothing else.
-                            Some((m, n)) => py.import(m)?.getattr(n)?,
+                            Some((m, n))
+                                if hermetic_format::DEFAULT_FACTORIES
+                                    .contains(&factory.as_deref().unwrap_or_default()) =>
+                            {
+                                py.import(m)?.getattr(n)?
+                            }
+                            Some(_) => {
+                                return Err(FormatError::new_err(format!(
+                                    "a defaultdict factory {factory:?} outside the format's table"
+                                )))
+                            }
                             None => py.None().into_bound(py),
                         };
                         collections.getattr("defaultdict")?.call1((f,))?

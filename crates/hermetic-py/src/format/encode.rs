@@ -688,7 +688,7 @@ impl<'py> Encoder<'py> {
             let mut attrs = Vec::with_capacity(vars.len());
             for (k, v) in vars.iter() {
                 let name = match k.extract::<String>() {
-                    Ok(n) if is_identifier(&n) => n,
+                    Ok(n) if is_identifier(&n) && !n.starts_with("__") => n,
                     _ => {
                         return Err(self.fail(format!(
                             "the Namespace attribute {} is not an identifier; store vars(args) \
