@@ -121,6 +121,8 @@ pub struct Planner {
     /// First-appearance order of groups and bytes entries: (is_bytes, index).
     order: Vec<(bool, usize)>,
     next_private_key: u64,
+    /// Names the writer reached an already planned tensor by again (a `$ref`).
+    ref_aliases: Vec<(String, NodeId)>,
 }
 
 impl Planner {
@@ -199,6 +201,14 @@ impl Planner {
         self.groups[g].1.views.push((id, name));
         self.specs.insert(id, spec);
         Ok(id)
+    }
+
+    /// Records `name` as another name of the tensor of node `of`: the same
+    /// tensor object reached again (written as a `$ref`), which a plain reader
+    /// cannot see. Like a tied weight of two objects with one layout, it
+    /// becomes `__metadata__[name] = entry` (docs/SPEC.md, section 3).
+    pub fn add_alias(&mut self, name: String, of: NodeId) {
+        self.ref_aliases.push((name, of));
     }
 
     /// Adds bytes stored as an entry; `slot` numbers them for the caller.
@@ -352,8 +362,9 @@ impl Planner {
                         0
                     },
                 });
-                if m > 0 && s.kind != TensorKind::Numpy {
-                    // A tied weight: recorded the way safetensors.torch.save_model does.
+                if m > 0 {
+                    // A tied weight: recorded the way safetensors.torch.save_model does
+                    // (numpy arrays too: a plain reader would miss the other names).
                     aliases.push((vname.clone(), name.clone()));
                 }
                 self.tree.nodes[*id] = Node::Tensor(TensorRef {
@@ -446,6 +457,11 @@ impl Planner {
                 &mut aliases,
             );
         }
+        for (alias, of) in std::mem::take(&mut self.ref_aliases) {
+            if let Some(Node::Tensor(t)) = self.tree.nodes.get(of) {
+                aliases.push((alias, t.entry.clone()));
+            }
+        }
         // Alias names that are entry names, user metadata or repeated are dropped.
         let user: HashSet<&str> = metadata.iter().map(|(k, _)| k.as_str()).collect();
         let mut seen = HashSet::new();
@@ -531,6 +547,28 @@ mod tests {
         );
         let tree = plan.tree.unwrap();
         assert!(tree.tensors().iter().all(|t| t.view.is_none()));
+    }
+
+    #[test]
+    fn a_tensor_reached_again_is_an_alias_too() {
+        // {"wte": W, "lm_head": W}: one object, the second a `$ref`.
+        let mut p = Planner::new();
+        let a = p
+            .add_view("wte".into(), 1, 24, spec(Dtype::F32, &[2, 3], &[12, 4], 0))
+            .unwrap();
+        // Memo numbers: the root dict 0, then the tensors.
+        let r = p.tree.push(Node::Ref(1));
+        p.add_alias("lm_head".into(), a);
+        // A name that is an entry's is not an alias.
+        let c = p
+            .add_view("bias".into(), 2, 8, spec(Dtype::F64, &[1], &[8], 0))
+            .unwrap();
+        p.add_alias("bias".into(), a);
+        let root = dict(&mut p, vec![("wte", a), ("lm_head", r), ("bias", c)]);
+        let (plan, _) = p.finish(root, vec![]).unwrap();
+        let names: Vec<&str> = plan.entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["wte", "bias"]);
+        assert_eq!(plan.metadata, vec![("lm_head".into(), "wte".into())]);
     }
 
     #[test]

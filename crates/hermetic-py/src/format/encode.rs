@@ -142,6 +142,8 @@ pub(crate) struct Encoder<'py> {
     /// id(obj) -> (memo number, immutable container still being walked).
     memo: HashMap<usize, (usize, bool)>,
     memo_count: usize,
+    /// id(tensor or array) -> its node, for the alias of one reached again.
+    tensor_nodes: HashMap<usize, NodeId>,
     path: Vec<PathPart>,
     storage_keys: HashMap<(String, u64), u64>,
     /// Per storage key: where its bytes come from.
@@ -163,6 +165,7 @@ impl<'py> Encoder<'py> {
             planner: Planner::new(),
             memo: HashMap::new(),
             memo_count: 0,
+            tensor_nodes: HashMap::new(),
             path: Vec::new(),
             storage_keys: HashMap::new(),
             storages: Vec::new(),
@@ -304,6 +307,11 @@ impl<'py> Encoder<'py> {
         }
         if is(&t, &self.types.tensor) || is(&t, &self.types.parameter) {
             if let Err(r) = self.memoize(obj, false)? {
+                // The same tensor under another name (a tied weight): a
+                // plain reader finds it through `__metadata__`.
+                if let Some(&of) = self.tensor_nodes.get(&(obj.as_ptr() as usize)) {
+                    self.planner.add_alias(path_name(&self.path), of);
+                }
                 return Ok(r);
             }
             let kind = if is(&t, &self.types.parameter) {
@@ -311,13 +319,20 @@ impl<'py> Encoder<'py> {
             } else {
                 TensorKind::Torch
             };
-            return self.torch_tensor(obj, kind);
+            let id = self.torch_tensor(obj, kind)?;
+            self.tensor_nodes.insert(obj.as_ptr() as usize, id);
+            return Ok(id);
         }
         if is(&t, &self.types.ndarray) {
             if let Err(r) = self.memoize(obj, false)? {
+                if let Some(&of) = self.tensor_nodes.get(&(obj.as_ptr() as usize)) {
+                    self.planner.add_alias(path_name(&self.path), of);
+                }
                 return Ok(r);
             }
-            return self.ndarray(obj);
+            let id = self.ndarray(obj)?;
+            self.tensor_nodes.insert(obj.as_ptr() as usize, id);
+            return Ok(id);
         }
         if let Some(g) = &self.types.np_generic {
             if obj.is_instance(g)? {
