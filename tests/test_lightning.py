@@ -444,6 +444,8 @@ def test_a_pickled_class_in_a_checkpoint_is_refused(tmp_path: Path) -> None:
     torch.save({"state_dict": {}, "hyper_parameters": {"p": Path("x")}, "cb": Recorder()}, path)
     with pytest.raises(hermetic.UnsafePickleError, match="Recorder"):
         load_checkpoint(path)
+    # Trusted explicitly, it is rebuilt (its own code runs, as under torch.load).
+    assert type(load_checkpoint(path, allow=[Recorder])["cb"]) is Recorder
 
 
 def test_import_hermetic_does_not_import_lightning() -> None:
@@ -452,5 +454,17 @@ def test_import_hermetic_does_not_import_lightning() -> None:
         "bad = [m for m in ('lightning', 'pytorch_lightning', 'omegaconf', 'torch') "
         "if m in sys.modules]\n"
         "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    # Without Lightning, the integration says what to install.
+    code = (
+        "import sys\n"
+        "sys.modules['lightning'] = None\n"
+        "try:\n"
+        "    import hermetic.integrations.lightning\n"
+        "except ImportError as e:\n"
+        "    assert \"pip install 'hermetic[lightning]'\" in str(e), e\n"
+        "else:\n"
+        "    raise AssertionError('imported without lightning')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
