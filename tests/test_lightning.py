@@ -7,6 +7,7 @@ default torch-pickle .ckpt files without torch.load."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -84,6 +85,12 @@ class Recorder(Callback):
         self.weights = {k: v.clone() for k, v in module.state_dict().items()}
         self.optimizer = _clone(trainer.optimizers[0].state_dict())
         self.scheduler = trainer.lr_scheduler_configs[0].scheduler.state_dict()
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.99)
 
 
 class LambdaState(Callback):
@@ -409,6 +416,28 @@ def test_the_omegaconf_fixture_reads_as_torch_load_reads_it() -> None:
     assert_bitwise(got["state_dict"], ref["state_dict"])
     assert isinstance(got["hyper_parameters"]["cfg"], DictConfig)
     assert got["hyper_parameters"] == ref["hyper_parameters"]
+
+
+def test_your_own_classes_in_hparams_need_allow(tmp_path: Path) -> None:
+    ckpt = {"hyper_parameters": {"optim": OptimConfig(lr=0.5)}, "state_dict": {}}
+    path = tmp_path / "x.ckpt"
+    HermeticCheckpointIO().save_checkpoint(ckpt, path)
+    with pytest.raises(hermetic.ClassNotAllowedError, match="OptimConfig"):
+        HermeticCheckpointIO().load_checkpoint(path)
+    back = HermeticCheckpointIO(allow=[OptimConfig]).load_checkpoint(path)
+    assert back["hyper_parameters"]["optim"] == OptimConfig(lr=0.5)
+
+
+def test_sharded_checkpoints_save_load_and_remove(run: dict[str, Any], tmp_path: Path) -> None:
+    ckpt = load_checkpoint(run["path"])
+    io = HermeticCheckpointIO(max_shard_size=64, fsync=True, metadata={"run": "t"})
+    path = tmp_path / "sharded.ckpt"
+    io.save_checkpoint(ckpt, path)
+    assert path.is_dir() and len(list(path.iterdir())) > 2
+    assert_bitwise(io.load_checkpoint(path), ckpt)
+    io.remove_checkpoint(path)
+    assert not path.exists()
+    io.remove_checkpoint(path)  # gone already: nothing to do
 
 
 # ------------------------------------------------------------------ errors and isolation
