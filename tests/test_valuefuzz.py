@@ -38,12 +38,6 @@ def _describe(paths: list[Path]) -> str:
     return "\n".join(f"{p}\n  {p.with_suffix('.json').read_text()[:600]}" for p in paths[:10])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (issue #12): the mismatch classes of tests/valuefuzz_repros still failing "
-    "`python tests/valuefuzz.py --replay tests/valuefuzz_repros` (11 of 18); remove this "
-    "mark when they are fixed",
-)
 def test_no_mismatch(stats: valuefuzz.Stats) -> None:
     assert not stats.mismatches, (
         f"{len(stats.mismatches)} mismatches\n{valuefuzz.summary(stats)}\n"

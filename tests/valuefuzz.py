@@ -68,6 +68,11 @@ the scanner's structural findings, which README.md documents as refused whatever
   malformed_stream  a text INT/LONG/GET argument int() would read (" 5", "0x10", "1_0")
   ambiguous_zip     a zip with duplicate member names (zipfile and numpy take the last)
 
+and what docs/SPEC.md lists under "Where the evaluator refuses what the real loader
+returns": dtype states numpy keeps but never writes (a byte order on a type that has none,
+'|' on one that has, a negative or odd flexible element size, record names missing from
+the fields, negative field offsets) and functions as values.
+
 Every other hermetic refusal of a file the real loader returns a value for is a
 mismatch. Two more outcomes give no verdict and are counted apart: real_oom (the real
 loader hit the child's address-space limit, e.g. a PUT to memo slot 2**31 grows
@@ -120,6 +125,22 @@ DOCUMENTED: list[tuple[str, str]] = [
     ("scanner: frame_violation", r"^UnsafePickleError: .*\n  frame_violation at byte"),
     ("scanner: malformed_stream", r"^UnsafePickleError: .*\n  malformed_stream at byte"),
     ("scanner: ambiguous_zip", r"^UnsafePickleError: .*\n  ambiguous_zip at byte"),
+    # docs/SPEC.md, "Where the evaluator refuses what the real loader returns": dtypes
+    # numpy builds from a state but no numpy writes ('|f4', 'V-1', a 5-byte U).
+    (
+        "spec: dtype byte order",
+        r"^CheckpointError: .*numpy keeps it as given, a dtype no numpy writes",
+    ),
+    ("spec: flexible dtype size", r"^CheckpointError: .*BUILD: a dtype element size of -?\d+$"),
+    ("spec: record field offset", r"^CheckpointError: .*BUILD: a negative field offset$"),
+    (
+        "spec: record names",
+        r"^CheckpointError: .*BUILD: the record field .* has no entry in fields$",
+    ),
+    (
+        "spec: no functions",
+        r"^CheckpointError: \S+ appears as a value; hermetic does not hand out functions$",
+    ),
 ]
 
 # --------------------------------------------------------------------------

@@ -441,7 +441,17 @@ impl<'l, 'a> Converter<'l, 'a> {
                 let items = self.items(&parts, depth)?;
                 self.push(Node::Slice([items[0], items[1], items[2]]))
             }
-            Value::Range(r) if !self.salvage => self.push(Node::Range(*r)),
+            Value::Range(r) if !self.salvage => {
+                let r = *r;
+                let mut bounds = [0i64; 3];
+                for (b, &i) in bounds.iter_mut().zip(&r) {
+                    *b = match self.l.arena.int_of(i) {
+                        Some(n) => n,
+                        None => return self.fail("a range with a bound beyond 64 bits (the format stores 64-bit range bounds)"),
+                    };
+                }
+                self.push(Node::Range(bounds))
+            }
             Value::Object(o) if !self.is_record(o.class) && self.stdlib_class(o.class).is_some() => {
                 let o = (**o).clone();
                 if let Some(r) = self.memo_ref(id)? {
@@ -495,7 +505,11 @@ impl<'l, 'a> Converter<'l, 'a> {
                         let args = self.push(Node::Tuple(items));
                         return self.record("builtins.slice", vec![("args", args)]);
                     }
-                    Value::Range(r) => format!("range({}, {}, {})", r[0], r[1], r[2]),
+                    Value::Range(r) => {
+                        let items = self.items(r, depth)?;
+                        let args = self.push(Node::Tuple(items));
+                        return self.record("builtins.range", vec![("args", args)]);
+                    }
                     Value::Global(g) => match &**g {
                         Global::Known(k) => k.qualname(),
                         Global::Foreign { module, name } => format!("{module}.{name}"),

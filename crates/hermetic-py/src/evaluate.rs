@@ -231,7 +231,10 @@ impl<'py> Builder<'_, '_, 'py> {
                 let parts = self.objs_of(s)?;
                 self.maker.call_method1("slice", PyTuple::new(py, parts)?)?
             }
-            Value::Range(r) => self.maker.call_method1("range", (r[0], r[1], r[2]))?,
+            Value::Range(r) => {
+                let parts = self.objs_of(r)?;
+                self.maker.call_method1("range", PyTuple::new(py, parts)?)?
+            }
             Value::Global(g) => match &**g {
                 Global::Known(k) => self.maker.call_method1("known", (known_name(*k),))?,
                 // Only globals the caller's allow= trusts reach here; the

@@ -228,7 +228,12 @@ fn scalar(l: &Loaded<'_>, id: Id) -> Option<String> {
             scalar(l, s[1]).unwrap_or_else(|| "...".into()),
             scalar(l, s[2]).unwrap_or_else(|| "...".into())
         ),
-        Value::Range(r) => format!("range({}, {}, {})", r[0], r[1], r[2]),
+        Value::Range(r) => format!(
+            "range({}, {}, {})",
+            scalar(l, r[0]).unwrap_or_else(|| "...".into()),
+            scalar(l, r[1]).unwrap_or_else(|| "...".into()),
+            scalar(l, r[2]).unwrap_or_else(|| "...".into())
+        ),
         Value::Global(_) => qualname(l, id),
         Value::TorchDtype(d) => format!("torch.{}", d.name()),
         Value::TorchSize(d) => format!("torch.Size({d:?})"),
@@ -571,7 +576,7 @@ impl JsonCtx<'_, '_> {
                 o
             }
             Value::Slice(s) => json!({"type": "slice", "items": items(self, s)}),
-            Value::Range(r) => json!({"type": "range", "start": r[0], "stop": r[1], "step": r[2]}),
+            Value::Range(r) => json!({"type": "range", "items": items(self, r)}),
             Value::Global(_) => json!({"type": "global", "name": qualname(l, id)}),
             Value::TorchDtype(d) => json!({"type": "torch.dtype", "name": d.name()}),
             Value::TorchSize(d) => json!({"type": "torch.Size", "dims": d}),

@@ -7,6 +7,7 @@ use super::machine::{decimal_to_twos, long_value, Machine};
 use super::value::{Dict, DictKind, Global, Id, Known, Str, TorchDtype, Value, FALSE, NONE, TRUE};
 use super::{numpy, torch, Mode};
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 /// torch's layouts, which `torch.serialization._get_layout` names.
 const TORCH_LAYOUTS: &[&str] = &[
@@ -151,12 +152,47 @@ pub(crate) fn args(
 }
 
 /// Items of a list, tuple, set, frozenset or (the keys of) a dict.
-fn items_of(m: &Machine<'_, '_>, id: Id, what: &str) -> Result<Vec<Id>, Problem> {
+/// What iterating `id` gives, as `tuple(x)` / `list(x)` / `set(x)` would.
+/// A set's iteration order is its hash table's, not the order its items were
+/// added in, so where the order is kept (`ordered`: a tuple, a list) a set
+/// of more than one item is refused rather than guessed.
+fn items_of(
+    m: &mut Machine<'_, '_>,
+    id: Id,
+    what: &str,
+    ordered: bool,
+) -> Result<Vec<Id>, Problem> {
     match m.arena.get(id) {
-        Value::List(v) | Value::Tuple(v) | Value::Set(v) | Value::FrozenSet(v) => Ok(v.clone()),
+        Value::List(v) | Value::Tuple(v) => Ok(v.clone()),
+        Value::Set(v) | Value::FrozenSet(v) if !ordered || v.len() <= 1 => Ok(v.clone()),
         Value::Dict(d) => Ok(m.arena.dict_items(&d.items).iter().map(|p| p.0).collect()),
+        Value::Bytes(b) | Value::ByteArray(b) => {
+            let bytes = b.clone();
+            m.budget.charge_problem(16 * bytes.len() as u64)?;
+            bytes
+                .iter()
+                .map(|&x| m.push_value(Value::Int(i64::from(x))))
+                .collect()
+        }
+        Value::Str(s) => {
+            let text = s
+                .as_str()
+                .ok_or_else(|| unsupported(format!("{what} of a str with a lone surrogate")))?
+                .to_string();
+            m.budget.charge_problem(16 * text.len() as u64)?;
+            text.chars()
+                .map(|c| {
+                    let mut buf = [0u8; 4];
+                    let one = c.encode_utf8(&mut buf).as_bytes().to_vec();
+                    m.push_value(Value::Str(Str {
+                        bytes: Cow::Owned(one),
+                        utf8: true,
+                    }))
+                })
+                .collect()
+        }
         other => Err(unsupported(format!(
-            "{what} of {} (only lists, tuples, sets and dicts)",
+            "{what} of {} (only lists, tuples, dicts, bytes, str and sets of one item)",
             other.describe()
         ))),
     }
@@ -173,11 +209,9 @@ fn number(m: &Machine<'_, '_>, id: Id, what: &str) -> Result<f64, Problem> {
 }
 
 pub(crate) fn int_arg(m: &Machine<'_, '_>, id: Id, what: &str) -> Result<i64, Problem> {
-    m.arena.int_of(id).ok_or_else(|| {
-        malformed(format!(
-            "{what} is {}, not an int",
-            m.arena.get(id).describe()
-        ))
+    m.arena.int_of(id).ok_or_else(|| match m.arena.get(id) {
+        Value::BigInt(_) => unsupported(format!("{what} is an int beyond 64 bits")),
+        other => malformed(format!("{what} is {}, not an int", other.describe())),
     })
 }
 
@@ -199,31 +233,118 @@ pub(crate) fn str_arg<'m>(m: &'m Machine<'_, '_>, id: Id, what: &str) -> Result<
 
 /// Encodes a str as `_codecs.encode` / `str.encode` would, for the codecs
 /// pickles use.
-fn encode(s: &Str<'_>, encoding: &str) -> Result<Vec<u8>, Problem> {
-    let enc = encoding.to_ascii_lowercase().replace('_', "-");
+/// A codec name as CPython's `encodings.normalize_encoding` leaves it
+/// (lowercased first, as `codecs.lookup` does): runs of characters other
+/// than ASCII letters, digits and `.` become one `_`, none at either end.
+fn normalize_codec(name: &str) -> String {
+    let mut out = String::new();
+    let mut punct = false;
+    for c in name.chars().flat_map(char::to_lowercase) {
+        if c.is_alphanumeric() || c == '.' {
+            if punct && !out.is_empty() {
+                out.push('_');
+            }
+            if c.is_ascii() {
+                out.push(c);
+            }
+            punct = false;
+        } else {
+            punct = true;
+        }
+    }
+    out
+}
+
+/// The codecs `_codecs.encode` is read with, by the names CPython's
+/// `encodings.aliases` (and the codec modules) give them.
+#[derive(Clone, Copy)]
+enum Codec {
+    Latin1,
+    Utf8,
+    Ascii,
+    Utf16,
+    Utf16Le,
+    Utf16Be,
+    Rot13,
+}
+
+fn codec(name: &str) -> Option<Codec> {
+    let norm = normalize_codec(name);
+    let find = |n: &str| {
+        Some(match n {
+            "latin_1" | "latin1" | "latin" | "l1" | "iso8859_1" | "iso_8859_1" | "8859"
+            | "cp819" | "iso_ir_100" | "csisolatin1" | "ibm819" | "iso_8859_1_1987" => {
+                Codec::Latin1
+            }
+            "utf_8" | "utf8" | "u8" | "utf" | "utf8_ucs2" | "utf8_ucs4" | "cp65001" => Codec::Utf8,
+            "ascii" | "646" | "ansi_x3_4_1968" | "ansi_x3_4_1986" | "cp367" | "csascii"
+            | "ibm367" | "iso646_us" | "iso_646_irv_1991" | "iso_ir_6" | "us" | "us_ascii" => {
+                Codec::Ascii
+            }
+            "utf_16" | "u16" | "utf16" => Codec::Utf16,
+            "utf_16_le" | "utf_16le" | "unicodelittleunmarked" => Codec::Utf16Le,
+            "utf_16_be" | "utf_16be" | "unicodebigunmarked" => Codec::Utf16Be,
+            "rot_13" | "rot13" => Codec::Rot13,
+            _ => return None,
+        })
+    };
+    find(&norm).or_else(|| find(&norm.replace('.', "_")))
+}
+
+/// `_codecs.encode(text, encoding)` with the strict error handler: bytes,
+/// or, for rot13 (a str-to-str codec), a str.
+fn encode<'a>(s: &Str<'_>, encoding: &str) -> Result<Value<'a>, Problem> {
     let text = s
         .as_str()
         .ok_or_else(|| malformed(format!("cannot encode a lone surrogate as {encoding}")))?;
-    match enc.as_str() {
-        "latin1" | "latin-1" | "iso-8859-1" | "iso8859-1" | "l1" => text
+    let Some(c) = codec(encoding) else {
+        return Err(unsupported(format!(
+            "_codecs.encode with the codec {encoding:?} (only latin-1, utf-8, ascii, utf-16 and rot13)"
+        )));
+    };
+    let utf16 = |big: bool| -> Vec<u8> {
+        text.encode_utf16()
+            .flat_map(|u| {
+                if big {
+                    u.to_be_bytes()
+                } else {
+                    u.to_le_bytes()
+                }
+            })
+            .collect()
+    };
+    let bytes = match c {
+        Codec::Latin1 => text
             .chars()
             .map(|c| {
                 u8::try_from(u32::from(c))
                     .map_err(|_| malformed(format!("{c:?} cannot be encoded as latin-1")))
             })
-            .collect(),
-        "utf-8" | "utf8" => Ok(text.as_bytes().to_vec()),
-        "ascii" | "us-ascii" => {
-            if text.is_ascii() {
-                Ok(text.as_bytes().to_vec())
-            } else {
-                Err(malformed("non-ASCII text encoded as ASCII"))
-            }
+            .collect::<Result<Vec<u8>, _>>()?,
+        Codec::Utf8 => text.as_bytes().to_vec(),
+        Codec::Ascii if text.is_ascii() => text.as_bytes().to_vec(),
+        Codec::Ascii => return Err(malformed("non-ASCII text encoded as ASCII")),
+        // CPython's utf-16 writes a BOM and the machine's order (little
+        // endian on every platform hermetic's wheels are built for).
+        Codec::Utf16 => [&[0xff, 0xfe][..], &utf16(false)].concat(),
+        Codec::Utf16Le => utf16(false),
+        Codec::Utf16Be => utf16(true),
+        Codec::Rot13 => {
+            let out: String = text
+                .chars()
+                .map(|c| match c {
+                    'a'..='m' | 'A'..='M' => (c as u8 + 13) as char,
+                    'n'..='z' | 'N'..='Z' => (c as u8 - 13) as char,
+                    _ => c,
+                })
+                .collect();
+            return Ok(Value::Str(Str {
+                bytes: Cow::Owned(out.into_bytes()),
+                utf8: true,
+            }));
         }
-        _ => Err(unsupported(format!(
-            "_codecs.encode with the codec {encoding:?} (only latin-1, utf-8 and ascii)"
-        ))),
-    }
+    };
+    Ok(Value::Bytes(Cow::Owned(bytes)))
 }
 
 fn byte_list(m: &Machine<'_, '_>, items: &[Id]) -> Result<Vec<u8>, Problem> {
@@ -268,6 +389,13 @@ fn bytes_from<'a>(m: &mut Machine<'a, '_>, k: Known, a: &[Id]) -> Result<Cow<'a,
             }
         },
         [s, enc] | [s, enc, _] => {
+            if !matches!(m.arena.get(*enc), Value::Str(_)) {
+                return Err(malformed(format!(
+                    "{}'s encoding is {}, not a str",
+                    k.qualname(),
+                    m.arena.get(*enc).describe()
+                )));
+            }
             let enc = str_arg(m, *enc, "the encoding")?.to_string();
             let Value::Str(s) = m.arena.get(*s) else {
                 return Err(malformed(format!(
@@ -275,9 +403,18 @@ fn bytes_from<'a>(m: &mut Machine<'a, '_>, k: Known, a: &[Id]) -> Result<Cow<'a,
                     k.qualname()
                 )));
             };
-            let out = encode(s, &enc)?;
-            m.budget.charge_problem(out.len() as u64)?;
-            Cow::Owned(out)
+            m.budget.charge_problem(4 * s.bytes.len() as u64)?;
+            match encode(s, &enc)? {
+                Value::Bytes(b) => Cow::Owned(b.into_owned()),
+                // bytes(s, "rot13"): the codec returns a str, which bytes()
+                // refuses ("encoder did not return a bytes object").
+                _ => {
+                    return Err(malformed(format!(
+                        "{} with a str-to-str codec",
+                        k.qualname()
+                    )))
+                }
+            }
         }
         _ => {
             return Err(malformed(format!(
@@ -316,6 +453,70 @@ fn mapping_from(m: &Machine<'_, '_>, k: Known, a: &[Id]) -> Result<Vec<(Id, Id)>
     }
 }
 
+/// `Counter(iterable)`: each distinct element with its count, in the order
+/// of first appearance. Only elements whose equality is plain byte equality
+/// here (str, bytes, ints and bools, where `True == 1`) are counted; a float
+/// (`1.0 == 1`) or a container is refused.
+fn counted(m: &mut Machine<'_, '_>, x: Id) -> Result<Vec<(Id, Id)>, Problem> {
+    let elements = items_of(m, x, "collections.Counter", true)?;
+    let mut index: HashMap<(u8, Vec<u8>), usize> = HashMap::new();
+    let mut out: Vec<(Id, i64)> = Vec::new();
+    for e in elements {
+        let key = match m.arena.get(e) {
+            Value::Str(s) => (0, s.bytes.to_vec()),
+            Value::Bytes(b) => (1, b.to_vec()),
+            Value::Int(i) => (2, i.to_le_bytes().to_vec()),
+            Value::Bool(b) => (2, i64::from(*b).to_le_bytes().to_vec()),
+            Value::BigInt(b) => (3, b.to_vec()),
+            other => {
+                return Err(unsupported(format!(
+                    "collections.Counter counting {}",
+                    other.describe()
+                )))
+            }
+        };
+        m.budget.charge_problem(key.1.len() as u64 + 16)?;
+        match index.get(&key) {
+            Some(&i) => out[i].1 += 1,
+            None => {
+                index.insert(key, out.len());
+                out.push((e, 1));
+            }
+        }
+    }
+    out.into_iter()
+        .map(|(e, n)| Ok((e, m.push_value(Value::Int(n))?)))
+        .collect()
+}
+
+/// The digits `int(text)` reads (base 10), with the sign: CPython strips
+/// whitespace and takes one `_` between two digits. Text with any non-ASCII
+/// character (Unicode digits and spaces count there) is not read here.
+fn int_text(text: &str) -> Result<String, Problem> {
+    if !text.is_ascii() {
+        return Err(unsupported("int() of a str with non-ASCII characters"));
+    }
+    let t = text.trim_matches(|c: char| matches!(c, '\t'..='\r' | '\x1c'..='\x1f' | ' '));
+    let (sign, digits) = match t.as_bytes().first() {
+        Some(b'-') => ("-", &t[1..]),
+        Some(b'+') => ("", &t[1..]),
+        _ => ("", t),
+    };
+    let b = digits.as_bytes();
+    let ok = !b.is_empty()
+        && b.iter().enumerate().all(|(i, &c)| {
+            c.is_ascii_digit()
+                || (c == b'_'
+                    && i > 0
+                    && b[i - 1].is_ascii_digit()
+                    && b.get(i + 1).is_some_and(u8::is_ascii_digit))
+        });
+    if !ok {
+        return Err(malformed("int() of a str that is not a decimal integer"));
+    }
+    Ok(format!("{sign}{}", digits.replace('_', "")))
+}
+
 /// `k(*args)`.
 pub(crate) fn call_known<'a>(
     m: &mut Machine<'a, '_>,
@@ -327,7 +528,12 @@ pub(crate) fn call_known<'a>(
         Known::Set | Known::FrozenSet | Known::List | Known::Tuple => {
             let items = match a.as_slice() {
                 [] => Vec::new(),
-                [x] => items_of(m, *x, &k.qualname())?,
+                [x] => items_of(
+                    m,
+                    *x,
+                    &k.qualname(),
+                    matches!(k, Known::List | Known::Tuple),
+                )?,
                 _ => {
                     return Err(malformed(format!(
                         "{} takes at most 1 argument",
@@ -345,7 +551,9 @@ pub(crate) fn call_known<'a>(
         }
         Known::Dict | Known::OrderedDict | Known::Counter => {
             if k == Known::Counter && a.len() == 1 && !matches!(m.arena.get(a[0]), Value::Dict(_)) {
-                return Err(unsupported("collections.Counter of anything but a mapping"));
+                let items = counted(m, a[0])?;
+                m.budget.charge_problem(8 * items.len() as u64)?;
+                return m.push_value(dict(DictKind::Counter, items));
             }
             let items = mapping_from(m, k, &a)?;
             m.budget.charge_problem(8 * items.len() as u64)?;
@@ -375,17 +583,29 @@ pub(crate) fn call_known<'a>(
             _ => return Err(malformed("slice takes 1 to 3 arguments")),
         },
         Known::Range => {
-            let ints: Vec<i64> = a
-                .iter()
-                .map(|&i| int_arg(m, i, "a range bound"))
-                .collect::<Result<_, _>>()?;
-            let r = match ints.as_slice() {
-                [stop] => [0, *stop, 1],
-                [start, stop] => [*start, *stop, 1],
+            // range takes any int (bools too), however large.
+            for &i in &a {
+                if !matches!(
+                    m.arena.get(i),
+                    Value::Int(_) | Value::BigInt(_) | Value::Bool(_)
+                ) {
+                    return Err(malformed(format!(
+                        "a range bound is {}, not an int",
+                        m.arena.get(i).describe()
+                    )));
+                }
+            }
+            let r = match a.as_slice() {
+                [stop] => [
+                    m.push_value(Value::Int(0))?,
+                    *stop,
+                    m.push_value(Value::Int(1))?,
+                ],
+                [start, stop] => [*start, *stop, m.push_value(Value::Int(1))?],
                 [start, stop, step] => [*start, *stop, *step],
                 _ => return Err(malformed("range takes 1 to 3 arguments")),
             };
-            if r[2] == 0 {
+            if m.arena.int_of(r[2]) == Some(0) {
                 return Err(malformed("range() arg 3 must not be zero"));
             }
             Value::Range(r)
@@ -395,7 +615,16 @@ pub(crate) fn call_known<'a>(
         Known::CodecsEncode => {
             let (s, enc) = match a.as_slice() {
                 [s] => (*s, "utf-8".to_string()),
-                [s, e] | [s, e, _] => (*s, str_arg(m, *e, "the codec")?.to_string()),
+                [s, e] | [s, e, _] => match m.arena.get(*e) {
+                    // encode() takes the codec name as a str only.
+                    Value::Str(_) => (*s, str_arg(m, *e, "the codec")?.to_string()),
+                    other => {
+                        return Err(malformed(format!(
+                            "_codecs.encode's codec is {}, not a str",
+                            other.describe()
+                        )))
+                    }
+                },
                 _ => return Err(malformed("_codecs.encode takes 1 to 3 arguments")),
             };
             let Value::Str(text) = m.arena.get(s) else {
@@ -404,9 +633,8 @@ pub(crate) fn call_known<'a>(
                     m.arena.get(s).describe()
                 )));
             };
-            let out = encode(text, &enc)?;
-            m.budget.charge_problem(out.len() as u64)?;
-            Value::Bytes(Cow::Owned(out))
+            m.budget.charge_problem(4 * text.bytes.len() as u64)?;
+            encode(text, &enc)?
         }
         Known::Int => match a.as_slice() {
             [] => Value::Int(0),
@@ -418,7 +646,7 @@ pub(crate) fn call_known<'a>(
                     Value::Int(f.trunc() as i64)
                 }
                 Value::Str(s) => {
-                    let text = s.as_str().unwrap_or("").trim().replace('_', "");
+                    let text = int_text(s.as_str().unwrap_or("\u{0}"))?;
                     let bytes = decimal_to_twos(text.as_bytes())
                         .filter(|_| text.len() <= 4300)
                         .ok_or_else(|| malformed("int() of a str that is not a decimal integer"))?;
@@ -475,7 +703,7 @@ pub(crate) fn call_known<'a>(
                 [x] => {
                     let items = match m.arena.get(*x) {
                         Value::TorchSize(d) => d.clone(),
-                        _ => items_of(m, *x, "torch.Size")?
+                        _ => items_of(m, *x, "torch.Size", true)?
                             .iter()
                             .map(|&i| int_arg(m, i, "a torch.Size dimension"))
                             .collect::<Result<_, _>>()?,

@@ -581,6 +581,43 @@ impl<'b> PersistAny<'b> for ZipPersist<'_, '_> {
     }
 }
 
+/// The file format versions torch 2.x's PyTorchStreamReader reads
+/// (`kMinSupportedFileFormatVersion` to `kMaxSupportedFileFormatVersion`).
+const MIN_TORCH_ZIP_VERSION: i64 = 1;
+const MAX_TORCH_ZIP_VERSION: i64 = 10;
+
+/// A version record as torch reads it: `std::stoull` (leading C whitespace,
+/// an optional sign, decimal digits, anything after them ignored; a
+/// negative number wraps, one beyond 64 bits fails) cast to a signed 64-bit
+/// int. `None` where stoull throws.
+fn stoull_as_i64(text: &[u8]) -> Option<i64> {
+    let mut rest = text;
+    while let [b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r', tail @ ..] = rest {
+        rest = tail;
+    }
+    let negative = match rest.first() {
+        Some(b'-') => {
+            rest = &rest[1..];
+            true
+        }
+        Some(b'+') => {
+            rest = &rest[1..];
+            false
+        }
+        _ => false,
+    };
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &d in &rest[..digits] {
+        v = v.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    let v = if negative { v.wrapping_neg() } else { v };
+    Some(v as i64)
+}
+
 fn torch_zip<'a>(
     data: &'a [u8],
     archive: &ZipArchive,
@@ -588,6 +625,37 @@ fn torch_zip<'a>(
     r: &mut Reader<'_>,
     out: &mut Loaded<'a>,
 ) -> Result<(), EvalError> {
+    // PyTorchStreamReader reads `.data/version` if there is one, else
+    // `version` (which must exist), and refuses a version it cannot parse or
+    // does not support.
+    let version = [".data/version", "version"]
+        .iter()
+        .find_map(|n| entry(archive, &format!("{root}/{n}")))
+        .ok_or_else(|| {
+            r.err(
+                0,
+                malformed(format!("the record `{root}/version` is missing")),
+            )
+        })?;
+    let text = entry_bytes(data, version, r)?;
+    match stoull_as_i64(&text) {
+        Some(v) if (MIN_TORCH_ZIP_VERSION..=MAX_TORCH_ZIP_VERSION).contains(&v) => {}
+        found => {
+            return Err(r.err(
+                version.data_offset.unwrap_or(version.local_offset),
+                malformed(match found {
+                    Some(v) => format!(
+                        "the archive's format version is {v}; torch reads versions \
+                         {MIN_TORCH_ZIP_VERSION} to {MAX_TORCH_ZIP_VERSION}"
+                    ),
+                    None => format!(
+                        "the archive's version record {:?} is not a number",
+                        String::from_utf8_lossy(&text[..text.len().min(40)])
+                    ),
+                }),
+            ))
+        }
+    }
     let big_endian = match entry(archive, &format!("{root}/byteorder")) {
         None => false,
         Some(e) => match &*entry_bytes(data, e, r)? {
@@ -940,6 +1008,10 @@ pub(crate) fn npy_header_in(data: &[u8], base: u64, file: &str) -> Result<NpyHea
         .map_err(|e| err(base + start as u64, unsupported(format!("npy dtype: {e}"))))?;
     let fortran = matches!(dict.get("fortran_order"), Some(PyValue::Bool(true)));
     let shape = match dict.get("shape") {
+        // numpy's read_array unpickles an object array whole and never
+        // looks at the header's shape beyond its being a tuple of ints
+        // (containers::npy checks that): any ints stand, and none is kept.
+        Some(PyValue::Tuple(_)) if dtype.has_object() => Vec::new(),
         Some(PyValue::Tuple(dims)) => dims
             .iter()
             .map(|d| match d {
@@ -1020,4 +1092,30 @@ fn npz<'a>(
         )
         .map_err(|x| r.err(0, Problem::Limit(x)))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stoull_as_i64;
+
+    /// Each case as torch 2.x's PyTorchStreamReader read it (measured).
+    #[test]
+    fn version_records_read_as_torch_reads_them() {
+        for (text, want) in [
+            (&b"3\n"[..], Some(3)),
+            (b"3abc", Some(3)),
+            (b" \t\n3", Some(3)),
+            (b"+3", Some(3)),
+            (b"-3", Some(-3)),
+            (b"0x3", Some(0)),
+            (b"18446744073709551615", Some(-1)),
+            (b"-18446744073709551610", Some(6)),
+            (b"99999999999999999999", None),
+            (b"", None),
+            (b"x", None),
+            (b"-", None),
+        ] {
+            assert_eq!(stoull_as_i64(text), want, "{text:?}");
+        }
+    }
 }

@@ -17,41 +17,75 @@ pub const MAX_NDIM: usize = 64;
 /// The largest element numpy dtypes here may have.
 const MAX_ITEMSIZE: u64 = 1 << 31;
 
-/// Parses a numpy type string: an optional byte order, a kind and a size
+/// Parses a numpy type string as `numpy.dtype(str)` reads it (numpy 2 on a
+/// little-endian 64-bit machine): an optional byte order, then either a
+/// one-letter type code (`f`, `d`, `?`, `b`, `S`, ...) or a kind with a size
 /// (`<f8`, `|b1`, `S5`, `<U3`, `<M8[ns]`, `O8`). `U` sizes count characters.
+/// `S`, `U` and `V` without a size are the size-0 flexible types a state's
+/// element size resizes. Spellings numpy refuses (`f12`, `c24`, `b2`, `i0`)
+/// are refused; a few it takes (type names such as `float32`, `T`) are not
+/// read here and so are refused too.
 pub fn parse_typestr(s: &str) -> Option<NpDtype> {
     if !s.is_ascii() || s.len() > 64 {
         return None;
     }
     let (order, rest) = match s.as_bytes().first()? {
-        b'<' | b'=' => (Some(ByteOrder::Little), &s[1..]),
-        b'>' => (Some(ByteOrder::Big), &s[1..]),
-        b'|' => (None, &s[1..]),
-        _ => (None, s),
+        b'<' | b'=' | b'|' => (ByteOrder::Little, &s[1..]),
+        b'>' => (ByteOrder::Big, &s[1..]),
+        _ => (ByteOrder::Little, s),
     };
-    let kind = *rest.as_bytes().first()?;
+    let code = *rest.as_bytes().first()?;
     let body = &rest[1..];
     let (size_text, unit) = match body.find('[') {
         Some(i) if body.ends_with(']') => (&body[..i], Some(&body[i + 1..body.len() - 1])),
         Some(_) => return None,
         None => (body, None),
     };
-    let size: Option<u64> = if size_text.is_empty() {
-        None
+    let (kind, itemsize) = if size_text.is_empty() {
+        // A one-letter type code (numpy's char codes).
+        match code {
+            b'?' => (b'b', 1),
+            b'b' => (b'i', 1),
+            b'B' => (b'u', 1),
+            b'h' => (b'i', 2),
+            b'H' => (b'u', 2),
+            b'i' => (b'i', 4),
+            b'I' => (b'u', 4),
+            b'l' | b'q' | b'p' | b'n' => (b'i', 8),
+            b'L' | b'Q' | b'P' | b'N' => (b'u', 8),
+            b'e' => (b'f', 2),
+            b'f' => (b'f', 4),
+            b'd' => (b'f', 8),
+            b'g' => (b'f', 16),
+            b'F' => (b'c', 8),
+            b'D' => (b'c', 16),
+            b'G' => (b'c', 32),
+            b'S' | b'a' => (b'S', 0),
+            b'c' => (b'S', 1),
+            b'U' => (b'U', 0),
+            b'V' => (b'V', 0),
+            b'O' => (b'O', 8),
+            b'M' | b'm' => (code, 8),
+            _ => return None,
+        }
     } else {
-        Some(size_text.parse().ok()?)
-    };
-    let kind = if kind == b'a' { b'S' } else { kind };
-    let itemsize = match (kind, size) {
-        (b'b', None | Some(1)) => 1,
-        (b'i' | b'u', Some(n @ (1 | 2 | 4 | 8))) => n,
-        (b'f', Some(n @ (2 | 4 | 8 | 12 | 16))) => n,
-        (b'c', Some(n @ (8 | 16 | 24 | 32))) => n,
-        (b'S' | b'V', Some(n)) if (1..=MAX_ITEMSIZE).contains(&n) => n,
-        (b'U', Some(n)) if (1..=MAX_ITEMSIZE / 4).contains(&n) => 4 * n,
-        (b'O', None | Some(8)) => 8,
-        (b'M' | b'm', None | Some(8)) => 8,
-        _ => return None,
+        if !size_text.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let n: u64 = size_text.parse().ok()?;
+        let kind = if code == b'a' { b'S' } else { code };
+        let itemsize = match (kind, n) {
+            (b'b', 1) => 1,
+            (b'i' | b'u', 1 | 2 | 4 | 8) => n,
+            (b'f', 2 | 4 | 8 | 16) => n,
+            (b'c', 8 | 16 | 32) => n,
+            (b'S' | b'V', 0..=MAX_ITEMSIZE) => n,
+            (b'U', _) if n <= MAX_ITEMSIZE / 4 => 4 * n,
+            (b'O', 4 | 8) => 8,
+            (b'M' | b'm', 8) => 8,
+            _ => return None,
+        };
+        (kind, itemsize)
     };
     if unit.is_some() && !matches!(kind, b'M' | b'm') {
         return None;
@@ -61,10 +95,10 @@ pub fn parse_typestr(s: &str) -> Option<NpDtype> {
         None => None,
         Some(u) => Some(parse_unit(u)?),
     };
-    let order = if itemsize == 1 || matches!(kind, b'S' | b'V' | b'O' | b'b') {
+    let order = if (itemsize <= 1 && kind != b'U') || matches!(kind, b'S' | b'V' | b'O' | b'b') {
         ByteOrder::NotApplicable
     } else {
-        order.unwrap_or(ByteOrder::Little)
+        order
     };
     Some(NpDtype::Scalar {
         kind,
@@ -205,6 +239,10 @@ fn shape_arg(m: &mut Machine<'_, '_>, id: Id) -> Result<Vec<u64>, Problem> {
     items
         .iter()
         .map(|&i| {
+            // PyArray_IntpConverter refuses bools ("an integer is required").
+            if matches!(m.arena.get(i), Value::Bool(_)) {
+                return Err(malformed("an array dimension is a bool, not an int"));
+            }
             let d = int_arg(m, i, "an array dimension")?;
             u64::try_from(d).map_err(|_| malformed(format!("a negative array dimension {d}")))
         })
@@ -265,6 +303,24 @@ pub(crate) fn call<'a>(m: &mut Machine<'a, '_>, k: Known, args_id: Id) -> Result
                 }
             }
             let shape = shape_arg(m, a[1])?;
+            // _reconstruct converts its third argument with numpy.dtype()
+            // first (its value is then replaced by the state's), so one
+            // numpy cannot read fails the load.
+            match m.arena.get(a[2]) {
+                Value::None | Value::NpDtype(_) => {}
+                Value::Str(_) | Value::Bytes(_) => {
+                    let text = str_arg(m, a[2], "_reconstruct's dtype")?;
+                    if parse_typestr(text).is_none() {
+                        return Err(unsupported(format!("_reconstruct's dtype {text:?}")));
+                    }
+                }
+                other => {
+                    return Err(unsupported(format!(
+                        "_reconstruct's dtype given as {}",
+                        other.describe()
+                    )))
+                }
+            }
             m.push_value(Value::Array(Box::new(NdArray {
                 dtype: NpDtype::Scalar {
                     kind: b'i',
@@ -287,6 +343,11 @@ pub(crate) fn call<'a>(m: &mut Machine<'a, '_>, k: Known, args_id: Id) -> Result
                 };
             }
             let data = match a.get(1) {
+                // numpy.core.multiarray.scalar takes bytes or a latin-1 str
+                // (a bytearray is refused).
+                Some(&d) if matches!(m.arena.get(d), Value::ByteArray(_)) => {
+                    return Err(malformed("a numpy scalar's data is a bytearray, not bytes"))
+                }
                 Some(&d) => raw_bytes(m, d, "a numpy scalar's data")?,
                 None => {
                     let n =
@@ -295,14 +356,22 @@ pub(crate) fn call<'a>(m: &mut Machine<'a, '_>, k: Known, args_id: Id) -> Result
                     Cow::Owned(vec![0; n])
                 }
             };
-            if data.len() as u64 != dtype.itemsize() {
+            // numpy needs at least the dtype's size and ignores the rest.
+            let size = dtype.itemsize();
+            if (data.len() as u64) < size {
                 return Err(malformed(format!(
-                    "a numpy scalar of {} holds {} bytes, not {}",
+                    "a numpy scalar of {} holds {} bytes, fewer than {size}",
                     dtype.descr(),
                     data.len(),
-                    dtype.itemsize()
                 )));
             }
+            let data = match data {
+                Cow::Borrowed(b) => Cow::Borrowed(&b[..size as usize]),
+                Cow::Owned(mut v) => {
+                    v.truncate(size as usize);
+                    Cow::Owned(v)
+                }
+            };
             m.push_value(Value::NpScalar(Box::new(NpScalar { dtype, data })))
         }
         Known::NpFromBuffer => {
@@ -353,8 +422,19 @@ pub(crate) fn array_setstate(m: &mut Machine<'_, '_>, obj: Id, state: Id) -> Res
         .filter(|_| matches!(m.arena.get(state), Value::Tuple(_)))
         .ok_or_else(|| malformed("an ndarray's state is not a tuple"))?
         .to_vec();
+    // array_setstate parses `(iO!O!iO)`, else `(O!O!iO)`: the version
+    // and the fortran flag are C ints (bools count), the shape a tuple.
+    let c_int =
+        |m: &Machine<'_, '_>, id: Id| m.arena.int_of(id).filter(|v| i32::try_from(*v).is_ok());
     let (shape, dtype, fortran, data) = match parts.as_slice() {
-        [_, s, d, f, x] => (*s, *d, *f, *x),
+        [v, s, d, f, x] => {
+            match c_int(m, *v) {
+                Some(0 | 1) => {}
+                Some(v) => return Err(malformed(format!("version {v} of an ndarray state"))),
+                None => return Err(malformed("an ndarray state's version is not a C int")),
+            }
+            (*s, *d, *f, *x)
+        }
         [s, d, f, x] => (*s, *d, *f, *x),
         _ => {
             return Err(malformed(
@@ -362,18 +442,33 @@ pub(crate) fn array_setstate(m: &mut Machine<'_, '_>, obj: Id, state: Id) -> Res
             ))
         }
     };
-    let shape = shape_arg(m, shape)?;
-    let mut dtype = dtype_of(m, dtype)?;
-    let fortran = match m.arena.get(fortran) {
-        Value::Bool(b) => *b,
-        Value::Int(i) => *i != 0,
+    // The shape's items go through PyArray_IntpConverter, which refuses
+    // bools ("an integer is required").
+    match m.arena.get(shape) {
+        Value::Tuple(items)
+            if items
+                .iter()
+                .all(|&i| !matches!(m.arena.get(i), Value::Bool(_))) => {}
         other => {
             return Err(malformed(format!(
-                "an ndarray's fortran flag is {}",
+                "an ndarray state's shape is {}, not a tuple of ints",
                 other.describe()
             )))
         }
-    };
+    }
+    let shape = shape_arg(m, shape)?;
+    let mut dtype = dtype_of(m, dtype)?;
+    let fortran = c_int(m, fortran).map(|f| f != 0).ok_or_else(|| {
+        malformed(format!(
+            "an ndarray's fortran flag is {}, not a C int",
+            m.arena.get(fortran).describe()
+        ))
+    })?;
+    if matches!(m.arena.get(data), Value::ByteArray(_)) && !dtype.has_object() {
+        return Err(malformed(
+            "an ndarray's data is a bytearray (numpy takes bytes or a str)",
+        ));
+    }
     let data = if dtype.has_object() {
         if !matches!(dtype, NpDtype::Scalar { .. }) {
             return Err(unsupported("arrays of structured dtypes that hold objects"));
@@ -391,12 +486,15 @@ pub(crate) fn array_setstate(m: &mut Machine<'_, '_>, obj: Id, state: Id) -> Res
             .iter()
             .try_fold(1u64, |a, &d| a.checked_mul(d))
             .ok_or_else(|| malformed("the array's size overflows"))?;
-        if numel != items.len() as u64 {
+        // numpy copies the first numel items and ignores any after them.
+        if (items.len() as u64) < numel {
             return Err(malformed(format!(
-                "an object array of shape {shape:?} has {} items",
+                "an object array of shape {shape:?} has only {} items",
                 items.len()
             )));
         }
+        let mut items = items;
+        items.truncate(numel as usize);
         m.budget.charge_problem(4 * items.len() as u64)?;
         ArrayData::Objects(items)
     } else {
@@ -474,9 +572,63 @@ pub(crate) fn dtype_setstate(m: &mut Machine<'_, '_>, obj: Id, state: Id) -> Res
         _ => parts,
     };
     let current = dtype_of(m, obj)?;
-    let endian = str_arg(m, parts[1], "the dtype byte order")?.to_string();
+    // arraydescr_setstate takes the byte order as a str (encoded as ASCII)
+    // or bytes (a Python 2 pickle read with encoding="bytes"), of length 1.
+    let endian = match m.arena.get(parts[1]) {
+        Value::Str(s) => s
+            .as_str()
+            .and_then(|t| t.chars().next().filter(|c| c.is_ascii() && t.len() == 1)),
+        Value::Bytes(b) if b.len() == 1 => Some(char::from(b[0])),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        malformed(format!(
+            "the dtype byte order is {}, not one ASCII character",
+            m.arena.get(parts[1]).describe()
+        ))
+    })?;
     let elsize = int_arg(m, parts[5], "the dtype element size")?;
-    let flags = int_arg(m, parts[7], "the dtype flags")?;
+    // numpy takes any int as the flags (a big one is masked); only a
+    // record's 0x80 (aligned) bit changes what is built, so only a record
+    // needs them to be exact.
+    if !matches!(
+        m.arena.get(parts[7]),
+        Value::Int(_) | Value::BigInt(_) | Value::Bool(_)
+    ) {
+        return Err(malformed(format!(
+            "the dtype flags are {}, not an int",
+            m.arena.get(parts[7]).describe()
+        )));
+    }
+    // numpy refuses names without fields and fields without names.
+    let (has_names, has_fields) = (
+        !matches!(m.arena.get(parts[3]), Value::None),
+        !matches!(m.arena.get(parts[4]), Value::None),
+    );
+    if has_names != has_fields {
+        return Err(malformed(
+            "a dtype state with names but no fields, or fields but no names",
+        ));
+    }
+    // numpy stores the byte order character as given. Only a multi-byte
+    // scalar type has one a dtype can be rebuilt with; on any other (a
+    // record, a sub-array, bool, 1-byte ints, S, V, O) numpy writes '|', and
+    // another (numpy keeps '<u1' or '>O') is refused.
+    let multi_byte = matches!(current, NpDtype::Scalar { order, .. } if order != ByteOrder::NotApplicable)
+        && !has_names
+        && matches!(m.arena.get(parts[2]), Value::None);
+    if endian != '|' && !multi_byte {
+        return Err(unsupported(format!(
+            "the byte order {endian:?} on a numpy dtype that has none (numpy keeps it as \
+             given, a dtype no numpy writes)"
+        )));
+    }
+    if has_names && !matches!(current, NpDtype::Scalar { kind: b'V', .. }) {
+        return Err(unsupported(format!(
+            "a record dtype state on the numpy type {} (numpy writes records as void types)",
+            current.descr()
+        )));
+    }
     let new = if !matches!(m.arena.get(parts[2]), Value::None) {
         let sub = m
             .arena
@@ -497,6 +649,13 @@ pub(crate) fn dtype_setstate(m: &mut Machine<'_, '_>, obj: Id, state: Id) -> Res
         }
         dt
     } else if !matches!(m.arena.get(parts[3]), Value::None) {
+        let flags = m
+            .arena
+            .int_of(parts[7])
+            .filter(|&f| f >= 0)
+            .ok_or_else(|| {
+                unsupported("a record dtype state whose flags are negative or beyond 64 bits")
+            })?;
         record(m, parts[3], parts[4], elsize, flags)?
     } else {
         match current {
@@ -506,27 +665,28 @@ pub(crate) fn dtype_setstate(m: &mut Machine<'_, '_>, obj: Id, state: Id) -> Res
                 order,
                 mut unit,
             } => {
+                // numpy stores the character as given; any but '>' and '|'
+                // reads as native order ('!' and 'x' included).
                 let order =
-                    match (endian.as_str(), order) {
+                    match (endian, order) {
                         (_, ByteOrder::NotApplicable) => ByteOrder::NotApplicable,
-                        ("<" | "=", _) => ByteOrder::Little,
-                        (">", _) => ByteOrder::Big,
-                        // numpy keeps a '|' it is given, even on a multi-byte
-                        // type (a dtype that is neither order): not built here.
-                        ("|", _) => return Err(unsupported(
-                            "a multi-byte numpy dtype with the byte order '|' (numpy keeps that \
-                             order as given; hermetic builds only '<', '>' and '=')",
+                        ('>', _) => ByteOrder::Big,
+                        // numpy keeps a '|' it is given, even on a multi-byte type
+                        // (a dtype that is neither order, which no numpy writes):
+                        // not built here, a documented refusal.
+                        ('|', _) => return Err(unsupported(
+                            "the byte order '|' on a multi-byte numpy dtype (numpy keeps it as \
+                             given, a dtype no numpy writes)",
                         )),
-                        (e, _) => return Err(malformed(format!("the dtype byte order {e:?}"))),
+                        _ => ByteOrder::Little,
                     };
-                if matches!(kind, b'S' | b'U' | b'V') && elsize >= 0 {
-                    itemsize = elsize as u64;
-                    if itemsize == 0
-                        || itemsize > MAX_ITEMSIZE
-                        || (kind == b'U' && itemsize % 4 != 0)
-                    {
-                        return Err(malformed(format!("a dtype element size of {elsize}")));
-                    }
+                if matches!(kind, b'S' | b'U' | b'V') {
+                    // numpy takes the state's element size for a flexible
+                    // type as it is (a negative one makes a broken dtype).
+                    itemsize = u64::try_from(elsize)
+                        .ok()
+                        .filter(|&n| n <= MAX_ITEMSIZE && (kind != b'U' || n % 4 == 0))
+                        .ok_or_else(|| malformed(format!("a dtype element size of {elsize}")))?;
                 }
                 if matches!(kind, b'M' | b'm') {
                     if let Some(&md) = parts.get(8) {
@@ -717,6 +877,17 @@ mod tests {
         assert_eq!(parse_typestr("u1").unwrap().descr(), "|u1");
         assert!(parse_typestr("O").unwrap().has_object());
         assert!(parse_typestr("<f3").is_none());
+        // numpy's one-letter codes, not kinds: 'b' is int8, '?' is bool.
+        assert_eq!(parse_typestr("b").unwrap().descr(), "|i1");
+        assert_eq!(parse_typestr("?").unwrap().descr(), "|b1");
+        assert_eq!(parse_typestr(">d").unwrap().descr(), ">f8");
+        assert_eq!(parse_typestr("c").unwrap().descr(), "|S1");
+        assert_eq!(parse_typestr("V").unwrap().descr(), "|V0");
+        assert_eq!(parse_typestr("U").unwrap().descr(), "<U0");
+        assert_eq!(parse_typestr("|f4").unwrap().descr(), "<f4");
+        for refused in ["f12", "c24", "b2", "i0", "B1", "T", "O2", "M4", "f+4"] {
+            assert!(parse_typestr(refused).is_none(), "{refused}");
+        }
         assert!(parse_typestr("<f8[ns]").is_none());
         assert!(parse_typestr("").is_none());
         assert!(parse_typestr("S99999999999999999999").is_none());

@@ -448,8 +448,8 @@ pub enum Value<'a> {
     Dict(Box<Dict>),
     /// start, stop, step
     Slice([Id; 3]),
-    /// start, stop, step (ints)
-    Range([i64; 3]),
+    /// start, stop, step: ints (`Int` or `BigInt`; range takes any int).
+    Range([Id; 3]),
     Global(Box<Global>),
     TorchDtype(TorchDtype),
     TorchSize(Vec<i64>),
@@ -575,7 +575,7 @@ impl Value<'_> {
                 });
                 d.state = d.state.map(&f);
             }
-            Value::Slice(s) => s.iter_mut().for_each(|x| *x = f(*x)),
+            Value::Slice(s) | Value::Range(s) => s.iter_mut().for_each(|x| *x = f(*x)),
             Value::Tensor(t) => {
                 t.metadata = t.metadata.map(&f);
                 t.state = t.state.map(&f);
@@ -726,7 +726,7 @@ impl<'a> Arena<'a> {
                     f(s);
                 }
             }
-            Value::Slice(s) => s.iter().for_each(|&c| f(c)),
+            Value::Slice(s) | Value::Range(s) => s.iter().for_each(|&c| f(c)),
             Value::Tensor(t) => {
                 if let Some(m) = t.metadata {
                     f(m);
