@@ -1,4 +1,5 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use hermetic_manifest::Mode;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -118,35 +119,27 @@ pub struct HashArgs {
     pub json: bool,
 }
 
-/// The pickle firewall's process-wide modes (`HERMETIC_PICKLE`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum FirewallMode {
-    /// No unpickling, except through the manifest's call-site rules.
-    Deny,
-    /// Only blobs the manifest lists (or its rules allow) are unpickled.
-    Enforce,
-    /// Everything loads; every unpickle and pickle writer goes into the inventory.
-    Record,
-    /// Like record, and a warning for every unlisted load.
-    Warn,
-}
-
-impl FirewallMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FirewallMode::Deny => "deny",
-            FirewallMode::Enforce => "enforce",
-            FirewallMode::Record => "record",
-            FirewallMode::Warn => "warn",
-        }
-    }
+/// `--mode`: the firewall's own mode type (`hermetic_manifest::Mode`), so the
+/// CLI and the firewall cannot disagree about what a mode is called.
+fn mode_parser() -> impl clap::builder::TypedValueParser<Value = Mode> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new([
+        PossibleValue::new("deny")
+            .help("No unpickling, except through the manifest's call-site rules"),
+        PossibleValue::new("enforce")
+            .help("Only blobs the manifest lists (or its rules allow) are unpickled"),
+        PossibleValue::new("record")
+            .help("Everything loads; every unpickle and pickle writer goes into the inventory"),
+        PossibleValue::new("warn").help("Like record, and a warning for every unlisted load"),
+    ])
+    .try_map(|s| s.parse::<Mode>())
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// What the firewall does with unpickles.
-    #[arg(long, value_enum)]
-    pub mode: FirewallMode,
+    #[arg(long, value_parser = mode_parser())]
+    pub mode: Mode,
     /// The manifest (required for enforce).
     #[arg(long)]
     pub manifest: Option<PathBuf>,

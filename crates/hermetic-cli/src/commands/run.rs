@@ -5,7 +5,7 @@
 use super::CliError;
 use crate::args::RunArgs;
 use crate::ExitStatus;
-use hermetic_manifest::Manifest;
+use hermetic_manifest::{Manifest, Mode};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -26,8 +26,8 @@ fn absolute(p: &Path) -> Result<PathBuf, CliError> {
 }
 
 pub(crate) fn run(args: &RunArgs) -> Result<ExitStatus, CliError> {
-    let mode = args.mode.as_str();
-    if mode == "enforce" && args.manifest.is_none() {
+    let mode = args.mode;
+    if mode == Mode::Enforce && args.manifest.is_none() {
         return Err(CliError::Usage(
             "--mode enforce needs --manifest (the blobs to allow)".into(),
         ));
@@ -42,10 +42,10 @@ pub(crate) fn run(args: &RunArgs) -> Result<ExitStatus, CliError> {
     };
     let inventory = match (&args.inventory, mode) {
         (Some(p), _) => Some(absolute(p)?),
-        (None, "record") => Some(absolute(Path::new(DEFAULT_INVENTORY))?),
+        (None, Mode::Record) => Some(absolute(Path::new(DEFAULT_INVENTORY))?),
         (None, _) => None,
     };
-    if mode == "record" {
+    if mode == Mode::Record {
         if let Some(p) = &inventory {
             warn_existing_inventory(p);
         }
@@ -55,7 +55,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<ExitStatus, CliError> {
         .split_first()
         .ok_or_else(|| CliError::Usage("no command given after `--`".into()))?;
     let mut cmd = Command::new(program);
-    cmd.args(rest).env(ENV_MODE, mode);
+    cmd.args(rest).env(ENV_MODE, mode.as_str());
     match &manifest {
         Some(p) => cmd.env(ENV_MANIFEST, p),
         None => cmd.env_remove(ENV_MANIFEST),
