@@ -416,6 +416,28 @@ def _read_rest(f: Any) -> tuple[bytes, int] | None:
     return data, start
 
 
+# Callers whose pickles hermetic can read without unpickling: a refusal whose
+# frames pass through one of these module prefixes ends with this hint.
+_HINTS: tuple[tuple[str, str], ...] = (
+    (
+        "torch.distributed.checkpoint.",
+        "torch.distributed.checkpoint's FileSystemReader unpickles its .metadata and "
+        "non-tensor values; hermetic.dcp.SafeReader reads the same folder without unpickling: "
+        "dcp.load(state, storage_reader=hermetic.dcp.SafeReader(path)) (hermetic.dcp.Writer / "
+        "hermetic.dcp.Reader save and load DCP checkpoints with no pickle at all)",
+    ),
+)
+
+
+def hint_for(frames: list[str] | None) -> str | None:
+    """The hint for a refused load made through ``frames``, if one applies."""
+    for frame in frames or ():
+        for prefix, hint in _HINTS:
+            if frame.startswith(prefix):
+                return hint
+    return None
+
+
 def _refusal(
     mode: str,
     blob_id: str,
@@ -431,6 +453,9 @@ def _refusal(
     message, line, site = m.refusal(mode, blob_id, size, frames, file, location, entry, scanner[3])
     if note:
         message += f"\nnote: {note}"
+    hint = hint_for(frames)
+    if hint:
+        message += f"\nhint: {hint}"
     if STATE.startup_error:
         message += f"\nnote: {STATE.startup_error}"
     return NoPickleError(
@@ -504,6 +529,9 @@ def _check_tokens(
             lines.append(f"  scanner:   {display(scanner)}")
             lines.append("To allow exactly this blob, in that thread or task, with the token:")
             lines.append(f'  with hermetic.allow_pickles(token, only_objects=["{blob_id}"]):')
+            hint = hint_for(frames)
+            if hint:
+                lines.append(f"hint: {hint}")
             raise NoPickleError(
                 "\n".join(lines),
                 blob_id=blob_id,
