@@ -5,6 +5,7 @@
 
 pub mod analysis;
 pub mod containers;
+pub mod dcp;
 pub mod dis;
 pub mod eval;
 pub mod fsio;

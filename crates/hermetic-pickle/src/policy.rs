@@ -509,6 +509,64 @@ pub const INERT_CLASSES: &[(&str, &str)] = &[
     // Cython's unpickle helper: checks a layout checksum, then
     // SeedSequence.__new__(cls) and the state (cls checked: SeedSequence).
     ("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence"),
+    // The `.metadata` of a torch.distributed.checkpoint folder (pickled by
+    // `FileSystemWriter.finish`, read in torch 2.x's
+    // torch/distributed/checkpoint/{metadata,filesystem}.py): dataclasses
+    // rebuilt by NEWOBJ and a BUILD of their field dict (none defines
+    // `__post_init__` or `__setstate__`; `MetadataIndex.__init__` only
+    // stores, making `offset` a `torch.Size`), `TensorProperties`, whose
+    // `__setstate__` unpacks a 5- or 6-tuple and maps the encoding below to
+    // a memory format, and that encoding, a plain `Enum` called with its
+    // value (checked in the evaluator: one int of 0, 1 or 2). See
+    // [`DCP_METADATA_CLASSES`].
+    ("torch.distributed.checkpoint.metadata", "Metadata"),
+    (
+        "torch.distributed.checkpoint.metadata",
+        "TensorStorageMetadata",
+    ),
+    (
+        "torch.distributed.checkpoint.metadata",
+        "BytesStorageMetadata",
+    ),
+    (
+        "torch.distributed.checkpoint.metadata",
+        "ChunkStorageMetadata",
+    ),
+    ("torch.distributed.checkpoint.metadata", "TensorProperties"),
+    (
+        "torch.distributed.checkpoint.metadata",
+        "_MEM_FORMAT_ENCODING",
+    ),
+    ("torch.distributed.checkpoint.metadata", "MetadataIndex"),
+    ("torch.distributed.checkpoint.metadata", "StorageMeta"),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+];
+
+/// The classes of a DCP `.metadata` file (the tail of [`INERT_CLASSES`]):
+/// what `hermetic scan` of a DCP folder, `hermetic.dcp.SafeReader` and
+/// `hermetic convert` of one accept there, and nothing else.
+pub const DCP_METADATA_CLASSES: &[(&str, &str)] = &[
+    ("torch.distributed.checkpoint.metadata", "Metadata"),
+    (
+        "torch.distributed.checkpoint.metadata",
+        "TensorStorageMetadata",
+    ),
+    (
+        "torch.distributed.checkpoint.metadata",
+        "BytesStorageMetadata",
+    ),
+    (
+        "torch.distributed.checkpoint.metadata",
+        "ChunkStorageMetadata",
+    ),
+    ("torch.distributed.checkpoint.metadata", "TensorProperties"),
+    (
+        "torch.distributed.checkpoint.metadata",
+        "_MEM_FORMAT_ENCODING",
+    ),
+    ("torch.distributed.checkpoint.metadata", "MetadataIndex"),
+    ("torch.distributed.checkpoint.metadata", "StorageMeta"),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
 ];
 
 /// The bit generator classes numpy's random-state constructors may build.

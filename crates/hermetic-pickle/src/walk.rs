@@ -252,6 +252,10 @@ pub fn scan_paths_with(
             .install(scan),
         None => scan(),
     };
+    // A torch.distributed.checkpoint folder is judged as DCP reads it.
+    for (meta, beside) in crate::dcp::folders(files) {
+        crate::dcp::check_folder(files, &mut reports, meta, &beside, policy, &limits);
+    }
     // A file reached by several paths was scanned once; each path is reported.
     let by_path: std::collections::HashMap<&std::path::Path, usize> = files
         .iter()

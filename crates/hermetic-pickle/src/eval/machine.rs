@@ -1097,6 +1097,16 @@ impl<'a> Machine<'a, '_> {
                     refuse("called with other than a bit generator and numpy's own constructor")
                 };
             }
+            ("torch.distributed.checkpoint.metadata", "_MEM_FORMAT_ENCODING") => {
+                // An Enum called with a value looks the member up; with more
+                // arguments it would build a new enum class.
+                let ok = matches!(items, [v] if matches!(self.arena.get(*v), Value::Int(0..=2)));
+                return if ok {
+                    Ok(())
+                } else {
+                    refuse("called with other than one of its values 0, 1 or 2")
+                };
+            }
             ("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence") => {
                 let ok = items.first().and_then(|&c| global(c))
                     == Some(("numpy.random.bit_generator", "SeedSequence"));

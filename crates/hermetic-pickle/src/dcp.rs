@@ -1,0 +1,723 @@
+//! Checkpoints written by `torch.distributed.checkpoint`'s default
+//! `FileSystemWriter` (torch/distributed/checkpoint/filesystem.py): a folder
+//! with `.metadata`, `pickle.dump` of a `Metadata`, and `__R_I.distcp` files,
+//! each one writer's items back to back. Every item, tensor or not, is one
+//! `torch.save` archive (`_write_item`: a tensor is `torch.save`d, a non-tensor
+//! item is the bytes the planner made with `torch.save(obj)`), read back by
+//! `FileSystemReader.read_data` from the `(relative_path, offset, length)` of
+//! its `_StorageInfo` in `Metadata.storage_data`: `torch.load(weights_only=True)`
+//! for tensors, the planner's `torch.load(weights_only=False)` for the rest.
+//!
+//! [`parse_metadata`] reads `.metadata` with the safe evaluator (which rebuilds
+//! only [`crate::policy::DCP_METADATA_CLASSES`] and data); [`check_folder`]
+//! judges a folder's files together: every byte range DCP's reader would
+//! `torch.load` is scanned as that load reads it, and bytes no item accounts
+//! for keep the folder from being `safe`.
+
+use crate::eval::{self, Allowed, Flavor, Id, LoadOptions, Mode, TorchDtype, Value};
+use crate::policy::{Policy, Verdict};
+use crate::report::FileReport;
+use crate::Limits;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// The metadata file's name (`_metadata_fn`).
+pub const METADATA: &str = ".metadata";
+/// The shard files' suffix (`DEFAULT_SUFFIX`).
+pub const SUFFIX: &str = ".distcp";
+
+const MD: &str = "torch.distributed.checkpoint.metadata";
+const FS: &str = "torch.distributed.checkpoint.filesystem";
+
+/// What `.metadata` says, in its order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Metadata {
+    /// `state_dict_metadata`: each flattened key and what it holds.
+    pub items: Vec<(String, Item)>,
+    /// `storage_data`: where each item (each tensor chunk) is stored.
+    pub storage: Vec<StorageEntry>,
+    /// `planner_data` of the default planner: each flattened key's path in
+    /// the original state dict (`set_element`'s object path).
+    pub paths: Vec<(String, Vec<PathKey>)>,
+    pub version: Option<String>,
+}
+
+/// One `state_dict_metadata` value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Item {
+    /// `TensorStorageMetadata`: the global tensor and its saved chunks.
+    Tensor {
+        dtype: TorchDtype,
+        size: Vec<u64>,
+        chunks: Vec<Chunk>,
+    },
+    /// `BytesStorageMetadata`: a `torch.save`d object.
+    Bytes,
+}
+
+/// `ChunkStorageMetadata`: a box of the global tensor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    pub offsets: Vec<u64>,
+    pub sizes: Vec<u64>,
+}
+
+/// One `storage_data` entry: `MetadataIndex(fqn, offset)` -> `_StorageInfo`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StorageEntry {
+    pub fqn: String,
+    /// The chunk's offsets, for tensors.
+    pub chunk: Option<Vec<u64>>,
+    pub file: String,
+    pub offset: u64,
+    pub length: u64,
+    pub transforms: Vec<String>,
+}
+
+/// A step of a `planner_data` path: a dict key or a list index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathKey {
+    Key(String),
+    Index(u64),
+}
+
+impl Metadata {
+    /// The storage entry of `fqn` at chunk `offsets` (`None` for bytes).
+    pub fn entry(&self, fqn: &str, offsets: Option<&[u64]>) -> Option<&StorageEntry> {
+        self.storage
+            .iter()
+            .rev()
+            .find(|e| e.fqn == fqn && e.chunk.as_deref() == offsets)
+    }
+}
+
+/// Whether a `relative_path` is a plain file name in the folder, as the
+/// writer writes (`FileSystemReader` would follow `../` or an absolute path).
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
+}
+
+/// Reads `.metadata` (named `file` in messages) without running it.
+pub fn parse_metadata(data: &[u8], file: &str) -> Result<Metadata, String> {
+    let opts = LoadOptions {
+        mode: Mode::Strict,
+        flavor: Flavor::Any,
+        policy: Policy::builtin(),
+        limits: Limits::default(),
+        allowed: Allowed::none(),
+        encoding: None,
+        companions: None,
+    };
+    let loaded = eval::load(data, file, &opts).map_err(|e| e.to_string())?;
+    Reader {
+        arena: &loaded.arena,
+    }
+    .metadata(loaded.root)
+}
+
+struct Reader<'r, 'a> {
+    arena: &'r eval::Arena<'a>,
+}
+
+type Fields = Vec<(String, Id)>;
+
+impl Reader<'_, '_> {
+    fn get(&self, id: Id) -> &Value<'_> {
+        self.arena.get(id)
+    }
+
+    /// An object of `module.name` made as the writer makes it: NEWOBJ with
+    /// no arguments, nothing but one BUILD.
+    fn object(&self, id: Id, module: &str, name: &str) -> Result<Option<Id>, String> {
+        let Value::Object(o) = self.get(id) else {
+            return Err(format!(
+                "{} where a {name} belongs",
+                self.get(id).describe()
+            ));
+        };
+        let class_ok = matches!(self.get(o.class), Value::Global(g)
+            if matches!(&**g, eval::Global::Foreign { module: m, name: n } if m == module && n == name));
+        let no_args = o
+            .args
+            .is_none_or(|a| matches!(self.get(a), Value::Tuple(t) if t.is_empty()));
+        if !class_ok
+            || o.made != eval::Made::New
+            || !no_args
+            || o.kwargs.is_some()
+            || !o.list_items.is_empty()
+            || !o.dict_items.is_empty()
+        {
+            return Err(format!(
+                "{} is not a {name} as FileSystemWriter pickles it",
+                self.get(o.class).describe()
+            ));
+        }
+        Ok(o.state)
+    }
+
+    /// The field dict of a dataclass object (the last value of a repeated key).
+    fn fields(&self, id: Id, module: &str, name: &str) -> Result<Fields, String> {
+        let Some(state) = self.object(id, module, name)? else {
+            return Ok(Vec::new());
+        };
+        let Value::Dict(d) = self.get(state) else {
+            return Err(format!("the state of a {name} is not a dict"));
+        };
+        let mut out: Fields = Vec::new();
+        for &(k, v) in &d.items {
+            let key = self
+                .str(k)
+                .map_err(|_| format!("a {name} field name is not a str"))?;
+            match out.iter_mut().find(|(n, _)| n == key) {
+                Some(slot) => slot.1 = v,
+                None => out.push((key.to_string(), v)),
+            }
+        }
+        Ok(out)
+    }
+
+    fn str(&self, id: Id) -> Result<&str, String> {
+        match self.get(id) {
+            Value::Str(s) => s
+                .as_str()
+                .ok_or_else(|| "a str that is not UTF-8".to_string()),
+            v => Err(format!("{} where a str belongs", v.describe())),
+        }
+    }
+
+    fn uint(&self, id: Id, what: &str) -> Result<u64, String> {
+        match self.get(id) {
+            Value::Int(i) if *i >= 0 => Ok(*i as u64),
+            v => Err(format!("{what} is {}, not a size", v.describe())),
+        }
+    }
+
+    fn size(&self, id: Id, what: &str) -> Result<Vec<u64>, String> {
+        match self.get(id) {
+            Value::TorchSize(d) if d.iter().all(|&x| x >= 0) => {
+                Ok(d.iter().map(|&x| x as u64).collect())
+            }
+            v => Err(format!("{what} is {}, not a torch.Size", v.describe())),
+        }
+    }
+
+    fn field(fields: &Fields, name: &str) -> Option<Id> {
+        fields.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+    }
+
+    fn known(fields: &Fields, class: &str, allowed: &[&str]) -> Result<(), String> {
+        match fields.iter().find(|(n, _)| !allowed.contains(&n.as_str())) {
+            Some((n, _)) => Err(format!("a {class} has a field {n:?} torch's has not")),
+            None => Ok(()),
+        }
+    }
+
+    fn metadata(&self, root: Id) -> Result<Metadata, String> {
+        let f = self.fields(root, MD, "Metadata")?;
+        Self::known(
+            &f,
+            "Metadata",
+            &[
+                "state_dict_metadata",
+                "planner_data",
+                "storage_data",
+                "storage_meta",
+                "version",
+            ],
+        )?;
+        let sdm = Self::field(&f, "state_dict_metadata").ok_or("no state_dict_metadata")?;
+        let Value::Dict(sdm) = self.get(sdm) else {
+            return Err("state_dict_metadata is not a dict".into());
+        };
+        let mut items: Vec<(String, Item)> = Vec::new();
+        for &(k, v) in &sdm.items {
+            let fqn = self.str(k)?.to_string();
+            let item = self.item(v).map_err(|e| format!("{fqn}: {e}"))?;
+            match items.iter_mut().find(|(n, _)| *n == fqn) {
+                Some(slot) => slot.1 = item,
+                None => items.push((fqn, item)),
+            }
+        }
+        let sd = Self::field(&f, "storage_data")
+            .ok_or("no storage_data (not written by FileSystemWriter)")?;
+        let Value::Dict(sd) = self.get(sd) else {
+            return Err("storage_data is not a dict (not written by FileSystemWriter)".into());
+        };
+        let mut storage: Vec<StorageEntry> = Vec::new();
+        for &(k, v) in &sd.items {
+            let e = self.storage_entry(k, v)?;
+            // A dict keyed by MetadataIndex: equal (fqn, offset) keys are one.
+            match storage
+                .iter_mut()
+                .find(|s| s.fqn == e.fqn && s.chunk == e.chunk)
+            {
+                Some(slot) => *slot = e,
+                None => storage.push(e),
+            }
+        }
+        let mut paths = Vec::new();
+        if let Some(pd) = Self::field(&f, "planner_data") {
+            match self.get(pd) {
+                Value::None => {}
+                Value::Dict(d) => {
+                    for &(k, v) in &d.items {
+                        let fqn = self.str(k)?.to_string();
+                        let path = self
+                            .path(v)
+                            .map_err(|e| format!("planner_data {fqn}: {e}"))?;
+                        match paths.iter_mut().find(|(n, _): &&mut (String, _)| *n == fqn) {
+                            Some(slot) => slot.1 = path,
+                            None => paths.push((fqn, path)),
+                        }
+                    }
+                }
+                v => return Err(format!("planner_data is {}", v.describe())),
+            }
+        }
+        let version = match Self::field(&f, "version").map(|v| self.get(v)) {
+            None | Some(Value::None) => None,
+            Some(Value::Str(s)) => Some(s.lossy().into_owned()),
+            Some(v) => return Err(format!("version is {}", v.describe())),
+        };
+        if let Some(m) = Self::field(&f, "storage_meta") {
+            if !matches!(self.get(m), Value::None) {
+                let sm = self.fields(m, MD, "StorageMeta")?;
+                Self::known(
+                    &sm,
+                    "StorageMeta",
+                    &["checkpoint_id", "save_id", "load_id", "modules"],
+                )?;
+            }
+        }
+        Ok(Metadata {
+            items,
+            storage,
+            paths,
+            version,
+        })
+    }
+
+    fn item(&self, id: Id) -> Result<Item, String> {
+        if let Ok(f) = self.fields(id, MD, "BytesStorageMetadata") {
+            Self::known(&f, "BytesStorageMetadata", &[])?;
+            return Ok(Item::Bytes);
+        }
+        let f = self.fields(id, MD, "TensorStorageMetadata")?;
+        Self::known(
+            &f,
+            "TensorStorageMetadata",
+            &["properties", "size", "chunks"],
+        )?;
+        let props = Self::field(&f, "properties").ok_or("no properties")?;
+        let state = self
+            .object(props, MD, "TensorProperties")?
+            .ok_or("TensorProperties without a state")?;
+        // __getstate__: (dtype, layout, requires_grad, memory format
+        // encoding, pin_memory[, strides]).
+        let dtype = match self.get(state) {
+            Value::Tuple(t) if t.len() == 5 || t.len() == 6 => match self.get(t[0]) {
+                Value::TorchDtype(d) => *d,
+                v => return Err(format!("the dtype is {}", v.describe())),
+            },
+            _ => return Err("the TensorProperties state is not a 5- or 6-tuple".into()),
+        };
+        let size = self.size(Self::field(&f, "size").ok_or("no size")?, "size")?;
+        let chunks_id = Self::field(&f, "chunks").ok_or("no chunks")?;
+        let Value::List(list) = self.get(chunks_id) else {
+            return Err("chunks are not a list".into());
+        };
+        let mut chunks = Vec::new();
+        for &c in list {
+            let cf = self.fields(c, MD, "ChunkStorageMetadata")?;
+            Self::known(&cf, "ChunkStorageMetadata", &["offsets", "sizes"])?;
+            let offsets = self.size(
+                Self::field(&cf, "offsets").ok_or("no offsets")?,
+                "chunk offsets",
+            )?;
+            let sizes = self.size(Self::field(&cf, "sizes").ok_or("no sizes")?, "chunk sizes")?;
+            let inside = offsets.len() == size.len()
+                && sizes.len() == size.len()
+                && offsets
+                    .iter()
+                    .zip(&sizes)
+                    .zip(&size)
+                    .all(|((&o, &s), &d)| o.checked_add(s).is_some_and(|e| e <= d));
+            if !inside {
+                return Err("a chunk lies outside the tensor".into());
+            }
+            chunks.push(Chunk { offsets, sizes });
+        }
+        Ok(Item::Tensor {
+            dtype,
+            size,
+            chunks,
+        })
+    }
+
+    fn storage_entry(&self, key: Id, value: Id) -> Result<StorageEntry, String> {
+        let k = self.fields(key, MD, "MetadataIndex")?;
+        Self::known(&k, "MetadataIndex", &["fqn", "offset", "index"])?;
+        let fqn = self.str(Self::field(&k, "fqn").ok_or("a MetadataIndex without fqn")?)?;
+        let chunk = match Self::field(&k, "offset").map(|o| (o, self.get(o))) {
+            None | Some((_, Value::None)) => None,
+            Some((o, _)) => Some(self.size(o, "an index offset")?),
+        };
+        let v = self.fields(value, FS, "_StorageInfo")?;
+        Self::known(
+            &v,
+            "_StorageInfo",
+            &["relative_path", "offset", "length", "transform_descriptors"],
+        )?;
+        let file = self.str(Self::field(&v, "relative_path").ok_or("no relative_path")?)?;
+        let offset = self.uint(Self::field(&v, "offset").ok_or("no offset")?, "offset")?;
+        let length = self.uint(Self::field(&v, "length").ok_or("no length")?, "length")?;
+        let mut transforms = Vec::new();
+        if let Some(t) = Self::field(&v, "transform_descriptors") {
+            match self.get(t) {
+                Value::None => {}
+                Value::List(l) | Value::Tuple(l) => {
+                    for &s in l {
+                        transforms.push(self.str(s)?.to_string());
+                    }
+                }
+                v => return Err(format!("transform_descriptors are {}", v.describe())),
+            }
+        }
+        Ok(StorageEntry {
+            fqn: fqn.to_string(),
+            chunk,
+            file: file.to_string(),
+            offset,
+            length,
+            transforms,
+        })
+    }
+
+    fn path(&self, id: Id) -> Result<Vec<PathKey>, String> {
+        let (Value::Tuple(t) | Value::List(t)) = self.get(id) else {
+            return Err(format!("{}, not a tuple", self.get(id).describe()));
+        };
+        t.iter()
+            .map(|&p| match self.get(p) {
+                Value::Str(s) => Ok(PathKey::Key(s.lossy().into_owned())),
+                Value::Int(i) if *i >= 0 => Ok(PathKey::Index(*i as u64)),
+                v => Err(format!("a path step is {}", v.describe())),
+            })
+            .collect()
+    }
+}
+
+/// The folders among `files` that hold a DCP checkpoint: `(index of
+/// .metadata, indices of the files beside it)`.
+pub fn folders(files: &[PathBuf]) -> Vec<(usize, Vec<usize>)> {
+    let mut out = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        if f.file_name().and_then(|n| n.to_str()) != Some(METADATA) {
+            continue;
+        }
+        let dir = f.parent();
+        let beside: Vec<usize> = files
+            .iter()
+            .enumerate()
+            .filter(|(j, g)| *j != i && g.parent() == dir)
+            .map(|(j, _)| j)
+            .collect();
+        let has_shard = beside
+            .iter()
+            .any(|&j| files[j].to_string_lossy().ends_with(SUFFIX));
+        if has_shard {
+            out.push((i, beside));
+        }
+    }
+    out
+}
+
+/// The first line of an error, at most 300 characters.
+fn shorten(e: &str) -> String {
+    let line = e.lines().next().unwrap_or("");
+    match line.char_indices().nth(300) {
+        Some((i, _)) => format!("{}...", &line[..i]),
+        None => line.to_string(),
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut f = crate::fsio::open_regular(path).map_err(|e| e.to_string())?;
+    let mut v = Vec::new();
+    f.read_to_end(&mut v).map_err(|e| e.to_string())?;
+    Ok(v)
+}
+
+/// Judges the DCP folder whose `.metadata` is `files[meta]` (its own scan in
+/// `reports[meta]`), with the files beside it: formats become `dcp-metadata`
+/// and `dcp-shard`, and findings are added where DCP's reader would read
+/// what the scan of a file alone did not see as it reads it.
+///
+/// - every `storage_data` item is scanned as `torch.load` reads its byte
+///   range (when the ranges are exactly the archives the file's own scan
+///   found back to back, that scan already did; its streams are renamed
+///   after their items);
+/// - `dcp_layout` (dangerous): an item outside its file, overlapping
+///   another, in a file that is not a plain name of the folder, or stored
+///   through stream transforms (compression) hermetic does not read;
+/// - `dcp_unaccounted` (suspicious): bytes of a `.distcp` file no item
+///   covers, a `.distcp` file no item names, a file named but missing, or a
+///   `.metadata` that is not DCP metadata hermetic can read (then nothing is
+///   known about the shards).
+pub fn check_folder(
+    files: &[PathBuf],
+    reports: &mut [FileReport],
+    meta: usize,
+    beside: &[usize],
+    policy: &Policy,
+    limits: &Limits,
+) {
+    reports[meta].format = "dcp-metadata".into();
+    let shards: Vec<usize> = beside
+        .iter()
+        .copied()
+        .filter(|&j| files[j].to_string_lossy().ends_with(SUFFIX))
+        .collect();
+    let md = read(&files[meta])
+        .and_then(|d| parse_metadata(&d, &reports[meta].path))
+        .map_err(|e| shorten(&e));
+    let md = match md {
+        Ok(m) => m,
+        Err(e) => {
+            for &j in &shards {
+                reports[j].format = "dcp-shard".into();
+                reports[j].add_finding(
+                    Verdict::Suspicious,
+                    "dcp_unaccounted",
+                    0,
+                    format!("the folder's .metadata is not DCP metadata hermetic can read, so what torch.distributed.checkpoint reads from this file is unknown: {e}"),
+                );
+                reports[j].finish();
+            }
+            reports[meta].finish();
+            return;
+        }
+    };
+    let by_name: HashMap<String, usize> = beside
+        .iter()
+        .filter_map(|&j| Some((files[j].file_name()?.to_str()?.to_string(), j)))
+        .collect();
+    let mut per_file: HashMap<usize, Vec<&StorageEntry>> = HashMap::new();
+    for e in &md.storage {
+        if !is_plain_name(&e.file) || e.file == METADATA {
+            reports[meta].add_finding(
+                Verdict::Dangerous,
+                "dcp_layout",
+                0,
+                format!(
+                    "storage_data reads {} from {:?}, not a plain file name in the folder: torch.distributed.checkpoint opens it wherever it leads",
+                    e.fqn, e.file
+                ),
+            );
+            continue;
+        }
+        match by_name.get(&e.file) {
+            Some(&j) => per_file.entry(j).or_default().push(e),
+            None => reports[meta].add_finding(
+                Verdict::Suspicious,
+                "dcp_unaccounted",
+                0,
+                format!(
+                    "storage_data reads {} from {:?}, which is not in the folder",
+                    e.fqn, e.file
+                ),
+            ),
+        }
+    }
+    for &j in &shards {
+        if !per_file.contains_key(&j) {
+            reports[j].add_finding(
+                Verdict::Suspicious,
+                "dcp_unaccounted",
+                0,
+                "no storage_data item of the folder's .metadata is in this file",
+            );
+        }
+    }
+    for (&j, entries) in &mut per_file {
+        check_file(&files[j], &mut reports[j], entries, policy, limits);
+    }
+    for &j in &shards {
+        reports[j].format = "dcp-shard".into();
+        reports[j].finish();
+    }
+    reports[meta].finish();
+}
+
+fn check_file(
+    path: &Path,
+    report: &mut FileReport,
+    entries: &mut [&StorageEntry],
+    policy: &Policy,
+    limits: &Limits,
+) {
+    let data = match read(path) {
+        Ok(d) => d,
+        Err(e) => {
+            report.add_finding(
+                Verdict::Dangerous,
+                "dcp_layout",
+                0,
+                format!("cannot read: {e}"),
+            );
+            return;
+        }
+    };
+    let len = data.len() as u64;
+    entries.sort_by_key(|e| (e.offset, e.length));
+    let mut ranges: Vec<(usize, usize, &StorageEntry)> = Vec::new();
+    let mut covered = 0u64;
+    for e in entries.iter() {
+        let end = e.offset.checked_add(e.length).filter(|&x| x <= len);
+        let Some(end) = end else {
+            report.add_finding(
+                Verdict::Dangerous,
+                "dcp_layout",
+                e.offset,
+                format!(
+                    "{}: bytes {}+{} lie outside the file ({len} bytes)",
+                    e.fqn, e.offset, e.length
+                ),
+            );
+            continue;
+        };
+        if !e.transforms.is_empty() {
+            report.add_finding(
+                Verdict::Dangerous,
+                "dcp_layout",
+                e.offset,
+                format!(
+                    "{}: stored through the stream transforms {:?}, which hermetic does not read (the pickle inside is not scanned)",
+                    e.fqn, e.transforms
+                ),
+            );
+        }
+        if e.offset < covered {
+            report.add_finding(
+                Verdict::Dangerous,
+                "dcp_layout",
+                e.offset,
+                format!("{}: overlaps the item before it", e.fqn),
+            );
+        } else if e.offset > covered {
+            report.add_finding(
+                Verdict::Suspicious,
+                "dcp_unaccounted",
+                covered,
+                format!(
+                    "bytes {covered}..{} belong to no storage_data item",
+                    e.offset
+                ),
+            );
+        }
+        covered = covered.max(end);
+        ranges.push((e.offset as usize, end as usize, e));
+    }
+    if covered < len && !ranges.is_empty() {
+        report.add_finding(
+            Verdict::Suspicious,
+            "dcp_unaccounted",
+            covered,
+            format!("bytes {covered}..{len} belong to no storage_data item"),
+        );
+    }
+    // What the file's own scan read back to back.
+    let parts = crate::containers::zip::concatenated_archives(
+        &data,
+        limits.max_archive_entries,
+        limits.max_streams,
+    )
+    .unwrap_or_else(|| vec![(0, data.len())]);
+    let same = parts.len() == ranges.len()
+        && parts
+            .iter()
+            .zip(&ranges)
+            .all(|(&(a, b), &(s, e, _))| a == s && b == e);
+    if same {
+        for s in &mut report.streams {
+            let Some(&(start, _, e)) = ranges
+                .iter()
+                .rev()
+                .find(|(s0, _, _)| *s0 as u64 <= s.offset)
+            else {
+                continue;
+            };
+            let rest = s
+                .name
+                .strip_prefix(&format!("@{start}:"))
+                .unwrap_or(&s.name)
+                .to_string();
+            s.name = format!("{}@{start}:{rest}", e.fqn);
+        }
+        return;
+    }
+    // DCP reads other byte ranges than the file's own scan: scan each as the
+    // load of that range reads it.
+    for &(start, end, e) in &ranges {
+        let r = crate::scan_bytes(&data[start..end], &e.fqn, policy, limits);
+        let base = start as u64;
+        for mut s in r.streams {
+            s.name = format!("{}@{start}:{}", e.fqn, s.name);
+            s.offset += base;
+            for f in &mut s.findings {
+                f.offset += base;
+            }
+            for g in &mut s.globals {
+                g.offset += base;
+            }
+            report.streams.push(s);
+        }
+        for mut f in r.findings {
+            f.offset += base;
+            f.reason = format!("{} (item {}): {}", f.reason, e.fqn, "as DCP reads it");
+            report.findings.push(f);
+        }
+        if let Some(err) = r.error {
+            report.add_finding(
+                Verdict::Dangerous,
+                "dcp_layout",
+                base,
+                format!("{}: {err}", e.fqn),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dcp_classes_are_inert() {
+        for c in crate::policy::DCP_METADATA_CLASSES {
+            assert!(crate::policy::is_inert_class(c.0, c.1), "{c:?}");
+            assert_eq!(
+                Policy::builtin().classify(c.0, c.1).verdict,
+                Verdict::Safe,
+                "{c:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn plain_names() {
+        assert!(is_plain_name("__0_0.distcp"));
+        for bad in ["", ".", "..", "../x", "/etc/passwd", "a\\b", "a\0"] {
+            assert!(!is_plain_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn metadata_that_is_not_dcp_is_refused() {
+        // {"a": 1}, protocol 2.
+        let p = b"\x80\x02}q\x00X\x01\x00\x00\x00aq\x01K\x01s.";
+        let e = parse_metadata(p, "x").unwrap_err();
+        assert!(e.contains("Metadata"), "{e}");
+    }
+}
