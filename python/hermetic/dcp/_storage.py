@@ -25,6 +25,7 @@ as :func:`hermetic.load` does.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import io
 import json
@@ -664,6 +665,63 @@ class Writer(StorageWriter):
 # ------------------------------------------------------------------ reader
 
 
+class _Direct:
+    """Reads a whole stored entry straight from the file into the state dict's
+    tensor, when that tensor is a contiguous CPU tensor of the entry's dtype and
+    shape: one copy, no map faulted in (the common case: a load with the
+    sharding of the save). Everything else goes through the mapped tree."""
+
+    def __init__(self, h: Any) -> None:
+        self.h = h
+        self.entries: dict[str, Any] | None = None
+        self.files: dict[int, Any] = {}
+
+    def __enter__(self) -> _Direct:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for f in self.files.values():
+            f.close()
+
+    def read(self, name: str, req: ReadItem, target: Any) -> bool:
+        if (
+            target.device.type != "cpu"
+            or not target.is_contiguous()
+            or any(req.storage_offsets)
+            or list(req.lengths) != list(target.shape)
+        ):
+            return False
+        if self.entries is None:
+            tree = self.h.tree
+            flat = tree if isinstance(tree, dict) else {}
+            self.entries = {
+                e[0]: e
+                for e in self.h._archive.entries()
+                if isinstance(flat.get(e[0]), _format.TensorInfo) and flat[e[0]].entry == e[0]
+            }
+        e = self.entries.get(name)
+        if e is None:
+            return False
+        _, code, shape, file, start, nbytes = e
+        want = _format._TORCH_CODES.get(str(target.dtype).removeprefix("torch."))
+        size = target.numel() * target.element_size()
+        if code != want or list(shape) != list(target.shape) or nbytes != size:
+            return False
+        f = self.files.get(file)
+        if f is None:
+            f = self.files[file] = open(self.h._archive.paths()[file], "rb")
+        if size:
+            view = memoryview((ctypes.c_char * size).from_address(target.data_ptr())).cast("B")
+            f.seek(start)
+            got = 0
+            while got < size:
+                n = f.readinto(view[got:])
+                if not n:
+                    raise FormatError(f"{self.h._archive.paths()[file]}: ends inside {name}")
+                got += n
+        return True
+
+
 class Reader(StorageReader):
     """Reads a checkpoint :class:`Writer` wrote, with no pickle.
 
@@ -789,7 +847,7 @@ class Reader(StorageReader):
                 raise FormatError(f"{req.storage_index}: not in the checkpoint's storage data")
             per_file.setdefault(st.file, []).append(req)
         for file, reqs in per_file.items():
-            with _format.open_archive(self.path / file) as h:
+            with _format.open_archive(self.path / file) as h, _Direct(h) as direct:
                 if self.verify:
                     h.verify()
                 for req in reqs:
@@ -808,6 +866,10 @@ class Reader(StorageReader):
                         continue
                     if st.kind != "tensor":
                         raise FormatError(f"{file}: {st.name} is a value, not a tensor")
+                    target = planner.resolve_tensor(req).detach()
+                    if direct.read(st.name, req, target):
+                        planner.commit_tensor(req, target)
+                        continue
                     t = h.get(st.name, framework="torch")
                     if not isinstance(t, torch.Tensor):
                         raise FormatError(f"{file}: {st.name} is not a tensor")
@@ -818,7 +880,6 @@ class Reader(StorageReader):
                             f"{file}: {st.name} {list(t.shape)} does not hold the chunk "
                             f"{list(req.storage_offsets)} +{list(req.lengths)} ({e})"
                         ) from None
-                    target = planner.resolve_tensor(req).detach()
                     if target.size() != src.size():
                         raise FormatError(
                             f"{file}: {st.name}[{list(req.storage_offsets)} +{list(req.lengths)}]"
