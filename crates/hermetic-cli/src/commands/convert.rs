@@ -26,6 +26,9 @@ const PROGRESS_MIN_BYTES: u64 = 64 << 20;
 pub(crate) fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<ExitStatus, CliError> {
     let input = &args.input;
     let name = input.display().to_string();
+    if input.is_dir() && input.join(hermetic_pickle::dcp::METADATA).is_file() {
+        return from_dcp(input, &args.output, out);
+    }
     let file = match hermetic_pickle::fsio::open_regular(input) {
         Ok(f) => f,
         Err(e) => {
@@ -162,6 +165,41 @@ fn progress(total: u64) -> Option<indicatif::ProgressBar> {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     Some(bar)
+}
+
+/// A torch.distributed.checkpoint folder, consolidated into one file as
+/// `dcp_to_torch_save` consolidates it (see `hermetic_pickle::dcp::consolidate`).
+fn from_dcp(input: &Path, output: &Path, out: &mut dyn Write) -> Result<ExitStatus, CliError> {
+    let name = input.display().to_string();
+    let loaded = match hermetic_pickle::dcp::consolidate(input) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("hermetic: {name}: {e}");
+            return Ok(ExitStatus::Findings);
+        }
+    };
+    let mut conv = match hermetic_format::convert_with(&loaded, hermetic_format::Foreign::Refuse) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hermetic: {name}: {e}");
+            return Ok(ExitStatus::Findings);
+        }
+    };
+    let total = conv.plan.data_size();
+    if let Err(e) = write_file(output, &conv.plan, &mut conv.data, WriteOptions::default()) {
+        eprintln!("hermetic: {e}");
+        return Ok(ExitStatus::Internal);
+    }
+    writeln!(
+        out,
+        "{} -> {}: {} tensors in {} entries, {} (dcp)",
+        name,
+        output.display(),
+        conv.tensors,
+        conv.plan.entries.len(),
+        super::inspect_pickle::human(total),
+    )?;
+    Ok(ExitStatus::Clean)
 }
 
 fn from_safetensors(

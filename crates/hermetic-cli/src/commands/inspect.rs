@@ -44,6 +44,13 @@ fn detect(path: &Path) -> std::io::Result<Detected> {
 pub(crate) fn run(args: &InspectArgs, out: &mut dyn Write) -> Result<ExitStatus, CliError> {
     let mut status = ExitStatus::Clean;
     for path in &args.files {
+        if path.is_dir() && path.join(hermetic_pickle::dcp::METADATA).is_file() {
+            let st = super::inspect_pickle::run_dcp(path, args, out)?;
+            if st != ExitStatus::Clean {
+                status = st;
+            }
+            continue;
+        }
         let detected = match detect(path) {
             Ok(d) => d,
             Err(e) => {

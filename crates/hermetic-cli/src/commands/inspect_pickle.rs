@@ -91,6 +91,107 @@ pub(crate) fn run_file(
     Ok(ExitStatus::Clean)
 }
 
+/// A torch.distributed.checkpoint folder: its tensors (global shape,
+/// dtype, the chunks each was saved in, and where) from `.metadata`, then
+/// the state `dcp_to_torch_save` would build, tensors and non-tensor values,
+/// read by the safe evaluator (nothing runs).
+pub(crate) fn run_dcp(
+    dir: &Path,
+    args: &InspectArgs,
+    out: &mut dyn Write,
+) -> Result<ExitStatus, CliError> {
+    use hermetic_pickle::dcp;
+    let name = dir.display().to_string();
+    let md_path = dir.join(dcp::METADATA);
+    let md = std::fs::read(&md_path)
+        .map_err(|e| e.to_string())
+        .and_then(|d| dcp::parse_metadata(&d, &md_path.display().to_string()));
+    let md = match md {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("hermetic: {name}: {e}\n`hermetic scan {name}` reports what it holds without evaluating it.");
+            return Ok(ExitStatus::Findings);
+        }
+    };
+    let loaded = match dcp::consolidate(dir) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("hermetic: {name}: {e}\n`hermetic scan {name}` reports what it holds without evaluating it.");
+            return Ok(ExitStatus::Findings);
+        }
+    };
+    let chunks = |fqn: &str, c: &[dcp::Chunk]| -> Vec<Json> {
+        c.iter()
+            .map(|c| {
+                let e = md.entry(fqn, Some(&c.offsets));
+                serde_json::json!({
+                    "offsets": c.offsets, "sizes": c.sizes,
+                    "file": e.map(|e| e.file.clone()), "offset": e.map(|e| e.offset), "length": e.map(|e| e.length),
+                })
+            })
+            .collect()
+    };
+    if args.json {
+        let items: Vec<Json> = md
+            .items
+            .iter()
+            .map(|(fqn, it)| match it {
+                dcp::Item::Tensor { dtype, size, chunks: c } => serde_json::json!({
+                    "key": fqn, "kind": "tensor", "dtype": dtype.name(), "shape": size, "chunks": chunks(fqn, c),
+                }),
+                dcp::Item::Bytes => {
+                    let e = md.entry(fqn, None);
+                    serde_json::json!({"key": fqn, "kind": "bytes", "file": e.map(|e| e.file.clone()), "offset": e.map(|e| e.offset), "length": e.map(|e| e.length)})
+                }
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "path": name, "format": "dcp", "version": md.version, "items": items, "state": json_doc(&loaded),
+        });
+        serde_json::to_writer_pretty(&mut *out, &doc)?;
+        writeln!(out)?;
+        return Ok(ExitStatus::Clean);
+    }
+    let tensors = md
+        .items
+        .iter()
+        .filter(|(_, i)| matches!(i, dcp::Item::Tensor { .. }))
+        .count();
+    writeln!(
+        out,
+        "{name}: torch.distributed.checkpoint (version {}), {tensors} tensors, {} other items",
+        md.version.as_deref().unwrap_or("?"),
+        md.items.len() - tensors
+    )?;
+    for (fqn, it) in &md.items {
+        if let dcp::Item::Tensor {
+            dtype,
+            size,
+            chunks: c,
+        } = it
+        {
+            writeln!(
+                out,
+                "  {fqn}  {} {size:?}  {} chunk(s)",
+                dtype.name(),
+                c.len()
+            )?;
+            if c.len() > 1 {
+                for ch in c {
+                    let at = md
+                        .entry(fqn, Some(&ch.offsets))
+                        .map(|e| format!("{}@{}", e.file, e.offset))
+                        .unwrap_or_default();
+                    writeln!(out, "    at {:?} size {:?}  {at}", ch.offsets, ch.sizes)?;
+                }
+            }
+        }
+    }
+    writeln!(out, "state (as dcp_to_torch_save builds it):")?;
+    text(&loaded, args.max_items, out)?;
+    Ok(ExitStatus::Clean)
+}
+
 /// A human size: `512 B`, `1.5 KiB`.
 pub(crate) fn human(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -408,7 +509,7 @@ fn object_children(l: &Loaded<'_>, o: &Object) -> Shape {
     (open, String::new(), items)
 }
 
-fn text(l: &Loaded<'_>, limit: usize, out: &mut dyn Write) -> std::io::Result<()> {
+pub(crate) fn text(l: &Loaded<'_>, limit: usize, out: &mut dyn Write) -> std::io::Result<()> {
     let (tensors, bytes) = tensor_totals(l);
     writeln!(out, "{}", l.file)?;
     let verdict = l.report.verdict;
@@ -657,7 +758,7 @@ fn hex(b: &[u8]) -> String {
     b.iter().take(64).map(|x| format!("{x:02x}")).collect()
 }
 
-fn json_doc(l: &Loaded<'_>) -> Json {
+pub(crate) fn json_doc(l: &Loaded<'_>) -> Json {
     let (tensors, bytes) = tensor_totals(l);
     let mut ctx = JsonCtx {
         l,
