@@ -206,6 +206,22 @@ fn rule_doc(code: &str) -> RuleDoc {
              (`hermetic convert IN OUT`).",
             "7.5",
         ),
+        "dcp_layout" => d(
+            "A DCP checkpoint's metadata points its reader at bytes the scan cannot vouch for.",
+            "An item of a torch.distributed.checkpoint folder lies outside its file, overlaps \
+             another, is read from a path outside the folder, or is stored through stream \
+             transforms (compression) the scanner does not read.",
+            DO_NOT_LOAD,
+            "8.0",
+        ),
+        "dcp_unaccounted" => d(
+            "Bytes of a DCP checkpoint that no metadata item accounts for.",
+            "A .distcp file holds bytes no storage_data item covers, is named by no item, or \
+             the folder's .metadata is not DCP metadata the scanner can read: what \
+             torch.distributed.checkpoint reads from it is not known.",
+            "Load the folder with `hermetic.dcp.SafeReader`, or find out where it came from.",
+            "5.0",
+        ),
         _ => d(
             "A finding of the hermetic pickle scanner.",
             "A finding of the hermetic pickle scanner; see `hermetic scan --help`.",
@@ -520,6 +536,8 @@ mod tests {
         "torchscript_code",
         "scan_error",
         "truncated_container",
+        "dcp_layout",
+        "dcp_unaccounted",
     ];
 
     #[test]
