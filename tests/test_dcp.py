@@ -251,7 +251,7 @@ class SeeingLoadPlanner(DefaultLoadPlanner):
 
     def load_bytes(self, read_item: Any, value: Any) -> None:
         self.seen = [*getattr(self, "seen", []), value]
-        assert isinstance(value, hermetic.dcp._storage.ObjectBytesIO)
+        assert isinstance(value, hermetic.dcp.ObjectBytesIO)
         assert hermetic.loads(value.getvalue()) == value.object
         path = self.mappings[read_item.dest_index.fqn]
         set_element(self.original_state_dict, path, value.object)

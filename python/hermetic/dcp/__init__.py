@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Reader", "SafeReader", "Writer"]
+__all__ = ["ObjectBytesIO", "Reader", "SafeReader", "Writer"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Writer", "Reader"):
+    if name in ("Writer", "Reader", "ObjectBytesIO"):
         from . import _storage
 
         return getattr(_storage, name)
