@@ -279,10 +279,20 @@ class Maker:
         }
         if any(f[3] is not None for f in fields):
             desc["titles"] = [f[3] for f in fields]
-        return np.dtype(desc, align=aligned)
+        try:
+            return np.dtype(desc, align=aligned)
+        except ValueError as e:
+            # An aligned record whose offsets align=True cannot give: numpy's
+            # unpickler keeps such a state as given, a dtype no numpy writes.
+            raise CheckpointError(f"a record dtype numpy cannot rebuild as aligned: {e}") from None
 
-    def np_array(self, dtype: Any, shape: list[int], fortran: bool, data: bytearray) -> Any:
-        return _np().ndarray(shape, dtype=dtype, buffer=data, order="F" if fortran else "C")
+    def np_array(
+        self, dtype: Any, shape: list[int], fortran: bool, data: bytearray, readonly: bool = False
+    ) -> Any:
+        arr = _np().ndarray(shape, dtype=dtype, buffer=data, order="F" if fortran else "C")
+        if readonly:
+            arr.flags.writeable = False
+        return arr
 
     def np_object_array(self, dtype: Any, shape: list[int], fortran: bool) -> Any:
         return _np().empty(shape, dtype=dtype, order="F" if fortran else "C")
@@ -295,7 +305,8 @@ class Maker:
         arr[...] = flat.reshape(arr.shape)
 
     def np_scalar(self, dtype: Any, data: bytes) -> Any:
-        return _np().frombuffer(data, dtype=dtype)[0]
+        # ndarray(), not frombuffer(): a size-0 dtype (numpy.dtype("S")) is valid here.
+        return _np().ndarray((), dtype=dtype, buffer=data)[()]
 
     # -------------------------------------------------------------- torch
 

@@ -18,8 +18,17 @@ pub enum Arg<'a> {
     U64(u64),
     /// `INT` with the protocol 0 spellings `00` and `01`.
     Bool(bool),
-    /// A decimal integer too large for `i64` (validated ASCII, optional sign).
+    /// A decimal integer too large for `i64` (validated ASCII, optional sign,
+    /// single underscores between digits as `int(s, 0)` takes them).
     BigDecimal(&'a [u8]),
+    /// A hex, octal or binary integer too large for `i64` (`int(s, 0)` of an
+    /// INT or LONG line): validated digits of `base` (2, 8 or 16), possibly
+    /// with single underscores between them.
+    BigRadix {
+        negative: bool,
+        base: u32,
+        digits: &'a [u8],
+    },
     /// `LONG1`/`LONG4`: little-endian two's complement bytes.
     LongBytes(&'a [u8]),
     Float(f64),
@@ -408,13 +417,26 @@ fn py_int_base0(line: &[u8]) -> Option<Arg<'_>> {
             if let Ok(i) = i64::try_from(v) {
                 return Some(Arg::Int(i));
             }
+            if base != 10 {
+                return Some(Arg::BigRadix {
+                    negative,
+                    base,
+                    digits,
+                });
+            }
         }
-        Err(_) if base != 10 => return None,
+        Err(_) if base != 10 => {
+            return Some(Arg::BigRadix {
+                negative,
+                base,
+                digits,
+            })
+        }
         Err(_) => {}
     }
-    // Plain decimal digits, possibly signed: the evaluator reads the text.
-    let plain = base == 10 && !digits.contains(&b'_');
-    plain.then_some(Arg::BigDecimal(trimmed))
+    // Decimal digits, possibly signed and with single underscores between
+    // digits (checked above): the evaluator reads the text.
+    (base == 10).then_some(Arg::BigDecimal(trimmed))
 }
 
 /// FLOAT's argument as `load_float` reads it: `PyOS_string_to_double` over

@@ -7,9 +7,9 @@
 
 use crate::errors::{CheckpointError, UnsafePickleError};
 use hermetic_pickle::eval::{
-    admit_companions, gate, load_scanned, map_file, Allowed, ArrayData, Companions, DictKind,
-    EvalError, Flavor, Format, Global, Id, Known, LoadOptions, Loaded, Made, Mode, NpDtype, Py2Str,
-    StorageData, StorageView, Value,
+    admit_companions, gate, load_scanned, made_objects, map_file, Allowed, ArrayData, Companions,
+    DictKind, EvalError, Flavor, Format, Global, Id, Known, LoadOptions, Loaded, Made, Mode,
+    NpDtype, Py2Str, StorageData, StorageView, Value,
 };
 use hermetic_pickle::{Limits, Policy};
 use pyo3::exceptions::PyValueError;
@@ -288,7 +288,13 @@ impl<'py> Builder<'_, '_, 'py> {
                 };
                 self.maker.call_method1(
                     "np_array",
-                    (dt, a.shape.clone(), a.fortran, PyByteArray::new(py, b)),
+                    (
+                        dt,
+                        a.shape.clone(),
+                        a.fortran,
+                        PyByteArray::new(py, b),
+                        a.readonly,
+                    ),
                 )?
             }
             Value::NpDtype(d) => self.np_dtype(d)?,
@@ -436,7 +442,14 @@ impl<'py> Builder<'_, '_, 'py> {
 
     fn run(mut self) -> PyResult<Bound<'py, PyAny>> {
         let arena = &self.loaded.arena;
-        let order = arena.reachable(self.loaded.root);
+        // Every object the stream made is built, not only those the result
+        // reaches: the unpickler called each class (a `datetime.date` of a
+        // bad state that the stream then POPs still fails the load), and
+        // only Python's constructor knows what it refuses.
+        let roots: Vec<Id> = std::iter::once(self.loaded.root)
+            .chain(made_objects(arena))
+            .collect();
+        let order = arena.reachable_from(&roots);
         for &id in &order {
             let v = arena.get(id);
             if Self::is_mutable(v) {

@@ -49,6 +49,7 @@ pub fn pickled_int(data: &[u8], start: usize) -> Option<(PickledInt, usize)> {
                     Arg::BigDecimal(text) => {
                         std::str::from_utf8(text).ok()?.parse::<i128>().ok()?
                     }
+                    Arg::BigRadix { .. } => return None,
                     _ => return None,
                 });
             }

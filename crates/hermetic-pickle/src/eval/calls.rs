@@ -261,12 +261,51 @@ fn normalize_codec(name: &str) -> String {
 enum Codec {
     Latin1,
     Utf8,
+    Utf8Sig,
     Ascii,
     Utf16,
     Utf16Le,
     Utf16Be,
+    Cp1252,
     Rot13,
 }
+
+/// cp1252's 0x80..0x9F (CPython's table; 0x81, 0x8D, 0x8F, 0x90 and 0x9D are
+/// undefined and encode nothing).
+const CP1252_HIGH: [Option<char>; 32] = [
+    Some('\u{20AC}'),
+    None,
+    Some('\u{201A}'),
+    Some('\u{0192}'),
+    Some('\u{201E}'),
+    Some('\u{2026}'),
+    Some('\u{2020}'),
+    Some('\u{2021}'),
+    Some('\u{02C6}'),
+    Some('\u{2030}'),
+    Some('\u{0160}'),
+    Some('\u{2039}'),
+    Some('\u{0152}'),
+    None,
+    Some('\u{017D}'),
+    None,
+    None,
+    Some('\u{2018}'),
+    Some('\u{2019}'),
+    Some('\u{201C}'),
+    Some('\u{201D}'),
+    Some('\u{2022}'),
+    Some('\u{2013}'),
+    Some('\u{2014}'),
+    Some('\u{02DC}'),
+    Some('\u{2122}'),
+    Some('\u{0161}'),
+    Some('\u{203A}'),
+    Some('\u{0153}'),
+    None,
+    Some('\u{017E}'),
+    Some('\u{0178}'),
+];
 
 fn codec(name: &str) -> Option<Codec> {
     let norm = normalize_codec(name);
@@ -277,6 +316,7 @@ fn codec(name: &str) -> Option<Codec> {
                 Codec::Latin1
             }
             "utf_8" | "utf8" | "u8" | "utf" | "utf8_ucs2" | "utf8_ucs4" | "cp65001" => Codec::Utf8,
+            "utf_8_sig" => Codec::Utf8Sig,
             "ascii" | "646" | "ansi_x3_4_1968" | "ansi_x3_4_1986" | "cp367" | "csascii"
             | "ibm367" | "iso646_us" | "iso_646_irv_1991" | "iso_ir_6" | "us" | "us_ascii" => {
                 Codec::Ascii
@@ -285,6 +325,7 @@ fn codec(name: &str) -> Option<Codec> {
             "utf_16_le" | "utf_16le" | "unicodelittleunmarked" => Codec::Utf16Le,
             "utf_16_be" | "utf_16be" | "unicodebigunmarked" => Codec::Utf16Be,
             "rot_13" | "rot13" => Codec::Rot13,
+            "cp1252" | "windows_1252" => Codec::Cp1252,
             _ => return None,
         })
     };
@@ -299,7 +340,7 @@ fn encode<'a>(s: &Str<'_>, encoding: &str) -> Result<Value<'a>, Problem> {
         .ok_or_else(|| malformed(format!("cannot encode a lone surrogate as {encoding}")))?;
     let Some(c) = codec(encoding) else {
         return Err(unsupported(format!(
-            "_codecs.encode with the codec {encoding:?} (only latin-1, utf-8, ascii, utf-16 and rot13)"
+            "_codecs.encode with the codec {encoding:?} (only latin-1, utf-8, ascii, utf-16, cp1252 and rot13)"
         )));
     };
     let utf16 = |big: bool| -> Vec<u8> {
@@ -322,6 +363,7 @@ fn encode<'a>(s: &Str<'_>, encoding: &str) -> Result<Value<'a>, Problem> {
             })
             .collect::<Result<Vec<u8>, _>>()?,
         Codec::Utf8 => text.as_bytes().to_vec(),
+        Codec::Utf8Sig => [&[0xef, 0xbb, 0xbf][..], text.as_bytes()].concat(),
         Codec::Ascii if text.is_ascii() => text.as_bytes().to_vec(),
         Codec::Ascii => return Err(malformed("non-ASCII text encoded as ASCII")),
         // CPython's utf-16 writes a BOM and the machine's order (little
@@ -329,6 +371,17 @@ fn encode<'a>(s: &Str<'_>, encoding: &str) -> Result<Value<'a>, Problem> {
         Codec::Utf16 => [&[0xff, 0xfe][..], &utf16(false)].concat(),
         Codec::Utf16Le => utf16(false),
         Codec::Utf16Be => utf16(true),
+        Codec::Cp1252 => text
+            .chars()
+            .map(|c| match u32::from(c) {
+                n @ (0..=0x7f | 0xa0..=0xff) => Ok(n as u8),
+                _ => CP1252_HIGH
+                    .iter()
+                    .position(|&h| h == Some(c))
+                    .map(|i| 0x80 + i as u8)
+                    .ok_or_else(|| malformed(format!("{c:?} cannot be encoded as cp1252"))),
+            })
+            .collect::<Result<Vec<u8>, _>>()?,
         Codec::Rot13 => {
             let out: String = text
                 .chars()
@@ -496,7 +549,7 @@ fn int_text(text: &str) -> Result<String, Problem> {
     if !text.is_ascii() {
         return Err(unsupported("int() of a str with non-ASCII characters"));
     }
-    let t = text.trim_matches(|c: char| matches!(c, '\t'..='\r' | '\x1c'..='\x1f' | ' '));
+    let t = text.trim_matches(|c: char| matches!(c, '\t'..='\r' | ' '));
     let (sign, digits) = match t.as_bytes().first() {
         Some(b'-') => ("-", &t[1..]),
         Some(b'+') => ("", &t[1..]),
@@ -770,6 +823,7 @@ pub(crate) fn new_known(m: &mut Machine<'_, '_>, k: Known, args: Id) -> Result<I
                 return Err(malformed("NumpyArrayWrapper created with arguments"));
             }
             m.push_value(Value::Array(Box::new(super::value::NdArray {
+                readonly: false,
                 dtype: super::value::NpDtype::Scalar {
                     kind: b'u',
                     itemsize: 1,

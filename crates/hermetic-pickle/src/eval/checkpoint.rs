@@ -971,6 +971,7 @@ fn npy_value<'a>(
     arena
         .push(
             Value::Array(Box::new(NdArray {
+                readonly: false,
                 dtype,
                 shape,
                 fortran,

@@ -90,6 +90,9 @@ pub(crate) struct Machine<'a, 'm> {
     depth: usize,
     memo: HashMap<u64, Id>,
     proto: u8,
+    /// numpy dtypes that are numpy's shared builtin descriptors
+    /// (`numpy.dtype("f4", False, False)`): BUILD on one changes nothing.
+    pub np_singletons: std::collections::HashSet<Id>,
 }
 
 /// Evaluates the stream at `start` in `data`. `base` is the offset of
@@ -115,6 +118,7 @@ pub(crate) fn run_stream<'a>(
         depth: 0,
         memo: HashMap::new(),
         proto: 0,
+        np_singletons: std::collections::HashSet::new(),
     };
     let mut opcodes: u64 = 0;
     let mut parser = Parser::new(data, start);
@@ -325,6 +329,16 @@ impl<'a> Machine<'a, '_> {
                     Arg::Bool(b) if op == INT => Value::Bool(*b),
                     Arg::Bool(b) => Value::Int(*b as i64),
                     Arg::BigDecimal(d) => self.big_decimal(d)?,
+                    Arg::BigRadix {
+                        negative,
+                        base,
+                        digits,
+                    } => {
+                        self.budget.charge_problem(digits.len() as u64)?;
+                        let bytes = radix_to_twos(*negative, *base, digits)
+                            .ok_or_else(|| malformed("bad integer argument"))?;
+                        long_value(&bytes)
+                    }
                     _ => return Err(malformed("bad integer argument")),
                 };
                 self.push(v)?;
@@ -874,6 +888,7 @@ impl<'a> Machine<'a, '_> {
         };
         let arr = self
             .push_value(Value::Array(Box::new(value::NdArray {
+                readonly: false,
                 dtype,
                 shape,
                 fortran,
@@ -1000,6 +1015,7 @@ impl<'a> Machine<'a, '_> {
         data.drain(..offset);
         let (dtype, data) = native_order(dtype, data)?;
         self.push_value(Value::Array(Box::new(value::NdArray {
+            readonly: false,
             dtype,
             shape,
             fortran,
@@ -1041,6 +1057,7 @@ impl<'a> Machine<'a, '_> {
             };
             let (dtype, data) = native_order(a.dtype, bytes)?;
             return self.push_value(Value::Array(Box::new(value::NdArray {
+                readonly: false,
                 dtype,
                 shape: a.shape,
                 fortran: a.fortran,
@@ -1257,19 +1274,60 @@ fn minimal_twos(bytes: &[u8]) -> &[u8] {
     &bytes[..n]
 }
 
-/// `[+-]digits` to little-endian two's complement bytes.
+/// Digits of a power-of-two `base` (underscores skipped) to little-endian
+/// two's complement bytes, in time linear in the digits (`int(s, 16)` has no
+/// digit limit, unlike decimal).
+pub(crate) fn radix_to_twos(negative: bool, base: u32, digits: &[u8]) -> Option<Vec<u8>> {
+    let bits = match base {
+        2 => 1,
+        8 => 3,
+        16 => 4,
+        _ => return None,
+    };
+    let mut out = Vec::with_capacity(digits.len() * bits as usize / 8 + 2);
+    let (mut acc, mut n): (u32, u32) = (0, 0);
+    for &c in digits.iter().rev().filter(|&&c| c != b'_') {
+        acc |= (c as char).to_digit(base)? << n;
+        n += bits;
+        while n >= 8 {
+            out.push(acc as u8);
+            acc >>= 8;
+            n -= 8;
+        }
+    }
+    out.push(acc as u8);
+    out.push(0); // room for the sign bit
+    if negative {
+        // Two's complement: invert and add one.
+        let mut carry = true;
+        for b in &mut out {
+            *b = !*b;
+            if carry {
+                let (v, c) = b.overflowing_add(1);
+                *b = v;
+                carry = c;
+            }
+        }
+    }
+    Some(minimal_twos(&out).to_vec())
+}
+
+/// `[+-]digits` to little-endian two's complement bytes. Underscores are
+/// skipped: the parser has already checked each stands between two digits.
 pub(crate) fn decimal_to_twos(text: &[u8]) -> Option<Vec<u8>> {
     let (negative, digits) = match text.first() {
         Some(b'-') => (true, &text[1..]),
         Some(b'+') => (false, &text[1..]),
         _ => (false, text),
     };
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+    if !digits.first().is_some_and(u8::is_ascii_digit)
+        || !digits.iter().all(|c| c.is_ascii_digit() || *c == b'_')
+    {
         return None;
     }
     // Magnitude, little-endian base 256.
     let mut mag: Vec<u8> = vec![0];
-    for &d in digits {
+    for &d in digits.iter().filter(|&&c| c != b'_') {
         let mut carry = u32::from(d - b'0');
         for byte in mag.iter_mut() {
             let v = u32::from(*byte) * 10 + carry;
@@ -1317,6 +1375,22 @@ pub(crate) fn encode_code_points(cps: &[u32]) -> (Vec<u8>, bool) {
 }
 
 /// joblib < 0.10's array placeholders: `Some(true)` for `ZNDArrayWrapper`.
+/// The objects the stream made by calling a class (every `Value::Object`),
+/// but not joblib < 0.10's array placeholders, which the memo keeps while
+/// the array stands in their place: what a builder must construct even
+/// where the result does not reach it, since the unpickler called each.
+pub fn made_objects(arena: &super::value::Arena<'_>) -> Vec<Id> {
+    (0..arena.len() as Id)
+        .filter(|&i| match arena.get(i) {
+            Value::Object(o) => !matches!(
+                arena.get(o.class),
+                Value::Global(g) if matches!(&**g, Global::Foreign { module, name } if old_wrapper(module, name).is_some())
+            ),
+            _ => false,
+        })
+        .collect()
+}
+
 fn old_wrapper(module: &str, name: &str) -> Option<bool> {
     match (module, name) {
         ("joblib.numpy_pickle" | "joblib.numpy_pickle_compat", "NDArrayWrapper") => Some(false),

@@ -27,7 +27,7 @@ mod value;
 
 pub use checkpoint::{byteswap, Format, Loaded, Storage, StorageData};
 pub use error::{Budget, EvalError, Offender, Unsafe};
-pub use machine::Py2Str;
+pub use machine::{made_objects, Py2Str};
 pub use numpy::{array_nbytes, parse_typestr};
 pub use torch::check_extent;
 pub use value::{

@@ -51,8 +51,10 @@ pub fn parse_typestr(s: &str) -> Option<NpDtype> {
             b'H' => (b'u', 2),
             b'i' => (b'i', 4),
             b'I' => (b'u', 4),
-            b'l' | b'q' | b'p' | b'n' => (b'i', 8),
-            b'L' | b'Q' | b'P' | b'N' => (b'u', 8),
+            // 'q' and 'Q' are numpy's longlong types, distinct scalar types
+            // of the same size as int64/uint64: not built here.
+            b'l' | b'p' | b'n' => (b'i', 8),
+            b'L' | b'P' | b'N' => (b'u', 8),
             b'e' => (b'f', 2),
             b'f' => (b'f', 4),
             b'd' => (b'f', 8),
@@ -287,10 +289,40 @@ pub(crate) fn call<'a>(m: &mut Machine<'a, '_>, k: Known, args_id: Id) -> Result
     match k {
         Known::NpDtype => {
             let a = args(m, k, args_id, 1, 3)?;
+            // numpy.dtype(a_dtype, ...) is a copy of it.
+            if let Value::NpDtype(d) = m.arena.get(a[0]) {
+                let d = d.clone();
+                return m.push_value(Value::NpDtype(d));
+            }
             let text = str_arg(m, a[0], "numpy.dtype's type")?;
             let dt = parse_typestr(text)
                 .ok_or_else(|| unsupported(format!("the numpy type {text:?}")))?;
-            m.push_value(Value::NpDtype(Box::new(dt)))
+            // numpy.dtype(t, align, copy) without a copy of a builtin type in
+            // native order is numpy's shared descriptor, whose __setstate__
+            // returns at once: a BUILD on it changes nothing.
+            let copy = match a.get(2).map(|&c| m.arena.get(c)) {
+                None | Some(Value::None) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(Value::Int(i)) => *i != 0,
+                Some(Value::BigInt(_)) => true,
+                Some(Value::Float(f)) => *f != 0.0,
+                Some(Value::Str(s)) => !s.bytes.is_empty(),
+                Some(Value::Bytes(b)) => !b.is_empty(),
+                Some(other) => {
+                    return Err(unsupported(format!(
+                        "numpy.dtype's copy flag given as {}",
+                        other.describe()
+                    )))
+                }
+            };
+            let shared = !copy
+                && matches!(&dt, NpDtype::Scalar { kind, order, .. }
+                    if !matches!(kind, b'S' | b'U' | b'V' | b'M' | b'm') && *order != ByteOrder::Big);
+            let id = m.push_value(Value::NpDtype(Box::new(dt)))?;
+            if shared {
+                m.np_singletons.insert(id);
+            }
+            Ok(id)
         }
         Known::NpReconstruct => {
             let a = args(m, k, args_id, 3, 3)?;
@@ -322,6 +354,7 @@ pub(crate) fn call<'a>(m: &mut Machine<'a, '_>, k: Known, args_id: Id) -> Result
                 }
             }
             m.push_value(Value::Array(Box::new(NdArray {
+                readonly: false,
                 dtype: NpDtype::Scalar {
                     kind: b'i',
                     itemsize: 1,
@@ -376,15 +409,30 @@ pub(crate) fn call<'a>(m: &mut Machine<'a, '_>, k: Known, args_id: Id) -> Result
         }
         Known::NpFromBuffer => {
             let a = args(m, k, args_id, 4, 4)?;
+            // np.frombuffer takes an object with a buffer: bytes give a
+            // read-only array, a bytearray a writeable one, a str fails.
+            let readonly = match m.arena.get(a[0]) {
+                Value::Bytes(_) => true,
+                Value::ByteArray(_) => false,
+                other => {
+                    return Err(malformed(format!(
+                        "_frombuffer's buffer is {}, not bytes or a bytearray",
+                        other.describe()
+                    )))
+                }
+            };
             let data = raw_bytes(m, a[0], "_frombuffer's buffer")?;
             let dtype = dtype_of(m, a[1])?;
             if dtype.has_object() {
                 return Err(malformed("_frombuffer with an object dtype"));
             }
-            let shape = shape_arg(m, a[2])?;
+            let shape = reshape_dims(m, a[2], &dtype, data.len() as u64)?;
+            // `frombuffer(buf, dtype).reshape(shape, order=order)`: reshape
+            // takes C, F and A in either case ('A' is C for a 1-d array),
+            // not 'K'.
             let fortran = match str_arg(m, a[3], "_frombuffer's order")? {
-                "C" | "A" | "K" => false,
-                "F" => true,
+                "C" | "c" | "A" | "a" => false,
+                "F" | "f" => true,
                 o => return Err(malformed(format!("_frombuffer's order {o:?}"))),
             };
             check_len(&shape, &dtype, data.len() as u64)?;
@@ -392,6 +440,7 @@ pub(crate) fn call<'a>(m: &mut Machine<'a, '_>, k: Known, args_id: Id) -> Result
                 m.budget.charge_problem(data.len() as u64)?;
             }
             m.push_value(Value::Array(Box::new(NdArray {
+                readonly,
                 dtype,
                 shape,
                 fortran,
@@ -400,6 +449,61 @@ pub(crate) fn call<'a>(m: &mut Machine<'a, '_>, k: Known, args_id: Id) -> Result
         }
         other => Err(unsupported(format!("calling {}", other.qualname()))),
     }
+}
+
+/// The shape `ndarray.reshape` makes of `len` bytes of `dtype`: as
+/// `shape_arg`, but one negative dimension (any negative value) is inferred
+/// from the rest, as numpy infers it.
+fn reshape_dims(
+    m: &mut Machine<'_, '_>,
+    id: Id,
+    dtype: &NpDtype,
+    len: u64,
+) -> Result<Vec<u64>, Problem> {
+    let items: Vec<Id> = match m.arena.get(id) {
+        Value::Tuple(v) | Value::List(v) => v.clone(),
+        Value::Int(_) => vec![id],
+        other => {
+            return Err(malformed(format!(
+                "an array shape is {}, not a tuple",
+                other.describe()
+            )))
+        }
+    };
+    if items.len() > MAX_NDIM {
+        return Err(Problem::Limit(format!(
+            "an array with more than {MAX_NDIM} dimensions"
+        )));
+    }
+    let mut dims = Vec::with_capacity(items.len());
+    let mut unknown = None;
+    for (i, &d) in items.iter().enumerate() {
+        if matches!(m.arena.get(d), Value::Bool(_)) {
+            return Err(malformed("an array dimension is a bool, not an int"));
+        }
+        let v = int_arg(m, d, "an array dimension")?;
+        if v < 0 {
+            if unknown.replace(i).is_some() {
+                return Err(malformed("a reshape with more than one unknown dimension"));
+            }
+            dims.push(1);
+        } else {
+            dims.push(v as u64);
+        }
+    }
+    if let Some(i) = unknown {
+        let itemsize = dtype.itemsize();
+        let known = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+        match (known, itemsize) {
+            (Some(k), s) if s > 0 && k > 0 && len % (s * k) == 0 => dims[i] = len / (s * k),
+            _ => {
+                return Err(malformed(
+                    "a reshape whose unknown dimension does not divide the buffer",
+                ))
+            }
+        }
+    }
+    Ok(dims)
 }
 
 fn check_len(shape: &[u64], dtype: &NpDtype, len: u64) -> Result<(), Problem> {
@@ -526,6 +630,9 @@ pub(crate) fn array_setstate(m: &mut Machine<'_, '_>, obj: Id, state: Id) -> Res
 /// `dtype.__setstate__((version, byteorder, subarray, names, fields,
 /// elsize, alignment, flags[, metadata]))`.
 pub(crate) fn dtype_setstate(m: &mut Machine<'_, '_>, obj: Id, state: Id) -> Result<(), Problem> {
+    if m.np_singletons.contains(&obj) {
+        return Ok(());
+    }
     let parts = match m.arena.get(state) {
         Value::Tuple(t) if (5..=9).contains(&t.len()) => t.clone(),
         _ => {
@@ -543,11 +650,23 @@ pub(crate) fn dtype_setstate(m: &mut Machine<'_, '_>, obj: Id, state: Id) -> Res
                 "version {version} of a numpy dtype state (numpy reads versions 0 to 4)"
             )));
         }
+        // The version changes how numpy reads the other items (versions 0
+        // and 1 keep a record's names in its fields dict); numpy writes each
+        // version with its own length, and only those pairs are read here.
+        let written = parts.len() as i64 - 5;
+        if version != written {
+            return Err(unsupported(format!(
+                "a dtype state of version {version} in a tuple of {} items (numpy writes \
+                 version {written} with that many)",
+                parts.len()
+            )));
+        }
     }
     // numpy's arraydescr_setstate, by the state's length: version 0 (5
     // items) has no version field, 1 (6) no names, 2 (7) no flags; 3 (8) and
     // 4 (9, with metadata) have everything. Versions 0 and 1 kept a record's
     // field order only in its fields dict; those are not read here.
+    let had_flags = parts.len() >= 8;
     let parts = match parts.len() {
         5 | 6 => {
             let p = if parts.len() == 5 {
@@ -588,9 +707,11 @@ pub(crate) fn dtype_setstate(m: &mut Machine<'_, '_>, obj: Id, state: Id) -> Res
         ))
     })?;
     let elsize = int_arg(m, parts[5], "the dtype element size")?;
-    // numpy takes any int as the flags (a big one is masked); only a
-    // record's 0x80 (aligned) bit changes what is built, so only a record
-    // needs them to be exact.
+    // numpy reads the alignment as a C ssize_t.
+    int_arg(m, parts[6], "the dtype alignment")?;
+    // numpy takes any int as the flags and keeps them: they decide how
+    // arrays and scalars of the dtype are unpickled (a list of objects or
+    // bytes, for one), so they are checked against what numpy writes below.
     if !matches!(
         m.arena.get(parts[7]),
         Value::Int(_) | Value::BigInt(_) | Value::Bool(_)
@@ -706,8 +827,39 @@ pub(crate) fn dtype_setstate(m: &mut Machine<'_, '_>, obj: Id, state: Id) -> Res
     if new.depth() > MAX_DTYPE_DEPTH {
         return Err(Problem::Limit("a numpy dtype nested too deeply".into()));
     }
+    if had_flags {
+        let canon = canonical_flags(&new);
+        let aligned = matches!(new, NpDtype::Record { aligned: true, .. });
+        let want = if aligned { canon | 0x80 } else { canon };
+        match m.arena.int_of(parts[7]) {
+            Some(f) if f == want => {}
+            f => {
+                return Err(unsupported(format!(
+                    "a dtype state with the flags {}; numpy writes {want} for {}",
+                    f.map_or_else(|| "beyond 64 bits".to_string(), |f| f.to_string()),
+                    new.descr()
+                )))
+            }
+        }
+    }
     *m.arena.get_mut(obj) = Value::NpDtype(Box::new(new));
     Ok(())
+}
+
+/// The flags numpy gives a dtype (and writes in its state, without the
+/// 0x80 of an aligned record): NPY_LIST_PICKLE and the refcount bits for
+/// objects (63), NPY_NEEDS_INIT for `U` (8), NPY_NEEDS_PYAPI for records (16)
+/// with their fields' NPY_FROM_FIELDS bits (27), a sub-array's base's.
+fn canonical_flags(d: &NpDtype) -> i64 {
+    match d {
+        NpDtype::Scalar { kind: b'O', .. } => 63,
+        NpDtype::Scalar { kind: b'U', .. } => 8,
+        NpDtype::Scalar { .. } => 0,
+        NpDtype::SubArray { base, .. } => canonical_flags(base),
+        NpDtype::Record { fields, .. } => fields
+            .iter()
+            .fold(16, |f, x| f | (canonical_flags(&x.dtype) & 27)),
+    }
 }
 
 /// The datetime unit from a version 4 dtype state's metadata:
@@ -726,6 +878,14 @@ fn datetime_unit(m: &Machine<'_, '_>, md: Id) -> Result<(String, i64), Problem> 
     let num = int_arg(m, inner[1], "the datetime multiplier")?;
     if !UNITS.contains(&unit.as_str()) || num < 1 {
         return Err(malformed(format!("the datetime unit {num}{unit}")));
+    }
+    // numpy writes (unit, num, 1, 1) and validates the last two.
+    for (&i, what) in inner[2..].iter().zip(["denominator", "events"]) {
+        if m.arena.get(i) != &Value::Int(1) {
+            return Err(unsupported(format!(
+                "a datetime dtype state whose {what} is not 1"
+            )));
+        }
     }
     Ok((unit, num))
 }

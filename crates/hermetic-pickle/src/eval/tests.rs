@@ -369,3 +369,19 @@ fn allow_list_syntax_and_matching() {
         assert!(AllowList::parse([bad]).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn big_hex_octal_and_binary_ints_read_as_int_s_0() {
+    use super::machine::{long_value, radix_to_twos};
+    use super::value::Value;
+    // 0x8000000000000000 = 2**63: nine bytes, the top one a zero sign byte.
+    let b = radix_to_twos(false, 16, b"8000000000000000").unwrap();
+    assert_eq!(b, [0, 0, 0, 0, 0, 0, 0, 0x80, 0]);
+    let b = radix_to_twos(true, 16, b"8000000000000000").unwrap();
+    assert_eq!(long_value(&b), Value::Int(i64::MIN));
+    let b = radix_to_twos(true, 2, b"1_0000_0000").unwrap();
+    assert_eq!(long_value(&b), Value::Int(-256));
+    let b = radix_to_twos(false, 8, b"777").unwrap();
+    assert_eq!(long_value(&b), Value::Int(0o777));
+    assert!(radix_to_twos(false, 8, b"8").is_none());
+}

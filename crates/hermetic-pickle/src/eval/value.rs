@@ -378,6 +378,9 @@ pub enum ArrayData<'a> {
 /// A numpy `ndarray`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NdArray<'a> {
+    /// numpy's WRITEABLE flag cleared: `_frombuffer` of bytes (not a
+    /// bytearray) gives a read-only array.
+    pub readonly: bool,
     pub dtype: NpDtype,
     pub shape: Vec<u64>,
     pub fortran: bool,
@@ -540,6 +543,7 @@ impl Value<'_> {
             Value::Array(a) => {
                 let a = *a;
                 Value::Array(Box::new(NdArray {
+                    readonly: a.readonly,
                     dtype: a.dtype,
                     shape: a.shape,
                     fortran: a.fortran,
@@ -786,8 +790,13 @@ impl<'a> Arena<'a> {
 
     /// The ids reachable from `root`, in increasing order.
     pub fn reachable(&self, root: Id) -> Vec<Id> {
+        self.reachable_from(&[root])
+    }
+
+    /// The nodes reachable from any of `roots`, in id order.
+    pub fn reachable_from(&self, roots: &[Id]) -> Vec<Id> {
         let mut seen = vec![false; self.values.len()];
-        let mut stack = vec![root];
+        let mut stack = roots.to_vec();
         let mut out = Vec::new();
         while let Some(id) = stack.pop() {
             if std::mem::replace(&mut seen[id as usize], true) {
