@@ -191,6 +191,10 @@ DOCUMENTED: list[tuple[str, str]] = [
         "spec: record field dtype 2",
         r"^CheckpointError: .*BUILD: bytes where a numpy dtype belongs$",
     ),
+    (
+        "spec: datetime metadata",
+        r"^CheckpointError: .*a datetime dtype state whose \w+ (is not 1|\d+ is beyond 32 bits)$",
+    ),
     ("scanner: unusual_structure", r"^UnsafePickleError: .*\n  unusual_structure at byte"),
     (
         "spec: no functions",

@@ -266,10 +266,15 @@ class Maker:
 
     def np_dtype(self, spec: Any) -> Any:
         np = _np()
-        if isinstance(spec, str):
-            return np.dtype(spec)
-        if spec[0] == "subarray":
-            return np.dtype((self.np_dtype(spec[1]), tuple(spec[2])))
+        try:
+            if isinstance(spec, str):
+                return np.dtype(spec)
+            if spec[0] == "subarray":
+                return np.dtype((self.np_dtype(spec[1]), tuple(spec[2])))
+        except (TypeError, ValueError) as e:
+            # Rust checked the description; numpy refusing it is a dtype its
+            # unpickler would store but its constructor cannot make.
+            raise CheckpointError(f"numpy cannot rebuild the dtype {spec!r}: {e}") from None
         _, fields, itemsize, aligned = spec
         desc: dict[str, Any] = {
             "names": [f[0] for f in fields],

@@ -879,6 +879,13 @@ fn datetime_unit(m: &Machine<'_, '_>, md: Id) -> Result<(String, i64), Problem> 
     if !UNITS.contains(&unit.as_str()) || num < 1 {
         return Err(malformed(format!("the datetime unit {num}{unit}")));
     }
+    // numpy's own dtype strings take a 32-bit multiplier; a state may store
+    // more, which no numpy writes and `numpy.dtype("M8[...]")` cannot spell.
+    if num > i64::from(i32::MAX) {
+        return Err(unsupported(format!(
+            "a datetime dtype state whose multiplier {num} is beyond 32 bits"
+        )));
+    }
     // numpy writes (unit, num, 1, 1) and validates the last two.
     for (&i, what) in inner[2..].iter().zip(["denominator", "events"]) {
         if m.arena.get(i) != &Value::Int(1) {
