@@ -17,6 +17,16 @@ Scenarios:
   the DTensor resharded to ``Shard(1)``, and compared bit for bit.
 * ``load``: only the load and compare of ``save``, from FOLDER/ckpt (for a
   checkpoint written by another world size).
+* ``train``: a sharded model and Adam trained ``STEPS`` steps on fixed data,
+  each rank's losses written (raw float32 bytes) to FOLDER/straight-R.bin and
+  the final full state to FOLDER/straight.safetensors; then a fresh model of
+  the same seed trained ``STEPS // 2`` steps (losses in FOLDER/first-R.bin) and
+  saved with ``hermetic.dcp.Writer`` to FOLDER/resume (model and optimizer
+  through ``get_state_dict``, and the step count).
+* ``resume``: in fresh processes, a model of another seed loaded from
+  FOLDER/resume with ``hermetic.dcp.Reader`` (``set_state_dict``) and trained
+  the remaining steps (losses in FOLDER/second-R.bin, final full state in
+  FOLDER/resumed.safetensors).
 """
 
 from __future__ import annotations
@@ -147,6 +157,35 @@ def load_and_compare(folder: Path, mesh: object, rank: int) -> None:
     assert st["extra"] == {"step": 7, "tag": "run-1"}, st["extra"]
 
 
+STEPS = 6
+
+
+def batch(step: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed data of one step on one rank."""
+    g = torch.Generator().manual_seed(1000 * step + rank)
+    return torch.randn(4, 8, generator=g), torch.randn(4, 4, generator=g)
+
+
+def train_steps(
+    m: torch.nn.Module, opt: torch.optim.Optimizer, start: int, stop: int, rank: int
+) -> bytes:
+    losses = []
+    for step in range(start, stop):
+        x, y = batch(step, rank)
+        loss = torch.nn.functional.mse_loss(m(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.detach())
+    return torch.stack(losses).numpy().tobytes()
+
+
+def fresh(seed: int, mesh: object) -> tuple[torch.nn.Module, torch.optim.Optimizer, str]:
+    m = model(seed)
+    how = shard(m, mesh)
+    return m, torch.optim.Adam(m.parameters(), lr=1e-2), how
+
+
 def main() -> None:
     scenario, folder = sys.argv[1], Path(sys.argv[2])
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -171,6 +210,31 @@ def main() -> None:
                 (folder / "how").write_text(how)
         elif scenario == "load":
             load_and_compare(folder, mesh, rank)
+        elif scenario == "train":
+            m, opt, how = fresh(seed=3, mesh=mesh)
+            (folder / f"straight-{rank}.bin").write_bytes(train_steps(m, opt, 0, STEPS, rank))
+            ref = full_state(m, opt)
+            if rank == 0:
+                hermetic.save(ref, folder / "straight.safetensors")
+                (folder / "how").write_text(how)
+            m, opt, _ = fresh(seed=3, mesh=mesh)
+            half = STEPS // 2
+            (folder / f"first-{rank}.bin").write_bytes(train_steps(m, opt, 0, half, rank))
+            msd, osd = get_state_dict(m, opt)
+            st = {"model": msd, "optim": osd, "step": half}
+            dcp.save(st, storage_writer=hermetic.dcp.Writer(folder / "resume"))
+        elif scenario == "resume":
+            m, opt, _ = fresh(seed=99, mesh=mesh)  # other values until the load
+            msd, osd = get_state_dict(m, opt)
+            st = {"model": msd, "optim": osd, "step": 0}
+            dcp.load(st, storage_reader=hermetic.dcp.Reader(folder / "resume"))
+            set_state_dict(m, opt, model_state_dict=st["model"], optim_state_dict=st["optim"])
+            half = st["step"]
+            assert half == STEPS // 2, half
+            (folder / f"second-{rank}.bin").write_bytes(train_steps(m, opt, half, STEPS, rank))
+            got = full_state(m, opt)
+            if rank == 0:
+                hermetic.save(got, folder / "resumed.safetensors")
         else:
             raise SystemExit(f"unknown scenario {scenario}")
         dist.barrier()
