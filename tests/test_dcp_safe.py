@@ -3,7 +3,8 @@
 by ``hermetic scan`` as a folder, consolidated by ``hermetic convert`` and shown
 by ``hermetic inspect``; tampered ones (a ``.metadata`` or a non-tensor item
 whose pickle calls ``os.system``) are proved to fire under torch's reader (a
-canary file appears, in a subprocess) and refused by hermetic (it does not)."""
+canary file appears, in a subprocess) and refused by hermetic (it does not),
+also under the firewall's deny mode, by both readers."""
 
 from __future__ import annotations
 
@@ -366,3 +367,69 @@ def test_inspect_shows_tensors_chunks_and_state() -> None:
     items = {i["key"]: i for i in doc["items"]}
     assert items["b"]["shape"] == [5, 2] and len(items["b"]["chunks"]) == 2
     assert items["step"]["kind"] == "bytes"
+
+
+# ------------------------------------------------------------- the firewall
+
+
+def test_tampered_metadata_under_deny_never_fires(ckpt: Path, tmp_path: Path) -> None:
+    """HERMETIC_PICKLE=deny: dcp.load with the default reader is refused before
+    the payload runs, and SafeReader refuses it too, naming the import; a clean
+    folder still loads through SafeReader in the same mode."""
+    from _firewall_util import ok, run_py
+
+    clean = _save(_state(), tmp_path / "clean")
+    canary = tmp_path / "fired"
+    md = _metadata(ckpt)
+    md.version = _Payload(canary)
+    (ckpt / ".metadata").write_bytes(pickle.dumps(md))
+    _fires_under_torch(ckpt, canary)  # the tampered folder really is armed
+    out = ok(
+        run_py(
+            f"""
+            import os, warnings; warnings.simplefilter("ignore")
+            import torch, torch.distributed.checkpoint as dcp
+            import hermetic, hermetic.dcp
+            canary = {str(canary)!r}
+            def blank():
+                return {{"model": {{"0.weight": torch.zeros(3, 4)}}, "step": 0}}
+            # DCP's own reader: its pickle.load of .metadata is refused.
+            try:
+                dcp.FileSystemReader({str(ckpt)!r}).read_metadata()
+            except hermetic.NoPickleError as e:
+                assert "refused to unpickle" in str(e), str(e)
+                print("reader refused")
+            else:
+                raise SystemExit("FileSystemReader unpickled under deny")
+            assert not os.path.exists(canary), "the payload ran"
+            try:
+                dcp.load(blank(), checkpoint_id={str(ckpt)!r})
+            except BaseException as e:  # DCP's CheckpointException
+                # torch >= 2.12 carries the firewall's refusal; older versions
+                # log it and raise their own "metadata is None".
+                msg = str(e)
+                assert "refused to unpickle" in msg or "metadata is None" in msg, msg
+                print("default refused")
+            else:
+                raise SystemExit("dcp.load loaded the tampered folder under deny")
+            assert not os.path.exists(canary), "the payload ran"
+            try:
+                dcp.load(blank(), storage_reader=hermetic.dcp.SafeReader({str(ckpt)!r}))
+            except BaseException as e:
+                assert "posix.system" in str(e), str(e)
+                print("safe refused")
+            else:
+                raise SystemExit("SafeReader loaded the tampered folder")
+            assert not os.path.exists(canary), "the payload ran"
+            st = blank()
+            dcp.load(st, storage_reader=hermetic.dcp.SafeReader({str(clean)!r}))
+            assert st["step"] == 7 and st["model"]["0.weight"].abs().sum() > 0
+            print("clean ok")
+            """,
+            mode="deny",
+            timeout=300,
+        )
+    )
+    assert "reader refused" in out and "default refused" in out, out
+    assert "safe refused" in out and "clean ok" in out, out
+    assert not canary.exists()
