@@ -18,6 +18,7 @@ mod header;
 mod planner;
 mod shard;
 mod st_header;
+mod syntax;
 mod temps;
 mod tree;
 mod typed;

@@ -7,7 +7,7 @@
 
 use crate::dtype::Dtype;
 use crate::error::{FormatError, Result};
-use crate::typed::{
+use crate::syntax::{
     is_class_name, is_date, is_datetime, is_decimal, is_identifier, is_import_name, is_timedelta,
     is_uuid,
 };
@@ -1969,7 +1969,7 @@ fn leaf<E: de::Error>(dec: &mut Decoder<'_>, tag: &str, v: Value) -> std::result
         "$path" => Node::Path(as_str(dec, &v, "$path")?.to_string()),
         "$time" => {
             let t = as_str(dec, &v, "$time")?;
-            if !crate::typed::is_time(t) {
+            if !crate::syntax::is_time(t) {
                 return Err(dec.fail(format!(
                     "$time {t:?} is not HH:MM:SS[.ffffff] with an optional UTC offset"
                 )));
@@ -1979,7 +1979,7 @@ fn leaf<E: de::Error>(dec: &mut Decoder<'_>, tag: &str, v: Value) -> std::result
         "$timezone" => match &v {
             Value::Array(a)
                 if a.len() == 2
-                    && a[0].as_str().is_some_and(crate::typed::is_utc_offset)
+                    && a[0].as_str().is_some_and(crate::syntax::is_utc_offset)
                     && (a[1].is_null() || a[1].as_str().is_some_and(|n| n.len() <= 255)) =>
             {
                 Node::Timezone {

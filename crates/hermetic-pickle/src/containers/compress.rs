@@ -295,7 +295,7 @@ fn copy<R: Read>(mut reader: R, sink: &mut Sink<'_>) -> Result<(), String> {
 /// Whether decompressed bytes may hold a pickle: anything [`sniff`] knows, or
 /// a prefix that parses as pickle opcodes up to where it was cut.
 fn worth_scanning(prefix: &[u8]) -> bool {
-    sniff(prefix) != Kind::None || crate::scan::opcodes_reach_end(prefix)
+    sniff(prefix) != Kind::None || crate::streams::opcodes_reach_end(prefix)
 }
 
 /// Decompresses and scans. `None` when the data does not decompress at all,

@@ -29,7 +29,7 @@ use crate::analysis::analyze_stream;
 use crate::opcodes::Opcode;
 use crate::parser::{Arg, Instr, Parser};
 use crate::policy::{py2_mapping, Verdict};
-use crate::scan::looks_like_pickle;
+use crate::streams::looks_like_pickle;
 use crate::text;
 use std::collections::HashMap;
 

@@ -27,7 +27,7 @@ mod testutil;
 use crate::analysis::{analyze_stream, StreamAnalysis};
 use crate::policy::{Policy, Verdict};
 use crate::report::FileReport;
-use crate::scan::{looks_like_pickle, scan_pickle_sequence};
+use crate::streams::{looks_like_pickle, scan_pickle_sequence};
 use crate::Limits;
 use compress::Compression;
 
@@ -324,13 +324,13 @@ impl<'a> Scanner<'a> {
             let computes = report.globals.iter().any(|g| g.module != "?");
             report.findings.retain(|f| {
                 let import = !f.module.is_empty()
-                    && (f.module == "?" || crate::scan::is_importable_name(&f.module, &f.name));
+                    && (f.module == "?" || crate::streams::is_importable_name(&f.module, &f.name));
                 (import || (computes && f.code == "dynamic_global"))
                     && !known.contains(&(f.offset, f.module.clone(), f.name.clone()))
             });
-            report
-                .globals
-                .retain(|g| g.module == "?" || crate::scan::is_importable_name(&g.module, &g.name));
+            report.globals.retain(|g| {
+                g.module == "?" || crate::streams::is_importable_name(&g.module, &g.name)
+            });
             if !report.findings.is_empty() {
                 report.verdict = report
                     .findings

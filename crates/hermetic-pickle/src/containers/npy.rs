@@ -11,7 +11,7 @@
 use super::pyliteral::{literal_eval, PyValue};
 use super::{le_u16, le_u32, ContainerError, Loc, Scanner};
 use crate::policy::Verdict;
-use crate::scan::looks_like_pickle;
+use crate::streams::looks_like_pickle;
 
 /// The magic string every `.npy` file starts with.
 pub const MAGIC: &[u8] = b"\x93NUMPY";
