@@ -483,6 +483,10 @@ fn mapping_from(m: &Machine<'_, '_>, k: Known, a: &[Id]) -> Result<Vec<(Id, Id)>
         [] => Ok(Vec::new()),
         [x] => match m.arena.get(*x) {
             Value::Dict(d) => Ok(d.items.clone()),
+            // An empty iterable of any kind gives an empty mapping.
+            Value::Bytes(b) | Value::ByteArray(b) if b.is_empty() => Ok(Vec::new()),
+            Value::Str(s) if s.bytes.is_empty() => Ok(Vec::new()),
+            Value::Set(v) | Value::FrozenSet(v) if v.is_empty() => Ok(Vec::new()),
             Value::List(v) | Value::Tuple(v) => v
                 .iter()
                 .map(|&p| match m.arena.seq_of(p) {
