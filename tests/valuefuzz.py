@@ -195,6 +195,10 @@ DOCUMENTED: list[tuple[str, str]] = [
         "spec: datetime metadata",
         r"^CheckpointError: .*a datetime dtype state whose \w+ (is not 1|\d+ is beyond 32 bits)$",
     ),
+    (
+        "spec: big torch.Size",
+        r"^CheckpointError: .*a torch.Size dimension is an int beyond 64 bits$",
+    ),
     ("scanner: unusual_structure", r"^UnsafePickleError: .*\n  unusual_structure at byte"),
     (
         "spec: no functions",
