@@ -1066,7 +1066,10 @@ mod tests {
 
     #[test]
     fn dcp_classes_are_inert() {
+        // The tail of INERT_CLASSES: exactly DCP's nine classes.
+        assert_eq!(crate::policy::DCP_METADATA_CLASSES.len(), 9);
         for c in crate::policy::DCP_METADATA_CLASSES {
+            assert!(c.0.starts_with("torch.distributed.checkpoint."), "{c:?}");
             assert!(crate::policy::is_inert_class(c.0, c.1), "{c:?}");
             assert_eq!(
                 Policy::builtin().classify(c.0, c.1).verdict,

@@ -545,29 +545,7 @@ pub const INERT_CLASSES: &[(&str, &str)] = &[
 /// The classes of a DCP `.metadata` file (the tail of [`INERT_CLASSES`]):
 /// what `hermetic scan` of a DCP folder, `hermetic.dcp.SafeReader` and
 /// `hermetic convert` of one accept there, and nothing else.
-pub const DCP_METADATA_CLASSES: &[(&str, &str)] = &[
-    ("torch.distributed.checkpoint.metadata", "Metadata"),
-    (
-        "torch.distributed.checkpoint.metadata",
-        "TensorStorageMetadata",
-    ),
-    (
-        "torch.distributed.checkpoint.metadata",
-        "BytesStorageMetadata",
-    ),
-    (
-        "torch.distributed.checkpoint.metadata",
-        "ChunkStorageMetadata",
-    ),
-    ("torch.distributed.checkpoint.metadata", "TensorProperties"),
-    (
-        "torch.distributed.checkpoint.metadata",
-        "_MEM_FORMAT_ENCODING",
-    ),
-    ("torch.distributed.checkpoint.metadata", "MetadataIndex"),
-    ("torch.distributed.checkpoint.metadata", "StorageMeta"),
-    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
-];
+pub const DCP_METADATA_CLASSES: &[(&str, &str)] = INERT_CLASSES.split_at(INERT_CLASSES.len() - 9).1;
 
 /// The bit generator classes numpy's random-state constructors may build.
 pub(crate) fn is_bit_generator(module: &str, name: &str) -> bool {

@@ -221,7 +221,9 @@ pub fn array_nbytes(shape: &[u64], itemsize: u64) -> Option<u64> {
     shape.iter().try_fold(itemsize, |a, &d| a.checked_mul(d))
 }
 
-fn shape_arg(m: &mut Machine<'_, '_>, id: Id) -> Result<Vec<u64>, Problem> {
+/// The dimension nodes of a shape argument (a tuple, a list or one int),
+/// at most [`MAX_NDIM`] of them.
+fn shape_items(m: &Machine<'_, '_>, id: Id) -> Result<Vec<Id>, Problem> {
     let items: Vec<Id> = match m.arena.get(id) {
         Value::Tuple(v) | Value::List(v) => v.clone(),
         Value::Int(_) => vec![id],
@@ -237,6 +239,11 @@ fn shape_arg(m: &mut Machine<'_, '_>, id: Id) -> Result<Vec<u64>, Problem> {
             "an array with more than {MAX_NDIM} dimensions"
         )));
     }
+    Ok(items)
+}
+
+fn shape_arg(m: &mut Machine<'_, '_>, id: Id) -> Result<Vec<u64>, Problem> {
+    let items = shape_items(m, id)?;
     m.budget.charge_problem(8 * items.len() as u64)?;
     items
         .iter()
@@ -460,21 +467,8 @@ fn reshape_dims(
     dtype: &NpDtype,
     len: u64,
 ) -> Result<Vec<u64>, Problem> {
-    let items: Vec<Id> = match m.arena.get(id) {
-        Value::Tuple(v) | Value::List(v) => v.clone(),
-        Value::Int(_) => vec![id],
-        other => {
-            return Err(malformed(format!(
-                "an array shape is {}, not a tuple",
-                other.describe()
-            )))
-        }
-    };
-    if items.len() > MAX_NDIM {
-        return Err(Problem::Limit(format!(
-            "an array with more than {MAX_NDIM} dimensions"
-        )));
-    }
+    let items = shape_items(m, id)?;
+    m.budget.charge_problem(8 * items.len() as u64)?;
     let mut dims = Vec::with_capacity(items.len());
     let mut unknown = None;
     for (i, &d) in items.iter().enumerate() {
