@@ -28,22 +28,26 @@ import uuid
 from pathlib import Path
 from typing import Any, cast
 
-import torch
-from torch.distributed._shard._utils import narrow_tensor_by_index
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-from torch.distributed.checkpoint.filesystem import _StorageInfo
-from torch.distributed.checkpoint.metadata import (
-    BytesStorageMetadata,
-    ChunkStorageMetadata,
-    Metadata,
-    MetadataIndex,
-    StorageMeta,
-    TensorProperties,
-    TensorStorageMetadata,
-)
-from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner
-from torch.distributed.checkpoint.storage import StorageReader
-from torch.futures import Future
+# torch is the `torch` extra; hermetic.dcp imports this module only when used.
+try:
+    import torch
+    from torch.distributed._shard._utils import narrow_tensor_by_index
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import (
+        BytesStorageMetadata,
+        ChunkStorageMetadata,
+        Metadata,
+        MetadataIndex,
+        StorageMeta,
+        TensorProperties,
+        TensorStorageMetadata,
+    )
+    from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner
+    from torch.distributed.checkpoint.storage import StorageReader
+    from torch.futures import Future
+except ImportError as e:  # pragma: no cover - exercised without torch installed
+    raise ImportError("hermetic.dcp needs torch: pip install 'hermetic[torch]'") from e
 
 from hermetic import torch as _htorch
 from hermetic._evaluate import load_pickle
