@@ -6,10 +6,10 @@ use crate::opcodes::Opcode;
 use crate::parser::{Arg, ParseErrorKind, Parser};
 use crate::policy::{py2_mapping, Policy, Verdict};
 use crate::report::{Finding, GlobalRef, StreamReport};
+use crate::stack::{Stack, StackError};
 use crate::text;
 use crate::Limits;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 
 /// Strings longer than this are never module or attribute names, so the
 /// machine does not keep their text.
@@ -95,53 +95,6 @@ impl RawStr<'_> {
     }
 }
 
-/// The memo: dense for the small consecutive keys picklers write, a map for
-/// anything else, so a hostile key costs no more than one entry. The dense
-/// part never holds more than `2 * len + 1025` slots.
-#[derive(Default)]
-struct Memo {
-    dense: Vec<u32>,
-    sparse: HashMap<u64, u32>,
-    len: usize,
-}
-
-impl Memo {
-    const EMPTY: u32 = u32::MAX;
-
-    fn get(&self, key: u64) -> Option<u32> {
-        match usize::try_from(key).ok().and_then(|k| self.dense.get(k)) {
-            Some(&v) if v != Self::EMPTY => Some(v),
-            _ => self.sparse.get(&key).copied(),
-        }
-    }
-
-    /// Stores `value` under `key`. `len` stays the exact number of distinct
-    /// keys, as `len(memo)` is in CPython: MEMOIZE stores under it, so a
-    /// miscount would make the analysis read a different object than the
-    /// unpickler does.
-    fn insert(&mut self, key: u64, value: u32) {
-        let k = usize::try_from(key).unwrap_or(usize::MAX);
-        // Growth is bounded by the number of entries stored, not by the dense
-        // part's length: keys that each double the last would otherwise
-        // double the vector with every put (a 99-byte stream asked for 4 GB).
-        if k >= self.dense.len() && k <= self.len.saturating_mul(2).saturating_add(1024) {
-            self.dense.resize(k + 1, Self::EMPTY);
-        }
-        if k < self.dense.len() {
-            if self.dense[k] == Self::EMPTY && self.sparse.remove(&key).is_none() {
-                self.len += 1;
-            }
-            self.dense[k] = value;
-        } else if self.sparse.insert(key, value).is_none() {
-            self.len += 1;
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.len
-    }
-}
-
 /// The outcome of analysing one stream.
 pub struct StreamAnalysis {
     pub report: StreamReport,
@@ -159,11 +112,7 @@ struct Machine<'p, 'a> {
     base: u64,
     values: Vec<Sym>,
     strs: Vec<RawStr<'a>>,
-    stack: Vec<u32>,
-    /// Where each open MARK starts in `stack`: one number per MARK, as
-    /// CPython keeps its marks, so deep nesting costs four bytes a level.
-    marks: Vec<u32>,
-    memo: Memo,
+    stack: Stack,
     globals: Vec<GlobalRef>,
     findings: Vec<Finding>,
     proto: u8,
@@ -194,51 +143,15 @@ impl<'a> Machine<'_, 'a> {
     }
 
     fn pop(&mut self, op: Opcode) -> Result<u32, Stop> {
-        if self.frame_len() == 0 {
-            return Err(stop(
-                "malformed_stream",
-                format!(
-                    "{} pops from an empty stack (unpickling stack underflow)",
-                    op.name()
-                ),
-            ));
-        }
-        self.stack.pop().ok_or_else(|| {
-            stop(
-                "malformed_stream",
-                format!(
-                    "{} pops from an empty stack (unpickling stack underflow)",
-                    op.name()
-                ),
-            )
-        })
+        self.stack.pop().map_err(|e| stack_stop(e, op))
     }
 
     fn top(&self, op: Opcode) -> Result<u32, Stop> {
-        let top = (self.frame_len() > 0)
-            .then(|| self.stack.last().copied())
-            .flatten();
-        top.ok_or_else(|| {
-            stop(
-                "malformed_stream",
-                format!("{} needs a value on the stack", op.name()),
-            )
-        })
+        self.stack.top().map_err(|e| stack_stop(e, op))
     }
 
     fn pop_mark(&mut self, op: Opcode) -> Result<Vec<u32>, Stop> {
-        let mark = self.marks.pop().ok_or_else(|| {
-            stop(
-                "malformed_stream",
-                format!("{} needs a MARK, but none is on the stack", op.name()),
-            )
-        })?;
-        Ok(self.stack.split_off(mark as usize))
-    }
-
-    /// Values above the innermost MARK (the unpickler's "fence").
-    fn frame_len(&self) -> usize {
-        self.stack.len() - self.marks.last().map_or(0, |&m| m as usize)
+        self.stack.pop_mark().map_err(|e| stack_stop(e, op))
     }
 
     fn finding(&mut self, severity: Verdict, code: &'static str, offset: usize, reason: String) {
@@ -473,55 +386,12 @@ impl<'a> Machine<'_, 'a> {
                     TUPLE2 => 2,
                     _ => 3,
                 };
-                if self.frame_len() < n {
-                    return Err(stop(
-                        "malformed_stream",
-                        format!("{} needs {n} values on the stack", op.name()),
-                    ));
-                }
-                let head = Head::of(&self.stack[self.stack.len() - n..]);
-                self.stack.truncate(self.stack.len() - n);
-                self.push(Sym::Tuple(head))
+                let items = self.stack.pop_n(n).map_err(|e| stack_stop(e, op))?;
+                self.push(Sym::Tuple(Head::of(&items)))
             }
-            POP => {
-                if self.frame_len() == 0 {
-                    self.pop_mark(op)?;
-                } else {
-                    self.stack.pop();
-                }
-            }
-            DUP => {
-                let t = self.top(op)?;
-                self.stack.push(t);
-            }
-            MARK => {
-                self.marks.push(self.stack.len() as u32);
-            }
-            POP_MARK => {
-                self.pop_mark(op)?;
-            }
-            GET | BINGET | LONG_BINGET => {
-                let key = memo_key(arg)?;
-                let v = self.memo.get(key).ok_or_else(|| {
-                    stop(
-                        "malformed_stream",
-                        format!(
-                            "{} reads memo entry {key}, which was never stored",
-                            op.name()
-                        ),
-                    )
-                })?;
-                self.stack.push(v);
-            }
-            PUT | BINPUT | LONG_BINPUT => {
-                let key = memo_key(arg)?;
-                let t = self.top(op)?;
-                self.memo.insert(key, t);
-            }
-            MEMOIZE => {
-                let t = self.top(op)?;
-                let key = self.memo.len() as u64;
-                self.memo.insert(key, t);
+            MARK | POP | POP_MARK | DUP | GET | BINGET | LONG_BINGET | PUT | BINPUT
+            | LONG_BINPUT | MEMOIZE => {
+                self.stack.apply(op, arg).map_err(|e| stack_stop(e, op))?;
             }
             EXT1 | EXT2 | EXT4 => {
                 let code = match arg {
@@ -674,7 +544,7 @@ impl<'a> Machine<'_, 'a> {
             }
             STOP => {
                 self.pop(op)?;
-                if !self.stack.is_empty() || !self.marks.is_empty() {
+                if !self.stack.is_clear() {
                     self.finding(
                         Verdict::Suspicious,
                         "unusual_structure",
@@ -702,12 +572,8 @@ fn describe(sym: &Sym) -> &'static str {
     }
 }
 
-fn memo_key(arg: &Arg<'_>) -> Result<u64, Stop> {
-    match arg {
-        Arg::Int(v) if *v >= 0 => Ok(*v as u64),
-        Arg::Bool(b) => Ok(*b as u64),
-        _ => Err(stop("malformed_stream", "negative or oversized memo index")),
-    }
+fn stack_stop(e: StackError, op: Opcode) -> Stop {
+    stop("malformed_stream", e.describe(op))
 }
 
 fn pair(arg: &Arg<'_>) -> Result<(String, String), Stop> {
@@ -739,9 +605,7 @@ pub fn analyze_stream(
         base,
         values: Vec::new(),
         strs: Vec::new(),
-        stack: Vec::new(),
-        marks: Vec::new(),
-        memo: Memo::default(),
+        stack: Stack::default(),
         globals: Vec::new(),
         findings: Vec::new(),
         proto: 0,
@@ -817,7 +681,7 @@ pub fn analyze_stream(
                 protocol = u8::try_from(v).ok();
             }
         }
-        if m.stack.len() + m.marks.len() > limits.max_stack {
+        if m.stack.depth() > limits.max_stack {
             m.finding(
                 Verdict::Dangerous,
                 "limit_exceeded",
@@ -963,8 +827,8 @@ mod tests {
         );
     }
 
-    /// Memo puts whose keys each double the last: the memo's size follows
-    /// the number of entries, not the largest key.
+    /// Memo puts whose keys each double the last: a 99-byte stream once
+    /// asked for 4 GB (the memo itself is tested in `stack`).
     #[test]
     fn growing_memo_keys_cost_one_entry_each() {
         let mut d = b"\x80\x04N".to_vec();
@@ -975,35 +839,8 @@ mod tests {
             key = key.saturating_mul(2).saturating_add(1);
         }
         d.push(b'.');
-        let mut m = Memo::default();
-        let mut k: u64 = 1024;
-        for i in 0..64 {
-            m.insert(k, i);
-            k = k.saturating_mul(2).saturating_add(1);
-        }
-        assert!(m.dense.len() <= 2 * 64 + 1025, "{}", m.dense.len());
         let a = scan(&d);
         assert_eq!(a.report.verdict, Verdict::Safe);
-    }
-
-    /// MEMOIZE stores under `len(memo)`, so the count must stay exact when
-    /// keys move from the sparse part into a grown dense part.
-    #[test]
-    fn memo_len_is_exact_across_growth() {
-        let mut m = Memo::default();
-        m.insert(3000, 1); // sparse: far past the dense part
-        for k in 0..3001 {
-            m.insert(k, 2);
-        }
-        assert_eq!(m.len(), 3001);
-        assert_eq!(m.get(3000), Some(2));
-        let mut m = Memo::default();
-        m.insert(2000, 7);
-        for k in 0..1500 {
-            m.insert(k, 0);
-        }
-        assert_eq!(m.get(2000), Some(7), "a sparse key under the dense range");
-        assert_eq!(m.len(), 1501);
     }
 
     mod props {

@@ -14,6 +14,7 @@ pub mod parser;
 pub mod policy;
 pub mod report;
 pub mod scan;
+mod stack;
 mod streams;
 pub mod text;
 pub mod walk;

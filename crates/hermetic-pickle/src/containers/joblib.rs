@@ -29,9 +29,9 @@ use crate::analysis::analyze_stream;
 use crate::opcodes::Opcode;
 use crate::parser::{Arg, Instr, Parser};
 use crate::policy::{py2_mapping, Verdict};
+use crate::stack::Stack;
 use crate::streams::looks_like_pickle;
 use crate::text;
-use std::collections::HashMap;
 
 /// The module joblib's wrappers live in.
 pub const MODULE: &str = "joblib.numpy_pickle";
@@ -91,9 +91,7 @@ enum V {
 
 struct Machine {
     values: Vec<V>,
-    stack: Vec<u32>,
-    metastack: Vec<Vec<u32>>,
-    memo: HashMap<u64, u32>,
+    stack: Stack,
     proto: u8,
 }
 
@@ -117,9 +115,7 @@ impl Machine {
     fn new() -> Self {
         Machine {
             values: Vec::new(),
-            stack: Vec::new(),
-            metastack: Vec::new(),
-            memo: HashMap::new(),
+            stack: Stack::default(),
             proto: 0,
         }
     }
@@ -130,16 +126,22 @@ impl Machine {
     }
 
     fn pop(&mut self) -> Result<u32, Halt> {
-        self.stack.pop().ok_or(Halt)
+        self.stack.pop().map_err(|_| Halt)
     }
 
     fn top(&self) -> Result<u32, Halt> {
-        self.stack.last().copied().ok_or(Halt)
+        self.stack.top().map_err(|_| Halt)
     }
 
     fn pop_mark(&mut self) -> Result<Vec<u32>, Halt> {
-        let outer = self.metastack.pop().ok_or(Halt)?;
-        Ok(std::mem::replace(&mut self.stack, outer))
+        self.stack.pop_mark().map_err(|_| Halt)
+    }
+
+    /// Puts a new value in the place of the top one.
+    fn replace_top(&mut self, v: V) {
+        self.values.push(v);
+        // Callers have just read the top; it cannot be gone.
+        let _ = self.stack.replace_top((self.values.len() - 1) as u32);
     }
 
     fn text(arg: &Arg<'_>) -> Option<String> {
@@ -263,44 +265,12 @@ impl Machine {
                     TUPLE2 => 2,
                     _ => 3,
                 };
-                if self.stack.len() < n {
-                    return Err(Halt);
-                }
-                let items = self.stack.split_off(self.stack.len() - n);
+                let items = self.stack.pop_n(n).map_err(|_| Halt)?;
                 self.push(V::Tuple(items))
             }
-            POP => {
-                if self.stack.is_empty() {
-                    self.pop_mark()?;
-                } else {
-                    self.stack.pop();
-                }
-            }
-            DUP => {
-                let t = self.top()?;
-                self.stack.push(t);
-            }
-            MARK => {
-                let current = std::mem::take(&mut self.stack);
-                self.metastack.push(current);
-            }
-            POP_MARK => {
-                self.pop_mark()?;
-            }
-            GET | BINGET | LONG_BINGET => {
-                let key = memo_key(&instr.arg)?;
-                let v = *self.memo.get(&key).ok_or(Halt)?;
-                self.stack.push(v);
-            }
-            PUT | BINPUT | LONG_BINPUT => {
-                let key = memo_key(&instr.arg)?;
-                let t = self.top()?;
-                self.memo.insert(key, t);
-            }
-            MEMOIZE => {
-                let t = self.top()?;
-                let key = self.memo.len() as u64;
-                self.memo.insert(key, t);
+            MARK | POP | POP_MARK | DUP | GET | BINGET | LONG_BINGET | PUT | BINPUT
+            | LONG_BINPUT | MEMOIZE => {
+                self.stack.apply(op, &instr.arg).map_err(|_| Halt)?;
             }
             GLOBAL => {
                 let Arg::Pair(m, n) = instr.arg else {
@@ -653,14 +623,6 @@ enum Attr {
     Default16,
 }
 
-fn memo_key(arg: &Arg<'_>) -> Result<u64, Halt> {
-    match arg {
-        Arg::Int(v) if *v >= 0 => Ok(*v as u64),
-        Arg::Bool(b) => Ok(*b as u64),
-        _ => Err(Halt),
-    }
-}
-
 /// Scans the joblib stream at `start` and any streams that follow it.
 /// Returns whether any array wrapper was found (whether it really is joblib).
 pub(crate) fn scan_joblib(data: &[u8], start: usize, loc: &Loc, sc: &mut Scanner<'_>) -> bool {
@@ -730,9 +692,7 @@ fn scan_one(
             }
         };
         opcodes += 1;
-        if opcodes > sc.limits.max_opcodes
-            || m.stack.len() + m.metastack.len() > sc.limits.max_stack
-        {
+        if opcodes > sc.limits.max_opcodes || m.stack.depth() > sc.limits.max_stack {
             segments.push((seg_start, cut(instr.offset)));
             break;
         }
@@ -770,8 +730,7 @@ fn scan_one(
                 .map(|o| loc.base + o as u64),
         );
         if kind == WrapperKind::Companion {
-            m.stack.pop();
-            m.push(V::Other);
+            m.replace_top(V::Other);
             continue;
         }
         segments.push((seg_start, instr.end));
@@ -829,8 +788,7 @@ fn scan_one(
                 }
             }
         };
-        m.stack.pop();
-        m.push(V::Other);
+        m.replace_top(V::Other);
         seg_start = next;
         frame_end = None;
         parser = Parser::new(data, next);

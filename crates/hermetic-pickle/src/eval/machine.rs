@@ -1,7 +1,8 @@
-//! The pickle machine, run for real over the value arena: the same stack,
-//! metastack and memo discipline as the symbolic machine in
-//! [`crate::analysis`], but every value is concrete and every call goes
-//! through [`super::calls`], where only allowlisted globals have a meaning.
+//! The pickle machine, run for real over the value arena: the stack, marks
+//! and memo are [`crate::stack`]'s, shared with the symbolic machine in
+//! [`crate::analysis`] and the joblib walk, but every value is concrete and
+//! every call goes through [`super::calls`], where only allowlisted globals
+//! have a meaning.
 
 use super::calls;
 use super::error::{malformed, unsupported, Budget, EvalError, Problem};
@@ -12,6 +13,7 @@ use super::Mode;
 use crate::opcodes::Opcode;
 use crate::parser::{Arg, ParseErrorKind, Parser};
 use crate::policy::py2_mapping;
+use crate::stack::{Stack, StackError};
 use crate::text;
 use crate::Limits;
 use std::borrow::Cow;
@@ -85,10 +87,7 @@ pub(crate) struct Machine<'a, 'm> {
     pub arena: &'m mut Arena<'a>,
     pub budget: &'m mut Budget,
     pub ctx: &'m Ctx<'m>,
-    stack: Vec<Id>,
-    metastack: Vec<Vec<Id>>,
-    depth: usize,
-    memo: HashMap<u64, Id>,
+    stack: Stack,
     proto: u8,
     /// numpy dtypes that are numpy's shared builtin descriptors
     /// (`numpy.dtype("f4", False, False)`): BUILD on one changes nothing.
@@ -113,10 +112,7 @@ pub(crate) fn run_stream<'a>(
         arena,
         budget,
         ctx,
-        stack: Vec::new(),
-        metastack: Vec::new(),
-        depth: 0,
-        memo: HashMap::new(),
+        stack: Stack::default(),
         proto: 0,
         np_singletons: std::collections::HashSet::new(),
     };
@@ -159,7 +155,7 @@ pub(crate) fn run_stream<'a>(
                 m.joblib_companion(file, at)?;
             }
         }
-        if m.stack.len() + m.depth > ctx.limits.max_stack {
+        if m.stack.depth() > ctx.limits.max_stack {
             return Err(Problem::Limit(format!(
                 "the stack grew past {} entries",
                 ctx.limits.max_stack
@@ -210,30 +206,21 @@ impl<'a> Machine<'a, '_> {
     }
 
     fn pop(&mut self, op: Opcode) -> Result<Id, Problem> {
-        self.stack.pop().ok_or_else(|| {
-            malformed(format!(
-                "{} pops from an empty stack (unpickling stack underflow)",
-                op.name()
-            ))
-        })
+        self.stack.pop().map_err(|e| stack_problem(e, op))
     }
 
     fn top(&self, op: Opcode) -> Result<Id, Problem> {
-        self.stack
-            .last()
-            .copied()
-            .ok_or_else(|| malformed(format!("{} needs a value on the stack", op.name())))
+        self.stack.top().map_err(|e| stack_problem(e, op))
     }
 
     fn pop_mark(&mut self, op: Opcode) -> Result<Vec<Id>, Problem> {
-        let outer = self.metastack.pop().ok_or_else(|| {
-            malformed(format!(
-                "{} needs a MARK, but none is on the stack",
-                op.name()
-            ))
-        })?;
-        self.depth -= outer.len();
-        Ok(std::mem::replace(&mut self.stack, outer))
+        self.stack.pop_mark().map_err(|e| stack_problem(e, op))
+    }
+
+    /// Puts `v` in the place of the top value.
+    fn replace_top(&mut self, v: Id) {
+        // Callers have just read the top; it cannot be gone.
+        let _ = self.stack.replace_top(v);
     }
 
     fn charge_items(&mut self, n: usize) -> Result<(), Problem> {
@@ -425,8 +412,8 @@ impl<'a> Machine<'a, '_> {
                         )))
                     }
                 };
-                self.stack.pop();
-                self.push(v)?;
+                let id = self.push_value(v)?;
+                self.replace_top(id);
             }
             EMPTY_LIST => self.push(Value::List(Vec::new()))?,
             EMPTY_DICT => self.push(calls::dict(super::value::DictKind::Dict, Vec::new()))?,
@@ -486,13 +473,7 @@ impl<'a> Machine<'a, '_> {
                     TUPLE2 => 2,
                     _ => 3,
                 };
-                if self.stack.len() < n {
-                    return Err(malformed(format!(
-                        "{} needs {n} values on the stack",
-                        op.name()
-                    )));
-                }
-                let items = self.stack.split_off(self.stack.len() - n);
+                let items = self.stack.pop_n(n).map_err(|e| stack_problem(e, op))?;
                 self.push(Value::Tuple(items))?;
             }
             DICT => {
@@ -507,45 +488,17 @@ impl<'a> Machine<'a, '_> {
                 let items = self.pop_mark(op)?;
                 self.push(Value::FrozenSet(items))?;
             }
-            POP => {
-                if self.stack.pop().is_none() {
-                    self.pop_mark(op)?;
+            MARK | POP | POP_MARK | DUP | GET | BINGET | LONG_BINGET | PUT | BINPUT
+            | LONG_BINPUT | MEMOIZE => {
+                self.stack
+                    .apply(op, arg)
+                    .map_err(|e| stack_problem(e, op))?;
+                // What a mark and a memo entry cost CPython (a slot, a dict entry).
+                match op {
+                    MARK => self.budget.charge_problem(24)?,
+                    PUT | BINPUT | LONG_BINPUT | MEMOIZE => self.budget.charge_problem(32)?,
+                    _ => {}
                 }
-            }
-            DUP => {
-                let t = self.top(op)?;
-                self.stack.push(t);
-            }
-            MARK => {
-                let current = std::mem::take(&mut self.stack);
-                self.depth += current.len();
-                self.budget.charge_problem(24)?;
-                self.metastack.push(current);
-            }
-            POP_MARK => {
-                self.pop_mark(op)?;
-            }
-            GET | BINGET | LONG_BINGET => {
-                let key = memo_key(arg)?;
-                let v = *self.memo.get(&key).ok_or_else(|| {
-                    malformed(format!(
-                        "{} reads memo entry {key}, which was never stored",
-                        op.name()
-                    ))
-                })?;
-                self.stack.push(v);
-            }
-            PUT | BINPUT | LONG_BINPUT => {
-                let key = memo_key(arg)?;
-                let t = self.top(op)?;
-                self.budget.charge_problem(32)?;
-                self.memo.insert(key, t);
-            }
-            MEMOIZE => {
-                let t = self.top(op)?;
-                let key = self.memo.len() as u64;
-                self.budget.charge_problem(32)?;
-                self.memo.insert(key, t);
             }
             EXT1 | EXT2 | EXT4 => return Err(unsupported(
                 "an extension code, which names a global through the process's copyreg registry",
@@ -803,7 +756,7 @@ impl<'a> Machine<'a, '_> {
         file: &str,
         persist: &mut dyn Persist<'a>,
     ) -> Result<Option<usize>, EvalError> {
-        let Some(&top) = self.stack.last() else {
+        let Ok(top) = self.stack.top() else {
             return Ok(None);
         };
         let (padded, dtype, count, shape, fortran) = match self.arena.get(top) {
@@ -855,9 +808,7 @@ impl<'a> Machine<'a, '_> {
                     pos,
                 ));
             }
-            if let Some(t) = self.stack.last_mut() {
-                *t = arr;
-            }
+            self.replace_top(arr);
             return Ok(Some(end));
         }
         let nbytes = count
@@ -895,9 +846,7 @@ impl<'a> Machine<'a, '_> {
                 data: ArrayData::Bytes(bytes),
             })))
             .map_err(|p| p.at(file, base + pos as u64))?;
-        if let Some(t) = self.stack.last_mut() {
-            *t = arr;
-        }
+        self.replace_top(arr);
         Ok(Some(end))
     }
 
@@ -910,7 +859,7 @@ impl<'a> Machine<'a, '_> {
     /// + (data,))`. Either comes back in the native byte order, as joblib's
     /// `_ensure_native_byte_order` makes it.
     fn joblib_companion(&mut self, file: &str, at: u64) -> Result<(), EvalError> {
-        let Some(&top) = self.stack.last() else {
+        let Ok(top) = self.stack.top() else {
             return Ok(());
         };
         let (zipped, state) = match self.arena.get(top) {
@@ -962,9 +911,7 @@ impl<'a> Machine<'a, '_> {
             self.companion_npy(get("subclass")?, bytes, &name)
         }
         .map_err(fail)?;
-        if let Some(t) = self.stack.last_mut() {
-            *t = arr;
-        }
+        self.replace_top(arr);
         Ok(())
     }
 
@@ -1238,12 +1185,8 @@ impl<'a> Machine<'a, '_> {
     }
 }
 
-fn memo_key(arg: &Arg<'_>) -> Result<u64, Problem> {
-    match arg {
-        Arg::Int(v) if *v >= 0 => Ok(*v as u64),
-        Arg::Bool(b) => Ok(*b as u64),
-        _ => Err(malformed("negative or oversized memo index")),
-    }
+fn stack_problem(e: StackError, op: Opcode) -> Problem {
+    malformed(e.describe(op))
 }
 
 /// An integer from little-endian two's complement bytes.
