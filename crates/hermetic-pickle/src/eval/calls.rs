@@ -2,26 +2,18 @@
 //! [`Known`], and the Rust meaning of calling it (REDUCE), creating it
 //! (NEWOBJ) and handing it state (BUILD). Nothing else can be constructed.
 
+use super::bytes::{decimal_to_twos, long_value};
 use super::error::{malformed, unsupported, Problem};
-use super::machine::{decimal_to_twos, long_value, Machine};
+use super::heap::{check_attr_state, empty_state, int_arg, number, str_arg, Heap};
 use super::value::{Dict, DictKind, Global, Id, Known, Str, TorchDtype, Value, FALSE, NONE, TRUE};
 use super::{numpy, torch, Mode};
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-/// torch's layouts, which `torch.serialization._get_layout` names.
-const TORCH_LAYOUTS: &[&str] = &[
-    "strided",
-    "sparse_coo",
-    "sparse_csr",
-    "sparse_csc",
-    "sparse_bsr",
-    "sparse_bsc",
-    "_mkldnn",
-];
-
-/// torch singletons that are data (`torch.<name>`).
-const TORCH_ENUMS: &[&str] = &[
+/// torch singletons that are data (`torch.<name>`): layouts, memory
+/// formats and quantization schemes. Python's evaluator hands out these and
+/// nothing else (`hermetic._hermetic.TORCH_ENUM_NAMES`).
+pub const TORCH_ENUMS: &[&str] = &[
     "strided",
     "sparse_coo",
     "sparse_csr",
@@ -39,6 +31,10 @@ const TORCH_ENUMS: &[&str] = &[
     "per_channel_symmetric",
     "per_channel_affine_float_qparams",
 ];
+
+/// torch's layouts, which `torch.serialization._get_layout` names: the
+/// first seven of [`TORCH_ENUMS`].
+const TORCH_LAYOUTS: &[&str] = TORCH_ENUMS.split_at(7).0;
 
 /// The meaning of a global, after Python 2 renames. `torch_names` applies
 /// what `torch.load`'s unpickler adds: `torch.tensor` is read as
@@ -127,41 +123,12 @@ pub(crate) fn dict<'a>(kind: DictKind, items: Vec<(Id, Id)>) -> Value<'a> {
     }))
 }
 
-/// The arguments of a call, with its arity checked.
-pub(crate) fn args(
-    m: &Machine<'_, '_>,
-    k: Known,
-    args: Id,
-    min: usize,
-    max: usize,
-) -> Result<Vec<Id>, Problem> {
-    let a = m.arena.seq_of(args).unwrap_or(&[]).to_vec();
-    if a.len() < min || a.len() > max {
-        let want = if min == max {
-            format!("{min}")
-        } else {
-            format!("{min} to {max}")
-        };
-        return Err(malformed(format!(
-            "{} takes {want} arguments, got {}",
-            k.qualname(),
-            a.len()
-        )));
-    }
-    Ok(a)
-}
-
 /// Items of a list, tuple, set, frozenset or (the keys of) a dict.
 /// What iterating `id` gives, as `tuple(x)` / `list(x)` / `set(x)` would.
 /// A set's iteration order is its hash table's, not the order its items were
 /// added in, so where the order is kept (`ordered`: a tuple, a list) a set
 /// of more than one item is refused rather than guessed.
-fn items_of(
-    m: &mut Machine<'_, '_>,
-    id: Id,
-    what: &str,
-    ordered: bool,
-) -> Result<Vec<Id>, Problem> {
+fn items_of(m: &mut Heap<'_, '_>, id: Id, what: &str, ordered: bool) -> Result<Vec<Id>, Problem> {
     match m.arena.get(id) {
         Value::List(v) | Value::Tuple(v) => Ok(v.clone()),
         Value::Set(v) | Value::FrozenSet(v) if !ordered || v.len() <= 1 => Ok(v.clone()),
@@ -193,39 +160,6 @@ fn items_of(
         }
         other => Err(unsupported(format!(
             "{what} of {} (only lists, tuples, dicts, bytes, str and sets of one item)",
-            other.describe()
-        ))),
-    }
-}
-
-/// A number as an `f64` (ints, bools and floats).
-fn number(m: &Machine<'_, '_>, id: Id, what: &str) -> Result<f64, Problem> {
-    match m.arena.get(id) {
-        Value::Int(i) => Ok(*i as f64),
-        Value::Bool(b) => Ok(*b as i64 as f64),
-        Value::Float(f) => Ok(*f),
-        other => Err(unsupported(format!("{what} of {}", other.describe()))),
-    }
-}
-
-pub(crate) fn int_arg(m: &Machine<'_, '_>, id: Id, what: &str) -> Result<i64, Problem> {
-    m.arena.int_of(id).ok_or_else(|| match m.arena.get(id) {
-        Value::BigInt(_) => unsupported(format!("{what} is an int beyond 64 bits")),
-        other => malformed(format!("{what} is {}, not an int", other.describe())),
-    })
-}
-
-pub(crate) fn str_arg<'m>(m: &'m Machine<'_, '_>, id: Id, what: &str) -> Result<&'m str, Problem> {
-    match m.arena.get(id) {
-        Value::Str(s) => s
-            .as_str()
-            .ok_or_else(|| malformed(format!("{what} holds a lone surrogate"))),
-        Value::Bytes(b) => std::str::from_utf8(b)
-            .ok()
-            .filter(|s| s.is_ascii())
-            .ok_or_else(|| malformed(format!("{what} is bytes that are not ASCII"))),
-        other => Err(malformed(format!(
-            "{what} is {}, not a str",
             other.describe()
         ))),
     }
@@ -400,7 +334,7 @@ fn encode<'a>(s: &Str<'_>, encoding: &str) -> Result<Value<'a>, Problem> {
     Ok(Value::Bytes(Cow::Owned(bytes)))
 }
 
-fn byte_list(m: &Machine<'_, '_>, items: &[Id]) -> Result<Vec<u8>, Problem> {
+fn byte_list(m: &Heap<'_, '_>, items: &[Id]) -> Result<Vec<u8>, Problem> {
     items
         .iter()
         .map(|&i| {
@@ -415,7 +349,7 @@ fn byte_list(m: &Machine<'_, '_>, items: &[Id]) -> Result<Vec<u8>, Problem> {
 }
 
 /// `bytes(...)`/`bytearray(...)` arguments to the bytes they make.
-fn bytes_from<'a>(m: &mut Machine<'a, '_>, k: Known, a: &[Id]) -> Result<Cow<'a, [u8]>, Problem> {
+fn bytes_from<'a>(m: &mut Heap<'a, '_>, k: Known, a: &[Id]) -> Result<Cow<'a, [u8]>, Problem> {
     Ok(match a {
         [] => Cow::Borrowed(&[][..]),
         [x] => match m.arena.get(*x) {
@@ -478,7 +412,7 @@ fn bytes_from<'a>(m: &mut Machine<'a, '_>, k: Known, a: &[Id]) -> Result<Cow<'a,
     })
 }
 
-fn mapping_from(m: &Machine<'_, '_>, k: Known, a: &[Id]) -> Result<Vec<(Id, Id)>, Problem> {
+fn mapping_from(m: &Heap<'_, '_>, k: Known, a: &[Id]) -> Result<Vec<(Id, Id)>, Problem> {
     match a {
         [] => Ok(Vec::new()),
         [x] => match m.arena.get(*x) {
@@ -514,7 +448,7 @@ fn mapping_from(m: &Machine<'_, '_>, k: Known, a: &[Id]) -> Result<Vec<(Id, Id)>
 /// of first appearance. Only elements whose equality is plain byte equality
 /// here (str, bytes, ints and bools, where `True == 1`) are counted; a float
 /// (`1.0 == 1`) or a container is refused.
-fn counted(m: &mut Machine<'_, '_>, x: Id) -> Result<Vec<(Id, Id)>, Problem> {
+fn counted(m: &mut Heap<'_, '_>, x: Id) -> Result<Vec<(Id, Id)>, Problem> {
     let elements = items_of(m, x, "collections.Counter", true)?;
     let mut index: HashMap<(u8, Vec<u8>), usize> = HashMap::new();
     let mut out: Vec<(Id, i64)> = Vec::new();
@@ -575,11 +509,7 @@ fn int_text(text: &str) -> Result<String, Problem> {
 }
 
 /// `k(*args)`.
-pub(crate) fn call_known<'a>(
-    m: &mut Machine<'a, '_>,
-    k: Known,
-    args_id: Id,
-) -> Result<Id, Problem> {
+pub(crate) fn call_known<'a>(m: &mut Heap<'a, '_>, k: Known, args_id: Id) -> Result<Id, Problem> {
     let a = m.arena.seq_of(args_id).unwrap_or(&[]).to_vec();
     let v: Value<'a> = match k {
         Known::Set | Known::FrozenSet | Known::List | Known::Tuple => {
@@ -812,7 +742,7 @@ pub(crate) fn call_known<'a>(
 }
 
 /// `cls.__new__(cls, *args)` for a known class.
-pub(crate) fn new_known(m: &mut Machine<'_, '_>, k: Known, args: Id) -> Result<Id, Problem> {
+pub(crate) fn new_known(m: &mut Heap<'_, '_>, k: Known, args: Id) -> Result<Id, Problem> {
     match k {
         // Mutable builtins: __new__ makes an empty object; items come later.
         Known::Set => m.push_value(Value::Set(Vec::new())),
@@ -859,58 +789,8 @@ pub(crate) fn new_known(m: &mut Machine<'_, '_>, k: Known, args: Id) -> Result<I
     }
 }
 
-/// Whether a state value is "nothing to set" (None or an empty dict).
-pub(crate) fn empty_state(m: &Machine<'_, '_>, state: Id) -> bool {
-    match m.arena.get(state) {
-        Value::None => true,
-        Value::Dict(d) => d.items.is_empty(),
-        Value::Tuple(t) => t.iter().all(|&s| empty_state(m, s)),
-        _ => false,
-    }
-}
-
-/// Checks that attribute state is a dict of plain str names, or a
-/// `(dict, slots dict)` pair, as `_set_obj_state` and BUILD accept.
-pub(crate) fn check_attr_state(m: &Machine<'_, '_>, state: Id) -> Result<(), Problem> {
-    let dicts: Vec<Id> = match m.arena.get(state) {
-        Value::None => return Ok(()),
-        Value::Dict(_) => vec![state],
-        Value::Tuple(t) if t.len() == 2 => t.clone(),
-        other => {
-            return Err(malformed(format!(
-                "object state is {}, not a dict or a (dict, slots) pair",
-                other.describe()
-            )))
-        }
-    };
-    for d in dicts {
-        match m.arena.get(d) {
-            Value::None => {}
-            Value::Dict(dd) => {
-                for &(k, _) in &dd.items {
-                    let name = m.arena.str_of(k).ok_or_else(|| {
-                        malformed("an attribute name in object state is not a str")
-                    })?;
-                    if name.starts_with("__") && name.ends_with("__") {
-                        return Err(unsupported(format!(
-                            "setting the dunder attribute {name:?} from object state"
-                        )));
-                    }
-                }
-            }
-            other => {
-                return Err(malformed(format!(
-                    "object state holds {}, not a dict",
-                    other.describe()
-                )))
-            }
-        }
-    }
-    Ok(())
-}
-
 /// BUILD: hand `state` to the object on top of the stack.
-pub(crate) fn build(m: &mut Machine<'_, '_>, obj: Id, state: Id) -> Result<(), Problem> {
+pub(crate) fn build(m: &mut Heap<'_, '_>, obj: Id, state: Id) -> Result<(), Problem> {
     match m.arena.get(obj) {
         Value::Object(o) => {
             if o.state.is_some() && m.ctx.mode == Mode::Strict {

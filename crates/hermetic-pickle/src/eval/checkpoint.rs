@@ -1,14 +1,15 @@
 //! Readers: PyTorch zip and legacy checkpoints (storages through persistent
 //! ids), `.npy`/`.npz`, and raw pickles, each evaluated into one arena.
 
+use super::bytes::byteswap;
 use super::error::{malformed, unsupported, Budget, EvalError, Problem};
-use super::machine::{run_stream, Ctx, NoPersist, Persist, Py2Str};
-use super::numpy::{array_nbytes, descr_to_dtype};
+use super::heap::{Ctx, NoPersist, Persist, Py2Str};
+use super::machine::run_stream;
+use super::numpy::{array_nbytes, npy_header_in, NpyHeader};
 use super::value::{Arena, ArrayData, Global, Id, Known, NdArray, StorageView, TorchDtype, Value};
 use super::{Flavor, LoadOptions};
 use crate::containers::compress::Compression;
-use crate::containers::npy::{self, ObjectDtype};
-use crate::containers::pyliteral::PyValue;
+use crate::containers::npy;
 use crate::containers::torch_legacy::{magic_stream_end, pickled_int, PickledInt};
 use crate::containers::zip::{read_entry, ZipArchive, ZipEntry};
 use crate::containers::{sniff, Kind};
@@ -473,15 +474,6 @@ fn pid_kind(arena: &Arena<'_>, pid: Id) -> Result<(String, Vec<Id>), Problem> {
         }
     };
     Ok((pid_str(arena, parts[0], "a persistent id's kind")?, parts))
-}
-
-/// Byte-swaps `bytes` in place in units of `unit` bytes.
-pub fn byteswap(bytes: &mut [u8], unit: usize) {
-    if unit > 1 {
-        for chunk in bytes.chunks_exact_mut(unit) {
-            chunk.reverse();
-        }
-    }
 }
 
 struct ZipPersist<'z, 'a> {
@@ -982,68 +974,8 @@ fn npy_value<'a>(
         .map_err(|e| r.err(base, Problem::Limit(e)))
 }
 
-pub(crate) type NpyHeader = (super::value::NpDtype, Vec<u64>, bool, usize);
-
 fn npy_header(data: &[u8], base: u64, r: &Reader<'_>) -> Result<NpyHeader, EvalError> {
     npy_header_in(data, base, &r.file)
-}
-
-/// The dtype, shape, order and data offset of an `.npy` held in `data`
-/// (errors name `file` and offsets from `base`).
-pub(crate) fn npy_header_in(data: &[u8], base: u64, file: &str) -> Result<NpyHeader, EvalError> {
-    let err = |o: u64, p: Problem| p.at(file, o);
-    let h = npy::parse_header(data)
-        .map_err(|e| err(base + e.offset(), malformed(format!("npy header: {e}"))))?;
-    if let Some(p) = &h.problem {
-        return Err(err(base + 8, malformed(format!("npy header: {p}"))));
-    }
-    let start = if h.major == 1 { 10 } else { 12 };
-    let dict = h
-        .dict
-        .as_ref()
-        .ok_or_else(|| err(base + start as u64, malformed("npy header is not a dict")))?;
-    let descr = dict
-        .get("descr")
-        .ok_or_else(|| err(base + start as u64, malformed("npy header without descr")))?;
-    let dtype = descr_to_dtype(descr, 0)
-        .map_err(|e| err(base + start as u64, unsupported(format!("npy dtype: {e}"))))?;
-    let fortran = matches!(dict.get("fortran_order"), Some(PyValue::Bool(true)));
-    let shape = match dict.get("shape") {
-        // numpy's read_array unpickles an object array whole and never
-        // looks at the header's shape beyond its being a tuple of ints
-        // (containers::npy checks that): any ints stand, and none is kept.
-        Some(PyValue::Tuple(_)) if dtype.has_object() => Vec::new(),
-        Some(PyValue::Tuple(dims)) => dims
-            .iter()
-            .map(|d| match d {
-                PyValue::Int(Some(n)) if *n >= 0 => Ok(*n as u64),
-                PyValue::Bool(b) => Ok(*b as u64),
-                _ => Err(err(
-                    base + start as u64,
-                    malformed("npy shape holds a bad dimension"),
-                )),
-            })
-            .collect::<Result<Vec<_>, _>>()?,
-        _ => {
-            return Err(err(
-                base + start as u64,
-                malformed("npy shape is not a tuple"),
-            ))
-        }
-    };
-    if shape.len() > super::numpy::MAX_NDIM {
-        return Err(err(
-            base,
-            Problem::Limit("an array with more than 64 dimensions".into()),
-        ));
-    }
-    if h.object == ObjectDtype::Yes && !dtype.has_object() {
-        return Err(err(
-            base + start as u64,
-            malformed("npy descr disagrees about objects"),
-        ));
-    }
-    Ok((dtype, shape, fortran, h.data_offset))
 }
 
 fn npz<'a>(

@@ -4,8 +4,10 @@
 //! every call goes through [`super::calls`], where only allowlisted globals
 //! have a meaning.
 
+use super::bytes::{byteswap, decimal_to_twos, long_value, radix_to_twos};
 use super::calls;
 use super::error::{malformed, unsupported, Budget, EvalError, Problem};
+use super::heap::{Ctx, Heap, Persist, Py2Str};
 use super::value::{
     self, Arena, ArrayData, Global, Id, Known, Made, Object, Str, Value, FALSE, TRUE,
 };
@@ -15,83 +17,16 @@ use crate::parser::{Arg, ParseErrorKind, Parser};
 use crate::policy::py2_mapping;
 use crate::stack::{Stack, StackError};
 use crate::text;
-use crate::Limits;
 use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// CPython refuses to convert longer decimal integers (`sys.int_info.default_max_str_digits`).
 const MAX_DECIMAL_DIGITS: usize = 4300;
 
-/// How Python 2 `str` opcodes (STRING, BINSTRING, SHORT_BINSTRING) decode:
-/// the unpickler's `encoding=` (`pickle.load` defaults to ASCII, `torch.load`
-/// to UTF-8).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Py2Str {
-    Ascii,
-    Utf8,
-    Latin1,
-    /// `encoding="bytes"`: each such str loads as `bytes`.
-    Bytes,
-}
-
-impl Py2Str {
-    /// The encodings `pickle.load(encoding=...)` takes that hermetic reads,
-    /// by any of the names Python's codec registry knows them by.
-    pub fn from_name(name: &str) -> Option<Py2Str> {
-        let n = name.to_ascii_lowercase().replace(['-', ' '], "_");
-        Some(match n.as_str() {
-            "ascii" | "us_ascii" | "646" => Py2Str::Ascii,
-            "utf_8" | "utf8" | "u8" | "utf" => Py2Str::Utf8,
-            "latin1" | "latin_1" | "iso_8859_1" | "iso8859_1" | "8859" | "cp819" | "l1"
-            | "latin" => Py2Str::Latin1,
-            "bytes" => Py2Str::Bytes,
-            _ => return None,
-        })
-    }
-}
-
-/// What a stream is evaluated with.
-pub(crate) struct Ctx<'c> {
-    pub mode: Mode,
-    pub py2_str: Py2Str,
-    pub limits: &'c Limits,
-    /// Apply `torch.load`'s renames (`torch.tensor` -> `torch._tensor`, any
-    /// `*Storage` name -> a storage type).
-    pub torch_names: bool,
-    /// Foreign globals the caller trusts in strict mode.
-    pub allowed: &'c super::Allowed,
-    /// The stream is a joblib dump (as the scanner recognises one): a
-    /// `NumpyArrayWrapper`'s array bytes follow its BUILD.
-    pub joblib: bool,
-    /// Where joblib < 0.10 dumps keep their arrays, if the caller knows.
-    pub companions: Option<&'c super::Companions>,
-}
-
-/// Resolves persistent ids (`BINPERSID`/`PERSID`) for the container.
-pub(crate) trait Persist<'a> {
-    fn load(&mut self, arena: &mut Arena<'a>, budget: &mut Budget, pid: Id) -> Result<Id, Problem>;
-}
-
-/// For streams with no persistent ids (plain pickles).
-pub(crate) struct NoPersist;
-
-impl<'a> Persist<'a> for NoPersist {
-    fn load(&mut self, _: &mut Arena<'a>, _: &mut Budget, _: Id) -> Result<Id, Problem> {
-        Err(unsupported(
-            "a persistent id: this is not a torch checkpoint, and plain pickle.load refuses persistent ids too",
-        ))
-    }
-}
-
 pub(crate) struct Machine<'a, 'm> {
-    pub arena: &'m mut Arena<'a>,
-    pub budget: &'m mut Budget,
-    pub ctx: &'m Ctx<'m>,
+    pub heap: Heap<'a, 'm>,
     stack: Stack,
     proto: u8,
-    /// numpy dtypes that are numpy's shared builtin descriptors
-    /// (`numpy.dtype("f4", False, False)`): BUILD on one changes nothing.
-    pub np_singletons: std::collections::HashSet<Id>,
 }
 
 /// Evaluates the stream at `start` in `data`. `base` is the offset of
@@ -109,12 +44,14 @@ pub(crate) fn run_stream<'a>(
     persist: &mut dyn Persist<'a>,
 ) -> Result<(Id, usize), EvalError> {
     let mut m = Machine {
-        arena,
-        budget,
-        ctx,
+        heap: Heap {
+            arena,
+            budget,
+            ctx,
+            np_singletons: std::collections::HashSet::new(),
+        },
         stack: Stack::default(),
         proto: 0,
-        np_singletons: std::collections::HashSet::new(),
     };
     let mut opcodes: u64 = 0;
     let mut parser = Parser::new(data, start);
@@ -190,13 +127,9 @@ impl EvalError {
     }
 }
 
-fn limit(s: String) -> Problem {
-    Problem::Limit(s)
-}
-
 impl<'a> Machine<'a, '_> {
     pub(crate) fn push_value(&mut self, v: Value<'a>) -> Result<Id, Problem> {
-        self.arena.push(v, self.budget).map_err(limit)
+        self.heap.push_value(v)
     }
 
     fn push(&mut self, v: Value<'a>) -> Result<(), Problem> {
@@ -224,7 +157,7 @@ impl<'a> Machine<'a, '_> {
     }
 
     fn charge_items(&mut self, n: usize) -> Result<(), Problem> {
-        self.budget.charge_problem(8 * n as u64)
+        self.heap.budget.charge_problem(8 * n as u64)
     }
 
     fn str_value(&self, bytes: &'a [u8]) -> Value<'a> {
@@ -235,7 +168,7 @@ impl<'a> Machine<'a, '_> {
     }
 
     fn py2_str(&mut self, raw: Cow<'a, [u8]>) -> Result<Value<'a>, Problem> {
-        match self.ctx.py2_str {
+        match self.heap.ctx.py2_str {
             Py2Str::Ascii if raw.is_ascii() => {}
             Py2Str::Ascii => return Err(malformed(
                 "a Python 2 str with non-ASCII bytes (pickle.load decodes them as ASCII and fails; pass encoding=\"latin1\" or \"bytes\")",
@@ -251,7 +184,7 @@ impl<'a> Machine<'a, '_> {
             Py2Str::Latin1 if raw.is_ascii() => {}
             Py2Str::Latin1 => {
                 let text: String = raw.iter().map(|&b| char::from(b)).collect();
-                self.budget.charge_problem(text.len() as u64)?;
+                self.heap.budget.charge_problem(text.len() as u64)?;
                 return Ok(Value::Str(Str {
                     bytes: Cow::Owned(text.into_bytes()),
                     utf8: true,
@@ -270,18 +203,20 @@ impl<'a> Machine<'a, '_> {
         } else {
             (module.to_string(), name.to_string())
         };
-        if self.ctx.joblib && module == "joblib.numpy_pickle" && name == "NumpyArrayWrapper" {
+        if self.heap.ctx.joblib && module == "joblib.numpy_pickle" && name == "NumpyArrayWrapper" {
             return Ok(calls::known_value(Known::JoblibWrapper));
         }
-        if self.ctx.joblib && self.ctx.companions.is_some() && old_wrapper(&module, &name).is_some()
+        if self.heap.ctx.joblib
+            && self.heap.ctx.companions.is_some()
+            && old_wrapper(&module, &name).is_some()
         {
             // A placeholder `joblib_companion` replaces by the companion's array.
             return Ok(Value::Global(Box::new(Global::Foreign { module, name })));
         }
-        match calls::resolve(&module, &name, self.ctx.torch_names) {
+        match calls::resolve(&module, &name, self.heap.ctx.torch_names) {
             Some(k) => Ok(calls::known_value(k)),
-            None if self.ctx.mode == Mode::Strict => {
-                let trusted = self.ctx.allowed.permits(&module, &name)
+            None if self.heap.ctx.mode == Mode::Strict => {
+                let trusted = self.heap.ctx.allowed.permits(&module, &name)
                     && (crate::policy::Policy::builtin()
                         .classify(&module, &name)
                         .verdict
@@ -321,7 +256,7 @@ impl<'a> Machine<'a, '_> {
                         base,
                         digits,
                     } => {
-                        self.budget.charge_problem(digits.len() as u64)?;
+                        self.heap.budget.charge_problem(digits.len() as u64)?;
                         let bytes = radix_to_twos(*negative, *base, digits)
                             .ok_or_else(|| malformed("bad integer argument"))?;
                         long_value(&bytes)
@@ -352,7 +287,7 @@ impl<'a> Machine<'a, '_> {
                 };
                 let raw = text::escape_decode(q)
                     .ok_or_else(|| malformed("STRING has a bad escape sequence"))?;
-                self.budget.charge_problem(raw.len() as u64)?;
+                self.heap.budget.charge_problem(raw.len() as u64)?;
                 let v = self.py2_str(Cow::Owned(raw))?;
                 self.push(v)?;
             }
@@ -382,7 +317,7 @@ impl<'a> Machine<'a, '_> {
                 let cps = text::decode_raw_unicode_escape(b)
                     .ok_or_else(|| malformed("UNICODE is not valid raw-unicode-escape text"))?;
                 let (bytes, utf8) = encode_code_points(&cps);
-                self.budget.charge_problem(bytes.len() as u64)?;
+                self.heap.budget.charge_problem(bytes.len() as u64)?;
                 self.push(Value::Str(Str {
                     bytes: Cow::Owned(bytes),
                     utf8,
@@ -402,7 +337,7 @@ impl<'a> Machine<'a, '_> {
             }
             READONLY_BUFFER => {
                 let t = self.top(op)?;
-                let v = match self.arena.get(t) {
+                let v = match self.heap.arena.get(t) {
                     Value::ByteArray(b) => Value::Bytes(b.clone()),
                     Value::Bytes(_) => return Ok(()),
                     other => {
@@ -448,7 +383,7 @@ impl<'a> Machine<'a, '_> {
                 let items = self.pop_mark(op)?;
                 let t = self.top(op)?;
                 self.charge_items(items.len())?;
-                match self.arena.get_mut(t) {
+                match self.heap.arena.get_mut(t) {
                     Value::Set(s) => s.extend(items),
                     Value::Object(o) => o.list_items.extend(items),
                     other => {
@@ -495,8 +430,8 @@ impl<'a> Machine<'a, '_> {
                     .map_err(|e| stack_problem(e, op))?;
                 // What a mark and a memo entry cost CPython (a slot, a dict entry).
                 match op {
-                    MARK => self.budget.charge_problem(24)?,
-                    PUT | BINPUT | LONG_BINPUT | MEMOIZE => self.budget.charge_problem(32)?,
+                    MARK => self.heap.budget.charge_problem(24)?,
+                    PUT | BINPUT | LONG_BINPUT | MEMOIZE => self.heap.budget.charge_problem(32)?,
                     _ => {}
                 }
             }
@@ -525,7 +460,8 @@ impl<'a> Machine<'a, '_> {
             STACK_GLOBAL => {
                 let name = self.pop(op)?;
                 let module = self.pop(op)?;
-                let (Some(m), Some(n)) = (self.arena.str_of(module), self.arena.str_of(name))
+                let (Some(m), Some(n)) =
+                    (self.heap.arena.str_of(module), self.heap.arena.str_of(name))
                 else {
                     return Err(malformed("STACK_GLOBAL needs two str values"));
                 };
@@ -565,7 +501,7 @@ impl<'a> Machine<'a, '_> {
             BUILD => {
                 let state = self.pop(op)?;
                 let obj = self.top(op)?;
-                calls::build(self, obj, state)?;
+                calls::build(&mut self.heap, obj, state)?;
             }
             PROTO => {
                 let v = match arg {
@@ -575,7 +511,7 @@ impl<'a> Machine<'a, '_> {
                 if v > 5 {
                     return Err(malformed(format!("unsupported pickle protocol {v}")));
                 }
-                if !first && self.ctx.mode == Mode::Strict {
+                if !first && self.heap.ctx.mode == Mode::Strict {
                     return Err(malformed("PROTO after the first opcode"));
                 }
                 self.proto = v as u8;
@@ -589,12 +525,12 @@ impl<'a> Machine<'a, '_> {
                     return Err(malformed("PERSID's id is not ASCII"));
                 }
                 let pid = self.push_value(self.str_value(l))?;
-                let v = persist.load(self.arena, self.budget, pid)?;
+                let v = persist.load(self.heap.arena, self.heap.budget, pid)?;
                 self.stack.push(v);
             }
             BINPERSID => {
                 let pid = self.pop(op)?;
-                let v = persist.load(self.arena, self.budget, pid)?;
+                let v = persist.load(self.heap.arena, self.heap.budget, pid)?;
                 self.stack.push(v);
             }
             STOP => {}
@@ -609,13 +545,13 @@ impl<'a> Machine<'a, '_> {
             )));
         }
         let bytes = decimal_to_twos(digits).ok_or_else(|| malformed("bad decimal integer"))?;
-        self.budget.charge_problem(bytes.len() as u64)?;
+        self.heap.budget.charge_problem(bytes.len() as u64)?;
         Ok(long_value(&bytes))
     }
 
     fn extend_list(&mut self, target: Id, items: Vec<Id>, op: Opcode) -> Result<(), Problem> {
         self.charge_items(items.len())?;
-        match self.arena.get_mut(target) {
+        match self.heap.arena.get_mut(target) {
             Value::List(l) => l.extend(items),
             Value::Object(o) => o.list_items.extend(items),
             other => {
@@ -631,7 +567,7 @@ impl<'a> Machine<'a, '_> {
 
     fn set_items(&mut self, target: Id, pairs: Vec<(Id, Id)>, op: Opcode) -> Result<(), Problem> {
         self.charge_items(2 * pairs.len())?;
-        match self.arena.get_mut(target) {
+        match self.heap.arena.get_mut(target) {
             Value::Dict(d) => d.items.extend(pairs),
             Value::Object(o) => o.dict_items.extend(pairs),
             other => {
@@ -647,15 +583,20 @@ impl<'a> Machine<'a, '_> {
 
     /// `callable(*args)`.
     pub(crate) fn call(&mut self, callable: Id, args: Id, made: Made) -> Result<Id, Problem> {
-        if self.arena.seq_of(args).is_none() || !matches!(self.arena.get(args), Value::Tuple(_)) {
+        if self.heap.arena.seq_of(args).is_none()
+            || !matches!(self.heap.arena.get(args), Value::Tuple(_))
+        {
             return Err(malformed(format!(
                 "the arguments of a call are {}, not a tuple",
-                self.arena.get(args).describe()
+                self.heap.arena.get(args).describe()
             )));
         }
-        match self.arena.get(callable) {
+        match self.heap.arena.get(callable) {
             Value::Global(g) => match &**g {
-                Global::Known(k) => calls::call_known(self, *k, args),
+                Global::Known(k) => {
+                    let k = *k;
+                    calls::call_known(&mut self.heap, k, args)
+                }
                 Global::Foreign { module, name } => {
                     let forwarded = (module == "copyreg" || module == "copy_reg")
                         && matches!(
@@ -669,17 +610,17 @@ impl<'a> Machine<'a, '_> {
                     };
                     if forwarded {
                         if let Some((&cls, rest)) =
-                            self.arena.seq_of(args).and_then(|s| s.split_first())
+                            self.heap.arena.seq_of(args).and_then(|s| s.split_first())
                         {
                             let rest = rest.to_vec();
-                            if let Value::Global(g) = self.arena.get(cls) {
+                            if let Value::Global(g) = self.heap.arena.get(cls) {
                                 if let (Global::Known(k), Mode::Strict, false) =
-                                    (&**g, self.ctx.mode, name == "_reconstructor")
+                                    (&**g, self.heap.ctx.mode, name == "_reconstructor")
                                 {
                                     // copyreg.__newobj__(dict, ...) is dict.__new__(dict, ...).
                                     let k = *k;
                                     let rest = self.push_value(Value::Tuple(rest))?;
-                                    return calls::new_known(self, k, rest);
+                                    return calls::new_known(&mut self.heap, k, rest);
                                 }
                                 if name == "_reconstructor" {
                                     return self.reconstructed(
@@ -696,7 +637,9 @@ impl<'a> Machine<'a, '_> {
                     self.opaque(callable, Some(args), None, made)
                 }
             },
-            _ if self.ctx.mode != Mode::Strict => self.opaque(callable, Some(args), None, made),
+            _ if self.heap.ctx.mode != Mode::Strict => {
+                self.opaque(callable, Some(args), None, made)
+            }
             other => Err(malformed(format!(
                 "a call of {}: only named globals can be called",
                 other.describe()
@@ -706,26 +649,31 @@ impl<'a> Machine<'a, '_> {
 
     /// `cls.__new__(cls, *args, **kwargs)`.
     fn newobj(&mut self, cls: Id, args: Id, kwargs: Option<Id>) -> Result<Id, Problem> {
-        if !matches!(self.arena.get(args), Value::Tuple(_)) {
+        if !matches!(self.heap.arena.get(args), Value::Tuple(_)) {
             return Err(malformed(format!(
                 "NEWOBJ's arguments are {}, not a tuple",
-                self.arena.get(args).describe()
+                self.heap.arena.get(args).describe()
             )));
         }
         if let Some(kw) = kwargs {
-            let empty = matches!(self.arena.get(kw), Value::Dict(d) if d.items.is_empty());
+            let empty = matches!(self.heap.arena.get(kw), Value::Dict(d) if d.items.is_empty());
             if !empty
-                && !matches!(self.arena.get(cls), Value::Global(g) if matches!(**g, Global::Foreign { .. }))
+                && !matches!(self.heap.arena.get(cls), Value::Global(g) if matches!(**g, Global::Foreign { .. }))
             {
                 return Err(unsupported("NEWOBJ_EX with keyword arguments"));
             }
         }
-        match self.arena.get(cls) {
+        match self.heap.arena.get(cls) {
             Value::Global(g) => match &**g {
-                Global::Known(k) => calls::new_known(self, *k, args),
+                Global::Known(k) => {
+                    let k = *k;
+                    calls::new_known(&mut self.heap, k, args)
+                }
                 Global::Foreign { .. } => self.opaque(cls, Some(args), kwargs, Made::New),
             },
-            _ if self.ctx.mode != Mode::Strict => self.opaque(cls, Some(args), kwargs, Made::New),
+            _ if self.heap.ctx.mode != Mode::Strict => {
+                self.opaque(cls, Some(args), kwargs, Made::New)
+            }
             other => Err(malformed(format!(
                 "NEWOBJ on {}, not a class",
                 other.describe()
@@ -759,7 +707,7 @@ impl<'a> Machine<'a, '_> {
         let Ok(top) = self.stack.top() else {
             return Ok(None);
         };
-        let (padded, dtype, count, shape, fortran) = match self.arena.get(top) {
+        let (padded, dtype, count, shape, fortran) = match self.heap.arena.get(top) {
             Value::Array(a) => match a.data {
                 ArrayData::Joblib(Some(p)) => {
                     // numel() could wrap on a crafted shape: checked here.
@@ -790,7 +738,7 @@ impl<'a> Machine<'a, '_> {
             // joblib reads it with a plain Unpickler: no wrappers inside.
             let nested = Ctx {
                 joblib: false,
-                ..*self.ctx
+                ..*self.heap.ctx
             };
             let (arr, end) = run_stream(
                 data,
@@ -798,11 +746,11 @@ impl<'a> Machine<'a, '_> {
                 base,
                 file,
                 &nested,
-                self.arena,
-                self.budget,
+                self.heap.arena,
+                self.heap.budget,
                 persist,
             )?;
-            if !matches!(self.arena.get(arr), Value::Array(a) if a.dtype.has_object()) {
+            if !matches!(self.heap.arena.get(arr), Value::Array(a) if a.dtype.has_object()) {
                 return Err(err(
                     "a joblib object array's nested pickle is not an object array".into(),
                     pos,
@@ -830,7 +778,8 @@ impl<'a> Machine<'a, '_> {
             (dtype, Cow::Borrowed(&data[pos..end]))
         } else {
             // joblib.load's `_ensure_native_byte_order`: a swapped copy.
-            self.budget
+            self.heap
+                .budget
                 .charge_problem(nbytes as u64)
                 .map_err(|p| p.at(file, base + pos as u64))?;
             let (d, b) = native_order(dtype, data[pos..end].to_vec())
@@ -862,8 +811,8 @@ impl<'a> Machine<'a, '_> {
         let Ok(top) = self.stack.top() else {
             return Ok(());
         };
-        let (zipped, state) = match self.arena.get(top) {
-            Value::Object(o) => match self.arena.get(o.class) {
+        let (zipped, state) = match self.heap.arena.get(top) {
+            Value::Object(o) => match self.heap.arena.get(o.class) {
                 Value::Global(g) => match &**g {
                     Global::Foreign { module, name } => match old_wrapper(module, name) {
                         Some(z) => (z, o.state),
@@ -875,7 +824,7 @@ impl<'a> Machine<'a, '_> {
             },
             _ => return Ok(()),
         };
-        let Some(companions) = self.ctx.companions else {
+        let Some(companions) = self.heap.ctx.companions else {
             return Ok(());
         };
         let fail = |p: Problem| p.at(file, at);
@@ -887,7 +836,7 @@ impl<'a> Machine<'a, '_> {
                 )))
             })
         };
-        let name = match self.arena.get(get("filename")?) {
+        let name = match self.heap.arena.get(get("filename")?) {
             Value::Str(s) => s
                 .as_str()
                 .ok_or_else(|| fail(malformed("a companion file name that is not UTF-8")))?
@@ -900,9 +849,10 @@ impl<'a> Machine<'a, '_> {
             }
         };
         let bytes = companions
-            .read(&name, self.budget.left())
+            .read(&name, self.heap.budget.left())
             .map_err(|e| fail(unsupported(format!("joblib's companion array: {e}"))))?;
-        self.budget
+        self.heap
+            .budget
             .charge_problem(bytes.len() as u64)
             .map_err(fail)?;
         let arr = if zipped {
@@ -916,14 +866,14 @@ impl<'a> Machine<'a, '_> {
     }
 
     fn wrapper_attrs(&self, state: Option<Id>) -> Result<HashMap<String, Id>, Problem> {
-        let Some(Value::Dict(d)) = state.map(|s| self.arena.get(s)) else {
+        let Some(Value::Dict(d)) = state.map(|s| self.heap.arena.get(s)) else {
             return Err(malformed(
                 "a joblib array placeholder whose state is not a dict",
             ));
         };
         let mut attrs = HashMap::new();
-        for (k, v) in self.arena.dict_items(&d.items) {
-            let key = self.arena.str_of(k).ok_or_else(|| {
+        for (k, v) in self.heap.arena.dict_items(&d.items) {
+            let key = self.heap.arena.str_of(k).ok_or_else(|| {
                 malformed("a joblib array placeholder attribute that is not a str")
             })?;
             attrs.insert(key.to_string(), v);
@@ -932,15 +882,15 @@ impl<'a> Machine<'a, '_> {
     }
 
     fn companion_npy(&mut self, subclass: Id, bytes: Vec<u8>, name: &str) -> Result<Id, Problem> {
-        if !matches!(self.arena.get(subclass), Value::Global(g) if matches!(**g, Global::Known(Known::NpNdarray)))
+        if !matches!(self.heap.arena.get(subclass), Value::Global(g) if matches!(**g, Global::Known(Known::NpNdarray)))
         {
             return Err(unsupported(format!(
                 "a joblib companion array of the subclass {} (only numpy.ndarray is read)",
-                self.arena.get(subclass).describe()
+                self.heap.arena.get(subclass).describe()
             )));
         }
-        let (dtype, shape, fortran, offset) = super::checkpoint::npy_header_in(&bytes, 0, name)
-            .map_err(|e| unsupported(e.to_string()))?;
+        let (dtype, shape, fortran, offset) =
+            super::numpy::npy_header_in(&bytes, 0, name).map_err(|e| unsupported(e.to_string()))?;
         if dtype.has_object() {
             return Err(unsupported(format!(
                 "{name} is an object array: joblib.load unpickles it with np.load(allow_pickle=True)"
@@ -977,20 +927,21 @@ impl<'a> Machine<'a, '_> {
         bytes: &[u8],
         name: &str,
     ) -> Result<Id, Problem> {
-        let data = crate::containers::compress::read_zfile(bytes, self.budget.left())
+        let data = crate::containers::compress::read_zfile(bytes, self.heap.budget.left())
             .map_err(|e| malformed(format!("{name}: {e}")))?;
-        let arr = super::numpy::call(self, Known::NpReconstruct, init_args)?;
+        let arr = super::numpy::call(&mut self.heap, Known::NpReconstruct, init_args)?;
         let mut items = self
+            .heap
             .arena
             .seq_of(state)
-            .filter(|_| matches!(self.arena.get(state), Value::Tuple(_)))
+            .filter(|_| matches!(self.heap.arena.get(state), Value::Tuple(_)))
             .ok_or_else(|| malformed("a ZNDArrayWrapper state that is not a tuple"))?
             .to_vec();
         let d = self.push_value(Value::Bytes(Cow::Owned(data)))?;
         items.push(d);
         let full = self.push_value(Value::Tuple(items))?;
-        super::numpy::array_setstate(self, arr, full)?;
-        let Value::Array(a) = self.arena.get(arr) else {
+        super::numpy::array_setstate(&mut self.heap, arr, full)?;
+        let Value::Array(a) = self.heap.arena.get(arr) else {
             return Err(malformed("a ZNDArrayWrapper that made no array"));
         };
         if a.dtype.has_object() {
@@ -1016,8 +967,8 @@ impl<'a> Machine<'a, '_> {
 
     /// Arguments a standard-library class gets that keep its work bounded.
     fn check_inert_call(&self, module: &str, name: &str, args: Id) -> Result<(), Problem> {
-        let items = self.arena.seq_of(args).unwrap_or(&[]);
-        let global = |id: Id| match self.arena.get(id) {
+        let items = self.heap.arena.seq_of(args).unwrap_or(&[]);
+        let global = |id: Id| match self.heap.arena.get(id) {
             Value::Global(g) => match &**g {
                 Global::Foreign { module, name } => Some((module.as_str(), name.as_str())),
                 Global::Known(_) => None,
@@ -1029,7 +980,7 @@ impl<'a> Machine<'a, '_> {
             ("numpy.random._pickle", "__bit_generator_ctor") => {
                 // It calls a class it is given: only numpy's bit generators.
                 let ok = items.len() <= 1
-                    && items.iter().all(|&a| match self.arena.get(a) {
+                    && items.iter().all(|&a| match self.heap.arena.get(a) {
                         Value::Str(_) => true,
                         _ => global(a).is_some_and(|(m, n)| crate::policy::is_bit_generator(m, n)),
                     });
@@ -1042,7 +993,7 @@ impl<'a> Machine<'a, '_> {
             ("numpy.random._pickle", "__randomstate_ctor" | "__generator_ctor") => {
                 // (name or bit generator, ctor): the ctor is called with the
                 // name, so it may only be numpy's own.
-                let made_bit_generator = |a: Id| match self.arena.get(a) {
+                let made_bit_generator = |a: Id| match self.heap.arena.get(a) {
                     Value::Str(_) => true,
                     Value::Object(o) => global(o.class).is_some_and(|(m, n)| {
                         crate::policy::is_bit_generator(m, n)
@@ -1064,7 +1015,8 @@ impl<'a> Machine<'a, '_> {
             ("torch.distributed.checkpoint.metadata", "_MEM_FORMAT_ENCODING") => {
                 // An Enum called with a value looks the member up; with more
                 // arguments it would build a new enum class.
-                let ok = matches!(items, [v] if matches!(self.arena.get(*v), Value::Int(0..=2)));
+                let ok =
+                    matches!(items, [v] if matches!(self.heap.arena.get(*v), Value::Int(0..=2)));
                 return if ok {
                     Ok(())
                 } else {
@@ -1088,7 +1040,7 @@ impl<'a> Machine<'a, '_> {
         // Fraction("1e999999999") builds 10**999999999, and the gcd of two
         // huge ints is quadratic: ints of at most 4096 bits only.
         let bounded = items.len() <= 2
-            && items.iter().all(|&i| match self.arena.get(i) {
+            && items.iter().all(|&i| match self.heap.arena.get(i) {
                 Value::Int(_) | Value::Bool(_) => true,
                 Value::BigInt(b) => b.len() <= 512,
                 _ => false,
@@ -1109,10 +1061,10 @@ impl<'a> Machine<'a, '_> {
         base: Option<Id>,
         state: Option<Id>,
     ) -> Result<Id, Problem> {
-        if self.ctx.mode == Mode::Strict {
+        if self.heap.ctx.mode == Mode::Strict {
             // The base's `__new__` and `__init__` run too: only `object`'s
             // (which run nothing) or a builtin container's are taken.
-            let plain_base = base.is_some_and(|b| match self.arena.get(b) {
+            let plain_base = base.is_some_and(|b| match self.heap.arena.get(b) {
                 Value::Global(g) => match &**g {
                     Global::Foreign { module, name } => module == "builtins" && name == "object",
                     Global::Known(k) => matches!(
@@ -1139,11 +1091,11 @@ impl<'a> Machine<'a, '_> {
         kwargs: Option<Id>,
         base: Option<Id>,
     ) -> Result<Id, Problem> {
-        if self.ctx.mode == Mode::Strict {
+        if self.heap.ctx.mode == Mode::Strict {
             // Only a class the caller trusts is ever rebuilt (by the caller):
             // not a computed callable, not a known data constructor, not a
             // copyreg helper called any other way than as a forwarder.
-            let trusted = match self.arena.get(class) {
+            let trusted = match self.heap.arena.get(class) {
                 Value::Global(g) => match &**g {
                     Global::Foreign { module, name } => !super::Allowed::is_forwarder(module, name),
                     Global::Known(_) => false,
@@ -1153,15 +1105,15 @@ impl<'a> Machine<'a, '_> {
             if !trusted {
                 return Err(malformed(format!(
                     "an object made by {} in strict mode",
-                    self.arena.get(class).describe()
+                    self.heap.arena.get(class).describe()
                 )));
             }
         }
-        if let Value::Global(g) = self.arena.get(class) {
+        if let Value::Global(g) = self.heap.arena.get(class) {
             if let Global::Foreign { module, name } = &**g {
                 if crate::policy::is_inert_class(module, name) && made != Made::Reconstructor {
                     let kw_empty = kwargs.is_none_or(
-                        |k| matches!(self.arena.get(k), Value::Dict(d) if d.items.is_empty()),
+                        |k| matches!(self.heap.arena.get(k), Value::Dict(d) if d.items.is_empty()),
                     );
                     if !kw_empty && module == "fractions" && name == "Fraction" {
                         return Err(unsupported("fractions.Fraction with keyword arguments"));
@@ -1187,112 +1139,6 @@ impl<'a> Machine<'a, '_> {
 
 fn stack_problem(e: StackError, op: Opcode) -> Problem {
     malformed(e.describe(op))
-}
-
-/// An integer from little-endian two's complement bytes.
-pub(crate) fn long_value<'a>(bytes: &[u8]) -> Value<'a> {
-    let b = minimal_twos(bytes);
-    if b.len() <= 8 {
-        let negative = b.last().is_some_and(|&x| x & 0x80 != 0);
-        let mut buf = [if negative { 0xff } else { 0 }; 8];
-        buf[..b.len()].copy_from_slice(b);
-        Value::Int(i64::from_le_bytes(buf))
-    } else {
-        Value::BigInt(b.to_vec().into_boxed_slice())
-    }
-}
-
-/// Drops redundant sign bytes from the top.
-fn minimal_twos(bytes: &[u8]) -> &[u8] {
-    let mut n = bytes.len();
-    while n > 1 {
-        let top = bytes[n - 1];
-        let next_sign = bytes[n - 2] & 0x80;
-        if (top == 0 && next_sign == 0) || (top == 0xff && next_sign != 0) {
-            n -= 1;
-        } else {
-            break;
-        }
-    }
-    &bytes[..n]
-}
-
-/// Digits of a power-of-two `base` (underscores skipped) to little-endian
-/// two's complement bytes, in time linear in the digits (`int(s, 16)` has no
-/// digit limit, unlike decimal).
-pub(crate) fn radix_to_twos(negative: bool, base: u32, digits: &[u8]) -> Option<Vec<u8>> {
-    let bits = match base {
-        2 => 1,
-        8 => 3,
-        16 => 4,
-        _ => return None,
-    };
-    let mut out = Vec::with_capacity(digits.len() * bits as usize / 8 + 2);
-    let (mut acc, mut n): (u32, u32) = (0, 0);
-    for &c in digits.iter().rev().filter(|&&c| c != b'_') {
-        acc |= (c as char).to_digit(base)? << n;
-        n += bits;
-        while n >= 8 {
-            out.push(acc as u8);
-            acc >>= 8;
-            n -= 8;
-        }
-    }
-    out.push(acc as u8);
-    out.push(0); // room for the sign bit
-    if negative {
-        // Two's complement: invert and add one.
-        let mut carry = true;
-        for b in &mut out {
-            *b = !*b;
-            if carry {
-                let (v, c) = b.overflowing_add(1);
-                *b = v;
-                carry = c;
-            }
-        }
-    }
-    Some(minimal_twos(&out).to_vec())
-}
-
-/// `[+-]digits` to little-endian two's complement bytes. Underscores are
-/// skipped: the parser has already checked each stands between two digits.
-pub(crate) fn decimal_to_twos(text: &[u8]) -> Option<Vec<u8>> {
-    let (negative, digits) = match text.first() {
-        Some(b'-') => (true, &text[1..]),
-        Some(b'+') => (false, &text[1..]),
-        _ => (false, text),
-    };
-    if !digits.first().is_some_and(u8::is_ascii_digit)
-        || !digits.iter().all(|c| c.is_ascii_digit() || *c == b'_')
-    {
-        return None;
-    }
-    // Magnitude, little-endian base 256.
-    let mut mag: Vec<u8> = vec![0];
-    for &d in digits.iter().filter(|&&c| c != b'_') {
-        let mut carry = u32::from(d - b'0');
-        for byte in mag.iter_mut() {
-            let v = u32::from(*byte) * 10 + carry;
-            *byte = (v & 0xff) as u8;
-            carry = v >> 8;
-        }
-        while carry > 0 {
-            mag.push((carry & 0xff) as u8);
-            carry >>= 8;
-        }
-    }
-    mag.push(0); // room for the sign bit
-    if negative {
-        // Two's complement: invert and add one.
-        let mut carry = 1u16;
-        for byte in mag.iter_mut() {
-            let v = u16::from(!*byte) + carry;
-            *byte = (v & 0xff) as u8;
-            carry = v >> 8;
-        }
-    }
-    Some(minimal_twos(&mag).to_vec())
 }
 
 /// Code points to surrogate-passing UTF-8, and whether it is plain UTF-8.
@@ -1366,7 +1212,7 @@ pub(crate) fn native_order(
                 b'U' => 4,
                 _ => itemsize,
             } as usize;
-            super::checkpoint::byteswap(&mut data, part);
+            byteswap(&mut data, part);
             Ok((
                 value::NpDtype::Scalar {
                     kind,
@@ -1385,6 +1231,7 @@ pub(crate) fn native_order(
 
 #[cfg(test)]
 mod tests {
+    use super::super::bytes::{decimal_to_twos, long_value};
     use super::*;
 
     #[test]

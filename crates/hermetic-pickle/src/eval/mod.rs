@@ -17,17 +17,22 @@
 //! [`Object`] record of what would have been called with what, and the
 //! state it would have received.
 
+mod bytes;
 mod calls;
 mod checkpoint;
 mod error;
+mod heap;
 mod machine;
 mod numpy;
 mod torch;
 mod value;
 
-pub use checkpoint::{byteswap, Format, Loaded, Storage, StorageData};
+pub use bytes::byteswap;
+pub use calls::TORCH_ENUMS;
+pub use checkpoint::{Format, Loaded, Storage, StorageData};
 pub use error::{Budget, EvalError, Offender, Unsafe};
-pub use machine::{made_objects, Py2Str};
+pub use heap::Py2Str;
+pub use machine::made_objects;
 pub use numpy::{array_nbytes, parse_typestr};
 pub use torch::check_extent;
 pub use value::{

@@ -1,13 +1,13 @@
 //! numpy: `dtype` and its `__setstate__`, `_reconstruct` and ndarray
 //! `__setstate__`, `_frombuffer`, `scalar`, and `.npy` header dtypes.
 
-use super::calls::{args, int_arg, str_arg};
-use super::error::{malformed, unsupported, Problem};
-use super::machine::Machine;
+use super::error::{malformed, unsupported, EvalError, Problem};
+use super::heap::{args, int_arg, str_arg, Heap};
 use super::value::{
     ArrayData, ByteOrder, Global, Id, Known, NdArray, NpDtype, NpField, NpScalar, Value,
     MAX_DTYPE_DEPTH, NONE,
 };
+use crate::containers::npy::{self, ObjectDtype};
 use crate::containers::pyliteral::PyValue;
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -223,7 +223,7 @@ pub fn array_nbytes(shape: &[u64], itemsize: u64) -> Option<u64> {
 
 /// The dimension nodes of a shape argument (a tuple, a list or one int),
 /// at most [`MAX_NDIM`] of them.
-fn shape_items(m: &Machine<'_, '_>, id: Id) -> Result<Vec<Id>, Problem> {
+fn shape_items(m: &Heap<'_, '_>, id: Id) -> Result<Vec<Id>, Problem> {
     let items: Vec<Id> = match m.arena.get(id) {
         Value::Tuple(v) | Value::List(v) => v.clone(),
         Value::Int(_) => vec![id],
@@ -242,7 +242,7 @@ fn shape_items(m: &Machine<'_, '_>, id: Id) -> Result<Vec<Id>, Problem> {
     Ok(items)
 }
 
-fn shape_arg(m: &mut Machine<'_, '_>, id: Id) -> Result<Vec<u64>, Problem> {
+fn shape_arg(m: &mut Heap<'_, '_>, id: Id) -> Result<Vec<u64>, Problem> {
     let items = shape_items(m, id)?;
     m.budget.charge_problem(8 * items.len() as u64)?;
     items
@@ -258,7 +258,7 @@ fn shape_arg(m: &mut Machine<'_, '_>, id: Id) -> Result<Vec<u64>, Problem> {
         .collect()
 }
 
-fn dtype_of(m: &Machine<'_, '_>, id: Id) -> Result<NpDtype, Problem> {
+fn dtype_of(m: &Heap<'_, '_>, id: Id) -> Result<NpDtype, Problem> {
     match m.arena.get(id) {
         Value::NpDtype(d) => Ok((**d).clone()),
         other => Err(malformed(format!(
@@ -269,7 +269,7 @@ fn dtype_of(m: &Machine<'_, '_>, id: Id) -> Result<NpDtype, Problem> {
 }
 
 /// Raw bytes from bytes, a bytearray, or a str numpy encodes as latin-1.
-fn raw_bytes<'a>(m: &mut Machine<'a, '_>, id: Id, what: &str) -> Result<Cow<'a, [u8]>, Problem> {
+fn raw_bytes<'a>(m: &mut Heap<'a, '_>, id: Id, what: &str) -> Result<Cow<'a, [u8]>, Problem> {
     match m.arena.get(id) {
         Value::Bytes(b) | Value::ByteArray(b) => Ok(b.clone()),
         Value::Str(s) => {
@@ -292,7 +292,7 @@ fn raw_bytes<'a>(m: &mut Machine<'a, '_>, id: Id, what: &str) -> Result<Cow<'a, 
 }
 
 /// `numpy.dtype`, `_reconstruct`, `scalar`, `_frombuffer`.
-pub(crate) fn call<'a>(m: &mut Machine<'a, '_>, k: Known, args_id: Id) -> Result<Id, Problem> {
+pub(crate) fn call<'a>(m: &mut Heap<'a, '_>, k: Known, args_id: Id) -> Result<Id, Problem> {
     match k {
         Known::NpDtype => {
             let a = args(m, k, args_id, 1, 3)?;
@@ -462,7 +462,7 @@ pub(crate) fn call<'a>(m: &mut Machine<'a, '_>, k: Known, args_id: Id) -> Result
 /// `shape_arg`, but one negative dimension (any negative value) is inferred
 /// from the rest, as numpy infers it.
 fn reshape_dims(
-    m: &mut Machine<'_, '_>,
+    m: &mut Heap<'_, '_>,
     id: Id,
     dtype: &NpDtype,
     len: u64,
@@ -513,7 +513,7 @@ fn check_len(shape: &[u64], dtype: &NpDtype, len: u64) -> Result<(), Problem> {
 }
 
 /// `ndarray.__setstate__((version, shape, dtype, is_fortran, data))`.
-pub(crate) fn array_setstate(m: &mut Machine<'_, '_>, obj: Id, state: Id) -> Result<(), Problem> {
+pub(crate) fn array_setstate(m: &mut Heap<'_, '_>, obj: Id, state: Id) -> Result<(), Problem> {
     let parts = m
         .arena
         .seq_of(state)
@@ -522,8 +522,7 @@ pub(crate) fn array_setstate(m: &mut Machine<'_, '_>, obj: Id, state: Id) -> Res
         .to_vec();
     // array_setstate parses `(iO!O!iO)`, else `(O!O!iO)`: the version
     // and the fortran flag are C ints (bools count), the shape a tuple.
-    let c_int =
-        |m: &Machine<'_, '_>, id: Id| m.arena.int_of(id).filter(|v| i32::try_from(*v).is_ok());
+    let c_int = |m: &Heap<'_, '_>, id: Id| m.arena.int_of(id).filter(|v| i32::try_from(*v).is_ok());
     let (shape, dtype, fortran, data) = match parts.as_slice() {
         [v, s, d, f, x] => {
             match c_int(m, *v) {
@@ -605,7 +604,7 @@ pub(crate) fn array_setstate(m: &mut Machine<'_, '_>, obj: Id, state: Id) -> Res
             (NpDtype::Scalar { order, .. }, Some(unit)) if *order == ByteOrder::Big => {
                 m.budget.charge_problem(bytes.len() as u64)?;
                 let mut owned = bytes.into_owned();
-                super::checkpoint::byteswap(&mut owned, unit as usize);
+                super::bytes::byteswap(&mut owned, unit as usize);
                 *order = ByteOrder::Little;
                 ArrayData::Bytes(Cow::Owned(owned))
             }
@@ -623,7 +622,7 @@ pub(crate) fn array_setstate(m: &mut Machine<'_, '_>, obj: Id, state: Id) -> Res
 
 /// `dtype.__setstate__((version, byteorder, subarray, names, fields,
 /// elsize, alignment, flags[, metadata]))`.
-pub(crate) fn dtype_setstate(m: &mut Machine<'_, '_>, obj: Id, state: Id) -> Result<(), Problem> {
+pub(crate) fn dtype_setstate(m: &mut Heap<'_, '_>, obj: Id, state: Id) -> Result<(), Problem> {
     if m.np_singletons.contains(&obj) {
         return Ok(());
     }
@@ -858,7 +857,7 @@ fn canonical_flags(d: &NpDtype) -> i64 {
 
 /// The datetime unit from a version 4 dtype state's metadata:
 /// `(metadata, (unit, num, den, events))`.
-fn datetime_unit(m: &Machine<'_, '_>, md: Id) -> Result<(String, i64), Problem> {
+fn datetime_unit(m: &Heap<'_, '_>, md: Id) -> Result<(String, i64), Problem> {
     let inner = m
         .arena
         .seq_of(md)
@@ -892,7 +891,7 @@ fn datetime_unit(m: &Machine<'_, '_>, md: Id) -> Result<(String, i64), Problem> 
 }
 
 fn record(
-    m: &mut Machine<'_, '_>,
+    m: &mut Heap<'_, '_>,
     names: Id,
     fields: Id,
     elsize: i64,
@@ -961,7 +960,7 @@ fn record(
 
 /// BUILD on a joblib `NumpyArrayWrapper`: its attributes say what array the
 /// bytes after this opcode hold (joblib's `NumpyArrayWrapper.read`).
-pub(crate) fn joblib_setstate(m: &mut Machine<'_, '_>, obj: Id, state: Id) -> Result<(), Problem> {
+pub(crate) fn joblib_setstate(m: &mut Heap<'_, '_>, obj: Id, state: Id) -> Result<(), Problem> {
     let Value::Dict(d) = m.arena.get(state) else {
         return Err(malformed("a NumpyArrayWrapper's state is not a dict"));
     };
@@ -1018,6 +1017,66 @@ pub(crate) fn joblib_setstate(m: &mut Machine<'_, '_>, obj: Id, state: Id) -> Re
         a.data = ArrayData::Joblib(Some(padded));
     }
     Ok(())
+}
+
+pub(crate) type NpyHeader = (super::value::NpDtype, Vec<u64>, bool, usize);
+
+/// The dtype, shape, order and data offset of an `.npy` held in `data`
+/// (errors name `file` and offsets from `base`).
+pub(crate) fn npy_header_in(data: &[u8], base: u64, file: &str) -> Result<NpyHeader, EvalError> {
+    let err = |o: u64, p: Problem| p.at(file, o);
+    let h = npy::parse_header(data)
+        .map_err(|e| err(base + e.offset(), malformed(format!("npy header: {e}"))))?;
+    if let Some(p) = &h.problem {
+        return Err(err(base + 8, malformed(format!("npy header: {p}"))));
+    }
+    let start = if h.major == 1 { 10 } else { 12 };
+    let dict = h
+        .dict
+        .as_ref()
+        .ok_or_else(|| err(base + start as u64, malformed("npy header is not a dict")))?;
+    let descr = dict
+        .get("descr")
+        .ok_or_else(|| err(base + start as u64, malformed("npy header without descr")))?;
+    let dtype = descr_to_dtype(descr, 0)
+        .map_err(|e| err(base + start as u64, unsupported(format!("npy dtype: {e}"))))?;
+    let fortran = matches!(dict.get("fortran_order"), Some(PyValue::Bool(true)));
+    let shape = match dict.get("shape") {
+        // numpy's read_array unpickles an object array whole and never
+        // looks at the header's shape beyond its being a tuple of ints
+        // (containers::npy checks that): any ints stand, and none is kept.
+        Some(PyValue::Tuple(_)) if dtype.has_object() => Vec::new(),
+        Some(PyValue::Tuple(dims)) => dims
+            .iter()
+            .map(|d| match d {
+                PyValue::Int(Some(n)) if *n >= 0 => Ok(*n as u64),
+                PyValue::Bool(b) => Ok(*b as u64),
+                _ => Err(err(
+                    base + start as u64,
+                    malformed("npy shape holds a bad dimension"),
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => {
+            return Err(err(
+                base + start as u64,
+                malformed("npy shape is not a tuple"),
+            ))
+        }
+    };
+    if shape.len() > MAX_NDIM {
+        return Err(err(
+            base,
+            Problem::Limit("an array with more than 64 dimensions".into()),
+        ));
+    }
+    if h.object == ObjectDtype::Yes && !dtype.has_object() {
+        return Err(err(
+            base + start as u64,
+            malformed("npy descr disagrees about objects"),
+        ));
+    }
+    Ok((dtype, shape, fortran, h.data_offset))
 }
 
 #[cfg(test)]

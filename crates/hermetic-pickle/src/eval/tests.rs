@@ -372,7 +372,7 @@ fn allow_list_syntax_and_matching() {
 
 #[test]
 fn big_hex_octal_and_binary_ints_read_as_int_s_0() {
-    use super::machine::{long_value, radix_to_twos};
+    use super::bytes::{long_value, radix_to_twos};
     use super::value::Value;
     // 0x8000000000000000 = 2**63: nine bytes, the top one a zero sign byte.
     let b = radix_to_twos(false, 16, b"8000000000000000").unwrap();

@@ -2,16 +2,15 @@
 //! views (dtype, offset, sizes, strides) of storages the container supplies
 //! through persistent ids. Every view is checked to lie inside its storage.
 
-use super::calls::{args, call_known, check_attr_state, empty_state, int_arg, str_arg};
 use super::error::{malformed, unsupported, Problem};
-use super::machine::Machine;
+use super::heap::{args, check_attr_state, empty_state, int_arg, str_arg, Heap};
 use super::value::{Global, Id, Known, StorageView, Tensor, TorchDtype, Value};
 
 /// The most dimensions a tensor may have here.
 pub const MAX_NDIM: usize = 1024;
 
 /// `torch.device(...)` arguments to `str(device)`.
-pub(crate) fn device(m: &Machine<'_, '_>, a: &[Id]) -> Result<String, Problem> {
+pub(crate) fn device(m: &Heap<'_, '_>, a: &[Id]) -> Result<String, Problem> {
     let (text, index) = match a {
         [s] => (str_arg(m, *s, "the device")?.to_string(), None),
         [s, i] => (
@@ -52,7 +51,7 @@ pub(crate) fn device(m: &Machine<'_, '_>, a: &[Id]) -> Result<String, Problem> {
 }
 
 /// Sizes or strides: a tuple, list or torch.Size of non-negative ints.
-fn dims(m: &mut Machine<'_, '_>, id: Id, what: &str) -> Result<Vec<u64>, Problem> {
+fn dims(m: &mut Heap<'_, '_>, id: Id, what: &str) -> Result<Vec<u64>, Problem> {
     let raw: Vec<i64> = match m.arena.get(id) {
         Value::TorchSize(d) => d.clone(),
         Value::Tuple(v) | Value::List(v) => {
@@ -81,7 +80,7 @@ fn dims(m: &mut Machine<'_, '_>, id: Id, what: &str) -> Result<Vec<u64>, Problem
         .collect()
 }
 
-fn flag(m: &Machine<'_, '_>, id: Id, what: &str) -> Result<bool, Problem> {
+fn flag(m: &Heap<'_, '_>, id: Id, what: &str) -> Result<bool, Problem> {
     match m.arena.get(id) {
         // torch's setters take a bool only ("requires_grad must be a bool").
         Value::Bool(b) => Ok(*b),
@@ -92,7 +91,7 @@ fn flag(m: &Machine<'_, '_>, id: Id, what: &str) -> Result<bool, Problem> {
     }
 }
 
-fn hooks(m: &Machine<'_, '_>, id: Id) -> Result<(), Problem> {
+fn hooks(m: &Heap<'_, '_>, id: Id) -> Result<(), Problem> {
     if empty_state(m, id) {
         Ok(())
     } else {
@@ -102,7 +101,7 @@ fn hooks(m: &Machine<'_, '_>, id: Id) -> Result<(), Problem> {
     }
 }
 
-fn metadata(m: &Machine<'_, '_>, id: Id) -> Result<Option<Id>, Problem> {
+fn metadata(m: &Heap<'_, '_>, id: Id) -> Result<Option<Id>, Problem> {
     match m.arena.get(id) {
         Value::None => Ok(None),
         Value::Dict(d) => {
@@ -161,7 +160,7 @@ pub fn check_extent(
     Ok(())
 }
 
-fn storage_arg(m: &Machine<'_, '_>, id: Id) -> Result<StorageView, Problem> {
+fn storage_arg(m: &Heap<'_, '_>, id: Id) -> Result<StorageView, Problem> {
     match m.arena.get(id) {
         Value::Storage(s) => Ok(*s),
         other => Err(malformed(format!(
@@ -171,7 +170,7 @@ fn storage_arg(m: &Machine<'_, '_>, id: Id) -> Result<StorageView, Problem> {
     }
 }
 
-fn tensor_arg(m: &Machine<'_, '_>, id: Id) -> Result<Tensor, Problem> {
+fn tensor_arg(m: &Heap<'_, '_>, id: Id) -> Result<Tensor, Problem> {
     match m.arena.get(id) {
         Value::Tensor(t) => Ok((**t).clone()),
         other => Err(malformed(format!(
@@ -181,7 +180,7 @@ fn tensor_arg(m: &Machine<'_, '_>, id: Id) -> Result<Tensor, Problem> {
     }
 }
 
-fn dtype_arg(m: &Machine<'_, '_>, id: Id) -> Result<TorchDtype, Problem> {
+fn dtype_arg(m: &Heap<'_, '_>, id: Id) -> Result<TorchDtype, Problem> {
     match m.arena.get(id) {
         Value::TorchDtype(d) => Ok(*d),
         other => Err(malformed(format!(
@@ -193,7 +192,7 @@ fn dtype_arg(m: &Machine<'_, '_>, id: Id) -> Result<TorchDtype, Problem> {
 
 #[allow(clippy::too_many_arguments)]
 fn strided(
-    m: &mut Machine<'_, '_>,
+    m: &mut Heap<'_, '_>,
     storage: Id,
     offset: Id,
     size: Id,
@@ -221,7 +220,7 @@ fn strided(
 }
 
 /// `nn.Parameter(data, requires_grad=True)`.
-pub(crate) fn parameter(m: &mut Machine<'_, '_>, a: &[Id]) -> Result<Id, Problem> {
+pub(crate) fn parameter(m: &mut Heap<'_, '_>, a: &[Id]) -> Result<Id, Problem> {
     let (data, rg) = match a {
         [d] => (*d, true),
         [d, r] => (*d, flag(m, *r, "requires_grad")?),
@@ -234,7 +233,7 @@ pub(crate) fn parameter(m: &mut Machine<'_, '_>, a: &[Id]) -> Result<Id, Problem
 }
 
 /// The `torch._utils._rebuild_*` functions and `_rebuild_from_type_v2`.
-pub(crate) fn rebuild(m: &mut Machine<'_, '_>, k: Known, args_id: Id) -> Result<Id, Problem> {
+pub(crate) fn rebuild(m: &mut Heap<'_, '_>, k: Known, args_id: Id) -> Result<Id, Problem> {
     let t = match k {
         Known::RebuildTensor => {
             let a = args(m, k, args_id, 4, 4)?;
@@ -312,7 +311,7 @@ pub(crate) fn rebuild(m: &mut Machine<'_, '_>, k: Known, args_id: Id) -> Result<
 
 /// `_rebuild_from_type_v2(func, new_type, args, state)`: `func(*args)`,
 /// made an instance of `new_type` (Tensor or Parameter), then given `state`.
-fn from_type_v2(m: &mut Machine<'_, '_>, args_id: Id) -> Result<Id, Problem> {
+fn from_type_v2(m: &mut Heap<'_, '_>, args_id: Id) -> Result<Id, Problem> {
     let a = args(m, Known::RebuildFromTypeV2, args_id, 4, 4)?;
     let func = match m.arena.get(a[0]) {
         Value::Global(g) => match **g {
@@ -352,7 +351,14 @@ fn from_type_v2(m: &mut Machine<'_, '_>, args_id: Id) -> Result<Id, Problem> {
             "_rebuild_from_type_v2's arguments are not a tuple",
         ));
     }
-    let id = call_known(m, func, a[2])?;
+    // What `call_known` does for these: they are all torch's own.
+    let id = match func {
+        Known::Parameter => {
+            let inner = m.arena.seq_of(a[2]).unwrap_or(&[]).to_vec();
+            self::parameter(m, &inner)?
+        }
+        _ => rebuild(m, func, a[2])?,
+    };
     check_attr_state(m, a[3])?;
     let state = (!empty_state(m, a[3])).then_some(a[3]);
     match m.arena.get_mut(id) {
