@@ -665,13 +665,13 @@ def test_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     p = tmp_path / "a.safetensors"
     hermetic.save({"a": torch.ones(3)}, p)
     before = p.read_bytes()
-    from hermetic import _format
+    from hermetic import _bridge
 
     def boom(*a: Any) -> Any:
         raise RuntimeError("preempted")
 
     # Fails while the second entry streams out (numpy bytes come through a helper).
-    monkeypatch.setattr(_format, "_np_span", boom)
+    monkeypatch.setattr(_bridge, "_np_span", boom)
     with pytest.raises(RuntimeError, match="preempted"):
         hermetic.save({"a": torch.zeros(1000), "b": np.zeros(1000)}, p)
     assert p.read_bytes() == before

@@ -54,27 +54,7 @@ _INERT = frozenset(_hermetic.INERT_CLASSES)
 # The torch attributes the evaluator hands out (dtypes, layouts, memory
 # formats, quantization schemes): a closed table, looked up with vars() so a
 # name never reaches torch's module __getattr__ (which imports submodules).
-_TORCH_ATTRS = frozenset(
-    (
-        *_hermetic.TORCH_DTYPE_NAMES,
-        "strided",
-        "sparse_coo",
-        "sparse_csr",
-        "sparse_csc",
-        "sparse_bsr",
-        "sparse_bsc",
-        "_mkldnn",
-        "contiguous_format",
-        "channels_last",
-        "channels_last_3d",
-        "preserve_format",
-        "per_tensor_affine",
-        "per_tensor_symmetric",
-        "per_channel_affine",
-        "per_channel_symmetric",
-        "per_channel_affine_float_qparams",
-    )
-)
+_TORCH_ATTRS = frozenset((*_hermetic.TORCH_DTYPE_NAMES, *_hermetic.TORCH_ENUM_NAMES))
 
 
 def _torch() -> Any:

@@ -20,28 +20,7 @@ from typing import Any, Literal
 
 from hermetic import _hermetic, _typed
 from hermetic._hermetic import FormatError
-
-# The underscore names are called by the Rust tree walk and builder: this
-# module is their `helpers`.
-from hermetic._typed import (  # noqa: F401
-    ClassNotAllowedError,
-    SchemaError,
-    _callable_name,
-    _check_partial,
-    _class_info,
-    _date,
-    _datetime,
-    _datetime_text,
-    _decimal,
-    _path,
-    _pure_path,
-    _time,
-    _time_text,
-    _timedelta,
-    _timezone,
-    _timezone_info,
-    _uuid,
-)
+from hermetic._typed import ClassNotAllowedError, SchemaError
 
 __all__ = [
     "ClassNotAllowedError",
@@ -621,12 +600,12 @@ def save(
     # Like torch.save via Lightning's IO: a missing folder is created.
     parent = os.path.dirname(os.path.abspath(os.fspath(path)))
     os.makedirs(parent, exist_ok=True)
-    _hermetic.format_save(obj, os.fspath(path), md, shard, fsync, sys.modules[__name__])
+    _hermetic.format_save(obj, os.fspath(path), md, shard, fsync)
 
 
 def dumps(obj: Any, *, metadata: Mapping[str, str] | None = None) -> bytes:
     """Like :func:`save`, returning the file's bytes."""
-    return _hermetic.format_dumps(obj, _metadata(metadata), sys.modules[__name__])
+    return _hermetic.format_dumps(obj, _metadata(metadata))
 
 
 Extra = Literal["forbid", "ignore"]

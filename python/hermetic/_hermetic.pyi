@@ -47,9 +47,8 @@ def format_save(
     metadata: list[tuple[str, str]],
     max_shard_size: int | None,
     fsync: bool,
-    helpers: object,
 ) -> None: ...
-def format_dumps(obj: object, metadata: list[tuple[str, str]], helpers: object) -> bytes: ...
+def format_dumps(obj: object, metadata: list[tuple[str, str]]) -> bytes: ...
 def format_open(path: str) -> Archive: ...
 def format_open_buffer(data: bytes | bytearray) -> Archive: ...
 
@@ -103,6 +102,9 @@ def dis(data: bytes) -> str: ...
 
 # The safe evaluator (hermetic.torch.load, hermetic.load_pickle).
 INERT_CLASSES: tuple[str, ...]
+TORCH_ENUM_NAMES: tuple[str, ...]
+BRIDGE_HELPERS: tuple[str, ...]
+BRIDGE_MAKER: tuple[str, ...]
 
 def evaluate(
     source: str | os.PathLike[str] | bytes | bytearray,

@@ -631,5 +631,9 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         .map(|(module, name)| format!("{module}:{name}"))
         .collect();
     m.add("INERT_CLASSES", PyTuple::new(py, inert)?)?;
+    m.add(
+        "TORCH_ENUM_NAMES",
+        PyTuple::new(py, hermetic_pickle::eval::TORCH_ENUMS)?,
+    )?;
     Ok(())
 }

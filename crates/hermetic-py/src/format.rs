@@ -1,7 +1,8 @@
 //! `hermetic.save` / `hermetic.load`: the Python side of hermetic-format.
 //! `encode` walks Python trees into a plan and streams it out; `decode`
-//! builds Python trees from a validated archive. The helpers module
-//! (`hermetic._format`) only converts single tensors to and from byte buffers.
+//! builds Python trees from a validated archive. The Python helpers they
+//! call (`hermetic._bridge`, declared in `crate::bridge`) only convert single
+//! tensors and typed values to and from what Rust handles.
 
 mod decode;
 mod encode;
@@ -15,9 +16,9 @@ use std::path::PathBuf;
 pub(crate) use decode::PyArchive;
 
 /// Walks `obj` and writes it to `path` (a folder of shards when
-/// `max_shard_size` is given). `helpers` is the `hermetic._format` module.
+/// `max_shard_size` is given).
 #[pyfunction]
-#[pyo3(signature = (obj, path, metadata, max_shard_size, fsync, helpers))]
+#[pyo3(signature = (obj, path, metadata, max_shard_size, fsync))]
 fn format_save(
     py: Python<'_>,
     obj: &Bound<'_, PyAny>,
@@ -25,9 +26,8 @@ fn format_save(
     metadata: Vec<(String, String)>,
     max_shard_size: Option<u64>,
     fsync: bool,
-    helpers: &Bound<'_, PyAny>,
 ) -> PyResult<()> {
-    let mut enc = encode::Encoder::new(py, helpers)?;
+    let mut enc = encode::Encoder::new(py)?;
     let root = enc.walk_root(obj)?;
     let (plan, mut source) = enc.finish(root, metadata)?;
     let opts = WriteOptions { fsync };
@@ -44,9 +44,8 @@ fn format_dumps<'py>(
     py: Python<'py>,
     obj: &Bound<'py, PyAny>,
     metadata: Vec<(String, String)>,
-    helpers: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let mut enc = encode::Encoder::new(py, helpers)?;
+    let mut enc = encode::Encoder::new(py)?;
     let root = enc.walk_root(obj)?;
     let (plan, mut source) = enc.finish(root, metadata)?;
     let bytes = write_to_vec(&plan, &mut source)

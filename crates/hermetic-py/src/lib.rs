@@ -1,6 +1,7 @@
 //! The `hermetic._hermetic` extension module. Each topic lives in its own file
 //! and only converts types, releases the GIL around real work and maps errors.
 
+mod bridge;
 mod cli;
 mod dis;
 mod errors;
@@ -21,6 +22,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn _hermetic(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     errors::register(m)?;
+    bridge::register(m)?;
     scan::register(m)?;
     format::register(m)?;
     cli::register(m)?;

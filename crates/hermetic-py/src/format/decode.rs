@@ -320,7 +320,7 @@ impl<'a, 'py> Builder<'a, 'py> {
 
     fn helpers(&mut self) -> PyResult<Bound<'py, PyAny>> {
         if self.helpers.is_none() {
-            self.helpers = Some(self.py.import("hermetic._format")?.into_any());
+            self.helpers = Some(crate::bridge::module(self.py)?.into_any());
         }
         Ok(self.helpers.clone().expect("set above"))
     }

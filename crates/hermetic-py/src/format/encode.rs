@@ -157,10 +157,10 @@ pub(crate) struct Encoder<'py> {
 }
 
 impl<'py> Encoder<'py> {
-    pub(crate) fn new(py: Python<'py>, helpers: &Bound<'py, PyAny>) -> PyResult<Self> {
+    pub(crate) fn new(py: Python<'py>) -> PyResult<Self> {
         Ok(Encoder {
             py,
-            helpers: helpers.clone(),
+            helpers: crate::bridge::module(py)?.into_any(),
             types: Types::new(py)?,
             planner: Planner::new(),
             memo: HashMap::new(),
