@@ -11,6 +11,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 /// Blobs at least this large are hashed with the GIL released.
 const RELEASE_GIL_AT: usize = 64 * 1024;
@@ -102,6 +103,59 @@ impl PyManifest {
         Ok(self.inner.needs_frames(mode(mode_name)?, &blob(blob_id)?))
     }
 
+    /// Decides one load of `data` (the exact bytes the unpickler reads) in
+    /// one call: the blob id (hashed here unless given), the call stack
+    /// (`stack()`, a Python callable returning `(frames, location)`, called
+    /// only when the decision needs it or `frames` asks for it), and the
+    /// judgement and action, as a `Decision` whose scanner summary is
+    /// computed at most once, on first use.
+    #[pyo3(signature = (mode_name, data, blob_id=None, stack=None, frames=false))]
+    fn decide_blob(
+        &self,
+        py: Python<'_>,
+        mode_name: &str,
+        data: &Bound<'_, PyBytes>,
+        blob_id: Option<&str>,
+        stack: Option<&Bound<'_, PyAny>>,
+        frames: bool,
+    ) -> PyResult<PyDecision> {
+        let m = mode(mode_name)?;
+        let bytes = data.as_bytes();
+        let id = match blob_id {
+            Some(text) => blob(text)?,
+            None if bytes.len() >= RELEASE_GIL_AT => py.allow_threads(|| BlobId::of(bytes)),
+            None => BlobId::of(bytes),
+        };
+        let (frames, location) = match stack {
+            Some(f) if frames || self.inner.needs_frames(m, &id) => {
+                let (frames, location): (Vec<String>, Option<String>) = f.call0()?.extract()?;
+                (Some(frames), location)
+            }
+            _ => (None, None),
+        };
+        let size = bytes.len() as u64;
+        let q = Query {
+            blob: &id,
+            size,
+            frames: frames.as_deref(),
+        };
+        let (j, a) = self.inner.decide(m, &q);
+        Ok(PyDecision {
+            blob_id: id.to_string(),
+            size,
+            judgement: j.label(),
+            rule: match j {
+                Judgement::Rule(name) => Some(name),
+                _ => None,
+            },
+            action: a.as_str(),
+            frames,
+            location,
+            data: data.clone().unbind(),
+            summary: OnceLock::new(),
+        })
+    }
+
     /// Decides one load: returns `(judgement, action)`, where judgement is
     /// `listed`, `rule:<name>`, `unlisted`, `caller-mismatch`,
     /// `size-mismatch` or `denied`, and action is `allow`, `evaluate`,
@@ -164,6 +218,50 @@ impl PyManifest {
             },
         );
         Ok((r.message, r.manifest_line, r.call_site))
+    }
+}
+
+type Summary = (String, Vec<String>, Vec<String>, String);
+
+/// One load, decided (`Manifest.decide_blob`).
+#[pyclass(name = "Decision", module = "hermetic._hermetic", frozen)]
+pub struct PyDecision {
+    #[pyo3(get)]
+    blob_id: String,
+    #[pyo3(get)]
+    size: u64,
+    /// What inventories record: `listed`, `rule:<name>`, `unlisted`,
+    /// `caller-mismatch`, `size-mismatch` or `denied`.
+    #[pyo3(get)]
+    judgement: String,
+    /// The call-site rule that allowed the load, if one did.
+    #[pyo3(get)]
+    rule: Option<String>,
+    /// `allow`, `evaluate`, `refuse` or `warn`.
+    #[pyo3(get)]
+    action: &'static str,
+    /// The frames `stack()` gave, if the decision asked for them.
+    #[pyo3(get)]
+    frames: Option<Vec<String>>,
+    #[pyo3(get)]
+    location: Option<String>,
+    data: Py<PyBytes>,
+    summary: OnceLock<Summary>,
+}
+
+#[pymethods]
+impl PyDecision {
+    /// The scanner's `(verdict, imports, findings, text)` for the blob,
+    /// scanned on the first call only.
+    fn scan(&self, py: Python<'_>) -> Summary {
+        if let Some(s) = self.summary.get() {
+            return s.clone();
+        }
+        let bytes = self.data.bind(py).as_bytes();
+        let s = py.allow_threads(|| ScanSummary::of_blob(bytes));
+        self.summary
+            .get_or_init(|| (s.verdict, s.imports, s.findings, s.text))
+            .clone()
     }
 }
 
@@ -230,6 +328,7 @@ fn scan_summary(
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyManifest>()?;
+    m.add_class::<PyDecision>()?;
     m.add_function(wrap_pyfunction!(stream_extent_of, m)?)?;
     m.add_function(wrap_pyfunction!(first_blob_of, m)?)?;
     m.add_function(wrap_pyfunction!(check_blob_id, m)?)?;

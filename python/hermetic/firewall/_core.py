@@ -259,35 +259,35 @@ def check(
     persistent_load: Any = None,
 ) -> object:
     """Decides one load of ``blob`` (the exact bytes the unpickler would
-    read). Returns ``RUN`` or an ``Evaluated``; raises ``NoPickleError``."""
+    read). Returns ``RUN`` or an ``Evaluated``; raises ``NoPickleError``.
+
+    One call into Rust decides (``Manifest.decide_blob``: the blob id, the
+    frames when the decision needs them, the judgement and the action); the
+    scanner runs at most once per load, only if the load is recorded,
+    warned about, evaluated or refused."""
     st = STATE
-    if blob_id is None:
-        blob_id = _hermetic.blob_id(blob)
-    size = len(blob)
     cur_file, cur_entry = CURRENT.get()
     file = text_safe(file or cur_file)
     if cur_entry:
         entry = f"{cur_entry} ({entry})"
-    frames: list[str] | None = None
-    location: str | None = None
     if st.tokens:
-        _check_tokens(st.tokens, blob, blob_id, size, file, entry)
+        if blob_id is None:
+            blob_id = _hermetic.blob_id(blob)
+        _check_tokens(st.tokens, blob, blob_id, len(blob), file, entry)
     mode = st.mode
     if mode is None:
         return RUN
     m = st.manifest
-    if st.inventory is not None or m.needs_frames(mode, blob_id):
-        frames, location = stack()
-    judgement, action = m.decide(mode, blob_id, size, frames)
+    d = m.decide_blob(mode, blob, blob_id, stack, st.inventory is not None)
+    blob_id, size, action = d.blob_id, d.size, d.action
+    frames, location = d.frames, d.location
     if st.inventory is not None:
-        _record_load(
-            st.inventory, blob, blob_id, size, file, entry, frames or [], location, judgement
-        )
+        _record_load(st.inventory, d, file, entry)
     if action == "allow":
         return RUN
     if frames is None:
         frames, location = stack()
-    scanner = _hermetic.scan_summary(blob)
+    scanner = d.scan()
     if action == "warn":
         message = m.refusal(mode, blob_id, size, frames, file, location, entry, scanner[3])[0]
         _warn_at(message, location)
@@ -544,36 +544,27 @@ def _check_tokens(
             )
 
 
-def _record_load(
-    inv: Inventory,
-    blob: bytes,
-    blob_id: str,
-    size: int,
-    file: str | None,
-    entry: str,
-    frames: list[str],
-    location: str | None,
-    judgement: str,
-) -> None:
+def _record_load(inv: Inventory, d: Any, file: str | None, entry: str) -> None:
+    """Writes the inventory line for one decided load (``d``, a
+    ``Decision`` made with its frames)."""
+    frames = d.frames or []
     site = STATE.manifest.call_site(frames) if frames else None
     # Loads a call-site rule allows (inter-process messages, a new blob per
     # message) make one line per rule and call site, not one per message.
-    key: tuple[Any, ...] = (
-        (judgement, site) if judgement.startswith("rule:") else (blob_id, site, file)
-    )
+    key: tuple[Any, ...] = (d.judgement, site) if d.rule is not None else (d.blob_id, site, file)
     if inv.seen("load", key):
         return
-    verdict, imports, findings, _text = _hermetic.scan_summary(blob)
+    verdict, imports, findings, _text = d.scan()
     inv.write(
         "load",
         key,
-        blob=blob_id,
-        size=size,
+        blob=d.blob_id,
+        size=d.size,
         file=file,
         entry_point=entry,
         call_site=site,
-        location=location,
-        judgement=judgement,
+        location=d.location,
+        judgement=d.judgement,
         verdict=verdict,
         imports=imports,
         findings=findings,
@@ -683,12 +674,13 @@ def check_archive(
     if mode is None:
         return blob_id
     m = st.manifest
-    frames, location = stack()
-    judgement, action = m.decide(mode, blob_id, size, frames)
+    d = m.decide_blob(mode, data, blob_id, stack, True)
+    frames, location = d.frames or [], d.location
+    judgement, action = d.judgement, d.action
     inv = st.inventory
     if inv is not None:
         site = m.call_site(frames) if frames else None
-        key = (judgement, site) if judgement.startswith("rule:") else (blob_id, site, file)
+        key = (judgement, site) if d.rule is not None else (blob_id, site, file)
         if not inv.seen("load", key):
             verdict, imports, findings, _text = scanner()
             inv.write(
@@ -794,14 +786,14 @@ def record_dump(entry: str) -> None:
     key = (entry, site, location)
     if inv.seen("dump", key):
         return
-    judgement = st.manifest.decide("deny", _EMPTY_ID, 0, frames)[0]
+    d = st.manifest.decide_blob("deny", b"", _EMPTY_ID, lambda: (frames, location), True)
     inv.write(
         "dump",
         key,
         entry_point=entry,
         call_site=site,
         location=location,
-        judgement=judgement if judgement.startswith("rule:") else None,
+        judgement=d.judgement if d.rule is not None else None,
     )
 
 
