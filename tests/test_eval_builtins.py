@@ -113,3 +113,27 @@ def test_sequence_of_a_set_is_refused_not_guessed() -> None:
 )
 def test_range_of_any_size_as_cpython(bounds: tuple[int, ...]) -> None:
     _agree(_reduce("builtins", "range", *bounds))
+
+
+# Dict keys and set items: CPython hashes them where they go in, and merges
+# repeated keys by `==`; the evaluator must fail where it fails and merge as it
+# merges, also where Rust consumes the dict itself (`tuple(d)`).
+HASH_CASES = [
+    b"(lp0\n(dg0\nI1\nsa.",  # SETITEM with a list key
+    b"(lp0\ncbuiltins\ntuple\n((dg0\nI1\nstRa.",  # ... consumed by tuple(): found by the fuzzer
+    b"cbuiltins\ntuple\n((d(I1\ntI1\ns(I1\ntI2\nstR.",  # equal tuple keys are one key
+    b"cbuiltins\ntuple\n((dcbuiltins\nint\nI1\nscbuiltins\nint\nI2\nstR.",  # one class, twice
+    b"cbuiltins\ntuple\n((dF1.0\nI1\nsI1\nI2\nstR.",  # 1.0 and 1 are one key
+    b"cbuiltins\ntuple\n((d(I1\n(ltI1\nstR.",  # a tuple holding a list
+    b"cbuiltins\ntuple\n(cbuiltins\nset\n(((lltRtR.",  # set([[]])
+    b"cbuiltins\ntuple\n(cbuiltins\nfrozenset\n(((dltRtR.",  # frozenset([{}])
+    b"(lp0\n(g0\nI1\nd0.",  # DICT with a list key, never built
+    b"\x80\x04\x8f(]\x90.",  # ADDITEMS of a list
+    b"\x80\x04(]\x91.",  # FROZENSET of a list
+    b"cbuiltins\ntuple\n(ccollections\nOrderedDict\n((((lI1\ntltRtR.",  # OrderedDict([([], 1)])
+]
+
+
+@pytest.mark.parametrize("data", HASH_CASES)
+def test_dict_keys_and_set_items_as_cpython(data: bytes) -> None:
+    _agree(data)

@@ -14,7 +14,8 @@ BLOB_ID = hermetic.blob_id(BLOB)
 
 def _manifest(callers: str = "") -> _hermetic.Manifest:
     entry = f"size = {len(BLOB)}" + (f", callers = [{callers!r}]" if callers else "")
-    text = f'version = 1\n[rules.mine]\ncallers = ["app.worker:recv"]\n[blobs]\n"{BLOB_ID}" = {{ {entry} }}\n'
+    rule = '[rules.mine]\ncallers = ["app.worker:recv"]\n'
+    text = f'version = 1\n{rule}[blobs]\n"{BLOB_ID}" = {{ {entry} }}\n'
     return _hermetic.Manifest.from_toml(text)
 
 

@@ -4,7 +4,7 @@
 
 use super::bytes::{decimal_to_twos, long_value};
 use super::error::{malformed, unsupported, Problem};
-use super::heap::{check_attr_state, empty_state, int_arg, number, str_arg, Heap};
+use super::heap::{check_attr_state, check_hashable, empty_state, int_arg, number, str_arg, Heap};
 use super::value::{Dict, DictKind, Global, Id, Known, Str, TorchDtype, Value, FALSE, NONE, TRUE};
 use super::{numpy, torch, Mode};
 use std::borrow::Cow;
@@ -132,7 +132,17 @@ fn items_of(m: &mut Heap<'_, '_>, id: Id, what: &str, ordered: bool) -> Result<V
     match m.arena.get(id) {
         Value::List(v) | Value::Tuple(v) => Ok(v.clone()),
         Value::Set(v) | Value::FrozenSet(v) if !ordered || v.len() <= 1 => Ok(v.clone()),
-        Value::Dict(d) => Ok(m.arena.dict_items(&d.items).iter().map(|p| p.0).collect()),
+        // Python merges keys by `==` and `hash`, which Rust can only follow
+        // for keys it can compare exactly.
+        Value::Dict(d) => m
+            .arena
+            .exact_keys(d.items.iter().map(|p| p.0))
+            .map_err(|k| {
+                unsupported(format!(
+                    "{what} of a dict keyed by {}, which hermetic cannot compare as Python does",
+                    m.arena.get(k).describe()
+                ))
+            }),
         Value::Bytes(b) | Value::ByteArray(b) => {
             let bytes = b.clone();
             m.budget.charge_problem(16 * bytes.len() as u64)?;
@@ -529,6 +539,9 @@ pub(crate) fn call_known<'a>(m: &mut Heap<'a, '_>, k: Known, args_id: Id) -> Res
                 }
             };
             m.budget.charge_problem(4 * items.len() as u64)?;
+            if matches!(k, Known::Set | Known::FrozenSet) {
+                check_hashable(m, items.iter().copied())?;
+            }
             match k {
                 Known::Set => Value::Set(items),
                 Known::FrozenSet => Value::FrozenSet(items),
@@ -540,10 +553,12 @@ pub(crate) fn call_known<'a>(m: &mut Heap<'a, '_>, k: Known, args_id: Id) -> Res
             if k == Known::Counter && a.len() == 1 && !matches!(m.arena.get(a[0]), Value::Dict(_)) {
                 let items = counted(m, a[0])?;
                 m.budget.charge_problem(8 * items.len() as u64)?;
+                check_hashable(m, items.iter().map(|p| p.0))?;
                 return m.push_value(dict(DictKind::Counter, items));
             }
             let items = mapping_from(m, k, &a)?;
             m.budget.charge_problem(8 * items.len() as u64)?;
+            check_hashable(m, items.iter().map(|p| p.0))?;
             let kind = match k {
                 Known::Dict => DictKind::Dict,
                 Known::OrderedDict => DictKind::OrderedDict,

@@ -191,3 +191,27 @@ pub(crate) fn check_attr_state(m: &Heap<'_, '_>, state: Id) -> Result<(), Proble
     }
     Ok(())
 }
+
+/// Fails as the unpickler does when a dict key or set item cannot be
+/// hashed (`TypeError: unhashable type`), where Rust can be sure; a slice,
+/// hashable from Python 3.12 only, is refused either way.
+pub(crate) fn check_hashable(
+    m: &Heap<'_, '_>,
+    keys: impl IntoIterator<Item = Id>,
+) -> Result<(), Problem> {
+    for k in keys {
+        match m.arena.unhashable(k) {
+            Ok(None) => {}
+            Ok(Some(t)) => {
+                let what = "as a dict key or set item (the unpickler raises TypeError)";
+                return Err(malformed(format!("unhashable type: '{t}' {what}")));
+            }
+            Err(t) => {
+                return Err(unsupported(format!(
+                    "a {t} as a dict key or set item (hashable from Python 3.12 only)"
+                )))
+            }
+        }
+    }
+    Ok(())
+}

@@ -7,7 +7,7 @@
 use super::bytes::{byteswap, decimal_to_twos, long_value, radix_to_twos};
 use super::calls;
 use super::error::{malformed, unsupported, Budget, EvalError, Problem};
-use super::heap::{Ctx, Heap, Persist, Py2Str};
+use super::heap::{check_hashable, Ctx, Heap, Persist, Py2Str};
 use super::value::{
     self, Arena, ArrayData, Global, Id, Known, Made, Object, Str, Value, FALSE, TRUE,
 };
@@ -383,6 +383,9 @@ impl<'a> Machine<'a, '_> {
                 let items = self.pop_mark(op)?;
                 let t = self.top(op)?;
                 self.charge_items(items.len())?;
+                if matches!(self.heap.arena.get(t), Value::Set(_)) {
+                    check_hashable(&self.heap, items.iter().copied())?;
+                }
                 match self.heap.arena.get_mut(t) {
                     Value::Set(s) => s.extend(items),
                     Value::Object(o) => o.list_items.extend(items),
@@ -416,11 +419,13 @@ impl<'a> Machine<'a, '_> {
                 if items.len() % 2 != 0 {
                     return Err(malformed("DICT with an odd number of items"));
                 }
+                check_hashable(&self.heap, items.iter().step_by(2).copied())?;
                 let pairs = items.chunks(2).map(|p| (p[0], p[1])).collect();
                 self.push(calls::dict(super::value::DictKind::Dict, pairs))?;
             }
             FROZENSET => {
                 let items = self.pop_mark(op)?;
+                check_hashable(&self.heap, items.iter().copied())?;
                 self.push(Value::FrozenSet(items))?;
             }
             MARK | POP | POP_MARK | DUP | GET | BINGET | LONG_BINGET | PUT | BINPUT
@@ -567,6 +572,9 @@ impl<'a> Machine<'a, '_> {
 
     fn set_items(&mut self, target: Id, pairs: Vec<(Id, Id)>, op: Opcode) -> Result<(), Problem> {
         self.charge_items(2 * pairs.len())?;
+        if matches!(self.heap.arena.get(target), Value::Dict(_)) {
+            check_hashable(&self.heap, pairs.iter().map(|p| p.0))?;
+        }
         match self.heap.arena.get_mut(target) {
             Value::Dict(d) => d.items.extend(pairs),
             Value::Object(o) => o.dict_items.extend(pairs),

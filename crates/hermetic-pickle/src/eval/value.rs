@@ -868,28 +868,145 @@ impl<'a> Arena<'a> {
     }
 
     fn key_repr(&self, id: Id) -> KeyRepr<'_> {
-        match self.get(id) {
+        let mut budget = MAX_KEY_PARTS;
+        self.exact_key(id, &mut budget).unwrap_or(KeyRepr::Id(id))
+    }
+
+    /// The key `id` is to a dict or set, equal exactly where Python's `==`
+    /// (with its identity shortcut) and `hash` make two keys one: ints,
+    /// bools, integral floats and complex numbers with no imaginary part
+    /// compare as numbers, tuples item by item, torch singletons and known
+    /// globals by what they name, tensors and storages by identity. `None`
+    /// where Rust cannot tell (instances, foreign globals, ranges, numpy
+    /// values, frozensets, or a tuple past `budget` parts).
+    fn exact_key(&self, id: Id, budget: &mut usize) -> Option<KeyRepr<'_>> {
+        *budget = budget.checked_sub(1)?;
+        Some(match self.get(id) {
             Value::None => KeyRepr::None,
             Value::Bool(b) => KeyRepr::Int(*b as i128),
             Value::Int(i) => KeyRepr::Int(*i as i128),
-            Value::Float(f) if f.fract() == 0.0 && f.abs() < 1e18 => KeyRepr::Int(*f as i128),
-            Value::Float(f) if !f.is_nan() => KeyRepr::Float(f.to_bits()),
+            Value::Float(f) | Value::Complex(f, 0.0) if f.fract() == 0.0 && f.abs() < 1e18 => {
+                KeyRepr::Int(*f as i128)
+            }
+            Value::Float(f) | Value::Complex(f, 0.0) if !f.is_nan() => KeyRepr::Float(f.to_bits()),
+            Value::Complex(re, im) if !re.is_nan() && !im.is_nan() => {
+                KeyRepr::Complex((*re + 0.0).to_bits(), im.to_bits())
+            }
             Value::Str(s) => KeyRepr::Str(&s.bytes),
             Value::Bytes(b) => KeyRepr::Bytes(b),
             Value::BigInt(b) => KeyRepr::Big(b),
-            _ => KeyRepr::Id(id),
+            Value::Tuple(items) => KeyRepr::Tuple(
+                items
+                    .iter()
+                    .map(|&i| self.exact_key(i, budget))
+                    .collect::<Option<Vec<_>>>()?,
+            ),
+            Value::TorchSize(dims) => {
+                *budget = budget.checked_sub(dims.len())?;
+                KeyRepr::Tuple(dims.iter().map(|&d| KeyRepr::Int(d as i128)).collect())
+            }
+            Value::Global(g) => match &**g {
+                Global::Known(k) => KeyRepr::Known(*k),
+                Global::Foreign { .. } => return None,
+            },
+            Value::TorchDtype(d) => KeyRepr::TorchDtype(*d),
+            Value::TorchEnum(n) => KeyRepr::Name(n),
+            Value::TorchDevice(d) => KeyRepr::Device(d),
+            // NaN floats (equal only to themselves), tensors and storages:
+            // identity.
+            Value::Float(_) | Value::Complex(..) | Value::Tensor(_) | Value::Storage(_) => {
+                KeyRepr::Id(id)
+            }
+            _ => return None,
+        })
+    }
+
+    /// The keys of a dict (or the items of a set) as Python iterates them,
+    /// repeated keys merged, when Rust can compare every key exactly; else
+    /// the first key it cannot compare.
+    pub fn exact_keys(&self, keys: impl Iterator<Item = Id>) -> Result<Vec<Id>, Id> {
+        let mut budget = MAX_KEY_PARTS;
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for k in keys {
+            if seen.insert(self.exact_key(k, &mut budget).ok_or(k)?) {
+                out.push(k);
+            }
         }
+        Ok(out)
+    }
+
+    /// Why `hash()` of `id` raises `TypeError`, if it certainly does: the
+    /// type CPython names (`unhashable type: 'list'`), or `Err` with the
+    /// type for a slice, which is hashable from Python 3.12 only. Tuples are
+    /// looked through (each once, so shared ones cost nothing more).
+    pub fn unhashable(&self, id: Id) -> Result<Option<&'static str>, &'static str> {
+        // The keys state dicts are made of, without an allocation.
+        if matches!(
+            self.get(id),
+            Value::Str(_) | Value::Int(_) | Value::Bytes(_) | Value::None | Value::Bool(_)
+        ) {
+            return Ok(None);
+        }
+        let mut todo = vec![id];
+        let mut seen = std::collections::HashSet::new();
+        while let Some(i) = todo.pop() {
+            let name = match self.get(i) {
+                Value::List(_) => "list",
+                Value::Set(_) => "set",
+                Value::ByteArray(_) => "bytearray",
+                Value::Array(_) => "numpy.ndarray",
+                Value::Dict(d) => match d.kind {
+                    DictKind::Dict => "dict",
+                    DictKind::OrderedDict => "collections.OrderedDict",
+                    DictKind::Counter => "Counter",
+                },
+                Value::Slice(_) => return Err("slice"),
+                Value::Tuple(items) => {
+                    if seen.insert(i) {
+                        todo.extend(items.iter().copied());
+                    }
+                    continue;
+                }
+                Value::Object(o) => match self.get(o.class) {
+                    Value::Global(g) => match &**g {
+                        Global::Foreign { module, name } => {
+                            match (module.as_str(), name.as_str()) {
+                                ("argparse", "Namespace") => "argparse.Namespace",
+                                ("collections", "deque") => "collections.deque",
+                                ("collections", "defaultdict") => "collections.defaultdict",
+                                _ => continue,
+                            }
+                        }
+                        Global::Known(_) => continue,
+                    },
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            return Ok(Some(name));
+        }
+        Ok(None)
     }
 }
+
+/// How many parts (keys, tuple items) one dict's exact keys may take apart.
+const MAX_KEY_PARTS: usize = 1 << 22;
 
 #[derive(Hash, PartialEq, Eq)]
 enum KeyRepr<'b> {
     None,
     Int(i128),
     Float(u64),
+    Complex(u64, u64),
     Str(&'b [u8]),
     Bytes(&'b [u8]),
     Big(&'b [u8]),
+    Tuple(Vec<KeyRepr<'b>>),
+    Known(Known),
+    TorchDtype(TorchDtype),
+    Name(&'static str),
+    Device(&'b str),
     Id(Id),
 }
 
