@@ -7,6 +7,7 @@ import json
 import math
 import struct
 from collections import OrderedDict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from format_compare import assert_round_trip
+from format_compare import assert_round_trip, assert_same
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file, save_model
 
@@ -650,15 +651,75 @@ def test_verify_catches_a_flipped_payload_byte(tmp_path: Path) -> None:
         h.verify()
 
 
-def test_bit_flips_never_crash(tmp_path: Path) -> None:
-    raw = good_file(tmp_path)
-    for i in range(0, len(raw), 7):
-        flipped = bytearray(raw)
-        flipped[i] ^= 0x20
-        try:
-            hermetic.loads(bytes(flipped), verify=True)
-        except FormatError:
-            pass
+def _flip_file(tmp_path: Path) -> tuple[bytes, range]:
+    """A small file with tensors, an array, containers and user metadata, and
+    the bytes of its layout digest's key in the header."""
+    p = tmp_path / "flips.safetensors"
+    tree = {
+        "a": torch.arange(16, dtype=torch.float32),
+        "b": [1, 2],
+        "c": {"s": "text", "n": np.arange(4, dtype=np.int16), "t": (1.5, None)},
+    }
+    hermetic.save(tree, p, metadata={"note": "x"})
+    raw = p.read_bytes()
+    key = b'"__hermetic_layout__"'
+    at = raw.index(key, 8, 8 + struct.unpack("<Q", raw[:8])[0])
+    return raw, range(at + 1, at + len(key) - 1)
+
+
+def _metadata_of(tmp_path: Path, raw: bytes) -> dict[str, str]:
+    p = tmp_path / "flipped.safetensors"
+    p.write_bytes(raw)
+    with hermetic.open(p) as h:
+        return h.metadata
+
+
+def _silent_changes(tmp_path: Path, raw: bytes, positions: Iterable[int]) -> list[str]:
+    """Every single-bit flip of ``raw`` at ``positions`` that ``loads(verify=True)``
+    does not refuse, yet reads differently (tree, tensor bytes or metadata)."""
+    original = hermetic.loads(raw, verify=True)
+    metadata = _metadata_of(tmp_path, raw)
+    assert metadata == {"format": "pt", "note": "x"}
+    silent: list[str] = []
+    for i in positions:
+        for bit in range(8):
+            flipped = bytearray(raw)
+            flipped[i] ^= 1 << bit
+            try:
+                got = hermetic.loads(bytes(flipped), verify=True)
+            except FormatError:
+                continue
+            place = f"bit {bit} of byte {i} ({raw[i : i + 1]!r})"
+            try:
+                assert_same(original, got, place)
+            except AssertionError as e:
+                silent.append(str(e))
+                continue
+            got_metadata = _metadata_of(tmp_path, bytes(flipped))
+            if got_metadata != metadata:
+                silent.append(f"{place}: metadata {got_metadata}")
+    return silent
+
+
+def test_bit_flips_are_refused_or_change_nothing(tmp_path: Path) -> None:
+    """Under ``verify=True`` every single-bit flip either raises FormatError or
+    loads the same tree, tensors bit for bit, with the same metadata: entry
+    digests cover the data, the layout digest the rest of the header (SPEC
+    4.1). The layout digest's own key is the one gap (next test)."""
+    raw, layout_key = _flip_file(tmp_path)
+    positions = [i for i in range(len(raw)) if i not in layout_key]
+    assert _silent_changes(tmp_path, raw, positions) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a flipped bit in the name `__hermetic_layout__` makes the file read as one "
+    "written before layout digests (SPEC 4.1): verify=True checks the entry digests "
+    "alone and the renamed key comes back as user metadata",
+)
+def test_bit_flips_in_the_layout_key_are_refused(tmp_path: Path) -> None:
+    raw, layout_key = _flip_file(tmp_path)
+    assert _silent_changes(tmp_path, raw, layout_key) == []
 
 
 def test_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
