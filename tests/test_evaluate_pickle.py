@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import io
 import pickle
+import pickletools
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,14 @@ def test_random_data_equals_pickle_load(obj: Any, protocol: int) -> None:
     assert_same(hermetic.load_pickle(blob), pickle.loads(blob))
 
 
+def _pickle_can_read(blob: bytes) -> bool:
+    """Whether ``pickle.loads`` may be run on bytes hermetic read without
+    refusing: CPython sizes its memo to the largest index a PUT names (2**31
+    allocates 16 GiB and fails with MemoryError or worse); hermetic's is sparse."""
+    puts = ("PUT", "BINPUT", "LONG_BINPUT")
+    return all(arg < 1 << 20 for op, arg, _ in pickletools.genops(blob) if op.name in puts)
+
+
 @settings(max_examples=300, deadline=None)
 @given(blob=st.binary(max_size=200))
 def test_random_bytes_are_refused_or_read_as_pickle_reads_them(blob: bytes) -> None:
@@ -186,16 +195,20 @@ def test_random_bytes_are_refused_or_read_as_pickle_reads_them(blob: bytes) -> N
         assert e.imports or e.findings, e
         return
     except hermetic.CheckpointError as e:
-        assert isinstance(e.code, str) and e.code, e
+        # The evaluator's errors carry a code; those the Python maker raises
+        # (a function as a value) keep the class defaults, "" and 0.
+        assert str(e) and isinstance(e.code, str), e
         assert isinstance(e.offset, int) and e.offset >= 0, e
         return
     except (TypeError, ValueError) as e:
         # hermetic refused nothing, so pickle may read the bytes too.
-        with pytest.raises(type(e)) as p:
-            pickle.loads(blob)
-        assert str(p.value) == str(e)
+        if _pickle_can_read(blob):
+            with pytest.raises(type(e)) as p:
+                pickle.loads(blob)
+            assert str(p.value) == str(e)
         return
-    assert_same(got, pickle.loads(blob))
+    if _pickle_can_read(blob):
+        assert_same(got, pickle.loads(blob))
 
 
 def test_an_unhashable_key_fails_as_in_pickle() -> None:
@@ -212,17 +225,21 @@ def test_an_unhashable_key_fails_as_in_pickle() -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="the evaluator's _codecs.encode accepts an encoding name with a NUL byte "
-    "(it reads 'latin1\\x00' as latin1); CPython raises ValueError: embedded null character",
+    reason="the evaluator's _codecs.encode takes arguments CPython refuses: an encoding "
+    "name with a NUL byte ('latin1\\x00' read as latin1; CPython: ValueError, embedded "
+    "null character) and an `errors` argument that is not a str (ignored; CPython: TypeError)",
 )
 def test_codecs_encode_refuses_what_python_refuses() -> None:
-    blob = pickle.dumps(b"x\xe9y", protocol=2).replace(
-        b"\x06\x00\x00\x00latin1", b"\x07\x00\x00\x00latin1\x00"
-    )
-    with pytest.raises(ValueError, match="embedded null character"):
-        pickle.loads(blob)
-    with pytest.raises((ValueError, hermetic.HermeticError)):
-        hermetic.load_pickle(blob)
+    good = pickle.dumps(b"x\xe9y", protocol=2)
+    assert b"X\x06\x00\x00\x00latin1q" in good
+    nul = good.replace(b"X\x06\x00\x00\x00latin1", b"X\x07\x00\x00\x00latin1\x00")
+    # (str, "latin1") -> (str, "latin1", 2): `errors` is an int.
+    errors = good.replace(b"latin1q\x02\x86", b"latin1q\x02K\x02\x87")
+    for blob, error in [(nul, ValueError), (errors, TypeError)]:
+        with pytest.raises(error):
+            pickle.loads(blob)
+        with pytest.raises((error, hermetic.HermeticError)):
+            hermetic.load_pickle(blob)
 
 
 def test_a_bytes_path_is_a_path(tmp_path: Path) -> None:
