@@ -215,11 +215,24 @@ class Maker:
         slots = None
         if isinstance(state, tuple) and len(state) == 2:
             state, slots = state
-        if state:
+        # Any state but None must be a dict, as CPython's UnpicklingError says
+        # ("state is not a dictionary"); an object without an instance dict
+        # fails on it as it does there.
+        if state is not None:
+            if not isinstance(state, dict):
+                raise CheckpointError(
+                    f"BUILD on {type(obj).__name__}: the state must be None or a dict, "
+                    f"not {type(state).__name__}"
+                )
             d = obj.__dict__
             for k, v in state.items():
                 d[sys.intern(k) if type(k) is str else k] = v
-        if slots:
+        if slots is not None:
+            if not isinstance(slots, dict):
+                raise CheckpointError(
+                    f"BUILD on {type(obj).__name__}: the slot state must be None or a dict, "
+                    f"not {type(slots).__name__}"
+                )
             for k, v in slots.items():
                 setattr(obj, k, v)
 
