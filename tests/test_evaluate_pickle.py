@@ -188,7 +188,8 @@ def _pickle_can_read(blob: bytes) -> bool:
 def test_random_bytes_are_refused_or_read_as_pickle_reads_them(blob: bytes) -> None:
     """Any bytes: a refusal that says why, or exactly what ``pickle.loads``
     makes of them. Another error is allowed only where pickle raises the same:
-    the data is data-only, but building it fails (an unhashable dict key)."""
+    the data is data-only, but building it fails (a BUILD that sets an
+    attribute on a deque, which has no instance dict)."""
     try:
         got = hermetic.load_pickle(blob)
     except hermetic.UnsafePickleError as e:
@@ -210,18 +211,6 @@ def test_random_bytes_are_refused_or_read_as_pickle_reads_them(blob: bytes) -> N
         return
     if _pickle_can_read(blob):
         assert_same(got, pickle.loads(blob))
-
-
-def test_an_unhashable_key_fails_as_in_pickle() -> None:
-    for blob in [
-        b"\x80\x02}q\x00]q\x01K\x01s.",  # {[]: 1}
-        b"\x80\x04\x8f(]\x90.",  # {[]}
-        b"\x80\x02c__builtin__\nfrozenset\nq\x00]q\x01h\x01a\x85q\x02Rq\x03.",
-    ]:
-        with pytest.raises(TypeError, match="unhashable type: 'list'"):
-            pickle.loads(blob)
-        with pytest.raises(TypeError, match="unhashable type: 'list'"):
-            hermetic.load_pickle(blob)
 
 
 @pytest.mark.parametrize(
