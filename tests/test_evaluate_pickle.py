@@ -236,12 +236,6 @@ def test_a_build_state_that_is_not_a_dict_is_refused(state: bytes, error: str) -
     assert hermetic.load_pickle(empty) == pickle.loads(empty)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the evaluator's _codecs.encode takes arguments CPython refuses: an encoding "
-    "name with a NUL byte ('latin1\\x00' read as latin1; CPython: ValueError, embedded "
-    "null character) and an `errors` argument that is not a str (ignored; CPython: TypeError)",
-)
 def test_codecs_encode_refuses_what_python_refuses() -> None:
     good = pickle.dumps(b"x\xe9y", protocol=2)
     assert b"X\x06\x00\x00\x00latin1q" in good

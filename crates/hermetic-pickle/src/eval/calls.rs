@@ -618,7 +618,11 @@ pub(crate) fn call_known<'a>(m: &mut Heap<'a, '_>, k: Known, args_id: Id) -> Res
             let (s, enc) = match a.as_slice() {
                 [s] => (*s, "utf-8".to_string()),
                 [s, e] | [s, e, _] => match m.arena.get(*e) {
-                    // encode() takes the codec name as a str only.
+                    // encode() takes the codec name as a str only, and
+                    // refuses one with a NUL ("embedded null character").
+                    Value::Str(n) if n.bytes.contains(&0) => {
+                        return Err(malformed("_codecs.encode's codec name holds a NUL"))
+                    }
                     Value::Str(_) => (*s, str_arg(m, *e, "the codec")?.to_string()),
                     other => {
                         return Err(malformed(format!(
@@ -629,6 +633,17 @@ pub(crate) fn call_known<'a>(m: &mut Heap<'a, '_>, k: Known, args_id: Id) -> Res
                 },
                 _ => return Err(malformed("_codecs.encode takes 1 to 3 arguments")),
             };
+            // `errors` must be a str (TypeError otherwise); any handler name
+            // reads the same until a character does not encode, and then
+            // the strict reading below refuses.
+            if let Some(&e) = a.get(2) {
+                if !matches!(m.arena.get(e), Value::Str(_)) {
+                    return Err(malformed(format!(
+                        "_codecs.encode's errors is {}, not a str",
+                        m.arena.get(e).describe()
+                    )));
+                }
+            }
             let Value::Str(text) = m.arena.get(s) else {
                 return Err(unsupported(format!(
                     "_codecs.encode of {}",
