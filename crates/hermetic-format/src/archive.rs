@@ -432,7 +432,7 @@ impl Archive {
             .filter(|f| f.header.doc.is_some())
             .map(|f| LayoutCheck {
                 file: f.path.display().to_string(),
-                recorded: f.header.layout.clone(),
+                recorded: f.header.layout_recorded(),
                 actual: f.header.layout_actual(),
             })
             .collect();

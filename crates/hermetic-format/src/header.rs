@@ -171,9 +171,17 @@ impl Header {
 
     /// The layout digest of this header as it is now ([`layout_digest`]).
     pub fn layout_actual(&self) -> String {
+        self.layout_without(None)
+    }
+
+    /// The layout digest of this header with the metadata key `skip` left out.
+    fn layout_without(&self, skip: Option<&str>) -> String {
         let start = self.data_start();
         layout_digest(
-            self.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            self.metadata
+                .iter()
+                .filter(|(k, _)| Some(k.as_str()) != skip)
+                .map(|(k, v)| (k.as_str(), v.as_str())),
             self.doc_digest.as_deref(),
             self.entries.iter().map(|e| {
                 let b = e.start - start;
@@ -186,6 +194,21 @@ impl Header {
                 )
             }),
         )
+    }
+
+    /// The layout digest the writer recorded, also where its key was
+    /// damaged: a file without [`LAYOUT_KEY`] whose metadata holds, under
+    /// another key, the layout digest of the header without that key had
+    /// its layout key renamed (one flipped bit), and must not verify as a
+    /// file written before layout digests.
+    pub fn layout_recorded(&self) -> Option<String> {
+        if self.layout.is_some() || self.doc.is_none() {
+            return self.layout.clone();
+        }
+        let is_digest = |v: &str| v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit());
+        self.metadata.iter().find_map(|(key, value)| {
+            (is_digest(value) && self.layout_without(Some(key)) == *value).then(|| value.clone())
+        })
     }
 
     /// Byte offset of the data section.
