@@ -17,7 +17,7 @@
 use crate::blob::BlobId;
 use hermetic_pickle::containers::compress::{decompress, Compression};
 use hermetic_pickle::containers::joblib::is_joblib;
-use hermetic_pickle::{FileReport, Limits, Policy, StreamReport};
+use hermetic_pickle::{FileReport, FindingCode, Limits, Policy, StreamReport};
 use std::path::Path;
 
 /// One blob of a file.
@@ -39,7 +39,10 @@ pub struct FileBlob<'r> {
 /// TorchScript code in it): torch.jit.load, and torch.load, which hands
 /// such archives to it, run its code, so its blob is the whole file.
 pub fn is_torchscript(report: &FileReport) -> bool {
-    report.format == "torchscript" || report.all_findings().any(|f| f.code == "torchscript_code")
+    report.format == "torchscript"
+        || report
+            .all_findings()
+            .any(|f| f.code == FindingCode::TorchscriptCode)
 }
 
 /// Findings after which the scanner cannot rule out that torch's zip
@@ -47,8 +50,11 @@ pub fn is_torchscript(report: &FileReport) -> bool {
 /// `torch.load` of such a zip is decided as a TorchScript archive, the
 /// whole file (the Python gate, `hermetic.firewall._code`, keeps the same
 /// list).
-pub const UNCERTAIN_ZIP_FINDINGS: &[&str] =
-    &["ambiguous_zip", "polyglot_pickle_zip", "limit_exceeded"];
+pub const UNCERTAIN_ZIP_FINDINGS: &[FindingCode] = &[
+    FindingCode::AmbiguousZip,
+    FindingCode::PolyglotPickleZip,
+    FindingCode::LimitExceeded,
+];
 
 /// Whether the firewall decides on the whole file when torch loads it: a
 /// TorchScript archive, or a file starting with a zip local header
@@ -58,7 +64,7 @@ fn whole_file_blob(report: &FileReport, data: &[u8]) -> bool {
         || (data.starts_with(b"PK\x03\x04")
             && report
                 .all_findings()
-                .any(|f| UNCERTAIN_ZIP_FINDINGS.contains(&f.code.as_str())))
+                .any(|f| UNCERTAIN_ZIP_FINDINGS.contains(&f.code)))
 }
 
 fn joblib_payload(path: &Path, format: &str) -> Option<Vec<u8>> {
@@ -84,7 +90,11 @@ pub fn joblib_span(data: &[u8]) -> Option<Option<usize>> {
         return Some(None);
     }
     let first = r.streams.first();
-    let truncated = first.is_some_and(|s| s.findings.iter().any(|f| f.code == "truncated_stream"));
+    let truncated = first.is_some_and(|s| {
+        s.findings
+            .iter()
+            .any(|f| f.code == FindingCode::TruncatedStream)
+    });
     Some(
         first
             .filter(|_| !truncated)
@@ -131,7 +141,7 @@ pub fn file_blobs<'r>(path: &Path, report: &'r FileReport) -> Vec<FileBlob<'r>> 
     let candidate = is_torchscript(report)
         || report
             .all_findings()
-            .any(|f| UNCERTAIN_ZIP_FINDINGS.contains(&f.code.as_str()));
+            .any(|f| UNCERTAIN_ZIP_FINDINGS.contains(&f.code));
     if let (true, Some(stream)) = (candidate, report.streams.first()) {
         if let Ok(data) = std::fs::read(path) {
             if whole_file_blob(report, &data) {

@@ -1,7 +1,7 @@
 //! What the scanner found in a blob, condensed for refusals, inventories and
 //! manifest notes.
 
-use hermetic_pickle::FileReport;
+use hermetic_pickle::{FileReport, FindingCode};
 
 /// The scanner's view of one blob or file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -11,7 +11,7 @@ pub struct ScanSummary {
     /// `module.name` of every global imported, in order of appearance.
     pub imports: Vec<String>,
     /// Finding codes, in order, without duplicates.
-    pub findings: Vec<String>,
+    pub findings: Vec<FindingCode>,
     /// One line for people: `dangerous; imports os.system (called); findings: dangerous_import`.
     pub text: String,
 }
@@ -35,10 +35,10 @@ impl ScanSummary {
                 }
             }
         }
-        let mut findings: Vec<String> = Vec::new();
+        let mut findings: Vec<FindingCode> = Vec::new();
         for f in r.all_findings() {
             if !findings.contains(&f.code) {
-                findings.push(f.code.clone());
+                findings.push(f.code);
             }
         }
         let verdict = r.verdict.as_str().to_string();
@@ -64,7 +64,8 @@ impl ScanSummary {
             }
         }
         if !findings.is_empty() {
-            text.push_str(&format!("; findings: {}", findings.join(", ")));
+            let codes: Vec<&str> = findings.iter().map(|c| c.as_str()).collect();
+            text.push_str(&format!("; findings: {}", codes.join(", ")));
         }
         ScanSummary {
             verdict,
@@ -120,7 +121,7 @@ mod tests {
         let s = ScanSummary::of_bytes(evil, "evil");
         assert_eq!(s.verdict, "dangerous");
         assert_eq!(s.imports, ["os.system"]);
-        assert!(s.findings.iter().any(|f| f == "dangerous_import"));
+        assert!(s.findings.contains(&FindingCode::DangerousImport));
         assert!(s.text.contains("os.system (called)"), "{}", s.text);
         assert_eq!(ScanSummary::of_blob(evil), s);
         // A blob that starts like bz2 is analysed as the pickle it is fed as.
@@ -129,7 +130,7 @@ mod tests {
         assert!(b
             .findings
             .iter()
-            .any(|f| f == "malformed_stream" || f == "truncated_stream"));
+            .any(|f| *f == FindingCode::MalformedStream || *f == FindingCode::TruncatedStream));
         let safe = ScanSummary::of_bytes(b"\x80\x02]q\x00(K\x01K\x02e.", "list");
         assert_eq!(safe.verdict, "safe");
         assert!(safe.imports.is_empty());

@@ -2,6 +2,7 @@
 //! machine: nothing is imported or called; every global the stream resolves,
 //! every call it makes and every structural oddity becomes a record.
 
+use crate::codes::FindingCode;
 use crate::opcodes::Opcode;
 use crate::parser::{Arg, ParseErrorKind, Parser};
 use crate::policy::{py2_mapping, Policy, Verdict};
@@ -120,11 +121,11 @@ struct Machine<'p, 'a> {
 }
 
 struct Stop {
-    code: &'static str,
+    code: FindingCode,
     reason: String,
 }
 
-fn stop(code: &'static str, reason: impl Into<String>) -> Stop {
+fn stop(code: FindingCode, reason: impl Into<String>) -> Stop {
     Stop {
         code,
         reason: reason.into(),
@@ -154,9 +155,9 @@ impl<'a> Machine<'_, 'a> {
         self.stack.pop_mark().map_err(|e| stack_stop(e, op))
     }
 
-    fn finding(&mut self, severity: Verdict, code: &'static str, offset: usize, reason: String) {
+    fn finding(&mut self, severity: Verdict, code: FindingCode, offset: usize, reason: String) {
         self.findings.push(Finding {
-            code: code.into(),
+            code,
             severity,
             module: String::new(),
             name: String::new(),
@@ -198,7 +199,7 @@ impl<'a> Machine<'_, 'a> {
                 let what = describe(other);
                 self.finding(
                     Verdict::Dangerous,
-                    "indirect_call",
+                    FindingCode::IndirectCall,
                     offset,
                     format!("{} calls {what}, not a named global: the callable is computed at load time", op.name()),
                 );
@@ -277,7 +278,7 @@ impl<'a> Machine<'_, 'a> {
         let what = describe(sym);
         self.finding(
             Verdict::Dangerous,
-            "method_call",
+            FindingCode::MethodCall,
             offset,
             format!(
                 "{} on {what} makes the unpickler call a method of it by name",
@@ -316,7 +317,7 @@ impl<'a> Machine<'_, 'a> {
             NEXT_BUFFER => {
                 self.finding(
                     Verdict::Suspicious,
-                    "out_of_band_buffer",
+                    FindingCode::OutOfBandBuffer,
                     offset,
                     "the stream takes an out-of-band buffer supplied by the loader".into(),
                 );
@@ -349,7 +350,7 @@ impl<'a> Machine<'_, 'a> {
                 let items = self.pop_mark(op)?;
                 if items.len() % 2 != 0 {
                     return Err(stop(
-                        "malformed_stream",
+                        FindingCode::MalformedStream,
                         "SETITEMS with an odd number of items",
                     ));
                 }
@@ -368,7 +369,10 @@ impl<'a> Machine<'_, 'a> {
             DICT => {
                 let items = self.pop_mark(op)?;
                 if items.len() % 2 != 0 {
-                    return Err(stop("malformed_stream", "DICT with an odd number of items"));
+                    return Err(stop(
+                        FindingCode::MalformedStream,
+                        "DICT with an odd number of items",
+                    ));
                 }
                 self.push(Sym::Dict)
             }
@@ -400,7 +404,7 @@ impl<'a> Machine<'_, 'a> {
                 };
                 self.finding(
                     Verdict::Dangerous,
-                    "extension_code",
+                    FindingCode::ExtensionCode,
                     offset,
                     format!("{} {code} names a global through the process's copyreg extension registry, which cannot be resolved from the file", op.name()),
                 );
@@ -435,7 +439,12 @@ impl<'a> Machine<'_, 'a> {
                             describe(mv),
                             describe(nv)
                         );
-                        self.finding(Verdict::Dangerous, "dynamic_global", offset, reason);
+                        self.finding(
+                            Verdict::Dangerous,
+                            FindingCode::DynamicGlobal,
+                            offset,
+                            reason,
+                        );
                         let g = self.add_global("?".into(), "?".into(), offset, op);
                         self.push(Sym::Global(g))
                     }
@@ -458,7 +467,7 @@ impl<'a> Machine<'_, 'a> {
                         let (m, n) = (self.globals[g].module.clone(), self.globals[g].name.clone());
                         self.finding(
                             Verdict::Dangerous,
-                            "build_on_global",
+                            FindingCode::BuildOnGlobal,
                             offset,
                             format!("BUILD sets attributes on the imported object {m}.{n} itself"),
                         );
@@ -477,7 +486,10 @@ impl<'a> Machine<'_, 'a> {
             OBJ => {
                 let items = self.pop_mark(op)?;
                 let Some(&cls) = items.first() else {
-                    return Err(stop("malformed_stream", "OBJ without a class after MARK"));
+                    return Err(stop(
+                        FindingCode::MalformedStream,
+                        "OBJ without a class after MARK",
+                    ));
                 };
                 let callee = self.mark_called(cls, op, offset)?;
                 self.push(Sym::Call(callee))
@@ -502,14 +514,14 @@ impl<'a> Machine<'_, 'a> {
                 };
                 if v > 5 {
                     return Err(stop(
-                        "malformed_stream",
+                        FindingCode::MalformedStream,
                         format!("unsupported pickle protocol {v}"),
                     ));
                 }
                 if !first {
                     self.finding(
                         Verdict::Dangerous,
-                        "proto_mid_stream",
+                        FindingCode::ProtoMidStream,
                         offset,
                         "PROTO after the first opcode changes how later names are resolved".into(),
                     );
@@ -547,7 +559,7 @@ impl<'a> Machine<'_, 'a> {
                 if !self.stack.is_clear() {
                     self.finding(
                         Verdict::Suspicious,
-                        "unusual_structure",
+                        FindingCode::UnusualStructure,
                         offset,
                         "values are left on the stack at STOP; no pickler writes that".into(),
                     );
@@ -573,19 +585,22 @@ fn describe(sym: &Sym) -> &'static str {
 }
 
 fn stack_stop(e: StackError, op: Opcode) -> Stop {
-    stop("malformed_stream", e.describe(op))
+    stop(FindingCode::MalformedStream, e.describe(op))
 }
 
 fn pair(arg: &Arg<'_>) -> Result<(String, String), Stop> {
     match arg {
         Arg::Pair(m, n) => {
             let m = std::str::from_utf8(m)
-                .map_err(|_| stop("malformed_stream", "module name is not UTF-8"))?;
+                .map_err(|_| stop(FindingCode::MalformedStream, "module name is not UTF-8"))?;
             let n = std::str::from_utf8(n)
-                .map_err(|_| stop("malformed_stream", "global name is not UTF-8"))?;
+                .map_err(|_| stop(FindingCode::MalformedStream, "global name is not UTF-8"))?;
             Ok((m.to_string(), n.to_string()))
         }
-        _ => Err(stop("malformed_stream", "GLOBAL without module and name")),
+        _ => Err(stop(
+            FindingCode::MalformedStream,
+            "GLOBAL without module and name",
+        )),
     }
 }
 
@@ -621,8 +636,10 @@ pub fn analyze_stream(
             Ok(instr) => instr,
             Err(e) => {
                 let code = match e.kind {
-                    ParseErrorKind::Truncated { .. } | ParseErrorKind::NoStop => "truncated_stream",
-                    _ => "malformed_stream",
+                    ParseErrorKind::Truncated { .. } | ParseErrorKind::NoStop => {
+                        FindingCode::TruncatedStream
+                    }
+                    _ => FindingCode::MalformedStream,
                 };
                 m.finding(
                     Verdict::Dangerous,
@@ -638,7 +655,7 @@ pub fn analyze_stream(
         if opcodes > limits.max_opcodes {
             m.finding(
                 Verdict::Dangerous,
-                "limit_exceeded",
+                FindingCode::LimitExceeded,
                 instr.offset,
                 format!(
                     "more than {} opcodes; not analysed further",
@@ -652,7 +669,7 @@ pub fn analyze_stream(
             if instr.offset < fe && (instr.end > fe || instr.op == Opcode::FRAME) {
                 m.finding(
                     Verdict::Dangerous,
-                    "frame_violation",
+                    FindingCode::FrameViolation,
                     instr.offset,
                     format!(
                         "{} crosses the end of the frame at byte {}; the C and pure-Python unpicklers read this differently",
@@ -668,7 +685,7 @@ pub fn analyze_stream(
                 if len > available {
                     m.finding(
                         Verdict::Dangerous,
-                        "frame_violation",
+                        FindingCode::FrameViolation,
                         instr.offset,
                         format!("FRAME of {len} bytes runs past the end of the data"),
                     );
@@ -684,7 +701,7 @@ pub fn analyze_stream(
         if m.stack.depth() > limits.max_stack {
             m.finding(
                 Verdict::Dangerous,
-                "limit_exceeded",
+                FindingCode::LimitExceeded,
                 instr.offset,
                 format!("the stack grew past {} entries", limits.max_stack),
             );
@@ -718,9 +735,9 @@ pub fn analyze_stream(
             continue;
         }
         let c = m.policy.classify(&g.module, &g.name);
-        if c.verdict > Verdict::Safe {
+        if let Some(code) = c.code {
             findings.push(Finding {
-                code: c.code.into(),
+                code,
                 severity: c.verdict,
                 module: g.module.clone(),
                 name: g.name.clone(),
@@ -792,7 +809,11 @@ mod tests {
     #[test]
     fn dynamic_global_is_dangerous() {
         let a = scan(b"\x80\x04N\x8c\x04eval\x93.");
-        assert!(a.report.findings.iter().any(|f| f.code == "dynamic_global"));
+        assert!(a
+            .report
+            .findings
+            .iter()
+            .any(|f| f.code == FindingCode::DynamicGlobal));
     }
 
     #[test]

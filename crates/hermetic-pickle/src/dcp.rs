@@ -14,6 +14,7 @@
 //! `torch.load` is scanned as that load reads it, and bytes no item accounts
 //! for keep the folder from being `safe`.
 
+use crate::codes::FindingCode;
 use crate::eval::{self, Allowed, Flavor, Id, LoadOptions, Mode, TorchDtype, Value};
 use crate::policy::{Policy, Verdict};
 use crate::report::FileReport;
@@ -489,7 +490,7 @@ pub fn check_folder(
                 reports[j].format = "dcp-shard".into();
                 reports[j].add_finding(
                     Verdict::Suspicious,
-                    "dcp_unaccounted",
+                    FindingCode::DcpUnaccounted,
                     0,
                     format!("the folder's .metadata is not DCP metadata hermetic can read, so what torch.distributed.checkpoint reads from this file is unknown: {e}"),
                 );
@@ -508,7 +509,7 @@ pub fn check_folder(
         if !is_plain_name(&e.file) || e.file == METADATA {
             reports[meta].add_finding(
                 Verdict::Dangerous,
-                "dcp_layout",
+                FindingCode::DcpLayout,
                 0,
                 format!(
                     "storage_data reads {} from {:?}, not a plain file name in the folder: torch.distributed.checkpoint opens it wherever it leads",
@@ -521,7 +522,7 @@ pub fn check_folder(
             Some(&j) => per_file.entry(j).or_default().push(e),
             None => reports[meta].add_finding(
                 Verdict::Suspicious,
-                "dcp_unaccounted",
+                FindingCode::DcpUnaccounted,
                 0,
                 format!(
                     "storage_data reads {} from {:?}, which is not in the folder",
@@ -534,7 +535,7 @@ pub fn check_folder(
         if !per_file.contains_key(&j) {
             reports[j].add_finding(
                 Verdict::Suspicious,
-                "dcp_unaccounted",
+                FindingCode::DcpUnaccounted,
                 0,
                 "no storage_data item of the folder's .metadata is in this file",
             );
@@ -562,7 +563,7 @@ fn check_file(
         Err(e) => {
             report.add_finding(
                 Verdict::Dangerous,
-                "dcp_layout",
+                FindingCode::DcpLayout,
                 0,
                 format!("cannot read: {e}"),
             );
@@ -578,7 +579,7 @@ fn check_file(
         let Some(end) = end else {
             report.add_finding(
                 Verdict::Dangerous,
-                "dcp_layout",
+                FindingCode::DcpLayout,
                 e.offset,
                 format!(
                     "{}: bytes {}+{} lie outside the file ({len} bytes)",
@@ -590,7 +591,7 @@ fn check_file(
         if !e.transforms.is_empty() {
             report.add_finding(
                 Verdict::Dangerous,
-                "dcp_layout",
+                FindingCode::DcpLayout,
                 e.offset,
                 format!(
                     "{}: stored through the stream transforms {:?}, which hermetic does not read (the pickle inside is not scanned)",
@@ -601,14 +602,14 @@ fn check_file(
         if e.offset < covered {
             report.add_finding(
                 Verdict::Dangerous,
-                "dcp_layout",
+                FindingCode::DcpLayout,
                 e.offset,
                 format!("{}: overlaps the item before it", e.fqn),
             );
         } else if e.offset > covered {
             report.add_finding(
                 Verdict::Suspicious,
-                "dcp_unaccounted",
+                FindingCode::DcpUnaccounted,
                 covered,
                 format!(
                     "bytes {covered}..{} belong to no storage_data item",
@@ -622,7 +623,7 @@ fn check_file(
     if covered < len && !ranges.is_empty() {
         report.add_finding(
             Verdict::Suspicious,
-            "dcp_unaccounted",
+            FindingCode::DcpUnaccounted,
             covered,
             format!("bytes {covered}..{len} belong to no storage_data item"),
         );
@@ -681,7 +682,7 @@ fn check_file(
         if let Some(err) = r.error {
             report.add_finding(
                 Verdict::Dangerous,
-                "dcp_layout",
+                FindingCode::DcpLayout,
                 base,
                 format!("{}: {err}", e.fqn),
             );

@@ -4,6 +4,7 @@
 //! imports or calls anything named in a file.
 
 pub mod analysis;
+pub mod codes;
 pub mod containers;
 pub mod dcp;
 pub mod dis;
@@ -20,6 +21,7 @@ pub mod text;
 pub mod walk;
 
 pub use analysis::{analyze_stream, blob_id, StreamAnalysis};
+pub use codes::FindingCode;
 pub use opcodes::Opcode;
 pub use parser::{Arg, Instr, ParseError, Parser};
 pub use policy::{Policy, Verdict};

@@ -4,6 +4,7 @@
 //! argument borrows from the input slice, and a length prefix is checked
 //! against the bytes that remain before anything is read.
 
+use crate::codes::FindingCode;
 use crate::opcodes::{ArgKind, Opcode};
 use std::fmt;
 
@@ -106,6 +107,25 @@ impl fmt::Display for ParseError {
             ParseErrorKind::NegativeLength(n) => write!(f, "negative length {n} {at}"),
             ParseErrorKind::BadUtf8 => write!(f, "argument is not valid UTF-8 {at}"),
             ParseErrorKind::NoStop => write!(f, "stream ended before STOP {at}"),
+        }
+    }
+}
+
+impl ParseError {
+    /// The finding the scanner reports the error as: `truncated_stream` when
+    /// the input ends too soon, `malformed_stream` otherwise.
+    pub fn code(&self) -> FindingCode {
+        match self.kind {
+            ParseErrorKind::Truncated { .. } | ParseErrorKind::NoStop => {
+                FindingCode::TruncatedStream
+            }
+            ParseErrorKind::UnknownOpcode(_)
+            | ParseErrorKind::MissingNewline
+            | ParseErrorKind::BadQuotes
+            | ParseErrorKind::BadDecimal
+            | ParseErrorKind::BadFloat
+            | ParseErrorKind::NegativeLength(_)
+            | ParseErrorKind::BadUtf8 => FindingCode::MalformedStream,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Which globals a pickle may name: an allowlist of data constructors, a list
 //! of known code-execution primitives, and "suspicious" for everything else.
 
+use crate::codes::FindingCode;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -112,12 +113,31 @@ pub enum PolicyError {
     Toml { path: String, message: String },
 }
 
+impl PolicyError {
+    /// A stable snake_case code for scripts and reports.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PolicyError::BadPattern(_) => "bad_pattern",
+            PolicyError::Io { .. } => "io_error",
+            PolicyError::Toml { .. } => "invalid_policy",
+        }
+    }
+
+    /// The policy file the error is about, when there is one.
+    pub fn path(&self) -> Option<&str> {
+        match self {
+            PolicyError::BadPattern(_) => None,
+            PolicyError::Io { path, .. } | PolicyError::Toml { path, .. } => Some(path),
+        }
+    }
+}
+
 /// The classification of one global.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Classification {
     pub verdict: Verdict,
-    /// Stable snake_case finding code; empty for safe globals.
-    pub code: &'static str,
+    /// The finding code; `None` for safe globals.
+    pub code: Option<FindingCode>,
     pub reason: String,
 }
 
@@ -646,7 +666,7 @@ impl Policy {
         if self.extra_dangerous.iter().any(|p| p.covers(module, name)) {
             return Classification {
                 verdict: Verdict::Dangerous,
-                code: "denied_import",
+                code: Some(FindingCode::DeniedImport),
                 reason: "denied by the policy file".into(),
             };
         }
@@ -659,7 +679,7 @@ impl Policy {
         {
             return Classification {
                 verdict: Verdict::Dangerous,
-                code: "attribute_traversal",
+                code: Some(FindingCode::AttributeTraversal),
                 reason: format!("name `{name}` walks through dunder attributes"),
             };
         }
@@ -669,7 +689,7 @@ impl Policy {
         if let Some(reason) = dangerous_reason(module, name) {
             return Classification {
                 verdict: Verdict::Dangerous,
-                code: "dangerous_import",
+                code: Some(FindingCode::DangerousImport),
                 reason,
             };
         }
@@ -678,7 +698,7 @@ impl Policy {
         }
         Classification {
             verdict: Verdict::Suspicious,
-            code: "unknown_import",
+            code: Some(FindingCode::UnknownImport),
             reason: "not an allowlisted data constructor; loading imports and may run its code"
                 .into(),
         }
@@ -688,7 +708,7 @@ impl Policy {
 fn safe() -> Classification {
     Classification {
         verdict: Verdict::Safe,
-        code: "",
+        code: None,
         reason: "allowlisted data constructor".into(),
     }
 }

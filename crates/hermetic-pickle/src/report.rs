@@ -1,11 +1,12 @@
 //! The scan report: the data behind the CLI's text, JSON and SARIF output and
 //! `hermetic.scan` in Python. The JSON shape is a contract other tools parse.
 
+use crate::codes::FindingCode;
 use crate::policy::Verdict;
 use serde::Serialize;
 
 /// Something a scan found: an import outside the allowlist, or a structural
-/// problem. `code` is a stable snake_case identifier.
+/// problem. `code` is a stable snake_case identifier (JSON: its string).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Finding {
     pub module: String,
@@ -15,7 +16,7 @@ pub struct Finding {
     /// Whether the stream calls it (REDUCE, NEWOBJ, OBJ, INST, BUILD's `__setstate__`).
     pub called: bool,
     pub reason: String,
-    pub code: String,
+    pub code: FindingCode,
     pub severity: Verdict,
 }
 
@@ -103,7 +104,7 @@ impl FileReport {
     pub fn add_finding(
         &mut self,
         severity: Verdict,
-        code: &str,
+        code: FindingCode,
         offset: u64,
         reason: impl Into<String>,
     ) {
@@ -113,7 +114,7 @@ impl FileReport {
             offset,
             called: false,
             reason: reason.into(),
-            code: code.into(),
+            code,
             severity,
         });
     }

@@ -4,6 +4,7 @@
 //! whole-file scan both build on this, so it depends on neither.
 
 use crate::analysis::analyze_stream;
+use crate::codes::FindingCode;
 use crate::parser::Parser;
 use crate::policy::{Policy, Verdict};
 use crate::report::FileReport;
@@ -97,7 +98,7 @@ pub fn scan_pickle_sequence(
         if report.streams.len() >= limits.max_streams {
             report.add_finding(
                 Verdict::Dangerous,
-                "limit_exceeded",
+                FindingCode::LimitExceeded,
                 base + pos as u64,
                 format!("more than {} pickle streams", limits.max_streams),
             );

@@ -36,7 +36,7 @@ fn eval_error(py: Python<'_>, e: EvalError) -> PyErr {
                 .iter()
                 .map(|o| {
                     (
-                        o.code.clone(),
+                        o.code.to_string(),
                         o.qualname.clone(),
                         o.offset,
                         o.reason.clone(),

@@ -223,6 +223,12 @@ impl PyManifest {
 
 type Summary = (String, Vec<String>, Vec<String>, String);
 
+/// A summary as Python gets it, finding codes as their strings.
+fn summary_tuple(s: ScanSummary) -> Summary {
+    let findings = s.findings.iter().map(|c| c.as_str().to_string()).collect();
+    (s.verdict, s.imports, findings, s.text)
+}
+
 /// One load, decided (`Manifest.decide_blob`).
 #[pyclass(name = "Decision", module = "hermetic._hermetic", frozen)]
 pub struct PyDecision {
@@ -259,9 +265,7 @@ impl PyDecision {
         }
         let bytes = self.data.bind(py).as_bytes();
         let s = py.allow_threads(|| ScanSummary::of_blob(bytes));
-        self.summary
-            .get_or_init(|| (s.verdict, s.imports, s.findings, s.text))
-            .clone()
+        self.summary.get_or_init(|| summary_tuple(s)).clone()
     }
 }
 
@@ -317,13 +321,9 @@ fn check_blob_id(text: &str) -> PyResult<String> {
 /// The scanner's summary of a blob, the exact bytes an unpickler reads:
 /// `(verdict, imports, findings, text)`.
 #[pyfunction]
-fn scan_summary(
-    py: Python<'_>,
-    data: &Bound<'_, PyBytes>,
-) -> (String, Vec<String>, Vec<String>, String) {
+fn scan_summary(py: Python<'_>, data: &Bound<'_, PyBytes>) -> Summary {
     let bytes = data.as_bytes();
-    let s = py.allow_threads(|| ScanSummary::of_blob(bytes));
-    (s.verdict, s.imports, s.findings, s.text)
+    summary_tuple(py.allow_threads(|| ScanSummary::of_blob(bytes)))
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -16,7 +16,7 @@ use crate::args::ConvertArgs;
 use crate::ExitStatus;
 use hermetic_format::{save_tensors, write_file, Archive, Dtype, EntrySource, WriteOptions};
 use hermetic_pickle::eval::{self, EvalError, Flavor, LoadOptions, Mode};
-use hermetic_pickle::{Limits, Policy};
+use hermetic_pickle::{FindingCode, Limits, Policy};
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 
@@ -150,7 +150,9 @@ pub(crate) fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<ExitStatus,
 /// Whether a refusal names only imports that salvage may read (no
 /// dangerous primitives, no broken structure).
 fn dangerous_free(u: &eval::Unsafe) -> bool {
-    u.offenders.iter().all(|o| o.code == "unknown_import")
+    u.offenders
+        .iter()
+        .all(|o| o.code == FindingCode::UnknownImport)
 }
 
 fn progress(total: u64) -> Option<indicatif::ProgressBar> {
@@ -295,7 +297,7 @@ fn allow_hint(u: &eval::Unsafe) -> String {
         // Only names that parse as an allow entry (identifiers): the line is
         // meant to be pasted into a shell, and the names come from the file.
         let entry_ok = eval::AllowList::parse([o.global.as_str()]).is_ok();
-        if o.code == "unknown_import"
+        if o.code == FindingCode::UnknownImport
             && entry_ok
             && eval::Allowed::trustable(m, n)
             && !names.contains(&o.global.as_str())

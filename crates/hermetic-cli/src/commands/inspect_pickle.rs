@@ -64,7 +64,7 @@ pub(crate) fn run_file(
             let mut msg = format!("hermetic: {name}: not inspected: loaders could read it differently, or it is broken");
             for o in &u.offenders {
                 let what = if o.qualname.is_empty() {
-                    o.code.clone()
+                    o.code.to_string()
                 } else {
                     format!("{} ({})", o.qualname, o.code)
                 };
@@ -526,7 +526,7 @@ pub(crate) fn text(l: &Loaded<'_>, limit: usize, out: &mut dyn Write) -> std::io
         writeln!(out, "  not data-only: nothing below was imported or called")?;
         for f in findings {
             let what = if f.module.is_empty() {
-                f.code.clone()
+                f.code.to_string()
             } else {
                 format!("{}.{} ({})", f.module, f.name, f.code)
             };

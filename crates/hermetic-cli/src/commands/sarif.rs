@@ -6,7 +6,7 @@
 //! `partialFingerprints` that stay the same from run to run.
 
 use hermetic_manifest::display;
-use hermetic_pickle::{blob_id, FileReport, Finding, Verdict};
+use hermetic_pickle::{blob_id, FileReport, Finding, FindingCode, Verdict};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -29,24 +29,23 @@ const DO_NOT_LOAD: &str = "Do not load the file with pickle, torch.load(weights_
     (`hermetic convert IN OUT`, or safetensors).";
 const NOT_ANALYSED: &str = "Treat the file as unknown: do not load it until it scans cleanly.";
 
-fn rule_doc(code: &str) -> RuleDoc {
-    let d = |short, full, help, security_severity| RuleDoc {
-        short,
+/// The rule text of a code; its short description is the code's meaning.
+fn rule_doc(code: FindingCode) -> RuleDoc {
+    let d = |full, help, security_severity| RuleDoc {
+        short: code.meaning(),
         full,
         help,
         security_severity,
     };
     match code {
-        "dangerous_import" => d(
-            "The pickle imports a known code-execution, file, process or network primitive.",
+        FindingCode::DangerousImport => d(
             "Loading this pickle imports a global such as os.system, subprocess.Popen, eval, \
              exec or builtins.getattr that lets the file run arbitrary code when it is \
              unpickled. Model checkpoints never need these.",
             DO_NOT_LOAD,
             "9.8",
         ),
-        "unknown_import" => d(
-            "The pickle imports a global outside the allowlist of data constructors.",
+        FindingCode::UnknownImport => d(
             "Loading this pickle imports a module that is not one of the data constructors \
              hermetic allows (tensors, arrays, containers). Importing it runs that module's \
              code, and the unpickler may call the object; typically it is a model's own class, \
@@ -56,180 +55,159 @@ fn rule_doc(code: &str) -> RuleDoc {
              policy file (`[allow] globals = [\"pkg.module:Class\"]`) and pass `--policy`.",
             "5.0",
         ),
-        "denied_import" => d(
-            "The pickle imports a global the policy file denies.",
+        FindingCode::DeniedImport => d(
             "Loading this pickle imports a global that the policy passed with --policy \
              explicitly denies.",
             DO_NOT_LOAD,
             "8.0",
         ),
-        "attribute_traversal" => d(
-            "The pickle reaches interpreter internals through dunder attributes.",
+        FindingCode::AttributeTraversal => d(
             "The pickle resolves a dotted name through attributes such as __globals__ or \
              __builtins__, a way to reach code-execution primitives without naming them.",
             DO_NOT_LOAD,
             "9.8",
         ),
-        "dynamic_global" => d(
-            "STACK_GLOBAL takes a module or name computed at load time.",
+        FindingCode::DynamicGlobal => d(
             "The module or name the pickle imports is computed while it loads, so what it \
              imports cannot be known statically; an obfuscation technique.",
             DO_NOT_LOAD,
             "9.0",
         ),
-        "indirect_call" => d(
-            "The pickle calls a value that is not a named global.",
+        FindingCode::IndirectCall => d(
             "REDUCE is applied to something other than an imported global (for example the \
              result of another call), a way to call functions without naming them.",
             DO_NOT_LOAD,
             "9.0",
         ),
-        "method_call" => d(
-            "The pickle calls a method of an imported object by name.",
+        FindingCode::MethodCall => d(
             "The unpickler is made to look up and call a method of an imported object, which \
              reaches code the import alone would not.",
             DO_NOT_LOAD,
             "8.5",
         ),
-        "build_on_global" => d(
-            "BUILD sets attributes on an imported module, class or function.",
+        FindingCode::BuildOnGlobal => d(
             "The pickle changes the state of an imported module, class or function while it \
              loads, which can replace code that runs later.",
             DO_NOT_LOAD,
             "8.5",
         ),
-        "extension_code" => d(
-            "The pickle names a global through the copyreg extension registry.",
+        FindingCode::ExtensionCode => d(
             "EXT1/EXT2/EXT4 name a global by a number registered in copyreg at load time, so \
              what is imported depends on the loading process, not on the file.",
             DO_NOT_LOAD,
             "8.0",
         ),
-        "proto_mid_stream" => d(
-            "A PROTO opcode after the start changes how later names resolve.",
+        FindingCode::ProtoMidStream => d(
             "A PROTO opcode in the middle of a stream switches the protocol, which changes how \
              later names are resolved; no pickler writes this.",
             DO_NOT_LOAD,
             "7.5",
         ),
-        "frame_violation" => d(
-            "FRAME boundaries that the C and pure-Python unpicklers read differently.",
+        FindingCode::FrameViolation => d(
             "The FRAME opcodes of the stream do not match its contents, so the C and the \
              pure-Python unpicklers read different opcodes; a way to hide imports from scanners.",
             DO_NOT_LOAD,
             "8.0",
         ),
-        "truncated_stream" => d(
-            "The stream ends early; the unpickler runs everything before the end.",
+        FindingCode::TruncatedStream => d(
             "The pickle stream ends before STOP. The unpickler executes every opcode up to the \
              point where it fails, so a truncated stream can still run code.",
             DO_NOT_LOAD,
             "7.5",
         ),
-        "malformed_stream" => d(
-            "The stream is malformed; the unpickler runs everything before the error.",
+        FindingCode::MalformedStream => d(
             "The pickle stream has an invalid opcode or argument. The unpickler executes \
              everything before the error, and different unpicklers disagree about malformed \
              input.",
             DO_NOT_LOAD,
             "7.5",
         ),
-        "trailing_data" => d(
-            "Bytes after the last pickle that a second load could read.",
+        FindingCode::TrailingData => d(
             "The file continues after its last pickle stream; a loader that calls load() again \
              reads and runs what follows.",
             DO_NOT_LOAD,
             "7.0",
         ),
-        "limit_exceeded" => d(
-            "The input exceeds a scanning bound and was not fully analysed.",
+        FindingCode::LimitExceeded => d(
             "Part of the file was not analysed because it exceeds one of the scanner's bounds \
              (depth, size, opcode count); what that part does is unknown.",
             NOT_ANALYSED,
             "7.0",
         ),
-        "polyglot_pickle_zip" => d(
-            "The file is both a pickle and a zip; torch and zipfile read different things.",
+        FindingCode::PolyglotPickleZip => d(
             "The file is a valid pickle and a valid zip archive at once, so torch.load and \
              other readers see different contents; a way to show a scanner one file and a \
              loader another.",
             DO_NOT_LOAD,
             "9.0",
         ),
-        "ambiguous_zip" => d(
-            "A zip archive that strict and tolerant readers read differently.",
+        FindingCode::AmbiguousZip => d(
             "The zip archive has overlapping, duplicate or inconsistent entries, so different \
              zip readers extract different contents.",
             DO_NOT_LOAD,
             "8.0",
         ),
-        "decompression_limit" => d(
-            "Decompressed data exceeds the bound and was not fully analysed.",
+        FindingCode::DecompressionLimit => d(
             "A compressed member decompresses beyond the scanner's bound (a possible \
              decompression bomb); the rest was not analysed.",
             NOT_ANALYSED,
             "7.0",
         ),
-        "out_of_band_buffer" => d(
-            "The stream takes out-of-band buffers from the loader.",
+        FindingCode::OutOfBandBuffer => d(
             "The pickle reads protocol 5 out-of-band buffers, whose contents come from the \
              loading code, not from the file.",
             "Check that the code loading the file supplies the buffers it expects.",
             "4.0",
         ),
-        "unusual_structure" => d(
-            "The stream has a structure no pickler writes.",
+        FindingCode::UnusualStructure => d(
             "The stream is valid but shaped in a way no Python pickler produces, which \
              suggests it was crafted by hand.",
             "Find out where the file came from before loading it.",
             "5.0",
         ),
-        "scan_error" => d(
-            "The file could not be read or analysed.",
+        FindingCode::ScanError => d(
             "The file could not be read or analysed (unreadable, not a regular file, a symlink \
              loop, an error in its container); nothing is known about what loading it runs.",
             NOT_ANALYSED,
             "7.0",
         ),
-        "truncated_container" => d(
-            "A container ends before the data its header describes.",
-            "A safetensors, zip, tar or npy container ends before the data its header \
-             describes; readers differ on what they do with the missing part.",
-            NOT_ANALYSED,
-            "5.0",
-        ),
-        "torchscript_code" => d(
-            "A TorchScript archive carries code that torch.jit.load compiles and runs.",
+        FindingCode::TorchscriptCode => d(
             "The archive holds TorchScript code; torch.jit.load compiles and runs it, so \
              loading the file runs code of the file's author.",
             "Load only TorchScript archives from authors you trust, or export the weights \
              (`hermetic convert IN OUT`).",
             "7.5",
         ),
-        "dcp_layout" => d(
-            "A DCP checkpoint's metadata points its reader at bytes the scan cannot vouch for.",
+        FindingCode::DcpLayout => d(
             "An item of a torch.distributed.checkpoint folder lies outside its file, overlaps \
              another, is read from a path outside the folder, or is stored through stream \
              transforms (compression) the scanner does not read.",
             DO_NOT_LOAD,
             "8.0",
         ),
-        "dcp_unaccounted" => d(
-            "Bytes of a DCP checkpoint that no metadata item accounts for.",
+        FindingCode::DcpUnaccounted => d(
             "A .distcp file holds bytes no storage_data item covers, is named by no item, or \
              the folder's .metadata is not DCP metadata the scanner can read: what \
              torch.distributed.checkpoint reads from it is not known.",
             "Load the folder with `hermetic.dcp.SafeReader`, or find out where it came from.",
             "5.0",
         ),
-        _ => d(
-            "A finding of the hermetic pickle scanner.",
-            "A finding of the hermetic pickle scanner; see `hermetic scan --help`.",
-            DO_NOT_LOAD,
-            "5.0",
-        ),
+        // No rule text of their own yet: the generic one.
+        FindingCode::PolyglotPickle
+        | FindingCode::AmbiguousTar
+        | FindingCode::MalformedContainer
+        | FindingCode::UnreadableRecord
+        | FindingCode::JoblibArrayWrapper => GENERIC,
     }
 }
+
+/// The rule text of codes without text of their own.
+const GENERIC: RuleDoc = RuleDoc {
+    short: "A finding of the hermetic pickle scanner.",
+    full: "A finding of the hermetic pickle scanner; see `hermetic scan --help`.",
+    help: DO_NOT_LOAD,
+    security_severity: "5.0",
+};
 
 fn level(v: Verdict) -> &'static str {
     match v {
@@ -340,7 +318,7 @@ impl Root {
 fn fingerprint(location: &Value, f: &Finding, stream: Option<&str>) -> String {
     let key = [
         location["uri"].as_str().unwrap_or(""),
-        &f.code,
+        f.code.as_str(),
         stream.unwrap_or(""),
         &f.offset.to_string(),
         &f.module,
@@ -351,10 +329,11 @@ fn fingerprint(location: &Value, f: &Finding, stream: Option<&str>) -> String {
 }
 
 pub(crate) fn report(files: &[&FileReport], root: &Root) -> Value {
-    let mut used: BTreeMap<String, Verdict> = BTreeMap::new();
+    // By the code's string, so rules keep their order (and `ruleIndex`).
+    let mut used: BTreeMap<&'static str, (FindingCode, Verdict)> = BTreeMap::new();
     let mut results = Vec::new();
     let mut push = |r: &FileReport, f: &Finding, stream: Option<(&str, &str)>| {
-        let sev = used.entry(f.code.clone()).or_insert(f.severity);
+        let (_, sev) = used.entry(f.code.as_str()).or_insert((f.code, f.severity));
         *sev = (*sev).max(f.severity);
         let what = if f.module.is_empty() {
             f.reason.clone()
@@ -422,7 +401,7 @@ pub(crate) fn report(files: &[&FileReport], root: &Root) -> Value {
                 offset: 0,
                 called: false,
                 reason: format!("not analysed: {e}"),
-                code: "scan_error".into(),
+                code: FindingCode::ScanError,
                 severity: Verdict::Error,
             };
             push(r, &f, None);
@@ -441,12 +420,8 @@ pub(crate) fn report(files: &[&FileReport], root: &Root) -> Value {
             }
         }
     }
-    let rules: Vec<Value> = used.iter().map(|(code, sev)| rule(code, *sev)).collect();
-    let index: BTreeMap<&str, usize> = used
-        .keys()
-        .enumerate()
-        .map(|(i, c)| (c.as_str(), i))
-        .collect();
+    let rules: Vec<Value> = used.values().map(|&(code, sev)| rule(code, sev)).collect();
+    let index: BTreeMap<&str, usize> = used.keys().enumerate().map(|(i, c)| (*c, i)).collect();
     for r in &mut results {
         let i = index[r["ruleId"].as_str().unwrap_or_default()];
         r["ruleIndex"] = json!(i);
@@ -481,8 +456,9 @@ pub(crate) fn report(files: &[&FileReport], root: &Root) -> Value {
 
 /// A rule's reporting descriptor: `sev` is the worst severity it was reported
 /// with in this run, its default level.
-fn rule(code: &str, sev: Verdict) -> Value {
+fn rule(code: FindingCode, sev: Verdict) -> Value {
     let doc = rule_doc(code);
+    let code = code.as_str();
     let markdown = format!(
         "**{short}**\n\n{full}\n\n**What to do.** {help}\n\n\
          Finding code `{code}` of [hermetic](https://github.com/hermetic-ml/hermetic); \
@@ -510,42 +486,23 @@ fn rule(code: &str, sev: Verdict) -> Value {
 mod tests {
     use super::*;
 
-    /// The stable finding codes (README), plus `scan_error` and
-    /// `truncated_container`.
-    const CODES: &[&str] = &[
-        "dangerous_import",
-        "unknown_import",
-        "denied_import",
-        "attribute_traversal",
-        "dynamic_global",
-        "indirect_call",
-        "method_call",
-        "build_on_global",
-        "extension_code",
-        "proto_mid_stream",
-        "frame_violation",
-        "truncated_stream",
-        "malformed_stream",
-        "trailing_data",
-        "limit_exceeded",
-        "polyglot_pickle_zip",
-        "ambiguous_zip",
-        "decompression_limit",
-        "out_of_band_buffer",
-        "unusual_structure",
-        "torchscript_code",
-        "scan_error",
-        "truncated_container",
-        "dcp_layout",
-        "dcp_unaccounted",
-    ];
-
     #[test]
     fn every_code_has_its_own_rule_text_within_github_limits() {
-        let generic = rule_doc("no_such_code");
-        for code in CODES {
+        for &code in FindingCode::ALL {
             let d = rule_doc(code);
-            assert_ne!(d.short, generic.short, "{code}");
+            if d.short == GENERIC.short {
+                // The codes that have no text of their own (yet).
+                assert!(matches!(
+                    code,
+                    FindingCode::PolyglotPickle
+                        | FindingCode::AmbiguousTar
+                        | FindingCode::MalformedContainer
+                        | FindingCode::UnreadableRecord
+                        | FindingCode::JoblibArrayWrapper
+                ));
+                continue;
+            }
+            assert_eq!(d.short, code.meaning(), "{code}");
             assert!(!d.short.is_empty() && d.short.len() <= 1024, "{code}");
             assert!(!d.full.is_empty() && d.full.len() <= 1024, "{code}");
             assert!(!d.help.is_empty(), "{code}");

@@ -293,7 +293,7 @@ fn write_footer(out: &mut dyn Write, summary: &Summary) -> std::io::Result<()> {
 
 fn describe(f: &hermetic_pickle::Finding, stream: Option<&str>) -> String {
     let what = if f.module.is_empty() {
-        f.code.clone()
+        f.code.to_string()
     } else {
         format!(
             "{}.{}{}",

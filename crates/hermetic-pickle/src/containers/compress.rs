@@ -7,6 +7,7 @@
 //! clearly not a pickle container is abandoned after its first 64 KiB.
 
 use super::{scan_data, sniff, Kind, Loc, Scanner};
+use crate::codes::FindingCode;
 use crate::policy::Verdict;
 use std::io::{self, Read, Write};
 
@@ -327,7 +328,7 @@ pub(crate) fn scan_compressed(
         sc.finding(
             loc,
             Verdict::Dangerous,
-            "decompression_limit",
+            FindingCode::DecompressionLimit,
             0,
             format!(
                 "{} data decompresses to more than the {max} bytes allowed; only the first {} bytes were scanned",
@@ -340,7 +341,7 @@ pub(crate) fn scan_compressed(
         sc.finding(
             loc,
             Verdict::Suspicious,
-            "malformed_container",
+            FindingCode::MalformedContainer,
             0,
             format!(
                 "{} data is corrupt after {} decompressed bytes: {e}",
@@ -540,10 +541,12 @@ mod tests {
             ..Limits::default()
         };
         let r = scan_bytes(&c, "t", &Policy::default(), &limits);
-        assert!(r
-            .findings
-            .iter()
-            .any(|f| f.code == "decompression_limit" && f.severity == Verdict::Dangerous));
+        assert!(
+            r.findings
+                .iter()
+                .any(|f| f.code == FindingCode::DecompressionLimit
+                    && f.severity == Verdict::Dangerous)
+        );
         let d = decompress(&c, Compression::Gzip, 1000);
         assert!(d.limit_hit);
         assert_eq!(d.data.len(), 1000);

@@ -26,6 +26,7 @@
 
 use super::{Loc, Scanner};
 use crate::analysis::analyze_stream;
+use crate::codes::FindingCode;
 use crate::opcodes::Opcode;
 use crate::parser::{Arg, Instr, Parser};
 use crate::policy::{py2_mapping, Verdict};
@@ -738,7 +739,7 @@ fn scan_one(
             sc.finding(
                 loc,
                 Verdict::Dangerous,
-                "unreadable_record",
+                FindingCode::UnreadableRecord,
                 instr.end as u64,
                 format!("joblib array data after the wrapper at byte {} cannot be walked: {why}; joblib.load reads it as raw bytes", loc.base + instr.offset as u64),
             );
@@ -814,31 +815,31 @@ fn scan_one(
         loc.base + abs as u64
     };
     let mut report = a.report;
-    for f in &mut report.findings {
+    report.findings.retain_mut(|f| {
         f.offset = to_file(f.offset);
         let wrapper = (f.module == MODULE || f.module == "joblib.numpy_pickle_compat")
             && is_wrapper_name(f.name.as_bytes())
-            && f.code == "dangerous_import";
+            && f.code == FindingCode::DangerousImport;
         let helper = machinery.contains(&f.offset)
             && matches!(
                 (f.module.as_str(), f.name.as_str()),
                 ("copyreg", "_reconstructor" | "__newobj__") | ("builtins", "object")
             )
-            && matches!(f.code.as_str(), "dangerous_import" | "unknown_import");
+            && matches!(f.code, FindingCode::DangerousImport | FindingCode::UnknownImport);
         // joblib's own NumpyArrayWrapper, whose array this walk read (raw
         // bytes, or a nested pickle scanned as a stream of its own), runs
         // nothing: it is data. The old wrappers point at companion files
         // this scan does not read, so they stay findings.
         let inline_wrapper = f.name == "NumpyArrayWrapper" && f.module == MODULE;
         if (wrapper && inline_wrapper) || helper {
-            f.code = String::new();
+            return false;
         } else if wrapper {
-            f.code = "joblib_array_wrapper".into();
+            f.code = FindingCode::JoblibArrayWrapper;
             f.severity = Verdict::Suspicious;
             f.reason = "joblib's old array placeholder: joblib.load reads the array from a companion file, which this scan does not read (hermetic.joblib.load reads numeric companions)".into();
         }
-    }
-    report.findings.retain(|f| !f.code.is_empty());
+        true
+    });
     for g in &mut report.globals {
         g.offset = to_file(g.offset);
     }
@@ -954,7 +955,10 @@ pub(crate) mod tests {
         d.extend(wrapper(200, false));
         d.extend_from_slice(&[0; 10]);
         let r = scan(&d);
-        assert!(r.findings.iter().any(|f| f.code == "unreadable_record"));
+        assert!(r
+            .findings
+            .iter()
+            .any(|f| f.code == FindingCode::UnreadableRecord));
         assert_eq!(r.verdict, Verdict::Dangerous);
     }
 

@@ -25,6 +25,7 @@ pub mod zip;
 mod testutil;
 
 use crate::analysis::{analyze_stream, StreamAnalysis};
+use crate::codes::FindingCode;
 use crate::policy::{Policy, Verdict};
 use crate::report::FileReport;
 use crate::streams::{looks_like_pickle, scan_pickle_sequence};
@@ -58,6 +59,17 @@ pub enum ContainerError {
 }
 
 impl ContainerError {
+    /// The finding a scan reports the error as where nothing more specific
+    /// applies: `limit_exceeded` for a bound, else `malformed_container`.
+    pub fn code(&self) -> FindingCode {
+        match self {
+            ContainerError::LimitExceeded { .. } => FindingCode::LimitExceeded,
+            ContainerError::Truncated { .. }
+            | ContainerError::BadSignature { .. }
+            | ContainerError::Malformed { .. } => FindingCode::MalformedContainer,
+        }
+    }
+
     /// The byte offset the error refers to.
     pub fn offset(&self) -> u64 {
         match self {
@@ -235,7 +247,7 @@ impl<'a> Scanner<'a> {
         &mut self,
         loc: &Loc,
         severity: Verdict,
-        code: &str,
+        code: FindingCode,
         offset: u64,
         reason: impl Into<String>,
     ) {
@@ -258,7 +270,7 @@ impl<'a> Scanner<'a> {
             self.finding(
                 loc,
                 Verdict::Dangerous,
-                "limit_exceeded",
+                FindingCode::LimitExceeded,
                 offset,
                 format!("more than {} pickle streams", self.limits.max_streams),
             );
@@ -325,7 +337,7 @@ impl<'a> Scanner<'a> {
             report.findings.retain(|f| {
                 let import = !f.module.is_empty()
                     && (f.module == "?" || crate::streams::is_importable_name(&f.module, &f.name));
-                (import || (computes && f.code == "dynamic_global"))
+                (import || (computes && f.code == FindingCode::DynamicGlobal))
                     && !known.contains(&(f.offset, f.module.clone(), f.name.clone()))
             });
             report.globals.retain(|g| {
@@ -346,7 +358,7 @@ impl<'a> Scanner<'a> {
                 self.finding(
                     loc,
                     Verdict::Dangerous,
-                    "polyglot_pickle",
+                    FindingCode::PolyglotPickle,
                     at,
                     format!("the file reads as {format}, but pickle.load reads it from byte {at} as a pickle that imports globals"),
                 );
@@ -391,7 +403,7 @@ pub(crate) fn scan_data(data: &[u8], loc: &Loc, sc: &mut Scanner<'_>) -> String 
         sc.finding(
             loc,
             Verdict::Dangerous,
-            "limit_exceeded",
+            FindingCode::LimitExceeded,
             0,
             format!(
                 "containers nested more than {} deep; the inner data was not scanned",

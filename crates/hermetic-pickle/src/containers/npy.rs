@@ -10,6 +10,7 @@
 
 use super::pyliteral::{literal_eval, PyValue};
 use super::{le_u16, le_u32, ContainerError, Loc, Scanner};
+use crate::codes::FindingCode;
 use crate::policy::Verdict;
 use crate::streams::looks_like_pickle;
 
@@ -317,7 +318,7 @@ pub(crate) fn scan_npy(data: &[u8], loc: &Loc, sc: &mut Scanner<'_>) -> String {
             sc.finding(
                 loc,
                 Verdict::Suspicious,
-                "malformed_container",
+                FindingCode::MalformedContainer,
                 e.offset(),
                 format!("npy header unreadable: {e}"),
             );
@@ -328,7 +329,7 @@ pub(crate) fn scan_npy(data: &[u8], loc: &Loc, sc: &mut Scanner<'_>) -> String {
         sc.finding(
             loc,
             Verdict::Suspicious,
-            "malformed_container",
+            FindingCode::MalformedContainer,
             8,
             format!("npy header numpy would reject or hermetic cannot interpret: {problem}"),
         );
@@ -446,10 +447,9 @@ mod tests {
     #[test]
     fn malformed_headers_are_suspicious() {
         let r = scan(&npy("__import__('os')", &[0; 16]));
-        assert!(r
-            .findings
-            .iter()
-            .any(|f| f.code == "malformed_container" && f.severity == Verdict::Suspicious));
+        assert!(r.findings.iter().any(
+            |f| f.code == FindingCode::MalformedContainer && f.severity == Verdict::Suspicious
+        ));
         assert!(r.streams.is_empty());
         // Unknown descr followed by a pickle: scanned conservatively.
         let r = scan(&npy("__import__('os')", EVIL));
@@ -457,9 +457,15 @@ mod tests {
         // Truncated header length.
         let r = scan(b"\x93NUMPY\x01\x00\xff\xff{");
         assert_eq!(r.format, "npy");
-        assert!(r.findings.iter().any(|f| f.code == "malformed_container"));
+        assert!(r
+            .findings
+            .iter()
+            .any(|f| f.code == FindingCode::MalformedContainer));
         let r = scan(b"\x93NUMPY\x09\x00");
-        assert!(r.findings.iter().any(|f| f.code == "malformed_container"));
+        assert!(r
+            .findings
+            .iter()
+            .any(|f| f.code == FindingCode::MalformedContainer));
     }
 
     #[test]

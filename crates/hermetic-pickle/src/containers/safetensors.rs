@@ -2,6 +2,7 @@
 //! and cannot be read as one is reported, never taken for a clean file.
 
 use super::{le_u64, Loc, Scanner};
+use crate::codes::FindingCode;
 use crate::policy::Verdict;
 
 /// The safetensors readers' bound on the JSON header.
@@ -21,7 +22,7 @@ pub(crate) fn scan_safetensors(data: &[u8], loc: &Loc, sc: &mut Scanner<'_>) -> 
         sc.finding(
             loc,
             Verdict::Suspicious,
-            "malformed_container",
+            FindingCode::MalformedContainer,
             0,
             format!("safetensors file no reader can load: {reason}"),
         );

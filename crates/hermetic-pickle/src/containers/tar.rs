@@ -23,6 +23,7 @@ use super::torch_legacy::pickled_int;
 use super::{
     display_name, is_interesting_content, is_pickle_name, scan_member, ContainerError, Loc, Scanner,
 };
+use crate::codes::FindingCode;
 use crate::policy::Verdict;
 use std::collections::HashMap;
 
@@ -358,11 +359,8 @@ pub(crate) fn scan_tar(data: &[u8], loc: &Loc, sc: &mut Scanner<'_>) -> String {
     let archive = match parse_tar(data, sc.limits.max_archive_entries) {
         Ok(a) => a,
         Err(e) => {
-            let code = match e {
-                ContainerError::LimitExceeded { .. } => "limit_exceeded",
-                _ => "malformed_container",
-            };
-            let severity = if code == "limit_exceeded" {
+            let code = e.code();
+            let severity = if code == FindingCode::LimitExceeded {
                 Verdict::Dangerous
             } else {
                 Verdict::Suspicious
@@ -383,7 +381,7 @@ pub(crate) fn scan_tar(data: &[u8], loc: &Loc, sc: &mut Scanner<'_>) -> String {
             sc.finding(
                 loc,
                 Verdict::Suspicious,
-                "malformed_container",
+                FindingCode::MalformedContainer,
                 *at as u64,
                 format!("tar archive: {why}"),
             );
@@ -424,7 +422,7 @@ fn scan_torch_tar(data: &[u8], archive: &TarArchive, loc: &Loc, sc: &mut Scanner
             sc.finding(
                 loc,
                 Verdict::Dangerous,
-                "ambiguous_tar",
+                FindingCode::AmbiguousTar,
                 0,
                 format!(
                     "the member `{}` appears {n} times; tarfile uses the last copy",
@@ -437,7 +435,7 @@ fn scan_torch_tar(data: &[u8], archive: &TarArchive, loc: &Loc, sc: &mut Scanner
         sc.finding(
             loc,
             Verdict::Dangerous,
-            "unreadable_record",
+            FindingCode::UnreadableRecord,
             *at as u64,
             format!("tar archive: {why}; tarfile may raise and torch.load then reads the file as pickle streams"),
         );
@@ -450,7 +448,7 @@ fn scan_torch_tar(data: &[u8], archive: &TarArchive, loc: &Loc, sc: &mut Scanner
             sc.finding(
                 loc,
                 Verdict::Dangerous,
-                "unreadable_record",
+                FindingCode::UnreadableRecord,
                 m.header_offset as u64,
                 format!(
                     "`{which}` is a link or special file (type {:?}); tarfile extracts it as such and torch.load unpickles whatever it points to",
@@ -466,7 +464,7 @@ fn scan_torch_tar(data: &[u8], archive: &TarArchive, loc: &Loc, sc: &mut Scanner
             sc.finding(
                 loc,
                 Verdict::Dangerous,
-                "unreadable_record",
+                FindingCode::UnreadableRecord,
                 m.header_offset as u64,
                 format!("`{which}` is cut off; tarfile raises and torch.load then reads the file as pickle streams"),
             );
@@ -504,7 +502,7 @@ fn walk_records(content: &[u8], loc: &Loc, sc: &mut Scanner<'_>, kind: Records) 
         sc.finding(
             loc,
             Verdict::Dangerous,
-            "unreadable_record",
+            FindingCode::UnreadableRecord,
             at as u64,
             format!("`{member}` cannot be walked as torch's legacy loader reads it: {why}"),
         );
@@ -733,17 +731,26 @@ pub(crate) mod tests {
         assert_eq!(r.format, "torch-tar");
         assert_eq!(r.verdict, Verdict::Dangerous);
         // The evil record names no storage type, so the walk stops there.
-        assert!(r.findings.iter().any(|f| f.code == "unreadable_record"));
+        assert!(r
+            .findings
+            .iter()
+            .any(|f| f.code == FindingCode::UnreadableRecord));
     }
 
     #[test]
     fn links_and_duplicates() {
         let d = tar(&[("pickle", b"", b'2')]);
         let r = scan(&d);
-        assert!(r.findings.iter().any(|f| f.code == "unreadable_record"));
+        assert!(r
+            .findings
+            .iter()
+            .any(|f| f.code == FindingCode::UnreadableRecord));
         let d = tar(&[("pickle", MAIN, b'0'), ("pickle", EVIL, b'0')]);
         let r = scan(&d);
-        assert!(r.findings.iter().any(|f| f.code == "ambiguous_tar"));
+        assert!(r
+            .findings
+            .iter()
+            .any(|f| f.code == FindingCode::AmbiguousTar));
         assert_eq!(r.streams.len(), 2);
         assert_eq!(r.verdict, Verdict::Dangerous);
     }
@@ -753,14 +760,23 @@ pub(crate) mod tests {
         let mut s = b"\x80\x02X\x01\x00\x00\x00x.".to_vec();
         s.extend_from_slice(RECORD);
         let r = scan(&tar(&[("storages", &s, b'0')]));
-        assert!(r.findings.iter().any(|f| f.code == "unreadable_record"));
+        assert!(r
+            .findings
+            .iter()
+            .any(|f| f.code == FindingCode::UnreadableRecord));
         let r = scan(&tar(&[("storages", b"\x80\x02J\xff\xff\xff\x7f.", b'0')]));
-        assert!(r.findings.iter().any(|f| f.code == "unreadable_record"));
+        assert!(r
+            .findings
+            .iter()
+            .any(|f| f.code == FindingCode::UnreadableRecord));
         let mut t = b"\x80\x02K\x01.".to_vec();
         t.extend_from_slice(b"\x80\x02X\x01\x00\x00\x001X\x01\x00\x00\x001N\x87.");
         t.extend_from_slice(&(-1i32).to_le_bytes());
         let r = scan(&tar(&[("tensors", &t, b'0')]));
-        assert!(r.findings.iter().any(|f| f.code == "unreadable_record"));
+        assert!(r
+            .findings
+            .iter()
+            .any(|f| f.code == FindingCode::UnreadableRecord));
     }
 
     #[test]

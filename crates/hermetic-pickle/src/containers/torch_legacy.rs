@@ -103,6 +103,7 @@ pub(crate) fn scan_legacy(data: &[u8], loc: &Loc, sc: &mut Scanner<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codes::FindingCode;
     use crate::{scan_bytes, Limits, Policy, Verdict};
 
     fn legacy(main: &[u8]) -> Vec<u8> {
@@ -146,7 +147,9 @@ mod tests {
         assert_eq!(r.streams.len(), 5);
         assert_eq!(r.streams[3].name, "pickle");
         assert_eq!(r.verdict, Verdict::Safe, "{:?}", r.findings);
-        assert!(r.all_findings().all(|f| f.code != "trailing_data"));
+        assert!(r
+            .all_findings()
+            .all(|f| f.code != FindingCode::TrailingData));
     }
 
     #[test]

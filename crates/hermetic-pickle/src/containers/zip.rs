@@ -21,6 +21,7 @@ use super::{
     display_name, is_interesting_content, is_pickle_name, is_safetensors, le_u16, le_u32, le_u64,
     scan_member, scan_pickle_file, slice_at, ContainerError, Loc, Scanner,
 };
+use crate::codes::FindingCode;
 use crate::policy::Verdict;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -1028,7 +1029,7 @@ fn report_issues(issues: &[ZipIssue], loc: &Loc, sc: &mut Scanner<'_>, skip_lead
         sc.finding(
             loc,
             Verdict::Dangerous,
-            "ambiguous_zip",
+            FindingCode::AmbiguousZip,
             first.offset,
             format!(
                 "ambiguous zip ({}): {}{more}; torch.load (miniz) and zipfile-based loaders may read different contents",
@@ -1093,7 +1094,7 @@ pub(crate) fn scan_zip(data: &[u8], loc: &Loc, sc: &mut Scanner<'_>) -> String {
         sc.finding(
             loc,
             Verdict::Dangerous,
-            "ambiguous_zip",
+            FindingCode::AmbiguousZip,
             m as u64,
             "torch.load (miniz) and zipfile find different end of central directory records: each reads another archive",
         );
@@ -1108,7 +1109,7 @@ pub(crate) fn scan_zip(data: &[u8], loc: &Loc, sc: &mut Scanner<'_>) -> String {
             sc.finding(
                 loc,
                 Verdict::Dangerous,
-                "limit_exceeded",
+                FindingCode::LimitExceeded,
                 e.offset(),
                 format!("zip archive: {e}"),
             );
@@ -1125,7 +1126,7 @@ pub(crate) fn scan_zip(data: &[u8], loc: &Loc, sc: &mut Scanner<'_>) -> String {
                 sc.finding(
                     loc,
                     Verdict::Suspicious,
-                    "malformed_container",
+                    FindingCode::MalformedContainer,
                     e.offset(),
                     format!("starts like a zip archive but no loader can open it: {e}"),
                 );
@@ -1133,7 +1134,7 @@ pub(crate) fn scan_zip(data: &[u8], loc: &Loc, sc: &mut Scanner<'_>) -> String {
                 sc.finding(
                     loc,
                     Verdict::Dangerous,
-                    "ambiguous_zip",
+                    FindingCode::AmbiguousZip,
                     e.offset(),
                     format!("ambiguous zip (central directory): it cannot be read ({e}); zip readers may recover different entries"),
                 );
@@ -1166,7 +1167,7 @@ pub(crate) fn scan_embedded_zip(
             sc.finding(
                 loc,
                 Verdict::Dangerous,
-                "polyglot_pickle_zip",
+                FindingCode::PolyglotPickleZip,
                 eocd as u64,
                 "the file starts with a pickle stream (pickle.load runs it; torch.load reads it as a legacy checkpoint) but ends with a zip central directory (zipfile, np.load and joblib users read it as an archive)",
             );
@@ -1183,7 +1184,7 @@ pub(crate) fn scan_embedded_zip(
             sc.finding(
                 loc,
                 Verdict::Dangerous,
-                "limit_exceeded",
+                FindingCode::LimitExceeded,
                 e.offset(),
                 format!("zip archive: {e}"),
             );
@@ -1223,7 +1224,7 @@ fn scan_archive(data: &[u8], archive: &ZipArchive, loc: &Loc, sc: &mut Scanner<'
         sc.finding(
             loc,
             Verdict::Suspicious,
-            "torchscript_code",
+            FindingCode::TorchscriptCode,
             at,
             "the archive carries TorchScript code (code/, constants.pkl) that torch.jit.load compiles and runs; torch.load hands such archives to torch.jit.load",
         );
@@ -1288,7 +1289,7 @@ fn scan_archive(data: &[u8], archive: &ZipArchive, loc: &Loc, sc: &mut Scanner<'
             sc.finding(
                 loc,
                 Verdict::Dangerous,
-                "decompression_limit",
+                FindingCode::DecompressionLimit,
                 e.local_offset,
                 format!("`{name}` inflates past the decompression limit; only its first {} bytes were scanned", content.data.len()),
             );
@@ -1376,7 +1377,7 @@ mod tests {
     fn rules(r: &FileReport) -> Vec<String> {
         r.findings
             .iter()
-            .filter(|f| f.code == "ambiguous_zip")
+            .filter(|f| f.code == FindingCode::AmbiguousZip)
             .map(|f| f.reason.clone())
             .collect()
     }
@@ -1462,7 +1463,7 @@ mod tests {
         assert!(r
             .findings
             .iter()
-            .any(|f| f.code == "torchscript_code" && f.severity == Verdict::Suspicious));
+            .any(|f| f.code == FindingCode::TorchscriptCode && f.severity == Verdict::Suspicious));
         assert_eq!(r.verdict, Verdict::Suspicious);
         assert_eq!(r.streams.len(), 2);
     }
@@ -1629,7 +1630,7 @@ mod tests {
         assert!(r
             .findings
             .iter()
-            .any(|f| f.code == "polyglot_pickle_zip" && f.severity == Verdict::Dangerous));
+            .any(|f| f.code == FindingCode::PolyglotPickleZip && f.severity == Verdict::Dangerous));
         assert!(r.streams.iter().any(|s| s.name == "a.pkl"));
         assert!(r.streams.iter().any(|s| s.name == "pickle"));
     }
@@ -1649,7 +1650,9 @@ mod tests {
         );
         let r = scan(&d);
         assert!(
-            r.findings.iter().all(|f| f.code != "polyglot_pickle_zip"),
+            r.findings
+                .iter()
+                .all(|f| f.code != FindingCode::PolyglotPickleZip),
             "{:?}",
             r.findings
         );
@@ -1749,7 +1752,10 @@ mod tests {
             d = zip(&[E::stored("n.zip", &d)]);
         }
         let r = scan(&d);
-        assert!(r.findings.iter().any(|f| f.code == "limit_exceeded"));
+        assert!(r
+            .findings
+            .iter()
+            .any(|f| f.code == FindingCode::LimitExceeded));
     }
 
     #[test]
@@ -1761,21 +1767,30 @@ mod tests {
             ..Limits::default()
         };
         let r = scan_bytes(&d, "t", &Policy::default(), &limits);
-        assert!(r.findings.iter().any(|f| f.code == "limit_exceeded"));
+        assert!(r
+            .findings
+            .iter()
+            .any(|f| f.code == FindingCode::LimitExceeded));
     }
 
     #[test]
     fn broken_zips() {
         let r = scan(b"PK\x03\x04 not really");
         assert_eq!(r.format, "zip");
-        assert!(r.findings.iter().any(|f| f.code == "malformed_container"));
+        assert!(r
+            .findings
+            .iter()
+            .any(|f| f.code == FindingCode::MalformedContainer));
         let d = zip(&torch_like(SAFE));
         // Corrupt the central directory signature.
         let a = ZipArchive::parse(&d, 10).unwrap();
         let mut bad = d.clone();
         bad[a.central_offset as usize] = b'X';
         let r = scan(&bad);
-        assert!(r.findings.iter().any(|f| f.code == "ambiguous_zip"));
+        assert!(r
+            .findings
+            .iter()
+            .any(|f| f.code == FindingCode::AmbiguousZip));
         assert_eq!(r.verdict, Verdict::Dangerous);
         assert!(scan(b"PK\x05\x06\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0").verdict == Verdict::Safe);
     }

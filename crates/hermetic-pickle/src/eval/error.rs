@@ -1,5 +1,6 @@
 //! Why a file could not be evaluated, and the memory budget of one load.
 
+use crate::codes::FindingCode;
 use std::fmt;
 
 /// A global (or structural problem) that stops a file from loading.
@@ -10,7 +11,7 @@ pub struct Offender {
     /// `module:name`, as an `allow=` entry names it (empty likewise).
     pub global: String,
     /// The scanner's finding code (`dangerous_import`, `ambiguous_zip`, ...).
-    pub code: String,
+    pub code: FindingCode,
     /// Byte offset in the file.
     pub offset: u64,
     pub called: bool,
@@ -78,7 +79,7 @@ impl Unsafe {
         let needed = || self.offenders.iter().filter(move |o| !wrapper(o));
         let wrappers_only = self.offenders.iter().all(|o| wrapper(&o));
         let trustable = needed().all(|o| {
-            o.code == "unknown_import"
+            o.code == FindingCode::UnknownImport
                 && o.global
                     .split_once(':')
                     .is_some_and(|(m, n)| super::Allowed::trustable(m, n))
@@ -182,7 +183,7 @@ impl Problem {
                 offenders: vec![Offender {
                     qualname: format!("{module}.{name}"),
                     global: format!("{module}:{name}"),
-                    code: "unknown_import".into(),
+                    code: FindingCode::UnknownImport,
                     offset,
                     called: false,
                     reason: "not a data constructor hermetic can build".into(),

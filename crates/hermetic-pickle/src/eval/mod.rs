@@ -40,6 +40,7 @@ pub use value::{
     NpField, NpScalar, Object, StorageView, Str, Tensor, TorchDtype, Value, FALSE, NONE, TRUE,
 };
 
+use crate::codes::FindingCode;
 use crate::policy::{Policy, Verdict};
 use crate::report::FileReport;
 use crate::Limits;
@@ -140,7 +141,8 @@ impl Companions {
 /// any that is not a numeric array).
 pub fn admit_companions(report: &mut FileReport) {
     for s in &mut report.streams {
-        s.findings.retain(|f| f.code != "joblib_array_wrapper");
+        s.findings
+            .retain(|f| f.code != FindingCode::JoblibArrayWrapper);
         s.verdict = s
             .findings
             .iter()
@@ -232,7 +234,7 @@ impl Allowed {
     ) -> Result<Option<Allowed>, E> {
         let mut names = Vec::new();
         for o in &refusal.offenders {
-            if o.code == "unknown_import" && !o.global.is_empty() && permits(&o.global)? {
+            if o.code == FindingCode::UnknownImport && !o.global.is_empty() && permits(&o.global)? {
                 names.push(o.global.clone());
             }
         }
@@ -256,7 +258,7 @@ impl Allowed {
     /// (the evaluator never calls it).
     fn covers(&self, f: &crate::report::Finding) -> bool {
         let object = f.module == "builtins" && f.name == "object";
-        (f.code == "unknown_import" || object) && self.permits(&f.module, &f.name)
+        (f.code == FindingCode::UnknownImport || object) && self.permits(&f.module, &f.name)
     }
 }
 
@@ -325,18 +327,18 @@ impl AllowList {
 
 /// Finding codes that mean a stream or container cannot be evaluated
 /// faithfully (or loaders disagree about it), whatever the mode.
-const STRUCTURAL: &[&str] = &[
-    "malformed_stream",
-    "truncated_stream",
-    "frame_violation",
-    "trailing_data",
-    "limit_exceeded",
-    "extension_code",
-    "out_of_band_buffer",
-    "polyglot_pickle_zip",
-    "ambiguous_zip",
-    "decompression_limit",
-    "proto_mid_stream",
+const STRUCTURAL: &[FindingCode] = &[
+    FindingCode::MalformedStream,
+    FindingCode::TruncatedStream,
+    FindingCode::FrameViolation,
+    FindingCode::TrailingData,
+    FindingCode::LimitExceeded,
+    FindingCode::ExtensionCode,
+    FindingCode::OutOfBandBuffer,
+    FindingCode::PolyglotPickleZip,
+    FindingCode::AmbiguousZip,
+    FindingCode::DecompressionLimit,
+    FindingCode::ProtoMidStream,
 ];
 
 /// Refuses a file whose scan forbids evaluating it in `mode`. In strict
@@ -354,8 +356,7 @@ pub fn gate(report: &FileReport, mode: Mode, allowed: &Allowed) -> Result<(), Ev
             Mode::Strict => f.severity > Verdict::Safe && !allowed.covers(f),
             Mode::Salvage => f.severity == Verdict::Dangerous,
             Mode::Inspect => {
-                f.severity == Verdict::Dangerous
-                    && (is_container || STRUCTURAL.contains(&f.code.as_str()))
+                f.severity == Verdict::Dangerous && (is_container || STRUCTURAL.contains(&f.code))
             }
         });
     if let Some(e) = &report.error {
@@ -383,7 +384,7 @@ pub fn gate(report: &FileReport, mode: Mode, allowed: &Allowed) -> Result<(), Ev
             } else {
                 format!("{}:{}", f.module, f.name)
             },
-            code: f.code.clone(),
+            code: f.code,
             offset: f.offset,
             called: f.called,
             reason: f.reason.clone(),
