@@ -48,3 +48,51 @@ pub enum ManifestError {
     #[error("inventory line {line}: {message}")]
     Inventory { line: usize, message: String },
 }
+
+impl ManifestError {
+    /// A stable snake_case code for scripts and reports.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ManifestError::BadBlobId(_) => "bad_blob_id",
+            ManifestError::BadCallerPattern { .. } => "bad_caller_pattern",
+            ManifestError::BadMode(_) => "bad_mode",
+            ManifestError::Toml(_) => "invalid_toml",
+            ManifestError::Invalid(_) | ManifestError::InFile { .. } => "invalid_manifest",
+            ManifestError::Io { .. } => "io_error",
+            ManifestError::Inventory { .. } => "invalid_inventory",
+        }
+    }
+
+    /// The file the error is about, when it names one.
+    pub fn path(&self) -> Option<&str> {
+        match self {
+            ManifestError::InFile { path, .. } | ManifestError::Io { path, .. } => Some(path),
+            ManifestError::BadBlobId(_)
+            | ManifestError::BadCallerPattern { .. }
+            | ManifestError::BadMode(_)
+            | ManifestError::Toml(_)
+            | ManifestError::Invalid(_)
+            | ManifestError::Inventory { .. } => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ManifestError;
+
+    #[test]
+    fn errors_have_codes_and_paths() {
+        let e = ManifestError::InFile {
+            path: "m.toml".into(),
+            message: "bad".into(),
+        };
+        assert_eq!((e.code(), e.path()), ("invalid_manifest", Some("m.toml")));
+        let e = ManifestError::BadMode("x".into());
+        assert_eq!((e.code(), e.path()), ("bad_mode", None));
+        assert_eq!(
+            e.to_string(),
+            "bad mode \"x\": expected deny, enforce, record or warn"
+        );
+    }
+}

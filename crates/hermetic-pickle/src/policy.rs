@@ -888,6 +888,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn policy_errors_have_codes_and_paths() {
+        let e = Policy::from_toml("[allow]\nglobals = [\"x\"]\n").unwrap_err();
+        assert_eq!((e.code(), e.path()), ("bad_pattern", None), "{e}");
+        let e = Policy::from_file(Path::new("/nonexistent/policy.toml")).unwrap_err();
+        assert_eq!(e.code(), "io_error");
+        assert_eq!(e.path(), Some("/nonexistent/policy.toml"));
+    }
+
+    #[test]
     fn default_classes() {
         let p = Policy::default();
         assert_eq!(

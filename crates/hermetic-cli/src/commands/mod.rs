@@ -39,31 +39,44 @@ pub(crate) fn dispatch(cli: Cli, out: &mut dyn Write) -> ExitStatus {
 }
 
 /// Why a command could not run.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    /// The arguments do not make sense together (exit status 2).
+    #[error("{0}")]
     Usage(String),
-    Io(std::io::Error),
+    /// Reading or writing failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
 }
 
-impl std::fmt::Display for CliError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl CliError {
+    /// A stable snake_case code for scripts and reports.
+    pub fn code(&self) -> &'static str {
         match self {
-            CliError::Usage(m) => f.write_str(m),
-            CliError::Io(e) => write!(f, "{e}"),
+            CliError::Usage(_) => "usage",
+            CliError::Io(_) => "io_error",
         }
-    }
-}
-
-impl std::error::Error for CliError {}
-
-impl From<std::io::Error> for CliError {
-    fn from(e: std::io::Error) -> Self {
-        CliError::Io(e)
     }
 }
 
 impl From<serde_json::Error> for CliError {
     fn from(e: serde_json::Error) -> Self {
         CliError::Io(e.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CliError;
+
+    #[test]
+    fn errors_display_their_message_and_have_codes() {
+        let e = CliError::Usage("no files given".into());
+        assert_eq!(
+            (e.to_string().as_str(), e.code()),
+            ("no files given", "usage")
+        );
+        let e: CliError = std::io::Error::new(std::io::ErrorKind::NotFound, "gone").into();
+        assert_eq!((e.to_string().as_str(), e.code()), ("gone", "io_error"));
     }
 }
