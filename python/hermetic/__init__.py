@@ -19,14 +19,7 @@ from hermetic._format import (
     save,
 )
 from hermetic._format import open_archive as open
-from hermetic._hermetic import (
-    CheckpointError,
-    HermeticError,
-    ManifestError,
-    PolicyError,
-    UnsafePickleError,
-    __version__,
-)
+from hermetic._hermetic import __version__
 from hermetic._scan import (
     Finding,
     GlobalRef,
@@ -37,7 +30,16 @@ from hermetic._scan import (
     scan,
     scan_bytes,
 )
-from hermetic._typed import ClassNotAllowedError, SchemaError, field, register
+from hermetic._typed import field, register
+from hermetic.errors import (
+    CheckpointError,
+    ClassNotAllowedError,
+    HermeticError,
+    ManifestError,
+    PolicyError,
+    SchemaError,
+    UnsafePickleError,
+)
 from hermetic.firewall import (
     BadTokenError,
     NoPickleError,

@@ -6,20 +6,30 @@ from typing import final
 
 __version__: str
 
-class HermeticError(Exception): ...
+# Every finding code, in catalogue order (README: "Finding codes").
+FINDING_CODES: tuple[str, ...]
+
+# The exceptions' `code` (and `path`, `offset`) have class defaults; errors
+# raised by the Rust core set their own (hermetic.errors lists them).
+class HermeticError(Exception):
+    code: str
 
 class UnsafePickleError(HermeticError):
     # Set on errors raised by `evaluate` (hermetic.torch.load, hermetic.load_pickle).
     imports: list[str]
     findings: list[tuple[str, str, int, str]]
     path: str
+    offset: int
 
-class PolicyError(HermeticError): ...
-class ManifestError(HermeticError): ...
+class PolicyError(HermeticError):
+    path: str | None
+
+class ManifestError(HermeticError):
+    path: str | None
+
 class FormatError(HermeticError): ...
 
 class CheckpointError(HermeticError):
-    code: str
     offset: int
 
 def scan_path(path: str, policy_file: str | None = None) -> str: ...

@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
-from hermetic._hermetic import FormatError
+from hermetic.errors import ClassNotAllowedError, FormatError, SchemaError
 
 if TYPE_CHECKING:
     from zoneinfo import ZoneInfo
@@ -42,16 +42,6 @@ if TYPE_CHECKING:
 __all__ = ["ClassNotAllowedError", "FieldInfo", "SchemaError", "field", "register"]
 
 T = TypeVar("T")
-
-
-class SchemaError(FormatError):
-    """The file's data does not fit the type asked for: the message names each
-    place in the tree, the type expected there and what the file holds."""
-
-
-class ClassNotAllowedError(FormatError):
-    """A file names classes, enums or callables that the caller has not allowed
-    (``type=``, ``allow=`` or :func:`hermetic.register`)."""
 
 
 # ------------------------------------------------------------------ saving

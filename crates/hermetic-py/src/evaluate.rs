@@ -45,7 +45,8 @@ fn eval_error(py: Python<'_>, e: EvalError) -> PyErr {
                 .collect();
             let ok = value.setattr("imports", u.imports.clone()).is_ok()
                 && value.setattr("findings", findings).is_ok()
-                && value.setattr("path", u.file.clone()).is_ok();
+                && value.setattr("path", u.file.clone()).is_ok()
+                && value.setattr("offset", e.offset()).is_ok();
             if ok {
                 err
             } else {
@@ -621,9 +622,6 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     unsafe_type.setattr("imports", PyList::empty(py))?;
     unsafe_type.setattr("findings", PyList::empty(py))?;
     unsafe_type.setattr("path", "")?;
-    let checkpoint_type = py.get_type::<CheckpointError>();
-    checkpoint_type.setattr("code", "")?;
-    checkpoint_type.setattr("offset", 0)?;
     m.add_function(wrap_pyfunction!(evaluate, m)?)?;
     // The standard-library classes the evaluator rebuilds without allow=.
     let inert: Vec<String> = hermetic_pickle::policy::INERT_CLASSES

@@ -2,7 +2,7 @@
 //! decisions, refusal messages, blob extents and ids, and scanner summaries.
 //! Conversion glue only; the logic lives in `hermetic-manifest`.
 
-use crate::errors::ManifestError as PyManifestError;
+use crate::errors::manifest_error;
 use hermetic_manifest::{
     first_blob, joblib_span, stream_extent, BlobId, Extent, Judgement, LoadContext, Manifest, Mode,
     Query, ScanSummary,
@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 const RELEASE_GIL_AT: usize = 64 * 1024;
 
 fn manifest_err(e: hermetic_manifest::ManifestError) -> PyErr {
-    PyManifestError::new_err(e.to_string())
+    manifest_error(e)
 }
 
 fn value_err(e: hermetic_manifest::ManifestError) -> PyErr {

@@ -1,4 +1,4 @@
-use crate::errors::PolicyError;
+use crate::errors::policy_error;
 use hermetic_pickle::{blob_id as rust_blob_id, scan_bytes, scan_file, Limits, Policy};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 fn policy(path: Option<PathBuf>) -> PyResult<Policy> {
     match path {
-        Some(p) => Policy::from_file(&p).map_err(|e| PolicyError::new_err(e.to_string())),
+        Some(p) => Policy::from_file(&p).map_err(policy_error),
         None => Ok(Policy::default()),
     }
 }
@@ -71,5 +71,8 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(scan_paths, m)?)?;
     m.add_function(wrap_pyfunction!(scan_data, m)?)?;
     m.add_function(wrap_pyfunction!(blob_id, m)?)?;
+    // Every finding code, in catalogue order (README: "Finding codes").
+    let codes = hermetic_pickle::FindingCode::ALL.iter().map(|c| c.as_str());
+    m.add("FINDING_CODES", pyo3::types::PyTuple::new(m.py(), codes)?)?;
     Ok(())
 }

@@ -51,17 +51,11 @@ except ImportError as e:  # pragma: no cover - exercised without torch installed
 
 from hermetic import torch as _htorch
 from hermetic._evaluate import load_pickle
-from hermetic._hermetic import CheckpointError
+from hermetic.errors import DcpFormatError
 
 __all__ = ["DcpFormatError", "SafeReader"]
 
 _METADATA = ".metadata"
-
-
-class DcpFormatError(CheckpointError):
-    """The folder is not a DCP checkpoint this reader can read faithfully (a
-    metadata field of the wrong type, an item outside its file, a stream
-    transform it does not implement)."""
 
 
 def _plain_name(name: object) -> str:
