@@ -97,7 +97,9 @@ def test_counter_of_an_iterable_as_cpython(items: Any) -> None:
 
 
 @pytest.mark.parametrize("ctor", ["tuple", "list"])
-@pytest.mark.parametrize("arg", [b"ab", bytearray(b"\x00\xff"), "h\u00e9\U0001f600", {"k": 1}, {5}])
+@pytest.mark.parametrize(
+    "arg", [b"ab", bytearray(b"\x00\xff"), "h\u00e9\U0001f600", "a\ud800\udc00b", {"k": 1}, {5}]
+)
 def test_sequence_of_an_iterable_as_cpython(ctor: str, arg: Any) -> None:
     _agree(_reduce("builtins", ctor, arg))
 
@@ -137,3 +139,9 @@ HASH_CASES = [
 @pytest.mark.parametrize("data", HASH_CASES)
 def test_dict_keys_and_set_items_as_cpython(data: bytes) -> None:
     _agree(data)
+
+
+@pytest.mark.parametrize("ctor", ["set", "frozenset"])
+def test_set_of_a_str_with_lone_surrogates_as_cpython(ctor: str) -> None:
+    # Found by the value fuzzer: each lone surrogate is one item.
+    _agree(_reduce("builtins", ctor, "a\ud800\ud800b\udfff"))

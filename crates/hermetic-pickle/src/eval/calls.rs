@@ -152,21 +152,32 @@ fn items_of(m: &mut Heap<'_, '_>, id: Id, what: &str, ordered: bool) -> Result<V
                 .collect()
         }
         Value::Str(s) => {
-            let text = s
-                .as_str()
-                .ok_or_else(|| unsupported(format!("{what} of a str with a lone surrogate")))?
-                .to_string();
-            m.budget.charge_problem(16 * text.len() as u64)?;
-            text.chars()
-                .map(|c| {
-                    let mut buf = [0u8; 4];
-                    let one = c.encode_utf8(&mut buf).as_bytes().to_vec();
-                    m.push_value(Value::Str(Str {
-                        bytes: Cow::Owned(one),
-                        utf8: true,
-                    }))
-                })
-                .collect()
+            // One str per code point. The bytes are UTF-8 that may encode
+            // lone surrogates (as the unpickler's surrogatepass keeps
+            // them), so each code point's bytes follow from its lead byte.
+            let bytes = s.bytes.to_vec();
+            m.budget.charge_problem(16 * bytes.len() as u64)?;
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < bytes.len() {
+                let n = match bytes[i] {
+                    0..=0x7f => 1,
+                    0xc0..=0xdf => 2,
+                    0xe0..=0xef => 3,
+                    _ => 4,
+                };
+                let one = bytes
+                    .get(i..i + n)
+                    .ok_or_else(|| malformed(format!("{what} of a str that is not UTF-8")))?
+                    .to_vec();
+                i += n;
+                let utf8 = std::str::from_utf8(&one).is_ok();
+                out.push(m.push_value(Value::Str(Str {
+                    bytes: Cow::Owned(one),
+                    utf8,
+                }))?);
+            }
+            Ok(out)
         }
         other => Err(unsupported(format!(
             "{what} of {} (only lists, tuples, dicts, bytes, str and sets of one item)",
