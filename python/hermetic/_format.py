@@ -527,6 +527,16 @@ class _Maker:
                 raise FormatError(f"dtype {code}: this torch ({torch.__version__}) has no {name}")
             raise FormatError(f"dtype {code} has no torch equivalent")
         base = self.bases.get(("torch", entry))
+        size = dtype.itemsize
+        if base is None and self.mmap and self.device is None and nbytes and not offset:
+            # The common case, a CPU tensor that is its whole entry: one typed
+            # view of the map, whose storage is the entry, as for the others.
+            if _row_major(tuple(shape), size) == (tuple(strides), nbytes):
+                t = torch.frombuffer(
+                    self.buffer(file), dtype=dtype, count=nbytes // size, offset=start
+                )
+                self.bases[("torch", entry)] = t
+                return t.view(shape)
         if base is None:
             device = torch.device(self.device) if self.device is not None else None
             if device is not None and device.type == "meta":
@@ -544,10 +554,29 @@ class _Maker:
                 if device is not None and device.type != "cpu":
                     base = base.to(device)
             self.bases[("torch", entry)] = base
-        size = dtype.itemsize
         return torch.empty(0, dtype=dtype, device=base.device).set_(
             base.untyped_storage(), offset // size, shape, [s // size for s in strides]
         )
+
+
+_ROW_MAJOR: dict[tuple[tuple[int, ...], int], tuple[tuple[int, ...], int]] = {}
+
+
+def _row_major(shape: tuple[int, ...], size: int) -> tuple[tuple[int, ...], int]:
+    """Row-major byte strides of ``shape`` and its byte size (cached:
+    checkpoints repeat shapes)."""
+    key = (shape, size)
+    r = _ROW_MAJOR.get(key)
+    if r is None:
+        out = []
+        n = size
+        for dim in reversed(shape):
+            out.append(n)
+            n *= dim
+        r = (tuple(reversed(out)), n)
+        if len(_ROW_MAJOR) < 4096:
+            _ROW_MAJOR[key] = r
+    return r
 
 
 def _info_maker(
