@@ -2,7 +2,7 @@
 exists, and every call the extension makes is declared.
 
 Rust calls our Python code through two doors only: the functions of
-`hermetic._bridge` (`_hermetic.BRIDGE_HELPERS`) and the methods of
+`hermetic._bridge` (its `__all__`) and the methods of
 `hermetic._evaluate.Maker` (`_hermetic.BRIDGE_MAKER`). A helper renamed on one
 side and not the other would otherwise only fail when a user loads a file that
 reaches it.
@@ -25,8 +25,7 @@ def _rust_sources() -> str:
 
 
 def test_helpers_are_the_bridge_module() -> None:
-    assert sorted(_bridge.__all__) == sorted(_hermetic.BRIDGE_HELPERS)
-    for name in _hermetic.BRIDGE_HELPERS:
+    for name in _bridge.__all__:
         assert callable(getattr(_bridge, name)), name
 
 
@@ -40,11 +39,11 @@ def test_every_helper_call_in_rust_is_declared() -> None:
     # Our own helpers are the underscore names Rust spells out (attribute
     # names of other objects, such as Enum's `_value_`, are not ours).
     called = set(re.findall(r'"(_[a-z][a-z0-9_]*[a-z0-9])"', src)) - {"_value_"}
-    assert called == set(_hermetic.BRIDGE_HELPERS), (
+    assert called == set(_bridge.__all__), (
         "undeclared",
-        called - set(_hermetic.BRIDGE_HELPERS),
+        called - set(_bridge.__all__),
         "declared but never called",
-        set(_hermetic.BRIDGE_HELPERS) - called,
+        set(_bridge.__all__) - called,
     )
 
 

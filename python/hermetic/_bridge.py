@@ -1,11 +1,11 @@
 """The Python functions the Rust extension calls by name, and nothing else.
 
 Rust reaches Python through this module alone (``hermetic-py/src/bridge.rs``
-imports it once and calls only the names in ``_hermetic.BRIDGE_HELPERS``); the
-evaluator's object maker is the other door, ``hermetic._evaluate.Maker``,
+imports it once and calls only the names in ``__all__``, the one list of
+them); the evaluator's object maker is the other door, ``hermetic._evaluate.Maker``,
 whose methods Rust calls are ``_hermetic.BRIDGE_MAKER``. ``tests/test_bridge.py``
-checks both lists against this module, the Maker and the Rust sources, so a
-renamed helper fails a test instead of a user's load.
+checks both lists against the Rust sources, so a renamed helper fails a test
+instead of a user's load.
 """
 
 from __future__ import annotations

@@ -140,7 +140,6 @@ def dis(data: bytes) -> str: ...
 # The safe evaluator (hermetic.torch.load, hermetic.load_pickle).
 INERT_CLASSES: tuple[str, ...]
 TORCH_ENUM_NAMES: tuple[str, ...]
-BRIDGE_HELPERS: tuple[str, ...]
 BRIDGE_MAKER: tuple[str, ...]
 
 def evaluate(

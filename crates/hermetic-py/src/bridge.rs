@@ -1,40 +1,12 @@
-//! The one door from Rust into Python code of our own: the functions of
-//! `hermetic._bridge`, imported once, called only by the names declared
-//! here. `tests/test_bridge.py` checks these lists against the Python side
-//! and against every call in this crate, so a renamed helper fails a test,
-//! not a user's load.
+//! The doors from Rust into Python code of our own: the functions of
+//! `hermetic._bridge` (imported once; its `__all__` is the one list of
+//! them) and the methods of `hermetic._evaluate.Maker` declared here.
+//! `tests/test_bridge.py` checks both against every call in this crate, so
+//! a renamed helper fails a test, not a user's load.
 
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyModule, PyTuple};
-
-/// The functions of `hermetic._bridge` the tree walk and builder call.
-pub(crate) const HELPERS: &[&str] = &[
-    "_callable_name",
-    "_check_partial",
-    "_class_info",
-    "_date",
-    "_datetime",
-    "_datetime_text",
-    "_decimal",
-    "_np_info",
-    "_np_scalar",
-    "_np_scalar_info",
-    "_np_span",
-    "_path",
-    "_pure_path",
-    "_time",
-    "_time_text",
-    "_timedelta",
-    "_timezone",
-    "_timezone_info",
-    "_torch_device",
-    "_torch_dtype",
-    "_torch_info",
-    "_torch_size",
-    "_torch_span",
-    "_uuid",
-];
 
 /// The methods of `hermetic._evaluate.Maker` the evaluator's builder calls.
 pub(crate) const MAKER: &[&str] = &[
@@ -77,7 +49,6 @@ pub(crate) fn module(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add("BRIDGE_HELPERS", PyTuple::new(m.py(), HELPERS)?)?;
     m.add("BRIDGE_MAKER", PyTuple::new(m.py(), MAKER)?)?;
     Ok(())
 }
