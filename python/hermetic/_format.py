@@ -38,36 +38,9 @@ __all__ = [
 Framework = Literal["torch", "pt", "numpy", "np"]
 PathLike = str | os.PathLike[str]
 
-# torch dtype name -> hermetic dtype code (docs/SPEC.md, "Dtypes").
-_TORCH_CODES: dict[str, str] = {
-    "bool": "BOOL",
-    "uint8": "U8",
-    "int8": "I8",
-    "uint16": "U16",
-    "int16": "I16",
-    "uint32": "U32",
-    "int32": "I32",
-    "uint64": "U64",
-    "int64": "I64",
-    "float16": "F16",
-    "bfloat16": "BF16",
-    "float32": "F32",
-    "float64": "F64",
-    "complex64": "C64",
-    "float8_e4m3fn": "F8_E4M3",
-    "float8_e4m3fnuz": "F8_E4M3FNUZ",
-    "float8_e5m2": "F8_E5M2",
-    "float8_e5m2fnuz": "F8_E5M2FNUZ",
-    "complex128": "C128",
-    "complex32": "C32",
-    "float8_e8m0fnu": "F8_E8M0",
-    "float4_e2m1fn_x2": "F4_E2M1_X2",
-    "bits1x8": "BITS1X8",
-    "bits2x4": "BITS2X4",
-    "bits4x2": "BITS4X2",
-    "bits8": "BITS8",
-    "bits16": "BITS16",
-}
+# torch dtype name -> hermetic dtype code (docs/SPEC.md, "Dtypes"), from the
+# evaluator's table in Rust.
+_TORCH_CODES: dict[str, str] = dict(_hermetic.TORCH_DTYPE_CODES)
 _CODE_TORCH: dict[str, str] = {v: k for k, v in _TORCH_CODES.items()}
 # numpy kind+itemsize -> hermetic dtype code, for native little-endian dtypes.
 _NP_CODES: dict[str, str] = {

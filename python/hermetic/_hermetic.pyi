@@ -140,6 +140,7 @@ def dis(data: bytes) -> str: ...
 # The safe evaluator (hermetic.torch.load, hermetic.load_pickle).
 INERT_CLASSES: tuple[str, ...]
 TORCH_ENUM_NAMES: tuple[str, ...]
+TORCH_DTYPE_CODES: tuple[tuple[str, str], ...]
 BRIDGE_MAKER: tuple[str, ...]
 
 def evaluate(

@@ -633,5 +633,13 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "TORCH_ENUM_NAMES",
         PyTuple::new(py, hermetic_pickle::eval::TORCH_ENUMS)?,
     )?;
+    // torch dtype name -> hermetic dtype code, for the dtypes the format holds:
+    // the one table (hermetic._format reads it).
+    let codes: Vec<(&str, &str)> = hermetic_pickle::eval::TorchDtype::ALL
+        .iter()
+        .filter(|d| !d.format_code().is_empty())
+        .map(|d| (d.name(), d.format_code()))
+        .collect();
+    m.add("TORCH_DTYPE_CODES", PyTuple::new(py, codes)?)?;
     Ok(())
 }
