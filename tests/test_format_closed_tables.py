@@ -110,6 +110,9 @@ CHILD = textwrap.dedent(
     # Every code path a load takes, once, before counting modules.
     for path, how in warm:
         load(path, how)
+    # hermetic's own modules load on first use (a refusal's hint scans the
+    # file); only modules a name in a file could reach are counted.
+    import hermetic._scan
     before = set(sys.modules)
     out = []
     for path, how in cases:
