@@ -4,8 +4,8 @@
 
 use crate::errors::manifest_error;
 use hermetic_manifest::{
-    first_blob, joblib_span, stream_extent, BlobId, Extent, Judgement, LoadContext, Manifest, Mode,
-    Query, ScanSummary,
+    first_blob, joblib_span, stream_extent, Action, BlobId, Extent, Judgement, LoadContext,
+    Manifest, Mode, Query, ScanSummary,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -108,7 +108,9 @@ impl PyManifest {
     /// (`stack()`, a Python callable returning `(frames, location)`, called
     /// only when the decision needs it or `frames` asks for it), and the
     /// judgement and action, as a `Decision` whose scanner summary is
-    /// computed at most once, on first use.
+    /// computed at most once, on first use. `None` when the load is simply
+    /// allowed and `frames` (recording) asks for no record: the hot path
+    /// makes no object.
     #[pyo3(signature = (mode_name, data, blob_id=None, stack=None, frames=false))]
     fn decide_blob(
         &self,
@@ -118,7 +120,7 @@ impl PyManifest {
         blob_id: Option<&str>,
         stack: Option<&Bound<'_, PyAny>>,
         frames: bool,
-    ) -> PyResult<PyDecision> {
+    ) -> PyResult<Option<PyDecision>> {
         let m = mode(mode_name)?;
         let bytes = data.as_bytes();
         let id = match blob_id {
@@ -126,6 +128,7 @@ impl PyManifest {
             None if bytes.len() >= RELEASE_GIL_AT => py.allow_threads(|| BlobId::of(bytes)),
             None => BlobId::of(bytes),
         };
+        let record = frames;
         let (frames, location) = match stack {
             Some(f) if frames || self.inner.needs_frames(m, &id) => {
                 let (frames, location): (Vec<String>, Option<String>) = f.call0()?.extract()?;
@@ -140,7 +143,10 @@ impl PyManifest {
             frames: frames.as_deref(),
         };
         let (j, a) = self.inner.decide(m, &q);
-        Ok(PyDecision {
+        if a == Action::Allow && !record {
+            return Ok(None);
+        }
+        Ok(Some(PyDecision {
             blob_id: id.to_string(),
             size,
             judgement: j.label(),
@@ -153,7 +159,7 @@ impl PyManifest {
             location,
             data: data.clone().unbind(),
             summary: OnceLock::new(),
-        })
+        }))
     }
 
     /// Decides one load: returns `(judgement, action)`, where judgement is

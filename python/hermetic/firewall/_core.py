@@ -279,6 +279,8 @@ def check(
         return RUN
     m = st.manifest
     d = m.decide_blob(mode, blob, blob_id, stack, st.inventory is not None)
+    if d is None:
+        return RUN
     blob_id, size, action = d.blob_id, d.size, d.action
     frames, location = d.frames, d.location
     if st.inventory is not None:
