@@ -386,6 +386,11 @@ def make_comparer() -> Any:
                 if isinstance(a, decimal.Decimal):
                     assert a.as_tuple() == b.as_tuple(), f"{path}: {a!r} != {b!r}"
                     return
+                if isinstance(a, slice):
+                    # Part by part: slice(nan) == slice(nan) is False.
+                    for part in ("start", "stop", "step"):
+                        self.same(getattr(a, part), getattr(b, part), f"{path}.{part}")
+                    return
                 if isinstance(a, (set, frozenset)) and a != b:
                     assert sorted(map(_key, a)) == sorted(map(_key, b)), f"{path}: {a} != {b}"
                     return
