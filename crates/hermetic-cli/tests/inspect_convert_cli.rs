@@ -2,25 +2,16 @@
 //! the real binary on the committed corpora; reports and error texts pinned
 //! with insta (fixture and temporary paths filtered).
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
 }
 
 fn hermetic(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_hermetic"))
-        .args(args)
-        .current_dir(fixtures())
-        .env_remove("HERMETIC_PICKLE")
-        .output()
-        .expect("run hermetic");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::hermetic_in(&fixtures(), args)
 }
 
 fn snapshot(name: &str, tmp: &Path, value: String) {

@@ -2,24 +2,15 @@
 //! run as the real binary; outputs pinned with insta (temporary paths and
 //! pids filtered).
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
 
 const SAFE: &[u8] = b"\x80\x02]q\x00(K\x01K\x02e.";
 const EVIL: &[u8] = b"cos\nsystem\n(S'true'\ntR.";
 
 fn hermetic(dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_hermetic"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("HERMETIC_PICKLE")
-        .output()
-        .expect("run hermetic");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::hermetic_in(dir, args)
 }
 
 fn snapshot(name: &str, dir: &Path, value: String) {

@@ -4,8 +4,10 @@
 //! temporary folder, the working directory's `file://` URI and the tool
 //! version in SARIF.
 
+mod common;
+use common::hermetic_in;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// The committed examples, in sorted order (not a folder walk: a stray file
 /// there must not change the reports).
@@ -22,20 +24,6 @@ const EXAMPLES: &[&str] = &[
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
-}
-
-fn hermetic_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_hermetic"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("HERMETIC_PICKLE")
-        .output()
-        .expect("run hermetic");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 fn hermetic(args: &[&str]) -> (i32, String, String) {
