@@ -43,22 +43,7 @@ PathLike = str | os.PathLike[str]
 _TORCH_CODES: dict[str, str] = dict(_hermetic.TORCH_DTYPE_CODES)
 _CODE_TORCH: dict[str, str] = {v: k for k, v in _TORCH_CODES.items()}
 # numpy kind+itemsize -> hermetic dtype code, for native little-endian dtypes.
-_NP_CODES: dict[str, str] = {
-    "b1": "BOOL",
-    "u1": "U8",
-    "i1": "I8",
-    "u2": "U16",
-    "i2": "I16",
-    "u4": "U32",
-    "i4": "I32",
-    "u8": "U64",
-    "i8": "I64",
-    "f2": "F16",
-    "f4": "F32",
-    "f8": "F64",
-    "c8": "C64",
-    "c16": "C128",
-}
+_NP_CODES: dict[str, str] = dict(_hermetic.NUMPY_DTYPE_CODES)
 # hermetic dtype code -> numpy dtype (little-endian).
 _CODE_NP: dict[str, str] = {v: "<" + k for k, v in _NP_CODES.items()}
 

@@ -65,6 +65,7 @@ def format_open_buffer(data: bytes | bytearray) -> Archive: ...
 
 # The names a `$torch_dtype` node may hold (docs/SPEC.md, 6.2).
 TORCH_DTYPE_NAMES: tuple[str, ...]
+NUMPY_DTYPE_CODES: tuple[tuple[str, str], ...]
 
 # Scalar hooks of the typed-load converter (hermetic._structure).
 def structure_exact(o: object, t: object) -> object: ...

@@ -166,6 +166,33 @@ pub const TORCH_DEVICE_TYPES: &[&str] = &[
     "privateuseone",
 ];
 
+/// The dtype code of each native numpy scalar type the format stores as
+/// itself, by numpy's kind letter and item size (`"f4"` is float32): the one
+/// table, also what `hermetic.save` reads numpy arrays with.
+pub const NUMPY_CODES: &[(&str, &str)] = &[
+    ("b1", "BOOL"),
+    ("u1", "U8"),
+    ("i1", "I8"),
+    ("u2", "U16"),
+    ("i2", "I16"),
+    ("u4", "U32"),
+    ("i4", "I32"),
+    ("u8", "U64"),
+    ("i8", "I64"),
+    ("f2", "F16"),
+    ("f4", "F32"),
+    ("f8", "F64"),
+    ("c8", "C64"),
+    ("c16", "C128"),
+];
+
+/// The dtype code of numpy's `kind` (its letter) at `itemsize` bytes, from
+/// [`NUMPY_CODES`].
+pub fn numpy_code(kind: u8, itemsize: u64) -> Option<&'static str> {
+    let key = format!("{}{itemsize}", char::from(kind));
+    NUMPY_CODES.iter().find(|(k, _)| *k == key).map(|(_, c)| *c)
+}
+
 /// Whether `name` is in [`TORCH_DTYPE_NAMES`].
 pub fn is_torch_dtype_name(name: &str) -> bool {
     TORCH_DTYPE_NAMES.contains(&name)

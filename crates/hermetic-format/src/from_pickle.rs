@@ -1089,22 +1089,9 @@ fn np_code(
     {
         let big = *order == ByteOrder::Big;
         let code = match (kind, itemsize) {
-            (b'b', 1) => Some("BOOL"),
-            (b'u', 1) => Some("U8"),
-            (b'i', 1) => Some("I8"),
-            (b'u', 2) => Some("U16"),
-            (b'i', 2) => Some("I16"),
-            (b'u', 4) => Some("U32"),
-            (b'i', 4) => Some("I32"),
-            (b'u', 8) => Some("U64"),
-            (b'i', 8) => Some("I64"),
-            (b'f', 2) => Some("F16"),
-            (b'f', 4) => Some("F32"),
-            (b'f', 8) => Some("F64"),
-            (b'c', 8) => Some("C64"),
-            (b'c', 16) => Some("C128"),
+            // Datetimes keep their unit in `np_dtype`; the bytes are int64.
             (b'M' | b'm', 8) => Some("I64"),
-            _ => None,
+            _ => crate::dtype::numpy_code(*kind, *itemsize),
         };
         if let Some(code) = code {
             let dtype = Dtype::parse(code).ok_or("unknown dtype code")?;

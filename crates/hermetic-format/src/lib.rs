@@ -27,8 +27,8 @@ mod writer;
 pub use archive::{index_path, Archive, Backing, DataFile, EntryCheck, LayoutCheck};
 pub use digest::{digest, Hasher, DIGEST_ALGORITHM};
 pub use dtype::{
-    is_torch_device, is_torch_dtype_name, Dtype, MAX_RAW_ITEMSIZE, TORCH_DEVICE_TYPES,
-    TORCH_DTYPE_NAMES,
+    is_torch_device, is_torch_dtype_name, numpy_code, Dtype, MAX_RAW_ITEMSIZE, NUMPY_CODES,
+    TORCH_DEVICE_TYPES, TORCH_DTYPE_NAMES,
 };
 pub use error::{FormatError, Result};
 #[cfg(feature = "pickle")]

@@ -164,5 +164,9 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "TORCH_DTYPE_NAMES",
         PyTuple::new(m.py(), hermetic_format::TORCH_DTYPE_NAMES)?,
     )?;
+    m.add(
+        "NUMPY_DTYPE_CODES",
+        PyTuple::new(m.py(), hermetic_format::NUMPY_CODES)?,
+    )?;
     Ok(())
 }
