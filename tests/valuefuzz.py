@@ -191,6 +191,10 @@ DOCUMENTED: list[tuple[str, str]] = [
         r"^CheckpointError: .*REDUCE: (numpy.dtype's type is .*, not a str|_reconstruct's dtype )",
     ),
     (
+        "spec: storage type",
+        r"^CheckpointError: .*BINPERSID: a storage persistent id's type is ",
+    ),
+    (
         "spec: slice key",
         r"^CheckpointError: .*a slice as a dict key or set item \(hashable from Python 3\.12",
     ),
