@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import builtins
 import collections
-import mmap
 import os
 import sys
 from collections.abc import Iterable
 from typing import IO, Any
 
-from hermetic import _hermetic, _typed
+from hermetic import _hermetic, _tensors, _typed
 from hermetic._hermetic import CheckpointError, UnsafePickleError
 
 __all__ = ["CheckpointError", "Maker", "UnsafePickleError", "load_pickle"]
@@ -51,22 +50,9 @@ _KNOWN_CLASSES = {
 _INERT = frozenset(_hermetic.INERT_CLASSES)
 
 
-# The torch attributes the evaluator hands out (dtypes, layouts, memory
-# formats, quantization schemes): a closed table, looked up with vars() so a
-# name never reaches torch's module __getattr__ (which imports submodules).
-_TORCH_ATTRS = frozenset((*_hermetic.TORCH_DTYPE_NAMES, *_hermetic.TORCH_ENUM_NAMES))
-
-
-def _torch() -> Any:
-    import torch
-
-    return torch
-
-
-def _np() -> Any:
-    import numpy
-
-    return numpy
+# The frameworks and torch's closed table are shared with the format's maker.
+_torch = _tensors.torch
+_np = _tensors.np
 
 
 class Maker:
@@ -98,7 +84,6 @@ class Maker:
         self._buffer: Any = None  # the Python buffer behind it
         self._storage: Any = None  # the untyped storage of _file
         self._fd: int | None = None  # for copies read from a path
-        self._dtypes: dict[str, Any] = {}
 
     # -------------------------------------------------------------- plain
 
@@ -309,14 +294,11 @@ class Maker:
     # -------------------------------------------------------------- torch
 
     def torch_attr(self, name: str) -> Any:
-        value = self._dtypes.get(name)
+        value = _tensors.torch_value(name)
         if value is None:
-            if name not in _TORCH_ATTRS:
+            if name not in _tensors.TORCH_NAMES:
                 raise CheckpointError(f"torch.{name} is not a torch value hermetic builds")
-            value = vars(_torch()).get(name)
-            if value is None:
-                raise CheckpointError(f"this torch ({_torch().__version__}) has no torch.{name}")
-            self._dtypes[name] = value
+            raise CheckpointError(f"this torch ({_torch().__version__}) has no torch.{name}")
         return value
 
     def torch_size(self, dims: list[int]) -> Any:
@@ -332,8 +314,7 @@ class Maker:
             if isinstance(self.source, (bytes, bytearray)):
                 self._buffer = bytearray(self.source)
             else:
-                with builtins.open(self.source, "rb") as f:
-                    self._buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+                self._buffer = _tensors.private_map(self.source)
             self._file = torch.frombuffer(self._buffer, dtype=torch.uint8)
         return self._file
 
@@ -344,15 +325,15 @@ class Maker:
         assert isinstance(path, str)
         torch = _torch()
         st = torch.UntypedStorage(nbytes)
-        view = memoryview(torch.empty(0, dtype=torch.uint8).set_(st).numpy())
+        out = torch.empty(0, dtype=torch.uint8).set_(st).numpy()
         if self._fd is None:
             self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        got = 0
-        while got < nbytes:
-            n = os.preadv(self._fd, [view[got:]], offset + got)
-            if n <= 0:
-                raise CheckpointError(f"{path}: the file shrank while it was read")
-            got += n
+        _tensors.read_exact(
+            self._fd,
+            offset,
+            out,
+            lambda at: CheckpointError(f"{path}: the file shrank while it was read (at byte {at})"),
+        )
         return st
 
     def close(self) -> None:
@@ -426,14 +407,8 @@ class Maker:
         requires_grad: bool,
         parameter: bool,
     ) -> Any:
-        torch = _torch()
-        t = torch.empty(0, dtype=self.torch_attr(dtype), device=storage.device)
-        t.set_(storage, offset, shape, stride)
-        if parameter:
-            return torch.nn.Parameter(t, requires_grad=requires_grad)
-        if requires_grad:
-            t.requires_grad_(True)
-        return t
+        t = _tensors.on_storage(storage, self.torch_attr(dtype), offset, shape, stride)
+        return _tensors.finish(t, parameter, requires_grad)
 
     def meta_tensor(
         self,
@@ -443,11 +418,8 @@ class Maker:
         requires_grad: bool,
         parameter: bool,
     ) -> Any:
-        torch = _torch()
-        t = torch.empty_strided(shape, stride, dtype=self.torch_attr(dtype), device="meta")
-        if parameter:
-            return torch.nn.Parameter(t, requires_grad=requires_grad)
-        return t.requires_grad_(requires_grad)
+        t = _torch().empty_strided(shape, stride, dtype=self.torch_attr(dtype), device="meta")
+        return _tensors.finish(t, parameter, requires_grad)
 
     def tensor_metadata(self, t: Any, metadata: dict[str, bool]) -> None:
         _torch()._utils.set_tensor_metadata(t, metadata)

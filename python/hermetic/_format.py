@@ -8,9 +8,7 @@ unpickles or executes anything from a file.
 
 from __future__ import annotations
 
-import builtins
 import json
-import mmap
 import os
 import re
 import sys
@@ -18,7 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from hermetic import _hermetic, _typed
+from hermetic import _hermetic, _tensors, _typed
 from hermetic._hermetic import FormatError
 from hermetic._typed import ClassNotAllowedError, SchemaError
 
@@ -48,37 +46,10 @@ _NP_CODES: dict[str, str] = dict(_hermetic.NUMPY_DTYPE_CODES)
 _CODE_NP: dict[str, str] = {v: "<" + k for k, v in _NP_CODES.items()}
 
 
-def _torch() -> Any:
-    import torch
-
-    return torch
-
-
-_TORCH_DTYPES: dict[str, Any] = {}
-
-
-def _torch_dtypes() -> dict[str, Any]:
-    """The closed table of torch dtypes by name (``_hermetic.TORCH_DTYPE_NAMES``,
-    docs/SPEC.md 6.2), holding those this torch has. A name from a file is only
-    ever looked up here: ``getattr(torch, name)`` would import torch's lazy
-    submodules (``torch._inductor``, ``torch.onnx``, ...) for the asking."""
-    if not _TORCH_DTYPES:
-        torch = _torch()
-        # vars(), not getattr(): a module-level __getattr__ is never reached.
-        attrs = vars(torch)
-        table = {}
-        for name in _hermetic.TORCH_DTYPE_NAMES:
-            dt = attrs.get(name)
-            if isinstance(dt, torch.dtype):
-                table[name] = dt
-        _TORCH_DTYPES.update(table)
-    return _TORCH_DTYPES
-
-
-def _np() -> Any:
-    import numpy
-
-    return numpy
+# The frameworks and torch's dtype table are shared with the evaluator's maker.
+_torch = _tensors.torch
+_np = _tensors.np
+_torch_dtypes = _tensors.torch_dtypes
 
 
 # ------------------------------------------------------------------ saving
@@ -360,42 +331,36 @@ class _Maker:
         self.device = device
         self.mmap = mmap
         self.bases: dict[tuple[str, str], Any] = {}
-        self.files: dict[int, Any] = {}
+        self.files: dict[int, int] = {}  # descriptors for mmap=False reads
         #: Whether torch tensors take the one-view path of __call__.
         self.fast = mmap and device is None and framework in (None, "torch")
 
     def buffer(self, file: int) -> Any:
         buf = self.buffers[file]
         if buf is None:
-            with builtins.open(self.archive.paths()[file], "rb") as f:
-                # A private copy-on-write map: tensors are writable, writes
-                # never reach the file, and untouched pages cost no memory.
-                buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-            self.buffers[file] = buf
+            buf = self.buffers[file] = _tensors.private_map(self.archive.paths()[file])
         return buf
 
     def read_into(self, file: int, start: int, out: Any) -> None:
         """``mmap=False``: the entry's bytes copied into ``out`` (memory the
         caller owns), so nothing done to the file later reaches the tensors."""
-        f = self.files.get(file)
-        if f is None:
-            f = self.files[file] = builtins.open(self.archive.paths()[file], "rb")
-        view = memoryview(out).cast("B")
-        f.seek(start)
-        got = 0
-        while got < len(view):
-            n = f.readinto(view[got:])
-            if not n:
-                raise FormatError(
-                    f"{self.archive.paths()[file]}: the file ends at byte {start + got}, "
-                    f"inside an entry of {len(view)} bytes from byte {start} (changed since "
-                    "it was opened?)"
-                )
-            got += n
+        fd = self.files.get(file)
+        if fd is None:
+            path = self.archive.paths()[file]
+            fd = self.files[file] = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        nbytes = memoryview(out).nbytes
+
+        def cut(at: int) -> FormatError:
+            return FormatError(
+                f"{self.archive.paths()[file]}: the file ends at byte {at}, inside an entry "
+                f"of {nbytes} bytes from byte {start} (changed since it was opened?)"
+            )
+
+        _tensors.read_exact(fd, start, out, cut)
 
     def close(self) -> None:
-        for f in self.files.values():
-            f.close()
+        for fd in self.files.values():
+            os.close(fd)
         self.files.clear()
 
     def __call__(
@@ -438,10 +403,8 @@ class _Maker:
                 raise FormatError(f"numpy arrays live on the CPU, not {self.device}")
             return self._numpy(file, start, nbytes, entry, code, shape, strides, offset, np_dtype)
         t = self._torch_view(file, start, nbytes, entry, code, shape, strides, offset, np_dtype)
-        if kind == "parameter" and self.framework in (None, "torch"):
-            return _torch().nn.Parameter(t, requires_grad=requires_grad)
-        if requires_grad and self.framework in (None, "torch"):
-            t.requires_grad_(True)
+        if self.framework in (None, "torch"):
+            return _tensors.finish(t, kind == "parameter", requires_grad)
         return t
 
     def _numpy(
@@ -534,8 +497,8 @@ class _Maker:
                 if device is not None and device.type != "cpu":
                     base = base.to(device)
             self.bases[("torch", entry)] = base
-        return torch.empty(0, dtype=dtype, device=base.device).set_(
-            base.untyped_storage(), offset // size, shape, [s // size for s in strides]
+        return _tensors.on_storage(
+            base.untyped_storage(), dtype, offset // size, shape, [s // size for s in strides]
         )
 
 
