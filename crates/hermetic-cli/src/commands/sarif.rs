@@ -192,22 +192,47 @@ fn rule_doc(code: FindingCode) -> RuleDoc {
             "Load the folder with `hermetic.dcp.SafeReader`, or find out where it came from.",
             "5.0",
         ),
-        // No rule text of their own yet: the generic one.
-        FindingCode::PolyglotPickle
-        | FindingCode::AmbiguousTar
-        | FindingCode::MalformedContainer
-        | FindingCode::UnreadableRecord
-        | FindingCode::JoblibArrayWrapper => GENERIC,
+        FindingCode::PolyglotPickle => d(
+            "The file opens as another format (numpy's .npy, a zip, safetensors, ...), but \
+             pickle.load, torch.load's legacy path or joblib.load read a pickle from the same \
+             bytes, and that pickle imports globals. One file, two readings: a scanner that \
+             trusts the format it sniffs sees data while the loader runs code.",
+            DO_NOT_LOAD,
+            "9.0",
+        ),
+        FindingCode::AmbiguousTar => d(
+            "The tar archive holds one of torch's legacy members (sys_info, pickle, tensors, \
+             storages) more than once. tarfile, and so torch.load, uses the last copy; a \
+             reader that stops at the first sees other contents.",
+            DO_NOT_LOAD,
+            "8.0",
+        ),
+        FindingCode::MalformedContainer => d(
+            "A zip, tar, npy, safetensors or compressed container is corrupt, or is not what \
+             its name or magic bytes claim: its headers contradict each other or end early. \
+             What a loader reads from it depends on how that loader recovers, so the scan \
+             cannot vouch for it.",
+            NOT_ANALYSED,
+            "6.0",
+        ),
+        FindingCode::UnreadableRecord => d(
+            "The container holds a record a loader reads but the scan cannot walk: a cut-off \
+             or special tar member, or joblib array data in a layout the scan does not read. \
+             Whatever that record holds was not analysed.",
+            NOT_ANALYSED,
+            "7.0",
+        ),
+        FindingCode::JoblibArrayWrapper => d(
+            "A joblib pickle uses joblib's old NumpyArrayWrapper placeholder: joblib.load reads \
+             the array from a companion file next to this one, which the scan of this file \
+             does not read. The companion may itself be a pickle.",
+            "Scan the companion files too (`hermetic scan` on the folder), or load the \
+             arrays with `hermetic.joblib.load`, which reads numeric companions without \
+             running code.",
+            "5.0",
+        ),
     }
 }
-
-/// The rule text of codes without text of their own.
-const GENERIC: RuleDoc = RuleDoc {
-    short: "A finding of the hermetic pickle scanner.",
-    full: "A finding of the hermetic pickle scanner; see `hermetic scan --help`.",
-    help: DO_NOT_LOAD,
-    security_severity: "5.0",
-};
 
 fn level(v: Verdict) -> &'static str {
     match v {
@@ -490,18 +515,6 @@ mod tests {
     fn every_code_has_its_own_rule_text_within_github_limits() {
         for &code in FindingCode::ALL {
             let d = rule_doc(code);
-            if d.short == GENERIC.short {
-                // The codes that have no text of their own (yet).
-                assert!(matches!(
-                    code,
-                    FindingCode::PolyglotPickle
-                        | FindingCode::AmbiguousTar
-                        | FindingCode::MalformedContainer
-                        | FindingCode::UnreadableRecord
-                        | FindingCode::JoblibArrayWrapper
-                ));
-                continue;
-            }
             assert_eq!(d.short, code.meaning(), "{code}");
             assert!(!d.short.is_empty() && d.short.len() <= 1024, "{code}");
             assert!(!d.full.is_empty() && d.full.len() <= 1024, "{code}");
