@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 import struct
+import subprocess
+import sys
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
@@ -733,3 +735,24 @@ def test_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         hermetic.save({"a": torch.zeros(1000), "b": np.zeros(1000)}, p)
     assert p.read_bytes() == before
     assert [x.name for x in tmp_path.iterdir()] == ["a.safetensors"]
+
+
+def test_loads_holds_its_input_once(tmp_path: Path) -> None:
+    """issue #16: `loads` makes one private copy of its input, which Rust
+    reads in place and the tensors view; a second copy (Rust's own, as
+    before) shows as a peak of twice the input over the caller's bytes."""
+    n = 64 << 20
+    p = tmp_path / "big.hmt"
+    hermetic.save({"a": np.ones(n, np.uint8)}, p)
+    child = (
+        "import resource, sys, hermetic\n"
+        "data = open(sys.argv[1], 'rb').read()\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+        "out = hermetic.loads(data, framework='numpy', verify=True)\n"
+        "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+        "assert int(out['a'].sum()) == len(out['a'])\n"
+        "print((peak - base) / len(data))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", child, str(p)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert float(r.stdout) < 1.5, r.stdout

@@ -653,6 +653,8 @@ def loads(
     verify: bool = False,
 ) -> Any:
     """Like :func:`load`, from bytes. Tensors are views of a private copy of ``data``."""
+    # The one copy of the input hermetic holds: Rust reads this bytearray in
+    # place and the tensors are views of it. Nothing else may see it.
     buf = bytearray(data)
     h = Handle(_hermetic.format_open_buffer(buf), [buf], "<bytes>")
     return h.load(

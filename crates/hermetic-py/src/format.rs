@@ -10,7 +10,7 @@ mod encode;
 use crate::errors::format_error;
 use hermetic_format::{write_file, write_sharded, write_to_vec, Archive, DataFile, WriteOptions};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyComplex, PyFloat, PyInt, PyString, PyTuple};
+use pyo3::types::{PyBool, PyByteArray, PyBytes, PyComplex, PyFloat, PyInt, PyString, PyTuple};
 use std::path::PathBuf;
 
 pub(crate) use decode::PyArchive;
@@ -62,17 +62,56 @@ fn format_open(py: Python<'_>, path: PathBuf) -> PyResult<PyArchive> {
     Ok(PyArchive::new(ar))
 }
 
-/// Validates an in-memory file (`bytes` or `bytearray`). The archive keeps
-/// its own copy for checks and digests; tensors are made from the caller's
-/// buffer.
+/// `hermetic.loads`' private copy of its input, read where it lies instead
+/// of copied once more (issue #16: no input held more than once). The
+/// tensors `loads` returns are views of the same bytearray.
+struct Private {
+    ptr: *const u8,
+    len: usize,
+    _owner: Py<PyByteArray>,
+}
+
+// SAFETY: `ptr` is only read, and the bytearray it points into is kept alive
+// by `_owner`; see `as_ref` for why it is neither freed nor moved meanwhile.
+#[allow(unsafe_code)]
+unsafe impl Send for Private {}
+// SAFETY: as for Send: shared access only ever reads.
+#[allow(unsafe_code)]
+unsafe impl Sync for Private {}
+
+impl AsRef<[u8]> for Private {
+    #[allow(unsafe_code)]
+    fn as_ref(&self) -> &[u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: `ptr..ptr+len` was the bytearray's buffer when it was
+        // opened, and stays so: `_owner` keeps the object alive, and its
+        // buffer moves only if the bytearray is resized. `loads` makes the
+        // bytearray and hands it to nothing but this archive and its tensor
+        // maker, which only make views of it, so no code can resize it. The
+        // views may write to the bytes, but only once `loads` has returned
+        // them, when no call reads this archive any more.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+/// Validates an in-memory file: a `bytearray` that `hermetic.loads` owns,
+/// read in place (tensors are made from the same buffer), or `bytes`, which
+/// are immutable and copied.
 #[pyfunction]
 fn format_open_buffer(data: &Bound<'_, PyAny>) -> PyResult<PyArchive> {
-    let bytes = if let Ok(b) = data.downcast::<PyBytes>() {
-        b.as_bytes().to_vec()
+    let bytes: Box<dyn AsRef<[u8]> + Send + Sync> = if let Ok(b) = data.downcast::<PyBytes>() {
+        Box::new(b.as_bytes().to_vec())
     } else {
-        data.downcast::<pyo3::types::PyByteArray>()?.to_vec()
+        let b = data.downcast::<PyByteArray>()?;
+        Box::new(Private {
+            ptr: b.data(),
+            len: b.len(),
+            _owner: b.clone().unbind(),
+        })
     };
-    let file = DataFile::from_bytes("<bytes>", Box::new(bytes)).map_err(format_error)?;
+    let file = DataFile::from_bytes("<bytes>", bytes).map_err(format_error)?;
     let ar = Archive::from_file(PathBuf::from("<bytes>"), file).map_err(format_error)?;
     Ok(PyArchive::new(ar))
 }
