@@ -395,6 +395,8 @@ class _Maker:
                         self.buffer(file), dtype=dtype, count=nbytes // size, offset=start
                     )
                     self.bases[("torch", entry)] = t
+                    if len(shape) == 1:
+                        return t  # frombuffer made it 1-D of this length
                     # view(*shape) costs a third less than view(shape).
                     return t.view(*shape) if shape else t.view(shape)
         target = self.framework or ("numpy" if kind == "numpy" else "torch")
