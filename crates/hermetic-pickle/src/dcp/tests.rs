@@ -63,8 +63,7 @@ fn two_ranks_are_read_and_consolidated() {
 
 #[test]
 fn the_folder_scans_safe_and_each_item_is_named() {
-    let (reports, _) =
-        crate::walk::scan_paths(&[sharded()], Policy::builtin(), Some(1)).unwrap();
+    let (reports, _) = crate::walk::scan_paths(&[sharded()], Policy::builtin(), Some(1)).unwrap();
     let formats: Vec<(&str, Verdict)> = reports
         .iter()
         .map(|r| (r.format.as_str(), r.verdict))

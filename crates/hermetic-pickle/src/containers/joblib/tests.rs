@@ -102,9 +102,7 @@ fn unwalkable_arrays_are_dangerous() {
 fn protocol_1_wrapper_machinery_is_not_dangerous() {
     let mut d = b"ccopy_reg\n_reconstructor\n(cjoblib.numpy_pickle\nNumpyArrayWrapper\nc__builtin__\nobject\nNtR}(".to_vec();
     d.extend_from_slice(b"X\x05\x00\x00\x00shapeK\x02\x85X\x05\x00\x00\x00dtypecnumpy\ndtype\n(X\x02\x00\x00\x00f8I00\nI01\ntR");
-    d.extend_from_slice(
-        b"(K\x03X\x01\x00\x00\x00<NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tbub",
-    );
+    d.extend_from_slice(b"(K\x03X\x01\x00\x00\x00<NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tbub");
     d.extend_from_slice(&[b'.'; 16]);
     d.push(b'.');
     let r = scan(&d);

@@ -45,9 +45,7 @@ fn storages(record: &[u8]) -> Vec<u8> {
 
 fn tensors() -> Vec<u8> {
     let mut t = b"\x80\x02K\x01.".to_vec();
-    t.extend_from_slice(
-        b"\x80\x02X\x01\x00\x00\x001X\x01\x00\x00\x001ctorch\nFloatTensor\n\x87.",
-    );
+    t.extend_from_slice(b"\x80\x02X\x01\x00\x00\x001X\x01\x00\x00\x001ctorch\nFloatTensor\n\x87.");
     t.extend_from_slice(&1i32.to_le_bytes());
     t.extend_from_slice(&[0; 4]);
     t.extend_from_slice(&2i64.to_le_bytes());
@@ -56,8 +54,7 @@ fn tensors() -> Vec<u8> {
     t
 }
 
-const RECORD: &[u8] =
-    b"\x80\x02X\x01\x00\x00\x001X\x03\x00\x00\x00cpuctorch\nFloatStorage\n\x87.";
+const RECORD: &[u8] = b"\x80\x02X\x01\x00\x00\x001X\x03\x00\x00\x00cpuctorch\nFloatStorage\n\x87.";
 
 fn scan(d: &[u8]) -> crate::FileReport {
     scan_bytes(d, "t", &Policy::default(), &Limits::default())

@@ -15,8 +15,8 @@ fn decimal_and_long_agree() {
     }
     assert_eq!(long_value(&[0xff, 0xff]), Value::Int(-1));
     assert_eq!(long_value(&[]), Value::Int(0));
-    let big = decimal_to_twos(b"1606938044258990275541962092341162602522202993782792835313497")
-        .unwrap();
+    let big =
+        decimal_to_twos(b"1606938044258990275541962092341162602522202993782792835313497").unwrap();
     assert!(matches!(long_value(&big), Value::BigInt(_)));
 }
 
