@@ -1,4 +1,4 @@
-use super::stoull_as_i64;
+use super::torch_zip::stoull_as_i64;
 
 /// Each case as torch 2.x's PyTorchStreamReader read it (measured).
 #[test]
