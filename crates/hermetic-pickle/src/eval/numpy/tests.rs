@@ -1,3 +1,4 @@
+use super::typestr::descr_to_dtype;
 use super::*;
 
 #[test]
