@@ -10,7 +10,7 @@ instead of a user's load.
 
 from __future__ import annotations
 
-from hermetic._format import (
+from hermetic._format_codec import (
     _np_info,
     _np_scalar,
     _np_scalar_info,

@@ -65,7 +65,7 @@ try:
 except ImportError as e:  # pragma: no cover - exercised without torch installed
     raise ImportError("hermetic.dcp needs torch: pip install 'hermetic[torch]'") from e
 
-from hermetic import _format
+from hermetic import _format, _format_codec, _tensors
 from hermetic._hermetic import FormatError
 from hermetic._typed import ClassNotAllowedError
 
@@ -315,7 +315,7 @@ def _name_of(table: dict[str, Any], value: Any, what: str, fqn: str) -> str:
 
 def _dtype_name(dtype: Any, fqn: str) -> str:
     name = str(dtype).removeprefix("torch.")
-    if _format._torch_dtypes().get(name) is not dtype:
+    if _tensors.torch_dtypes().get(name) is not dtype:
         raise FormatError(f"{fqn}: torch dtype {dtype} has no name hermetic knows")
     return name
 
@@ -361,7 +361,7 @@ def _decode_entry(fqn: str, e: Any) -> Any:
     p = e.get("properties")
     if not isinstance(p, dict):
         raise FormatError(f"{METADATA}: {where}: no properties")
-    dtype = _format._torch_dtypes().get(p.get("dtype"))  # type: ignore[arg-type]
+    dtype = _tensors.torch_dtypes().get(p.get("dtype"))  # type: ignore[arg-type]
     if dtype is None:
         raise FormatError(f"{METADATA}: {where}: unknown dtype {p.get('dtype')!r}")
     layout = _LAYOUTS.get(p.get("layout", "strided"))
@@ -707,7 +707,7 @@ class _Direct:
         if e is None:
             return False
         _, code, shape, file, start, nbytes = e
-        want = _format._TORCH_CODES.get(str(target.dtype).removeprefix("torch."))
+        want = _format_codec._TORCH_CODES.get(str(target.dtype).removeprefix("torch."))
         size = target.numel() * target.element_size()
         if code != want or list(shape) != list(target.shape) or nbytes != size:
             return False
