@@ -21,7 +21,7 @@ from hermetic._format_codec import (
     _torch_size,
     _torch_span,
 )
-from hermetic._typed import (
+from hermetic._typed_codec import (
     _callable_name,
     _check_partial,
     _class_info,

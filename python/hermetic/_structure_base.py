@@ -19,7 +19,8 @@ import uuid
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
-from hermetic._typed import CURRENT, EnumRef, Record, _record_fields
+from hermetic._typed import CURRENT, EnumRef, Record
+from hermetic._typed_codec import _record_fields
 
 Hook = Callable[[Any, Any], Any]
 NoneType = type(None)

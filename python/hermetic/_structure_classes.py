@@ -38,16 +38,8 @@ from hermetic._structure_base import (
     type_name,
 )
 from hermetic._structure_containers import _Lazy
-from hermetic._typed import (
-    _REGISTRY,
-    CURRENT,
-    EnumRef,
-    Record,
-    SchemaError,
-    _class_name,
-    _record_fields,
-    field_info,
-)
+from hermetic._typed import _REGISTRY, CURRENT, EnumRef, Record, SchemaError, field_info
+from hermetic._typed_codec import _class_name, _record_fields
 
 
 def _aliases(cl: Any) -> dict[str, str]:
