@@ -37,7 +37,7 @@ import safetensors.torch as st_torch  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 
 import hermetic  # noqa: E402
-from hermetic._format import _CODE_NP, _TORCH_CODES  # noqa: E402
+from hermetic._format_codec import _CODE_NP, _TORCH_CODES  # noqa: E402
 
 # The codes every safetensors reader knows (SPEC 5); others are stored as U8.
 ST_CODES = {

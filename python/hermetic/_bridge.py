@@ -10,7 +10,7 @@ instead of a user's load.
 
 from __future__ import annotations
 
-from hermetic._format import (
+from hermetic._format_codec import (
     _np_info,
     _np_scalar,
     _np_scalar_info,
@@ -21,7 +21,7 @@ from hermetic._format import (
     _torch_size,
     _torch_span,
 )
-from hermetic._typed import (
+from hermetic._typed_codec import (
     _callable_name,
     _check_partial,
     _class_info,

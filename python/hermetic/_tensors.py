@@ -1,5 +1,5 @@
 """Tensors over file bytes, for both loaders: ``hermetic.load`` (the format,
-``_format._Maker``) and ``hermetic.torch.load`` / ``load_pickle`` (evaluated
+``_format_maker._Maker``) and ``hermetic.torch.load`` / ``load_pickle`` (evaluated
 checkpoints, ``_evaluate.Maker``).
 
 What the two share lives here once, so they cannot drift apart: the

@@ -439,7 +439,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         PyTuple::new(py, hermetic_pickle::eval::TORCH_ENUMS)?,
     )?;
     // torch dtype name -> hermetic dtype code, for the dtypes the format holds:
-    // the one table (hermetic._format reads it).
+    // the one table (hermetic._format_codec reads it).
     let codes: Vec<(&str, &str)> = hermetic_pickle::eval::TorchDtype::ALL
         .iter()
         .filter(|d| !d.format_code().is_empty())

@@ -14,10 +14,14 @@ __all__ = ["ObjectBytesIO", "Reader", "SafeReader", "Writer"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Writer", "Reader", "ObjectBytesIO"):
+    if name == "Writer":
         from . import _storage
 
-        return getattr(_storage, name)
+        return _storage.Writer
+    if name in ("Reader", "ObjectBytesIO"):
+        from . import _reader
+
+        return getattr(_reader, name)
     if name == "SafeReader":
         from . import _safe
 

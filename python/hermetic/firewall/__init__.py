@@ -25,9 +25,9 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
-from hermetic.firewall import _core
-from hermetic.firewall._core import PickleToken
+from hermetic.firewall import _core, _state
 from hermetic.firewall._errors import BadTokenError, NoPickleError, PickleWarning
+from hermetic.firewall._state import PickleToken
 
 __all__ = [
     "BadTokenError",
@@ -51,11 +51,11 @@ def no_pickles() -> Iterator[PickleToken]:
     from hermetic.firewall import _hooks
 
     _hooks.install()
-    token = _core.enter_restriction(_core.location_of_caller(2))
+    token = _state.enter_restriction(_state.location_of_caller(2))
     try:
         yield token
     finally:
-        _core.exit_restriction(token)
+        _state.exit_restriction(token)
 
 
 class allow_pickles:  # noqa: N801 - a context manager named like a function
@@ -70,13 +70,13 @@ class allow_pickles:  # noqa: N801 - a context manager named like a function
     __slots__ = ("_perm", "_reset")
 
     def __init__(self, token: PickleToken, only_objects: Iterable[str] | None = None) -> None:
-        self._perm = _core.grant(token, only_objects)
+        self._perm = _state.grant(token, only_objects)
         self._reset: Any = None
 
     def __enter__(self) -> None:
         if self._reset is not None:
             raise RuntimeError("allow_pickles() contexts cannot be re-entered")
-        self._reset = _core.PERMS.set((*_core.PERMS.get(), self._perm))
+        self._reset = _state.PERMS.set((*_state.PERMS.get(), self._perm))
 
     def __exit__(
         self,
@@ -87,7 +87,7 @@ class allow_pickles:  # noqa: N801 - a context manager named like a function
         # Contexts copied inside the block keep the permission in PERMS;
         # ended, it lifts nothing there.
         self._perm.live = False
-        _core.PERMS.reset(self._reset)
+        _state.PERMS.reset(self._reset)
 
 
 def activate(
@@ -105,7 +105,7 @@ def status() -> dict[str, Any]:
     ``no_pickles()`` blocks are active."""
     from hermetic.firewall import _hooks
 
-    st = _core.STATE
+    st = _state.STATE
     return {
         "mode": st.mode,
         "manifest": st.manifest.path if st.mode is not None else None,

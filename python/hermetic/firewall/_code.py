@@ -25,9 +25,10 @@ from collections.abc import Callable
 from typing import Any
 
 from hermetic._hermetic import HermeticError
-from hermetic.firewall import _core, _streams
-from hermetic.firewall._core import ARCHIVE_APPROVED, CURRENT, STATE, CodeArchive
+from hermetic.firewall import _archive, _state, _streams
+from hermetic.firewall._archive import CodeArchive
 from hermetic.firewall._errors import NoPickleError, display
+from hermetic.firewall._state import ARCHIVE_APPROVED, CURRENT, STATE
 
 TORCHSCRIPT = CodeArchive(
     "torchscript",
@@ -62,7 +63,7 @@ PT2 = CodeArchive(
 )
 
 _ZIP_MAGIC = b"PK\x03\x04"
-_UNCERTAIN = _core.UNCERTAIN_ZIP_FINDINGS
+_UNCERTAIN = _archive.UNCERTAIN_ZIP_FINDINGS
 
 
 def _strict() -> bool:
@@ -73,7 +74,7 @@ def _strict() -> bool:
 def _uncheckable(archive: CodeArchive, what: str, entry: str, file: str | None) -> None:
     """Refuses (deny, enforce, ``no_pickles()``) or warns (warn) about a
     code archive the firewall cannot hash."""
-    frames, location = _core.stack()
+    frames, location = _state.stack()
     site = STATE.manifest.call_site(frames) if frames else None
     shown = display(file) if file else "not known"
     message = (
@@ -90,7 +91,7 @@ def _uncheckable(archive: CodeArchive, what: str, entry: str, file: str | None) 
     if _strict():
         raise NoPickleError(message, file=file, call_site=site, mode=STATE.mode)
     if STATE.mode == "warn":
-        _core._warn_at(message.replace("refused to load", "cannot check", 1), location)
+        _state._warn_at(message.replace("refused to load", "cannot check", 1), location)
 
 
 def _read_path(path: Any) -> tuple[bytes, str]:
@@ -191,7 +192,7 @@ def gate_torch_load(f: Any) -> str | None:
         if not is_ts:
             return None
         data, name = _read_path(path)
-        return _core.check_archive(
+        return _archive.check_archive(
             data, TORCHSCRIPT, file=name, entry=entry, scan=scanned, note=why
         )
     # A file object: torch reads from its position (_is_zipfile does tell,
@@ -226,7 +227,7 @@ def gate_torch_load(f: Any) -> str | None:
             is_ts, why = True, f"the scanner cannot read the archive ({e})"
         if not is_ts:
             return None
-    return _core.check_archive(data, TORCHSCRIPT, file=fname, entry=entry, scan=result, note=why)
+    return _archive.check_archive(data, TORCHSCRIPT, file=fname, entry=entry, scan=result, note=why)
 
 
 def _scan_path(path: str | bytes) -> tuple[Any, bool, str | None]:
@@ -335,7 +336,7 @@ def _wrap_c_loader(
             if not isinstance(target, (str, bytes)):
                 raise TypeError(f"{entry}: expected a path (str), not {type(target).__name__}")
             data, file = _read_path(target)
-            _core.check_archive(data, archive, file=file, entry=entry)
+            _archive.check_archive(data, archive, file=file, entry=entry)
             # Hand torch exactly the bytes that were checked, never the path
             # to read again.
             twin = _ORIGINALS.get(twin_name) if twin_name is not None else None
@@ -344,7 +345,7 @@ def _wrap_c_loader(
             args_l[index] = data
             return twin(*args_l, **kwargs)
         data = _as_buffer(args_l[index], entry)
-        _core.check_archive(data, archive, file=None, entry=entry)
+        _archive.check_archive(data, archive, file=None, entry=entry)
         args_l[index] = data
         return orig(*args_l, **kwargs)
 
@@ -446,7 +447,7 @@ def _whole_file(orig: Callable[..., Any], archive: CodeArchive, entry: str) -> C
             data, name = _take(f, archive, entry)
         except _Unchecked:
             return orig(f, *args, **kwargs)
-        approved = _core.check_archive(data, archive, file=name, entry=entry)
+        approved = _archive.check_archive(data, archive, file=name, entry=entry)
         cur = CURRENT.set((name, CURRENT.get()[1] or entry))
         ok = ARCHIVE_APPROVED.set(approved)
         try:
@@ -511,7 +512,7 @@ def patch_package_importer(mod: Any) -> None:
             data, name = _take(file_or_buffer, PACKAGE, entry)
         except _Unchecked:
             return orig_init(self, file_or_buffer, *args, **kwargs)
-        _core.check_archive(data, PACKAGE, file=name, entry=entry)
+        _archive.check_archive(data, PACKAGE, file=name, entry=entry)
         # The package is read from exactly the bytes that were checked.
         reader = torch._C.PyTorchFileReader(io.BytesIO(data))
         orig_init(self, reader, *args, **kwargs)

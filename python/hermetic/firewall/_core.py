@@ -1,4 +1,4 @@
-"""The firewall's state and its one decision point, ``check``.
+"""The firewall's decision point, ``check``, and what records and explains it.
 
 Two layers decide on every unpickle, and both must allow it:
 
@@ -8,84 +8,41 @@ Two layers decide on every unpickle, and both must allow it:
 * the token restrictions of ``no_pickles()``: process-wide while active,
   lifted only for the thread or asyncio task that holds a permission from
   ``allow_pickles(token)`` for *every* active restriction.
+
+The state both layers read is ``_state``; whole code archives (TorchScript,
+torch.package, PT2) are decided by ``_archive`` through the same two layers.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import threading
-import warnings
 from collections.abc import Callable
-from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from hermetic import _hermetic
 from hermetic._hermetic import HermeticError
-from hermetic.firewall._errors import (
-    BadTokenError,
-    NoPickleError,
-    PickleWarning,
-    display,
-    text_safe,
-)
+from hermetic.firewall._errors import NoPickleError, display, text_safe
 from hermetic.firewall._inventory import Inventory
+from hermetic.firewall._state import (
+    CURRENT,
+    LOCK,
+    PERMS,
+    STATE,
+    PickleToken,
+    _current_task,
+    _warn_at,
+    stack,
+)
 from hermetic.firewall._streams import file_name
 
 if TYPE_CHECKING:
-    from types import FrameType
+    from hermetic.firewall._archive import CodeArchive
 
 MODES = ("deny", "enforce", "record", "warn")
 
 # The id of the empty string: a stand-in blob when only the call site matters.
 _EMPTY_ID = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-_MAX_FRAMES = 64
-
-
-class _State:
-    __slots__ = (
-        "active",
-        "mode",
-        "manifest",
-        "inventory",
-        "tokens",
-        "startup_error",
-        "loader_cache",
-    )
-
-    def __init__(self) -> None:
-        self.active = False
-        self.mode: str | None = None
-        self.manifest: Any = _hermetic.Manifest.default()
-        self.inventory: Inventory | None = None
-        # Active restrictions, innermost last. Replaced, never mutated, so
-        # readers in other threads need no lock.
-        self.tokens: tuple[PickleToken, ...] = ()
-        self.startup_error: str | None = None
-        self.loader_cache: dict[str, bool] = {}
-
-    def refresh(self) -> None:
-        self.active = self.mode is not None or bool(self.tokens)
-
-
-STATE = _State()
-LOCK = threading.RLock()
-
-#: Set while the real unpickler runs a load the firewall approved, in the
-#: thread or task that runs it. The audit hook lets globals resolve only then.
-APPROVED: ContextVar[bool] = ContextVar("hermetic_firewall_approved", default=False)
-#: The permissions from ``allow_pickles`` this thread or task holds.
-PERMS: ContextVar[tuple[_Permission, ...]] = ContextVar("hermetic_firewall_perms", default=())
-#: ``(file, entry point)`` set by outer loaders (``torch.load``) for messages.
-CURRENT: ContextVar[tuple[str | None, str | None]] = ContextVar(
-    "hermetic_firewall_current", default=(None, None)
-)
-#: The blob id of the code archive an outer loader (``torch.load``,
-#: ``torch.export.load``) already decided on, while it runs: an inner entry
-#: point handed exactly those bytes does not decide (or record, or warn) twice.
-ARCHIVE_APPROVED: ContextVar[str | None] = ContextVar(
-    "hermetic_firewall_archive_approved", default=None
-)
 
 
 class _Run:
@@ -102,148 +59,6 @@ class Evaluated:
 
     def __init__(self, value: object) -> None:
         self.value = value
-
-
-# --------------------------------------------------------------------------
-# Tokens
-
-
-class PickleToken:
-    """The capability ``hermetic.no_pickles()`` yields. Only the token of an
-    active ``no_pickles()`` block lifts that block's restriction; tokens
-    cannot be constructed, copied or pickled, and compare by identity."""
-
-    __slots__ = ("_where", "__weakref__")
-    _where: str  # set once by _issue (the token is otherwise immutable)
-
-    def __new__(cls, *args: object, **kwargs: object) -> PickleToken:
-        raise TypeError("pickle tokens come only from hermetic.no_pickles()")
-
-    @classmethod
-    def _issue(cls, where: str) -> PickleToken:
-        tok = object.__new__(cls)
-        object.__setattr__(tok, "_where", where)
-        return tok
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError("pickle tokens are immutable")
-
-    def __reduce__(self) -> Any:
-        raise TypeError("a pickle token cannot be pickled")
-
-    def __copy__(self) -> Any:
-        raise TypeError("a pickle token cannot be copied")
-
-    def __deepcopy__(self, memo: object) -> Any:
-        raise TypeError("a pickle token cannot be copied")
-
-    def __repr__(self) -> str:
-        return f"<hermetic.PickleToken from no_pickles() at {self._where}>"
-
-
-class _Permission:
-    """One ``allow_pickles()`` block. ``live`` is cleared when the block
-    ends: a context copied inside it (``contextvars.copy_context()``, a
-    callback scheduled then) still holds the permission in ``PERMS``, but
-    must not carry it past the block."""
-
-    __slots__ = ("token", "only", "thread", "task", "live")
-
-    def __init__(
-        self, token: PickleToken, only: frozenset[str] | None, thread: int, task: object
-    ) -> None:
-        self.token = token
-        self.only = only
-        self.thread = thread
-        self.task = task
-        self.live = True
-
-
-def _current_task() -> object:
-    aio = sys.modules.get("asyncio")
-    if aio is None:
-        return None
-    try:
-        loop = aio._get_running_loop()
-        return None if loop is None else aio.current_task(loop)
-    except Exception:
-        return None
-
-
-def is_active_token(token: object) -> bool:
-    # Identity only: `in` would call a forged object's __eq__.
-    return any(t is token for t in STATE.tokens)
-
-
-def enter_restriction(where: str) -> PickleToken:
-    tok = PickleToken._issue(where)
-    with LOCK:
-        STATE.tokens = (*STATE.tokens, tok)
-        STATE.refresh()
-    return tok
-
-
-def exit_restriction(tok: PickleToken) -> None:
-    with LOCK:
-        STATE.tokens = tuple(t for t in STATE.tokens if t is not tok)
-        STATE.refresh()
-
-
-def grant(token: object, only_objects: Any) -> _Permission:
-    if not isinstance(token, PickleToken) or not is_active_token(token):
-        raise BadTokenError(
-            "allow_pickles() needs the token of an active hermetic.no_pickles() block; "
-            f"got {type(token).__name__}"
-            + (
-                " (a token whose no_pickles() block has ended)"
-                if isinstance(token, PickleToken)
-                else ""
-            )
-        )
-    only: frozenset[str] | None = None
-    if only_objects is not None:
-        if isinstance(only_objects, (str, bytes)):
-            raise TypeError("only_objects must be a list of blob ids, not a single string")
-        only = frozenset(_hermetic.check_blob_id(str(x)) for x in only_objects)
-    return _Permission(token, only, threading.get_ident(), _current_task())
-
-
-# --------------------------------------------------------------------------
-# Frames
-
-
-def stack(skip: int = 1) -> tuple[list[str], str | None]:
-    """The frames from here out to the call site (the first frame outside
-    the loader modules), as ``module:qualname``, and the call site's
-    ``file:line``."""
-    manifest = STATE.manifest
-    cache = STATE.loader_cache
-    frames: list[str] = []
-    try:
-        f: FrameType | None = sys._getframe(skip + 1)
-    except ValueError:
-        return frames, None
-    while f is not None and len(frames) < _MAX_FRAMES:
-        mod = f.f_globals.get("__name__")
-        if not isinstance(mod, str) or not mod:
-            mod = "?"
-        code = f.f_code
-        frames.append(f"{mod}:{getattr(code, 'co_qualname', code.co_name)}")
-        loader = cache.get(mod)
-        if loader is None:
-            loader = cache[mod] = bool(manifest.is_loader(mod))
-        if not loader:
-            return frames, text_safe(f"{code.co_filename}:{f.f_lineno}")
-        f = f.f_back
-    return frames, None
-
-
-def _location_of_caller(skip: int) -> str:
-    try:
-        f = sys._getframe(skip + 1)
-    except ValueError:
-        return "?"
-    return f"{f.f_code.co_filename}:{f.f_lineno}"
 
 
 # --------------------------------------------------------------------------
@@ -573,207 +388,6 @@ def _record_load(inv: Inventory, d: Any, file: str | None, entry: str) -> None:
     )
 
 
-# --------------------------------------------------------------------------
-# Code archives: files whose loader runs code without the pickle machinery
-
-#: Scanner findings after which it cannot rule out that torch's zip reader
-#: (miniz) sees records it does not (a ``constants.pkl``): ``torch.load`` of
-#: such a zip is decided as a TorchScript archive. The same list as
-#: ``hermetic_manifest::UNCERTAIN_ZIP_FINDINGS``, which ``manifest add`` uses.
-UNCERTAIN_ZIP_FINDINGS = frozenset({"ambiguous_zip", "polyglot_pickle_zip", "limit_exceeded"})
-
-
-class CodeArchive:
-    """A kind of file whose loader runs code it carries (TorchScript,
-    torch.package, PT2) outside Python's pickle machinery. The firewall
-    decides on such a file as one blob: all of its bytes."""
-
-    __slots__ = ("kind", "title", "article", "runs", "listed_by_add")
-
-    def __init__(self, kind: str, title: str, runs: str, *, listed_by_add: bool) -> None:
-        self.kind = kind
-        self.title = title
-        self.article = "an" if title[:1].lower() in "aeiou" else "a"
-        self.runs = runs
-        #: Whether ``hermetic manifest add`` lists the whole file's id (for
-        #: files the scanner calls TorchScript, or zips it cannot vouch for).
-        self.listed_by_add = listed_by_add
-
-
-def archive_summary(
-    data: bytes, name: str | None, scan: Any = None
-) -> tuple[str, list[str], list[str], str]:
-    """The scanner's ``(verdict, imports, findings, text)`` for a whole
-    archive, as ``scan_summary`` gives them for a pickle."""
-    from hermetic import _scan
-
-    result = scan
-    if result is None:
-        try:
-            result = _scan.scan_bytes(data, name=name or "<archive>")
-        except HermeticError as e:
-            return "dangerous", [], [], f"dangerous; the scanner cannot read it: {e}"
-    imports: list[str] = []
-    for st in result.streams:
-        for g in st.globals:
-            q = f"{g.module}.{g.name}"
-            if q not in imports:
-                imports.append(q)
-    findings: list[str] = []
-    for f in result.all_findings():
-        if f.code not in findings:
-            findings.append(f.code)
-    text = f"{result.verdict} ({result.format})"
-    text += f"; imports {', '.join(imports[:8])}" if imports else "; imports nothing"
-    if len(imports) > 8:
-        text += f" and {len(imports) - 8} more"
-    if findings:
-        text += f"; findings: {', '.join(findings)}"
-    if result.error:
-        text += f"; error: {result.error}"
-    return result.verdict, imports, findings, text
-
-
-def check_archive(
-    data: bytes,
-    archive: CodeArchive,
-    *,
-    file: str | None,
-    entry: str,
-    scan: Any = None,
-    note: str | None = None,
-) -> str | None:
-    """Decides one load of a code archive whose bytes (from where its loader
-    starts reading to the end) are ``data``, before its loader touches them.
-
-    Returns the blob id once the load is allowed (for ``ARCHIVE_APPROVED``),
-    or ``None`` when no mode or restriction is active. Raises
-    ``NoPickleError``. There is no safe evaluation of code: under
-    ``unlisted = "safe"`` an unlisted archive is refused.
-    """
-    st = STATE
-    if not st.active:
-        return None
-    blob_id = _hermetic.blob_id(data)
-    if ARCHIVE_APPROVED.get() == blob_id:
-        return blob_id
-    size = len(data)
-    cur_file, cur_entry = CURRENT.get()
-    file = text_safe(file or cur_file)
-    if cur_entry and cur_entry != entry:
-        entry = f"{cur_entry} ({entry})"
-    summary: tuple[str, list[str], list[str], str] | None = None
-
-    def scanner() -> tuple[str, list[str], list[str], str]:
-        nonlocal summary
-        if summary is None:
-            summary = archive_summary(data, file, scan)
-        return summary
-
-    if st.tokens:
-        _check_tokens(st.tokens, data, blob_id, size, file, entry, (archive, lambda: scanner()[3]))
-    mode = st.mode
-    if mode is None:
-        return blob_id
-    m = st.manifest
-    d = m.decide_blob(mode, data, blob_id, stack, True)
-    frames, location = d.frames or [], d.location
-    judgement, action = d.judgement, d.action
-    inv = st.inventory
-    if inv is not None:
-        site = m.call_site(frames) if frames else None
-        key = (judgement, site) if d.rule is not None else (blob_id, site, file)
-        if not inv.seen("load", key):
-            verdict, imports, findings, _text = scanner()
-            inv.write(
-                "load",
-                key,
-                blob=blob_id,
-                size=size,
-                file=file,
-                entry_point=entry,
-                call_site=site,
-                location=location,
-                judgement=judgement,
-                verdict=verdict,
-                imports=imports,
-                findings=findings,
-                kind=archive.kind,
-            )
-    if action == "allow":
-        return blob_id
-    # manifest add lists the whole file for what the scanner calls
-    # TorchScript, and for zips it cannot vouch for (files.rs).
-    listable = archive.listed_by_add and bool(
-        {"torchscript_code", *UNCERTAIN_ZIP_FINDINGS} & set(scanner()[2])
-    )
-    message, line, site = _archive_message(
-        mode, archive, listable, blob_id, size, frames, file, location, entry, scanner()[3]
-    )
-    if action == "warn":
-        _warn_at(message, location)
-        return blob_id
-    if note:
-        message += f"\nnote: {note}"
-    if action == "evaluate":
-        message += (
-            '\nnote: unlisted = "safe" evaluates data-only pickles; '
-            f"{archive.article} {archive.title} runs code, so only its [blobs] line allows it"
-        )
-    if st.startup_error:
-        message += f"\nnote: {st.startup_error}"
-    raise NoPickleError(
-        message,
-        blob_id=blob_id,
-        size=size,
-        file=file,
-        call_site=site,
-        scanner=scanner()[3],
-        manifest_line=line,
-        mode=mode,
-    )
-
-
-def _archive_message(
-    mode: str,
-    archive: CodeArchive,
-    listable: bool,
-    blob_id: str,
-    size: int,
-    frames: list[str],
-    file: str | None,
-    location: str | None,
-    entry: str,
-    scanner: str,
-) -> tuple[str, str, str | None]:
-    """The manifest's refusal (or warning) text, told about a whole archive:
-    what the file is, and that its id is the SHA-256 of all of its bytes."""
-    m = STATE.manifest
-    message, line, site = m.refusal(mode, blob_id, size, frames, file, location, entry, scanner)
-    lines = message.split("\n")
-    verb = "loaded an unlisted" if mode == "warn" else f"refused to load {archive.article}"
-    head = [
-        f"hermetic {verb} {archive.title}, blob {blob_id} "
-        f"({size} bytes: the SHA-256 of the whole file)",
-        f"  what:      {archive.article} {archive.runs}",
-    ]
-    if file is None:
-        head.append(
-            "  file:      not known (read from a file object with no name); "
-            "its blob id is the SHA-256 of the bytes from its position to its end"
-        )
-    body = lines[1:]
-    if not listable:
-        # `hermetic manifest add` lists this file's streams, not the whole
-        # file: only the printed line (or record and freeze) allows it.
-        body = [x for x in body if not x.startswith("or run: hermetic manifest add")]
-        body.append(
-            "(hermetic manifest add lists this file's pickle streams, not the whole file: "
-            "add the line above, or record a run and freeze it)"
-        )
-    return "\n".join(head + body), line, site
-
-
 def record_dump(entry: str) -> None:
     """Notes a call site that writes a pickle (record and warn modes)."""
     st = STATE
@@ -833,20 +447,6 @@ def on_unguarded_global(module: str, name: str) -> None:
         )
 
 
-def _warn_at(message: str, location: str | None) -> None:
-    if location and ":" in location:
-        filename, _, line = location.rpartition(":")
-        try:
-            lineno = int(line)
-        except ValueError:
-            lineno = 0
-        # An explicit module: with module=None, CPython 3.11 shows nothing.
-        module = os.path.splitext(os.path.basename(filename))[0] or "hermetic"
-        warnings.warn_explicit(message, PickleWarning, filename, lineno, module=module)
-    else:
-        warnings.warn(message, PickleWarning, stacklevel=3)
-
-
 # --------------------------------------------------------------------------
 # Activation
 
@@ -888,7 +488,3 @@ def activate(
         _hooks.install(writers=STATE.inventory is not None)
         STATE.mode = mode
         STATE.refresh()
-
-
-def location_of_caller(skip: int = 1) -> str:
-    return _location_of_caller(skip + 1)

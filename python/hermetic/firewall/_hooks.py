@@ -20,7 +20,8 @@ from typing import Any
 
 from hermetic import _hermetic
 from hermetic.firewall import _code, _core, _streams
-from hermetic.firewall._core import APPROVED, ARCHIVE_APPROVED, CURRENT, RUN, STATE
+from hermetic.firewall._core import RUN
+from hermetic.firewall._state import APPROVED, ARCHIVE_APPROVED, CURRENT, LOCK, STATE
 
 try:
     import _pickle
@@ -435,7 +436,7 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
 def install(*, writers: bool = False) -> None:
     """Installs the wrappers and the audit hook (once per process)."""
     global _installed, _writers_installed
-    with _core.LOCK:
+    with LOCK:
         if not _installed:
             pickle.loads = loads
             pickle.load = load
