@@ -48,6 +48,23 @@ pub struct StreamReport {
     pub opcodes: u64,
 }
 
+impl StreamReport {
+    /// The verdict the findings give once some were added or dropped: the
+    /// worst of them, `safe` for none.
+    pub fn rejudge(&mut self) {
+        self.verdict = worst(&self.findings);
+    }
+}
+
+/// The worst severity among `findings` (`safe` for none).
+pub fn worst(findings: &[Finding]) -> Verdict {
+    findings
+        .iter()
+        .map(|f| f.severity)
+        .max()
+        .unwrap_or(Verdict::Safe)
+}
+
 /// Everything known about one file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FileReport {

@@ -148,11 +148,7 @@ pub fn analyze_stream(
     }
     findings.append(&mut m.findings);
     findings.sort_by_key(|f| f.offset);
-    let verdict = findings
-        .iter()
-        .map(|f| f.severity)
-        .max()
-        .unwrap_or(Verdict::Safe);
+    let verdict = crate::report::worst(&findings);
     StreamAnalysis {
         report: StreamReport {
             name: name.to_string(),

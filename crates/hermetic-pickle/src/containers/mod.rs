@@ -344,12 +344,7 @@ impl<'a> Scanner<'a> {
                 g.module == "?" || crate::streams::is_importable_name(&g.module, &g.name)
             });
             if !report.findings.is_empty() {
-                report.verdict = report
-                    .findings
-                    .iter()
-                    .map(|f| f.severity)
-                    .max()
-                    .unwrap_or(Verdict::Safe);
+                report.rejudge();
                 if index > 0 {
                     report.name = format!("{name}[{index}]");
                 }

@@ -143,12 +143,7 @@ pub fn admit_companions(report: &mut FileReport) {
     for s in &mut report.streams {
         s.findings
             .retain(|f| f.code != FindingCode::JoblibArrayWrapper);
-        s.verdict = s
-            .findings
-            .iter()
-            .map(|f| f.severity)
-            .max()
-            .unwrap_or(Verdict::Safe);
+        s.rejudge();
     }
 }
 

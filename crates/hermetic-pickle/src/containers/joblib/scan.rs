@@ -222,12 +222,7 @@ pub(super) fn scan_one(
     for g in &mut report.globals {
         g.offset = to_file(g.offset);
     }
-    report.verdict = report
-        .findings
-        .iter()
-        .map(|f| f.severity)
-        .max()
-        .unwrap_or(Verdict::Safe);
+    report.rejudge();
     report.offset = loc.base + start as u64;
     let stream_end = end
         .or_else(|| segments.last().map(|s| s.1))
