@@ -2,7 +2,7 @@
 //! never a panic, a hang or an allocation beyond the limits.
 #![no_main]
 
-use hermetic_pickle::eval::{load, Flavor, LoadOptions, Mode};
+use hermetic_pickle::eval::{load, Allowed, Flavor, LoadOptions, Mode};
 use hermetic_pickle::{Limits, Policy};
 use libfuzzer_sys::fuzz_target;
 
@@ -18,6 +18,9 @@ fuzz_target!(|data: &[u8]| {
                 max_eval_memory: 256 << 20,
                 ..Limits::default()
             },
+            allowed: Allowed::none(),
+            encoding: None,
+            companions: None,
         };
         let _ = load(data, "fuzz", &opts);
     }
