@@ -464,6 +464,36 @@ def test_training_checkpoint(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- lazy open
 
 
+def test_whole_entry_tensors_take_the_short_path_and_stay_shared(tmp_path: Path) -> None:
+    # Rust hands a plain torch tensor that is its whole entry to the maker's
+    # make_whole; everything else, and any entry already made, goes the
+    # general way, so values, dtypes, shapes and sharing are the same.
+    dtypes = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int8]
+    dtypes += [torch.uint8, torch.int64, torch.bool, torch.complex64]
+    tree: dict[str, Any] = {}
+    for i, dt in enumerate(dtypes):
+        for shape in [(), (5,), (2, 3), (1, 4, 1)]:
+            x = torch.arange(math.prod(shape) or 1).reshape(shape).to(dt)
+            tree[f"{i}_{len(shape)}"] = x
+    base = torch.arange(12.0)
+    tree["base"], tree["tail"] = base, base[4:]
+    other = torch.arange(12.0) * 2
+    # A view first, then another tensor object that is the whole entry.
+    tree["o_head"], tree["o_whole"] = other[:4], other.view(3, 4)
+    tree["param"] = torch.nn.Parameter(torch.ones(3))
+    p = tmp_path / "w.safetensors"
+    hermetic.save(tree, p)
+    out = hermetic.load(p)
+    for k, v in tree.items():
+        assert out[k].dtype == v.dtype and out[k].shape == v.shape and torch.equal(out[k], v), k
+    assert isinstance(out["param"], torch.nn.Parameter) and out["param"].requires_grad
+    # One storage object for the entry, not two over the same bytes.
+    for names in [["base", "tail"], ["o_head", "o_whole"]]:
+        assert len({out[k].untyped_storage()._cdata for k in names}) == 1, names
+    copied = hermetic.load(p, mmap=False)
+    assert all(torch.equal(copied[k], v) for k, v in tree.items())
+
+
 def test_open_is_lazy(tmp_path: Path) -> None:
     p = tmp_path / "l.safetensors"
     tree = {"model": {"w": torch.randn(4, 4), "b": torch.randn(4)}, "step": 3, "np": [np.ones(2)]}

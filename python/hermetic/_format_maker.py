@@ -39,6 +39,11 @@ class _Maker:
         self.files: dict[int, int] = {}  # descriptors for mmap=False reads
         #: Whether torch tensors take the one-view path of __call__.
         self.fast = mmap and device is None and framework in (None, "torch")
+        #: What Rust calls for a plain torch tensor that is its whole entry,
+        #: row-major (it checks that much itself); None where that path is off.
+        self.make_whole = self._whole if self.fast else None
+        self._dtypes: dict[str, Any] | None = None
+        self._frombuffer: Any = None
 
     def buffer(self, file: int) -> Any:
         buf = self.buffers[file]
@@ -67,6 +72,37 @@ class _Maker:
         for fd in self.files.values():
             os.close(fd)
         self.files.clear()
+
+    def _whole(
+        self,
+        file: int,
+        start: int,
+        nbytes: int,
+        entry: str,
+        code: str,
+        shape: tuple[int, ...],
+        strides: tuple[int, ...],
+    ) -> Any:
+        """A torch tensor that is its whole entry: one ``frombuffer`` on the
+        mapped file, unless the entry already has a base to share."""
+        dtypes = self._dtypes
+        if dtypes is None:
+            table = _torch_dtypes()
+            dtypes = self._dtypes = {c: table[n] for c, n in _CODE_TORCH.items() if n in table}
+            self._frombuffer = _torch().frombuffer
+        dtype = dtypes.get(code)
+        key = ("torch", entry)
+        if dtype is None or key in self.bases:
+            return self("torch", file, start, nbytes, entry, code, shape, strides, 0, False, None)
+        buf = self.buffers[file]
+        if buf is None:
+            buf = self.buffer(file)
+        t = self._frombuffer(buf, dtype=dtype, count=nbytes // dtype.itemsize, offset=start)
+        self.bases[key] = t
+        if len(shape) == 1:
+            return t  # frombuffer made it 1-D of this length
+        # view(*shape) costs a third less than view(shape).
+        return t.view(*shape) if shape else t.view(shape)
 
     def __call__(
         self,

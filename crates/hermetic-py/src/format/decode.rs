@@ -54,6 +54,26 @@ impl PyArchive {
     }
 }
 
+/// Whether view `r` covers its entry of `nbytes` exactly, in row-major
+/// order from byte 0: the one case a tensor is the entry's own bytes.
+fn is_whole_entry(r: &hermetic_format::Resolved, nbytes: u64) -> bool {
+    let item = r.dtype.itemsize();
+    if r.offset != 0 || nbytes == 0 || item == 0 {
+        return false;
+    }
+    let mut expect = item;
+    for (&dim, &stride) in r.shape.iter().zip(&r.strides).rev() {
+        if u64::try_from(stride).ok() != Some(expect) {
+            return false;
+        }
+        match expect.checked_mul(dim) {
+            Some(n) => expect = n,
+            None => return false,
+        }
+    }
+    expect == nbytes
+}
+
 fn kind_name(k: TensorKind) -> &'static str {
     match k {
         TensorKind::Torch => "torch",
@@ -79,6 +99,11 @@ struct Builder<'a, 'py> {
     tree: &'a Tree,
     memo_of: &'a [usize],
     maker: &'a Bound<'py, PyAny>,
+    /// The maker's `make_whole`, when it has one that is not None: a plain
+    /// torch tensor that is its whole entry, row-major, goes there with the
+    /// few arguments that case needs (10,000 small tensors spend most of
+    /// their load in the general call's arguments and checks).
+    whole: Option<Bound<'py, PyAny>>,
     helpers: Option<Bound<'py, PyAny>>,
     memo: Vec<Option<Bound<'py, PyAny>>>,
     path: Vec<Seg<'a, 'py>>,
@@ -214,9 +239,27 @@ impl<'a, 'py> Builder<'a, 'py> {
 
     fn tensor(&mut self, t: &TensorRef) -> PyResult<Bound<'py, PyAny>> {
         let (file, entry, r) = self.ar.resolve(t).map_err(format_error)?;
-        let np_dtype = t.np_dtype.as_ref().map(|v| v.to_string());
         let shape = PyTuple::new(self.py, &r.shape)?;
         let strides = PyTuple::new(self.py, &r.strides)?;
+        if let Some(whole) = &self.whole {
+            if t.kind == TensorKind::Torch
+                && !t.requires_grad()
+                && t.np_dtype.is_none()
+                && is_whole_entry(&r, entry.nbytes)
+            {
+                let args = (
+                    file,
+                    entry.start,
+                    entry.nbytes,
+                    entry.name.as_str(),
+                    r.dtype.code(),
+                    shape,
+                    strides,
+                );
+                return whole.call1(args);
+            }
+        }
+        let np_dtype = t.np_dtype.as_ref().map(|v| v.to_string());
         let args = (
             kind_name(t.kind),
             file,

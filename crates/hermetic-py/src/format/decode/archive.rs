@@ -161,6 +161,10 @@ impl PyArchive {
             tree,
             memo_of: &self.memo_of,
             maker,
+            whole: maker
+                .getattr(intern!(py, "make_whole"))
+                .ok()
+                .filter(|w| !w.is_none()),
             helpers: None,
             memo: Vec::new(),
             path: Vec::new(),
