@@ -37,11 +37,10 @@ class _Maker:
         self.mmap = mmap
         self.bases: dict[tuple[str, str], Any] = {}
         self.files: dict[int, int] = {}  # descriptors for mmap=False reads
-        #: Whether torch tensors take the one-view path of __call__.
-        self.fast = mmap and device is None and framework in (None, "torch")
         #: What Rust calls for a plain torch tensor that is its whole entry,
-        #: row-major (it checks that much itself); None where that path is off.
-        self.make_whole = self._whole if self.fast else None
+        #: row-major (it checks that much itself): mapped CPU torch loads only.
+        fast = mmap and device is None and framework in (None, "torch")
+        self.make_whole = self._whole if fast else None
         self._dtypes: dict[str, Any] | None = None
         self._frombuffer: Any = None
 
@@ -118,28 +117,6 @@ class _Maker:
         requires_grad: bool,
         np_dtype: str | None,
     ) -> Any:
-        # The common case first, with nothing looked up twice: a torch
-        # tensor on the CPU, mapped, that is its whole entry (see _torch_view).
-        if (
-            kind == "torch"
-            and self.fast
-            and not offset
-            and not requires_grad
-            and np_dtype is None
-            and ("torch", entry) not in self.bases
-        ):
-            dtype = _torch_dtypes().get(_CODE_TORCH.get(code, ""))
-            if dtype is not None and nbytes:
-                size = dtype.itemsize
-                if _row_major(shape, size) == (strides, nbytes):
-                    t = _torch().frombuffer(
-                        self.buffer(file), dtype=dtype, count=nbytes // size, offset=start
-                    )
-                    self.bases[("torch", entry)] = t
-                    if len(shape) == 1:
-                        return t  # frombuffer made it 1-D of this length
-                    # view(*shape) costs a third less than view(shape).
-                    return t.view(*shape) if shape else t.view(shape)
         target = self.framework or ("numpy" if kind == "numpy" else "torch")
         if target == "numpy":
             if self.framework == "numpy" and self.device is not None and str(self.device) != "cpu":
