@@ -2,6 +2,7 @@
 //! (hermetic, safetensors, sharded checkpoints) are handled here; everything
 //! else goes to the pickle evaluator (`inspect_pickle`).
 
+use super::inspect_pickle::{float, human};
 use super::CliError;
 use crate::args::InspectArgs;
 use crate::ExitStatus;
@@ -76,21 +77,6 @@ pub(crate) fn run(args: &InspectArgs, out: &mut dyn Write) -> Result<ExitStatus,
         }
     }
     Ok(status)
-}
-
-fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut x = n as f64;
-    let mut u = 0;
-    while x >= 1024.0 && u + 1 < UNITS.len() {
-        x /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{x:.1} {}", UNITS[u])
-    }
 }
 
 fn tensors(ar: &Archive, args: &InspectArgs, out: &mut dyn Write) -> Result<(), CliError> {
@@ -209,16 +195,6 @@ struct Printer<'a> {
     tree: &'a Tree,
     out: &'a mut dyn Write,
     limit: usize,
-}
-
-fn float(x: f64) -> String {
-    if x.is_nan() {
-        "nan".into()
-    } else if x.is_infinite() {
-        if x > 0.0 { "inf" } else { "-inf" }.into()
-    } else {
-        format!("{x:?}")
-    }
 }
 
 impl Printer<'_> {

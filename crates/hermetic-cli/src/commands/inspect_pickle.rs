@@ -21,8 +21,8 @@ mod scalars;
 
 pub(crate) use json::json_doc;
 use json::tensor_totals;
-pub(crate) use scalars::{big_decimal, human};
-use scalars::{float, qualname, scalar};
+pub(crate) use scalars::{big_decimal, float, human};
+use scalars::{qualname, scalar};
 
 /// Deepest nesting printed; deeper parts show as `...`.
 const MAX_PRINT_DEPTH: usize = 100;

@@ -5,7 +5,7 @@ use super::*;
 
 /// A human size: `512 B`, `1.5 KiB`.
 pub(crate) fn human(n: u64) -> String {
-    pub(super) const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut x = n as f64;
     let mut u = 0;
     while x >= 1024.0 && u + 1 < UNITS.len() {
@@ -54,7 +54,7 @@ pub(crate) fn big_decimal(bytes: &[u8]) -> String {
     String::from_utf8(digits).unwrap_or_default()
 }
 
-pub(super) fn float(x: f64) -> String {
+pub(crate) fn float(x: f64) -> String {
     if x.is_nan() {
         "nan".into()
     } else if x.is_infinite() {
