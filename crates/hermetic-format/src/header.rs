@@ -67,6 +67,21 @@ pub struct Resolved {
     pub offset: u64,
 }
 
+impl Resolved {
+    /// Whether this view is its whole entry of `nbytes`: element 0 at byte
+    /// 0, exactly C-contiguous strides, and every byte covered. Only then is
+    /// a tensor over the entry's bytes the view itself, with nothing to
+    /// re-stride or offset.
+    pub fn is_whole_entry(&self, nbytes: u64) -> bool {
+        let item = self.dtype.itemsize();
+        let numel = self.shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
+        self.offset == 0
+            && nbytes > 0
+            && numel.and_then(|n| n.checked_mul(item)) == Some(nbytes)
+            && contiguous_strides(&self.shape, item).as_deref() == Some(&self.strides[..])
+    }
+}
+
 /// A parsed, validated header.
 #[derive(Clone, Debug)]
 pub struct Header {

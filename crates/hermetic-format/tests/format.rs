@@ -593,3 +593,25 @@ fn a_based_view_that_disagrees_with_its_entry_fails_verify() {
     let err = ar.verify_views().unwrap_err().to_string();
     assert!(err.contains("differs from its own entry"), "{err}");
 }
+
+#[test]
+fn a_view_is_its_whole_entry_only_when_it_covers_it_row_major_from_byte_0() {
+    let r = |shape: &[u64], strides: &[i64], offset: u64| Resolved {
+        dtype: Dtype::F32,
+        shape: shape.to_vec(),
+        strides: strides.to_vec(),
+        offset,
+    };
+    assert!(r(&[], &[], 0).is_whole_entry(4));
+    assert!(r(&[5], &[4], 0).is_whole_entry(20));
+    assert!(r(&[2, 3], &[12, 4], 0).is_whole_entry(24));
+    assert!(r(&[1, 4, 1], &[16, 4, 4], 0).is_whole_entry(16));
+    // A size-1 dimension with another stride reads the same bytes, but the
+    // tensor would not carry the stride the file records.
+    assert!(!r(&[1, 4, 1], &[64, 4, 4], 0).is_whole_entry(16));
+    assert!(!r(&[3, 2], &[4, 12], 0).is_whole_entry(24)); // transposed
+    assert!(!r(&[4], &[4], 4).is_whole_entry(20)); // offset
+    assert!(!r(&[4], &[4], 0).is_whole_entry(20)); // part of the entry
+    assert!(!r(&[0], &[4], 0).is_whole_entry(0)); // empty
+    assert!(!r(&[u64::MAX, 2], &[8, 4], 0).is_whole_entry(8)); // overflow
+}

@@ -54,26 +54,6 @@ impl PyArchive {
     }
 }
 
-/// Whether view `r` covers its entry of `nbytes` exactly, in row-major
-/// order from byte 0: the one case a tensor is the entry's own bytes.
-fn is_whole_entry(r: &hermetic_format::Resolved, nbytes: u64) -> bool {
-    let item = r.dtype.itemsize();
-    if r.offset != 0 || nbytes == 0 || item == 0 {
-        return false;
-    }
-    let mut expect = item;
-    for (&dim, &stride) in r.shape.iter().zip(&r.strides).rev() {
-        if u64::try_from(stride).ok() != Some(expect) {
-            return false;
-        }
-        match expect.checked_mul(dim) {
-            Some(n) => expect = n,
-            None => return false,
-        }
-    }
-    expect == nbytes
-}
-
 fn kind_name(k: TensorKind) -> &'static str {
     match k {
         TensorKind::Torch => "torch",
@@ -245,7 +225,7 @@ impl<'a, 'py> Builder<'a, 'py> {
             if t.kind == TensorKind::Torch
                 && !t.requires_grad()
                 && t.np_dtype.is_none()
-                && is_whole_entry(&r, entry.nbytes)
+                && r.is_whole_entry(entry.nbytes)
             {
                 let args = (
                     file,
