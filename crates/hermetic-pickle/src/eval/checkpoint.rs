@@ -373,6 +373,22 @@ impl<'b> Persist<'b> for Adapter<'_> {
     }
 }
 
+/// Records a storage a persistent id names: charged to the budget and
+/// indexed by its key, unless the key already names an earlier storage
+/// (torch's zip reader keeps the first for a key read with another dtype).
+fn add_storage(
+    storages: &mut Vec<Storage>,
+    by_key: &mut HashMap<String, u32>,
+    budget: &mut Budget,
+    storage: Storage,
+) -> Result<u32, Problem> {
+    let i = u32::try_from(storages.len()).map_err(|_| malformed("too many storages"))?;
+    budget.charge_problem(128 + storage.key.len() as u64)?;
+    by_key.entry(storage.key.clone()).or_insert(i);
+    storages.push(storage);
+    Ok(i)
+}
+
 /// A persistent id's parts: `('storage', type, key, location, numel[, view])`.
 struct StoragePid {
     dtype: TorchDtype,

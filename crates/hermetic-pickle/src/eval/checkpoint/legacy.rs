@@ -35,20 +35,18 @@ impl<'b> PersistAny<'b> for LegacyPersist {
                 }
                 i
             }
-            None => {
-                let i = u32::try_from(self.storages.len())
-                    .map_err(|_| malformed("too many storages"))?;
-                budget.charge_problem(128 + p.key.len() as u64)?;
-                self.storages.push(Storage {
-                    key: p.key.clone(),
+            None => add_storage(
+                &mut self.storages,
+                &mut self.by_key,
+                budget,
+                Storage {
+                    key: p.key,
                     dtype: p.dtype,
                     nbytes,
                     location: p.location,
                     data: StorageData::Owned(Vec::new()),
-                });
-                self.by_key.insert(p.key, i);
-                i
-            }
+                },
+            )?,
         };
         let root_nbytes = self.storages[index as usize].nbytes;
         let view = match p.view {

@@ -84,18 +84,18 @@ impl<'b> PersistAny<'b> for ZipPersist<'_, '_> {
                     }
                     Err(x) => return Err(malformed(format!("the storage record `{name}`: {x}"))),
                 };
-                let i = u32::try_from(self.storages.len())
-                    .map_err(|_| malformed("too many storages"))?;
-                budget.charge_problem(128 + p.key.len() as u64)?;
-                self.storages.push(Storage {
-                    key: p.key.clone(),
-                    dtype: p.dtype,
-                    nbytes,
-                    location: p.location,
-                    data,
-                });
-                self.by_key.entry(p.key).or_insert(i);
-                i
+                add_storage(
+                    &mut self.storages,
+                    &mut self.by_key,
+                    budget,
+                    Storage {
+                        key: p.key,
+                        dtype: p.dtype,
+                        nbytes,
+                        location: p.location,
+                        data,
+                    },
+                )?
             }
         };
         let nbytes = self.storages[index as usize].nbytes;
